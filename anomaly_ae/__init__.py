@@ -1,0 +1,7 @@
+"""anomaly-ae: learn what normal looks like, score how badly each new sample fits it."""
+
+__version__ = "0.1.0"
+
+from anomaly_ae.detector import Detector  # noqa: E402
+
+__all__ = ["Detector", "__version__"]

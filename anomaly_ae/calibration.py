@@ -1,0 +1,73 @@
+"""From raw scores to decisions: a threshold at a target false-positive rate, p-values, severity.
+
+Everything is split-conformal against scores of held-out normal samples the model never trained
+on: if new normal data is exchangeable with them, P(p_value <= a) <= a and the false-positive rate
+at the threshold is at most the target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SEVERITY_LEVELS = ("normal", "low", "medium", "high", "critical")
+
+
+@dataclass
+class Calibration:
+    threshold: float
+    target_fpr: float
+    reference_scores: np.ndarray  # sorted validation-normal scores
+
+    @classmethod
+    def fit(cls, normal_scores: np.ndarray, target_fpr: float) -> "Calibration":
+        if not 0.0 < target_fpr < 1.0:
+            raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
+        ref = np.sort(np.asarray(normal_scores, dtype=np.float64))
+        n = len(ref)
+        if n == 0:
+            raise ValueError("calibration needs at least one held-out normal score")
+        # The conformal quantile: the ceil((n+1)(1-a))-th smallest score. With too few held-out
+        # rows for the target it is the largest one, and the achieved rate is reported.
+        k = min(n, math.ceil((n + 1) * (1.0 - target_fpr)))
+        return cls(threshold=float(ref[k - 1]), target_fpr=float(target_fpr), reference_scores=ref)
+
+    @property
+    def validation_fpr(self) -> float:
+        return float(np.mean(self.reference_scores > self.threshold))
+
+    @property
+    def min_p_value(self) -> float:
+        return 1.0 / (len(self.reference_scores) + 1)
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray:
+        """(1 + #reference scores >= s) / (n + 1): the share of normals at least this anomalous."""
+        ref = self.reference_scores
+        at_least = len(ref) - np.searchsorted(ref, np.asarray(scores, dtype=np.float64), side="left")
+        return (1.0 + at_least) / (len(ref) + 1.0)
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        return (np.asarray(scores) > self.threshold).astype(np.int64)
+
+    def severity(self, scores: np.ndarray) -> np.ndarray:
+        """normal below the threshold; above it, by how many threshold-to-median gaps it lies beyond
+        the typical normal score: <2 low, <4 medium, <8 high, else critical."""
+        scores = np.asarray(scores, dtype=np.float64)
+        median = float(np.median(self.reference_scores))
+        gap = max(self.threshold - median, 1e-12)
+        ratio = (scores - median) / gap
+        level = np.searchsorted(np.array([2.0, 4.0, 8.0]), ratio, side="right") + 1
+        level = np.where(scores > self.threshold, level, 0)
+        return np.asarray(SEVERITY_LEVELS, dtype=object)[level]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "target_fpr": self.target_fpr,
+                "validation_fpr": self.validation_fpr, "reference_scores": self.reference_scores.tolist()}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "Calibration":
+        return cls(threshold=float(payload["threshold"]), target_fpr=float(payload["target_fpr"]),
+                   reference_scores=np.asarray(payload["reference_scores"], dtype=np.float64))

@@ -1,0 +1,1 @@
+"""Data handling: schema, preprocessing, file I/O and the synthetic telemetry generator."""

@@ -1,0 +1,135 @@
+"""Turns checked input into the float32 matrix a model sees, identically at fit and at scoring.
+
+Every learned quantity is a plain number or string, so the whole transform round-trips through
+JSON: the saved model carries it and nothing has to be unpickled to apply it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_ae.data.schema import Schema
+
+UNKNOWN = "__unknown__"
+MISSING = "__missing__"
+# Standardised values are clipped here: far enough out to keep any realistic anomaly extreme,
+# near enough that squared errors stay finite in float32 for every finite input.
+CLIP = 1e4
+
+
+class Preprocessor:
+    """Standardise numeric columns, one-hot categorical ones, impute missing values with an indicator.
+
+    - numeric: missing values (allowed only where training had them) become the training median and
+      an indicator feature ``<col>__missing``; values are standardised with the training mean and
+      standard deviation, a constant column keeping scale 1 so it is only centred.
+    - categorical: one indicator per training category (the ``max_categories`` most frequent), plus
+      an ``__unknown__`` bucket for anything else and a ``__missing__`` bucket where allowed.
+    - images: scaled to [0, 1] with the training minimum and maximum.
+    """
+
+    def __init__(self, max_categories: int = 50) -> None:
+        self.max_categories = max_categories
+        self.numeric: dict[str, dict[str, float]] = {}
+        self.categorical: dict[str, list[str]] = {}
+        self.image_range: tuple[float, float] | None = None
+        self.feature_names: list[str] = []
+        self.groups: dict[str, list[int]] = {}
+
+    def fit(self, data: pd.DataFrame | np.ndarray, schema: Schema) -> "Preprocessor":
+        if schema.image is not None:
+            lo, hi = float(np.min(data)), float(np.max(data))
+            self.image_range = (lo, hi if hi > lo else lo + 1.0)
+            return self
+        assert isinstance(data, pd.DataFrame)
+        for col in schema.columns:
+            values = data[col.name]
+            if col.kind == "numeric":
+                arr = values.to_numpy(dtype=np.float64)
+                finite = arr[np.isfinite(arr)]
+                mean = float(finite.mean()) if finite.size else 0.0
+                std = float(finite.std()) if finite.size else 0.0
+                self.numeric[col.name] = {
+                    "mean": mean,
+                    "scale": std if np.isfinite(std) and std > 0 else 1.0,
+                    "median": float(np.median(finite)) if finite.size else 0.0,
+                    "missing_indicator": bool(col.allow_missing),
+                }
+            else:
+                counts = values.dropna().value_counts()
+                # most frequent first, ties by name, so the vocabulary is deterministic
+                ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                vocab = sorted(k for k, _ in ranked[: self.max_categories])
+                buckets = vocab + [UNKNOWN] + ([MISSING] if col.allow_missing else [])
+                self.categorical[col.name] = buckets
+        self._layout(schema)
+        return self
+
+    def _layout(self, schema: Schema) -> None:
+        names: list[str] = []
+        self.groups = {}
+        for col in schema.columns:
+            start = len(names)
+            if col.name in self.numeric:
+                names.append(col.name)
+                if self.numeric[col.name]["missing_indicator"]:
+                    names.append(f"{col.name}__missing")
+            else:
+                names.extend(f"{col.name}={b}" for b in self.categorical[col.name])
+            self.groups[col.name] = list(range(start, len(names)))
+        self.feature_names = names
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.feature_names)
+
+    def transform(self, data: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if self.image_range is not None:
+            lo, hi = self.image_range
+            return np.clip((np.asarray(data, dtype=np.float64) - lo) / (hi - lo), -CLIP, CLIP).astype(np.float32)
+        assert isinstance(data, pd.DataFrame)
+        out = np.zeros((len(data), self.n_outputs), dtype=np.float32)
+        for name, idx in self.groups.items():
+            values = data[name]
+            if name in self.numeric:
+                p = self.numeric[name]
+                arr = values.to_numpy(dtype=np.float64)
+                missing = np.isnan(arr)
+                arr = np.where(missing, p["median"], arr)
+                out[:, idx[0]] = np.clip((arr - p["mean"]) / p["scale"], -CLIP, CLIP)
+                if p["missing_indicator"]:
+                    out[:, idx[1]] = missing
+            else:
+                buckets = self.categorical[name]
+                position = {b: i for i, b in enumerate(buckets)}
+                unknown = position[UNKNOWN]
+                missing_pos = position.get(MISSING, unknown)
+                codes = np.fromiter(
+                    (missing_pos if v is None or (isinstance(v, float) and np.isnan(v)) else position.get(str(v), unknown)
+                     for v in values.to_numpy(dtype=object)),
+                    dtype=np.int64, count=len(values))
+                out[np.arange(len(values)), np.asarray(idx)[codes]] = 1.0
+        return out
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_categories": self.max_categories,
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "image_range": list(self.image_range) if self.image_range else None,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any], schema: Schema) -> "Preprocessor":
+        pre = cls(max_categories=int(payload["max_categories"]))
+        pre.numeric = {k: {kk: (bool(vv) if kk == "missing_indicator" else float(vv)) for kk, vv in v.items()}
+                       for k, v in payload["numeric"].items()}
+        pre.categorical = {k: [str(b) for b in v] for k, v in payload["categorical"].items()}
+        pre.image_range = tuple(payload["image_range"]) if payload.get("image_range") else None
+        if pre.image_range is None:
+            pre._layout(schema)
+        return pre

@@ -1,0 +1,230 @@
+"""The input contract of a fitted model: which columns, of which kind, with which categories.
+
+The schema is inferred at fit, saved as JSON beside the weights, and every later input is
+checked against it before anything is computed, so a bad request fails with a message that
+names the column and rows instead of producing a silently wrong score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from anomaly_ae.exceptions import DataError, SchemaError
+
+ColumnKind = Literal["numeric", "categorical"]
+
+# Numeric dtypes stay numeric (0/1 flags keep their order); text, bool and category dtypes are
+# categorical. Errors name at most this many offending rows.
+MAX_ROWS_NAMED_IN_ERRORS = 5
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: ColumnKind
+    allow_missing: bool = False
+    categories: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Shape (C, H, W) of image input; images have no per-column schema."""
+
+    channels: int
+    height: int
+    width: int
+
+
+@dataclass
+class CheckReport:
+    """What a successful check found that the caller may want to report (not an error)."""
+
+    unseen_categories: dict[str, int] = field(default_factory=dict)
+    missing_values: dict[str, int] = field(default_factory=dict)
+
+
+def _rows(mask: np.ndarray, index: pd.Index) -> list[int]:
+    return [int(i) if isinstance(i, (int, np.integer)) else i
+            for i in index[np.flatnonzero(mask)[:MAX_ROWS_NAMED_IN_ERRORS]]]
+
+
+class Schema:
+    """Columns of tabular input, or the shape of image input."""
+
+    def __init__(self, columns: list[Column] | None = None, image: ImageSpec | None = None,
+                 from_array: bool = False) -> None:
+        self.columns = columns or []
+        self.image = image
+        # Models fitted on a bare 2-D array accept arrays of the same width at scoring time.
+        self.from_array = from_array
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def infer(cls, data: pd.DataFrame | np.ndarray) -> "Schema":
+        if isinstance(data, np.ndarray) and data.ndim in (3, 4):
+            _require_rows(len(data))
+            shape = data.shape[1:] if data.ndim == 4 else (1, *data.shape[1:])
+            return cls(image=ImageSpec(*map(int, shape)))
+        from_array = isinstance(data, np.ndarray)
+        frame = as_frame(data)
+        _require_rows(len(frame))
+        columns = []
+        for name in frame.columns:
+            values = frame[name]
+            missing = bool(values.isna().any())
+            if _is_numeric(values):
+                columns.append(Column(name, "numeric", allow_missing=missing))
+            else:
+                cats = sorted({str(v) for v in values.dropna().unique()})
+                columns.append(Column(name, "categorical", allow_missing=missing, categories=tuple(cats)))
+        return cls(columns=columns, from_array=from_array)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.columns)
+
+    # ------------------------------------------------------------------ checking
+    def check(self, data: pd.DataFrame | np.ndarray) -> tuple[pd.DataFrame | np.ndarray, CheckReport]:
+        """Validate input against the schema; return it in canonical form and what was noticed."""
+        if self.image is not None:
+            return self._check_image(data), CheckReport()
+        if isinstance(data, np.ndarray):
+            if data.ndim != 2:
+                raise SchemaError(f"expected a 2-D array (rows x {self.n_features} features), got shape {data.shape}",
+                                  reason="shape")
+            if data.shape[1] != self.n_features:
+                raise SchemaError(
+                    f"expected {self.n_features} columns, got {data.shape[1]}; pass the same features the model "
+                    f"was trained on ({', '.join(self.names[:10])}{'...' if self.n_features > 10 else ''})",
+                    reason="columns")
+            data = pd.DataFrame(data, columns=self.names)
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"expected a pandas DataFrame or a numpy array, got {type(data).__name__}")
+        if len(data) == 0:
+            raise DataError("the input has no rows; send at least one sample")
+        present = set(map(str, data.columns))
+        missing = [n for n in self.names if n not in present]
+        extra = [str(c) for c in data.columns if str(c) not in set(self.names)]
+        if missing:
+            raise SchemaError(f"missing column(s): {', '.join(missing)}; the model needs every training column",
+                              column=missing[0], reason="missing_column")
+        if extra:
+            raise SchemaError(f"unexpected column(s): {', '.join(extra)}; drop them or retrain with them",
+                              column=extra[0], reason="extra_column")
+        data = data.copy()
+        data.columns = [str(c) for c in data.columns]
+        report = CheckReport()
+        out = {}
+        for col in self.columns:
+            out[col.name] = self._check_column(col, data[col.name], report)
+        return pd.DataFrame(out, index=data.index), report
+
+    def _check_column(self, col: Column, values: pd.Series, report: CheckReport) -> pd.Series:
+        if col.kind == "numeric":
+            numeric = pd.to_numeric(values, errors="coerce")
+            bad = numeric.isna() & values.notna()
+            if bad.any():
+                rows = _rows(bad.to_numpy(), values.index)
+                raise SchemaError(
+                    f"column '{col.name}' must be numeric but has non-numeric values in rows {rows} "
+                    f"(e.g. {values[bad].iloc[0]!r}); fix or drop those rows",
+                    column=col.name, rows=rows, reason="dtype")
+            arr = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+            inf = np.isinf(arr)
+            if inf.any():
+                rows = _rows(inf, values.index)
+                raise SchemaError(f"column '{col.name}' has infinite values in rows {rows}; replace them with "
+                                  "finite numbers or drop those rows", column=col.name, rows=rows, reason="non_finite")
+            nan = np.isnan(arr)
+            if nan.any():
+                if not col.allow_missing:
+                    rows = _rows(nan, values.index)
+                    raise SchemaError(
+                        f"column '{col.name}' has missing values (NaN) in rows {rows} but had none in training; "
+                        "impute them, drop those rows, or retrain on data that includes missing values",
+                        column=col.name, rows=rows, reason="missing_value")
+                report.missing_values[col.name] = int(nan.sum())
+            return pd.Series(arr, index=values.index, name=col.name)
+        # categorical: compare as strings so 1 and "1" mean the same category
+        isna = values.isna().to_numpy()
+        if isna.any():
+            if not col.allow_missing:
+                rows = _rows(isna, values.index)
+                raise SchemaError(
+                    f"column '{col.name}' has missing values in rows {rows} but had none in training; "
+                    "fill them with a category or drop those rows", column=col.name, rows=rows, reason="missing_value")
+            report.missing_values[col.name] = int(isna.sum())
+        as_text = values.astype(object).where(~isna, None).map(lambda v: None if v is None else str(v))
+        unseen = as_text.notna() & ~as_text.isin(col.categories)
+        if unseen.any():
+            report.unseen_categories[col.name] = int(unseen.sum())
+        return as_text
+
+    def _check_image(self, data: Any) -> np.ndarray:
+        spec = self.image
+        assert spec is not None
+        arr = np.asarray(data)
+        if arr.ndim == 3 and spec.channels == 1:
+            arr = arr[:, None]
+        if arr.ndim != 4 or arr.shape[1:] != (spec.channels, spec.height, spec.width):
+            raise SchemaError(f"expected images of shape (N, {spec.channels}, {spec.height}, {spec.width}), "
+                              f"got {arr.shape}", reason="shape")
+        if len(arr) == 0:
+            raise DataError("the input has no images; send at least one")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise SchemaError(f"images must be numeric, got dtype {arr.dtype}", reason="dtype")
+        arr = arr.astype(np.float64)
+        bad = ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+        if bad.any():
+            raise SchemaError(f"images {np.flatnonzero(bad)[:MAX_ROWS_NAMED_IN_ERRORS].tolist()} contain NaN or "
+                              "infinite pixels; fix or drop them", reason="non_finite")
+        return arr
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": [{**asdict(c), "categories": list(c.categories)} for c in self.columns],
+            "image": asdict(self.image) if self.image else None,
+            "from_array": self.from_array,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "Schema":
+        columns = [Column(c["name"], c["kind"], bool(c["allow_missing"]), tuple(c["categories"]))
+                   for c in payload["columns"]]
+        image = ImageSpec(**payload["image"]) if payload.get("image") else None
+        return cls(columns=columns, image=image, from_array=bool(payload.get("from_array", False)))
+
+
+def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        if len(data.columns) == 0:
+            raise DataError("the input has no columns")
+        out = data.copy()
+        out.columns = [str(c) for c in out.columns]
+        if out.columns.duplicated().any():
+            raise DataError(f"duplicate column names: {sorted(set(out.columns[out.columns.duplicated()]))}")
+        return out
+    arr = np.asarray(data)
+    if arr.ndim != 2:
+        raise DataError(f"expected a 2-D array (rows x features) or a DataFrame, got shape {arr.shape}")
+    return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
+
+
+def _require_rows(n: int) -> None:
+    if n == 0:
+        raise DataError("the training data has no rows; pass at least a few hundred normal samples")
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    return pd.api.types.is_numeric_dtype(values)

@@ -1,0 +1,38 @@
+"""One small exception hierarchy. Every message says what is wrong and what to do about it.
+
+The CLI prints these without a traceback and the service maps them to 4xx responses, so a
+message must make sense to someone who never reads the code.
+"""
+
+from __future__ import annotations
+
+
+class AnomalyAEError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class DataError(AnomalyAEError, ValueError):
+    """Input data cannot be used: empty, unreadable, wrong format or too few rows."""
+
+
+class SchemaError(DataError):
+    """Input does not match the schema the model was trained on (columns, dtypes, missing values)."""
+
+    def __init__(self, message: str, *, column: str | None = None, rows: list[int] | None = None,
+                 reason: str = "schema") -> None:
+        super().__init__(message)
+        self.column = column
+        self.rows = rows or []
+        self.reason = reason
+
+
+class NotFittedError(AnomalyAEError, AttributeError):
+    """The estimator is used before `fit` was called."""
+
+
+class ModelLoadError(AnomalyAEError):
+    """A saved model is missing, truncated, tampered with or from an incompatible version."""
+
+
+class ScoringError(AnomalyAEError):
+    """Scoring produced non-finite values; the input is outside what the model can handle."""

@@ -1,0 +1,55 @@
+"""Adversarial autoencoder: a discriminator on the code replaces the VAE's KL term.
+
+The encoder is trained to reconstruct and to make its codes indistinguishable from N(0, I)
+samples; the score adds the code's negative log prior density to the reconstruction error, so a
+sample that reconstructs well from an unlikely code is still flagged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_ae.models.autoencoder import make_encoder_decoder
+from anomaly_ae.models.layers import mlp
+
+
+class AdversarialAutoencoder(nn.Module):
+    adversarial = True
+
+    def __init__(self, input_shape: tuple[int, ...], latent_dim: int, hidden_dims: list[int],
+                 adversarial_weight: float = 0.1, latent_weight: float = 1.0) -> None:
+        super().__init__()
+        self.adversarial_weight, self.latent_weight = adversarial_weight, latent_weight
+        self.encoder, self.decoder = make_encoder_decoder(input_shape, hidden_dims, latent_dim)
+        width = max(16, 4 * latent_dim)
+        self.discriminator = mlp([latent_dim, width, width, 1])
+
+    def autoencoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.encoder(x)
+        return self.decoder(code), code
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Autoencoder objective: reconstruct, and fool the discriminator into calling codes prior draws."""
+        recon, code = self(x)
+        logits = self.discriminator(code)
+        fool = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        return F.mse_loss(recon, x) + self.adversarial_weight * fool
+
+    def discriminator_loss(self, x: torch.Tensor) -> torch.Tensor:
+        code = self.encoder(x).detach()
+        prior = torch.randn_like(code)
+        real, fake = self.discriminator(prior), self.discriminator(code)
+        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+    @torch.no_grad()
+    def feature_errors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon, code = self(x)
+        # Negative log prior density per code dimension, up to a constant: on the scale of a
+        # per-feature squared error, so `latent_weight` 1 weighs both evidence sources alike.
+        return {"errors": (recon - x).pow(2).flatten(1), "latent": 0.5 * code.pow(2).mean(-1)}

@@ -1,0 +1,37 @@
+"""PCA as a linear autoencoder with closed-form weights: the baseline every deep model must beat."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PCA(nn.Module):
+    """Projects onto the top principal components and back; fitted by SVD, not by gradient descent."""
+
+    def __init__(self, input_shape: tuple[int, ...], n_components: int) -> None:
+        super().__init__()
+        d = int(torch.tensor(input_shape).prod())
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("components", torch.zeros(n_components, d))
+
+    @torch.no_grad()
+    def fit_closed_form(self, x: torch.Tensor, variance_kept: float) -> None:
+        flat = x.flatten(1).double()
+        mean = flat.mean(0)
+        _, s, vt = torch.linalg.svd(flat - mean, full_matrices=False)
+        ratio = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-12)
+        k = int(torch.searchsorted(ratio, torch.tensor(variance_kept, dtype=ratio.dtype)).item()) + 1
+        k = min(k, self.components.shape[0], vt.shape[0])
+        components = torch.zeros_like(self.components)
+        components[:k] = vt[:k].to(components.dtype)
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.components.copy_(components)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1) - self.mean
+        return ((flat @ self.components.T) @ self.components + self.mean).view_as(x)
+
+    @torch.no_grad()
+    def feature_errors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"errors": (self(x) - x).pow(2).flatten(1)}

@@ -1,0 +1,177 @@
+"""The saved-model directory: the trust boundary between whoever trained a model and whoever loads it.
+
+Only JSON and safetensors are ever read, each file is checked against the SHA-256 in
+manifest.json before it is parsed, and the weights must match the declared architecture exactly
+(`load_state_dict(strict=True)`). Nothing in the directory is executed or unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from anomaly_ae import __version__
+from anomaly_ae.calibration import Calibration
+from anomaly_ae.data.preprocess import Preprocessor
+from anomaly_ae.data.schema import Schema
+from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.models import build_model
+
+if TYPE_CHECKING:
+    from anomaly_ae.detector import Detector
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = ("config.json", "schema.json", "preprocess.json", "calibration.json", "weights.safetensors")
+REMOTE_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return json.dumps(payload, indent=1, sort_keys=True, allow_nan=False).encode()
+
+
+def save_detector(detector: "Detector", path: Path) -> Path:
+    params = detector.get_params()
+    if params["hidden_dims"] is not None:
+        params["hidden_dims"] = [int(h) for h in params["hidden_dims"]]
+    config = {
+        "format_version": FORMAT_VERSION,
+        "anomaly_ae_version": __version__,
+        "torch_version": torch.__version__,
+        "params": params,
+        "model_spec": detector.model_spec_,
+        "score_type": detector.score_type_,
+        "n_members": len(detector.members_),
+        "training": [h.to_dict() for h in detector.history_],
+    }
+    state = {f"member{i}.{k}": v.detach().cpu().contiguous()
+             for i, m in enumerate(detector.members_) for k, v in m.state_dict().items()}
+    contents = {
+        "config.json": _json_bytes(config),
+        "schema.json": _json_bytes(detector.schema_.to_dict()),
+        "preprocess.json": _json_bytes(detector.preprocessor_.to_dict()),
+        "calibration.json": _json_bytes(detector.calibration_.to_dict()),
+        "weights.safetensors": save_safetensors(state, metadata={"format": "anomaly_ae"}),
+    }
+    manifest = {"format_version": FORMAT_VERSION, "anomaly_ae_version": __version__,
+                "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in contents.items()}}
+    contents[MANIFEST] = _json_bytes(manifest)
+    # Write into a sibling temp dir and rename it into place, so a crash never leaves half a model.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    for name, data in contents.items():
+        (staging / name).write_bytes(data)
+    if path.exists():
+        if not (path / MANIFEST).exists() and any(path.iterdir()):
+            raise FileExistsError(f"{path} exists and is not a saved model; choose an empty or new directory")
+        old = path.with_name(f".{path.name}.old")
+        os.replace(path, old)
+        os.replace(staging, path)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(staging, path)
+    return path
+
+
+def manifest_hashes(path: Path) -> dict[str, str]:
+    """The SHA-256 of each file, as recorded in the manifest (what the registry records as tags)."""
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    return {name: entry["sha256"] for name, entry in manifest["files"].items()}
+
+
+def read_verified(path: Path) -> dict[str, bytes]:
+    """Read every model file once, checking it against the manifest before anyone parses it."""
+    if not path.is_dir():
+        raise ModelLoadError(f"no saved model at {path}: expected a directory written by Detector.save")
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes())
+        entries = manifest["files"]
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} has no {MANIFEST}; it is not a model saved by anomaly_ae") from None
+    except (ValueError, KeyError, TypeError):
+        raise ModelLoadError(f"{path / MANIFEST} is corrupt (not the JSON Detector.save writes); "
+                             "re-save or re-download the model") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path} was saved in model format {manifest.get('format_version')!r} by anomaly_ae "
+            f"{manifest.get('anomaly_ae_version', '?')}; this is anomaly_ae {__version__} (format {FORMAT_VERSION}). "
+            "Load it with that version or retrain it with this one")
+    contents = {}
+    for name in FILES:
+        entry = entries.get(name)
+        if entry is None:
+            raise ModelLoadError(f"{path / MANIFEST} does not list {name}; the model directory is incomplete")
+        try:
+            data = (path / name).read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path / name} is missing; re-save or re-download the model") from None
+        if len(data) != entry.get("bytes") or sha256(data) != entry.get("sha256"):
+            raise ModelLoadError(f"{path / name} does not match its SHA-256 in the manifest: the file is truncated "
+                                 "or was modified after saving; refusing to load it")
+        contents[name] = data
+    return contents
+
+
+def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
+    path = resolve_model_path(path_or_uri)
+    contents = read_verified(path)
+    try:
+        config = json.loads(contents["config.json"])
+        schema = Schema.from_dict(json.loads(contents["schema.json"]))
+        preprocessor = Preprocessor.from_dict(json.loads(contents["preprocess.json"]), schema)
+        calibration = Calibration.from_dict(json.loads(contents["calibration.json"]))
+        detector = cls(**config["params"])
+        spec, n_members = config["model_spec"], int(config["n_members"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path} has a malformed model file ({exc}); re-save the model") from None
+    try:
+        state = load_safetensors(contents["weights.safetensors"])
+    except Exception as exc:  # safetensors raises its own error types for malformed headers
+        raise ModelLoadError(f"{path / 'weights.safetensors'} is not a valid safetensors file: {exc}") from None
+    from anomaly_ae.detector import resolve_device
+    from anomaly_ae.training import History
+
+    device = resolve_device(detector.device)
+    members = []
+    for i in range(n_members):
+        prefix = f"member{i}."
+        module = build_model(spec)
+        try:
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"the weights in {path} do not fit the model they declare: {exc}") from None
+        members.append(module.to(device).eval())
+    detector.schema_, detector.preprocessor_, detector.model_spec_ = schema, preprocessor, spec
+    detector.members_, detector.score_type_, detector.device_ = members, config["score_type"], device
+    detector.history_ = [History(**h) for h in config.get("training", [])]
+    detector.calibration_ = calibration
+    detector.threshold_ = calibration.threshold
+    detector.n_features_in_ = schema.n_features if schema.image is None else \
+        schema.image.channels * schema.image.height * schema.image.width
+    return detector
+
+
+def resolve_model_path(path_or_uri: str | Path) -> Path:
+    text = str(path_or_uri)
+    if text.startswith(REMOTE_SCHEMES):
+        try:
+            from anomaly_ae.registry import download_model
+        except ImportError as exc:
+            raise ModelLoadError(f"loading {text} needs MLflow: pip install 'anomaly-ae[mlflow]' ({exc})") from None
+        return download_model(text)
+    return Path(text)
