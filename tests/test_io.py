@@ -1,0 +1,155 @@
+import gzip
+
+import pandas as pd
+import pytest
+
+from anomaly_ae.data.io import AtomicTableWriter, iter_table_chunks, read_table, write_table
+from anomaly_ae.data.synthetic import make_telemetry
+from anomaly_ae.exceptions import DataError, SchemaError
+
+SUFFIXES = ["csv", "csv.gz", "parquet", "pq"]
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return make_telemetry(1000, 0.1, seed=0)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_round_trip_is_exact(tmp_path, frame, suffix):
+    path = tmp_path / "nested" / "dir" / f"table.{suffix}"
+    write_table(frame, path)
+    pd.testing.assert_frame_equal(read_table(path), frame, check_exact=True)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_chunked_read_matches_whole_read_with_global_index(tmp_path, frame, suffix):
+    path = tmp_path / f"table.{suffix}"
+    # Written in 128-row pieces so Parquet has several row groups that do not align with chunks.
+    with AtomicTableWriter(path) as writer:
+        for start in range(0, len(frame), 128):
+            writer.write(frame.iloc[start:start + 128])
+    assert writer.rows_written == len(frame)
+    chunks = list(iter_table_chunks(path, chunk_rows=300))
+    assert [len(c) for c in chunks] == [300, 300, 300, 100]
+    assert [c.index[0] for c in chunks] == [0, 300, 600, 900]
+    pd.testing.assert_frame_equal(pd.concat(chunks), read_table(path), check_exact=True)
+    pd.testing.assert_frame_equal(pd.concat(chunks), frame, check_exact=True)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_column_selection_keeps_requested_order(tmp_path, frame, suffix):
+    path = tmp_path / f"table.{suffix}"
+    write_table(frame, path)
+    assert list(read_table(path, columns=["latency_ms", "mode"]).columns) == ["latency_ms", "mode"]
+    chunk = next(iter_table_chunks(path, 100, columns=["latency_ms", "mode"]))
+    assert list(chunk.columns) == ["latency_ms", "mode"]
+    with pytest.raises(SchemaError) as info:
+        read_table(path, columns=["mode", "fan_rpm"])
+    assert "no column(s) ['fan_rpm']" in str(info.value) and "cpu_util_pct" in str(info.value)
+    assert info.value.column == "fan_rpm" and info.value.reason == "missing_column"
+
+
+@pytest.mark.parametrize("suffix", ["csv", "csv.gz", "parquet"])
+def test_failed_write_leaves_old_file_untouched(tmp_path, frame, suffix):
+    path = tmp_path / f"scores.{suffix}"
+    write_table(frame.head(10), path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="boom"):
+        with AtomicTableWriter(path) as writer:
+            writer.write(frame.iloc[:500])
+            raise RuntimeError("boom")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_chunk_with_other_columns_is_rejected_and_nothing_written(tmp_path, frame, suffix):
+    path = tmp_path / f"scores.{suffix}"
+    with pytest.raises(SchemaError, match="same columns"):
+        with AtomicTableWriter(path) as writer:
+            writer.write(frame.iloc[:10])
+            writer.write(frame.iloc[10:20].drop(columns="mode"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parquet_chunk_with_incompatible_types_is_rejected(tmp_path):
+    with pytest.raises(SchemaError, match="column types do not match"):
+        with AtomicTableWriter(tmp_path / "x.parquet") as writer:
+            writer.write(pd.DataFrame({"a": [1, 2]}))
+            writer.write(pd.DataFrame({"a": ["x", "y"]}))
+
+
+def test_write_outside_with_block_is_an_error(tmp_path):
+    with pytest.raises(RuntimeError, match="inside its 'with' block"):
+        AtomicTableWriter(tmp_path / "x.csv").write(pd.DataFrame({"a": [1]}))
+
+
+def test_missing_file(tmp_path):
+    for call in (read_table, iter_table_chunks):
+        with pytest.raises(DataError, match="does not exist"):
+            call(tmp_path / "nope.csv")
+
+
+def test_unsupported_extension_lists_supported_ones(tmp_path):
+    path = tmp_path / "data.xlsx"
+    path.write_bytes(b"x")
+    for call in (read_table, iter_table_chunks, AtomicTableWriter):
+        with pytest.raises(DataError) as info:
+            call(path)
+        message = str(info.value)
+        assert "unsupported file type" in message
+        assert all(s in message for s in (".csv", ".csv.gz", ".parquet", ".pq"))
+
+
+@pytest.mark.parametrize("name, content", [
+    ("empty.csv", b""),
+    ("blank.csv", b"\n\n"),
+    ("header_only.csv", b"a,b,c\n"),
+    ("header_only.csv.gz", gzip.compress(b"a,b,c\n")),
+    ("empty.parquet", b""),
+], ids=lambda value: value if isinstance(value, str) else "")
+def test_files_without_rows(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="has no rows"):
+        read_table(path)
+    with pytest.raises(DataError, match="has no rows"):
+        iter_table_chunks(path)  # raised by the call itself, before any loop
+
+
+def test_parquet_with_schema_but_no_rows(tmp_path):
+    path = tmp_path / "empty.parquet"
+    write_table(pd.DataFrame({"a": pd.Series([], dtype=float)}), path)
+    for call in (read_table, iter_table_chunks):
+        with pytest.raises(DataError, match="has no rows"):
+            call(path)
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("ragged.csv", b"a,b\n1,2\n3,4,5,6\n", "could not parse"),
+    ("binary.csv", b"a,b\n\xff\xfe\x00,1\n", "could not parse"),
+    ("broken.csv.gz", b"not gzip at all", "could not parse"),
+    ("garbage.parquet", b"definitely not parquet", "could not parse"),
+])
+def test_unparsable_files(tmp_path, name, content, fragment):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    assert fragment in str(info.value) and name in str(info.value)
+
+
+def test_bad_line_in_a_later_chunk_fails_while_streaming(tmp_path):
+    path = tmp_path / "late.csv"
+    path.write_text("a,b\n" + "1,2\n" * 50 + "1,2,3\n")
+    chunks = iter_table_chunks(path, chunk_rows=10)
+    with pytest.raises(DataError, match="could not parse .* as CSV"):
+        list(chunks)
+
+
+def test_invalid_chunk_rows(tmp_path, frame):
+    path = tmp_path / "t.csv"
+    write_table(frame.head(5), path)
+    with pytest.raises(ValueError, match="chunk_rows must be an integer >= 1"):
+        iter_table_chunks(path, chunk_rows=0)
