@@ -48,11 +48,10 @@ def score_batch(model: nn.Module, x: torch.Tensor, score: str, eps: torch.Tensor
         total = nll.sum(-1) + kl if score == "elbo" else -model.iwae_bound(x, eps)
         # Without the log-scale constant each feature's term is its squared standardised misfit (>= 0).
         return total, nll - (model.log_scale_clamped() + 0.5 * LOG_2PI).flatten()
-    parts = model.feature_errors(x)
-    total = parts["errors"].mean(-1)
     if score == "recon+latent":
-        total = total + model.latent_weight * parts["latent"]
-    return total, parts["errors"]
+        return model.score(x)
+    errors = model.feature_errors(x)["errors"]
+    return errors.mean(-1), errors
 
 
 def score_array(model: nn.Module, x: np.ndarray, score: str, device: torch.device, eps: torch.Tensor | None,

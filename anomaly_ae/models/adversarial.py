@@ -2,7 +2,9 @@
 
 The encoder is trained to reconstruct and to make its codes indistinguishable from N(0, I)
 samples; the score adds the code's negative log prior density to the reconstruction error, so a
-sample that reconstructs well from an unlikely code is still flagged.
+sample that reconstructs well from an unlikely code is still flagged. The two terms live on
+unrelated scales, so each is divided by its median on held-out normal data (`calibrate_score`)
+before they are added.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ class AdversarialAutoencoder(nn.Module):
     adversarial = True
 
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int, hidden_dims: list[int],
-                 adversarial_weight: float = 0.1, latent_weight: float = 1.0) -> None:
+                 adversarial_weight: float = 0.1, latent_weight: float = 0.1) -> None:
         super().__init__()
         self.adversarial_weight, self.latent_weight = adversarial_weight, latent_weight
         self.encoder, self.decoder = make_encoder_decoder(input_shape, hidden_dims, latent_dim)
         width = max(16, 4 * latent_dim)
         self.discriminator = mlp([latent_dim, width, width, 1])
+        self.register_buffer("term_scales", torch.ones(2))
 
     def autoencoder_parameters(self) -> list[nn.Parameter]:
         return [*self.encoder.parameters(), *self.decoder.parameters()]
@@ -50,6 +53,19 @@ class AdversarialAutoencoder(nn.Module):
     @torch.no_grad()
     def feature_errors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         recon, code = self(x)
-        # Negative log prior density per code dimension, up to a constant: on the scale of a
-        # per-feature squared error, so `latent_weight` 1 weighs both evidence sources alike.
-        return {"errors": (recon - x).pow(2).flatten(1), "latent": 0.5 * code.pow(2).mean(-1)}
+        # 0.5|z|^2 is the code's negative log prior density up to a constant.
+        return {"errors": (recon - x).pow(2).flatten(1), "latent": 0.5 * code.pow(2).sum(-1)}
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction + latent_weight * prior term, each over its held-out median; per-feature errors)."""
+        parts = self.feature_errors(x)
+        recon = parts["errors"].mean(-1) / self.term_scales[0]
+        return recon + self.latent_weight * parts["latent"] / self.term_scales[1], parts["errors"]
+
+    @torch.no_grad()
+    def calibrate_score(self, x_val: torch.Tensor) -> None:
+        self.eval()
+        parts = self.feature_errors(x_val)
+        medians = torch.stack([parts["errors"].mean(-1).median(), parts["latent"].median()])
+        self.term_scales.copy_(medians.clamp_min(1e-12))

@@ -1,0 +1,30 @@
+# Every target creates and uses the virtualenv in .venv. torch is installed first, pinned, so pip
+# takes the CPU wheel and never the multi-GB CUDA build; see README "GPU install" for CUDA.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m anomaly_ae.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/anomaly-ae benchmark --data-dir ../shared/data/adbench
+
+clean:
+	rm -rf $(VENV) demo-output mlruns mlflow.db .pytest_cache

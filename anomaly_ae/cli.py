@@ -1,0 +1,165 @@
+"""The `anomaly-ae` command line: parse arguments, make one library call, print the result.
+
+Errors the package raises on purpose are printed as one red line and exit with code 2; only a
+bug shows a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from anomaly_ae.exceptions import AnomalyAEError
+
+app = typer.Typer(help="Anomaly detection with autoencoders trained on normal data.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+console = Console(stderr=True)
+
+
+def friendly_errors(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (AnomalyAEError, FileExistsError) as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from None
+    return wrapper
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def read_training_data(path: Path, drop_cols: list[str]) -> pd.DataFrame | np.ndarray:
+    """Tables (CSV/Parquet) become DataFrames; .npy/.npz arrays (e.g. images) stay arrays."""
+    from anomaly_ae.data.io import read_table
+    from anomaly_ae.exceptions import DataError
+
+    if path.suffix in (".npy", ".npz"):
+        if not path.exists():
+            raise DataError(f"input file '{path}' does not exist")
+        loaded = np.load(path, allow_pickle=False)
+        return loaded["X"] if path.suffix == ".npz" else loaded
+    frame = read_table(path)
+    unknown = [c for c in drop_cols if c not in frame.columns]
+    if unknown:
+        raise DataError(f"--drop-cols names column(s) not in {path}: {', '.join(unknown)}")
+    return frame.drop(columns=drop_cols)
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: Path = typer.Argument(..., help="Normal training data: CSV, Parquet, or .npy/.npz array."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to save the model in."),
+    model: str = typer.Option("ae", help="ae, dae, sae, vae, aae or pca."),
+    target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
+    drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels)."),
+    epochs: int = typer.Option(200, help="Maximum training epochs (early stopping usually ends sooner)."),
+    n_estimators: int = typer.Option(1, help="Differently seeded networks whose scores are averaged."),
+    score: Optional[str] = typer.Option(None, help="Score type (recon, elbo, iwae, recon+latent)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a detector on normal data and save it."""
+    from anomaly_ae import Detector
+
+    X = read_training_data(data, _split_list(drop_cols))
+    detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
+                        random_state=seed, device=device, n_threads=threads, verbose=progress).fit(X)
+    path = detector.save(out)
+    cal = detector.calibration_
+    console.print(f"saved [bold]{model}[/] model to {path} (threshold {cal.threshold:.6g}, "
+                  f"validation FPR {cal.validation_fpr:.4f} for target {cal.target_fpr})")
+
+
+@app.command()
+@friendly_errors
+def score(
+    model: str = typer.Argument(..., help="Model directory or MLflow URI (models:/NAME@ALIAS)."),
+    data: Path = typer.Argument(..., help="CSV or Parquet file to score."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output CSV or Parquet (written atomically)."),
+    top_k: int = typer.Option(3, help="Top contributing features per row (0 for none)."),
+    chunk_rows: int = typer.Option(50_000, help="Rows per chunk: bounds memory on large files."),
+    keep_cols: Optional[str] = typer.Option(None, help="Comma-separated input columns to copy to the output."),
+) -> None:
+    """Score a file in chunks; writes score, p_value, is_anomaly, severity and top features per row."""
+    from anomaly_ae import Detector
+    from anomaly_ae.data.io import AtomicTableWriter, iter_table_chunks
+    from anomaly_ae.exceptions import DataError
+
+    detector = Detector.load(model)
+    keep = _split_list(keep_cols)
+    # Pass-through columns that are not model features are set aside; any other extra column
+    # is an error from the schema check rather than silently ignored.
+    passthrough = [c for c in keep if c not in detector.schema_.names]
+    rows = flagged = 0
+    with AtomicTableWriter(output) as writer:
+        for chunk in iter_table_chunks(data, chunk_rows):
+            missing = [c for c in keep if c not in chunk.columns]
+            if missing:
+                raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
+            result = detector.score_frame(chunk.drop(columns=passthrough), top_k=top_k)
+            if keep:
+                result = pd.concat([chunk[keep], result], axis=1)
+            writer.write(result)
+            rows += len(result)
+            flagged += int(result["is_anomaly"].sum())
+    console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    model: str = typer.Argument(..., help="Model directory or MLflow URI."),
+    data: Path = typer.Argument(..., help="Labelled CSV or Parquet file."),
+    label_col: str = typer.Option(..., help="Column with 1 for anomalies, 0 for normal rows."),
+    out_dir: Optional[Path] = typer.Option(None, help="Directory for the PNG plots and metrics.json."),
+    drop_cols: Optional[str] = typer.Option(None, help="Other columns to ignore."),
+) -> None:
+    """AUROC, AUPRC, FPR and recall at the calibrated threshold, with plots."""
+    from anomaly_ae import Detector
+    from anomaly_ae.data.io import read_table
+    from anomaly_ae.evaluation import evaluate_scores, plot_roc_pr, plot_score_histogram
+    from anomaly_ae.exceptions import DataError
+
+    detector = Detector.load(model)
+    frame = read_table(data)
+    if label_col not in frame.columns:
+        raise DataError(f"label column '{label_col}' is not in {data}; columns are {', '.join(frame.columns)}")
+    labels = frame[label_col].to_numpy()
+    X = frame.drop(columns=[label_col, *_split_list(drop_cols)])
+    scores = detector.decision_function(X)
+    report = evaluate_scores(scores, labels, detector.threshold_)
+    table = Table(title=f"evaluation of {model} on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.to_dict().items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_score_histogram(scores, detector.threshold_, out_dir / "score_histogram.png", labels=labels)
+        plot_roc_pr(scores, labels, out_dir)
+        (out_dir / "metrics.json").write_text(json.dumps(report.to_dict(), indent=1))
+        console.print(f"plots and metrics.json written to {out_dir}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
