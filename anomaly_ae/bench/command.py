@@ -80,3 +80,13 @@ def benchmark(
 
 
 __all__ = ["benchmark"]
+
+
+def main() -> None:  # pragma: no cover - convenience: python -m anomaly_ae.bench.command
+    app = typer.Typer(add_completion=False)
+    app.command()(benchmark)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
