@@ -80,8 +80,18 @@ def _locked_append(path: Path) -> Iterator:
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """All rows of a result CSV (empty list if the file does not exist or is empty)."""
+    """All rows of a result CSV (empty list if the file does not exist or is empty).
+
+    Reads under the CSV's lock, so a row being appended by another run is never half-read.
+    """
     path = Path(path)
+    if not path.exists():
+        return []
+    with _locked_append(path):
+        return _read_rows_unlocked(path)
+
+
+def _read_rows_unlocked(path: Path) -> list[dict[str, str]]:
     if not path.exists() or path.stat().st_size == 0:
         return []
     with open(path, newline="") as f:
@@ -109,7 +119,7 @@ def drop_rows(path: str | Path, predicate) -> int:
     if not path.exists():
         return 0
     with _locked_append(path):
-        rows = read_rows(path)
+        rows = _read_rows_unlocked(path)
         keep = [r for r in rows if not predicate(r)]
         n = len(rows) - len(keep)
         if n:
