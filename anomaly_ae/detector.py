@@ -61,6 +61,8 @@ class Detector(BaseEstimator):
     score : how a sample is scored; None picks the model's default ("recon" for autoencoders and
         PCA, "elbo" for the VAE, "recon+latent" for the AAE). The VAE also offers "recon" and "iwae".
     n_estimators : number of differently seeded networks whose scores are averaged.
+    batch_size : None picks n_train // 20 within [16, 256], so even small data sets get about
+        twenty optimiser steps per epoch.
     validation_fraction : share of the normal data held out for early stopping and calibration.
     target_fpr : false-positive rate on normal data that the threshold is calibrated to.
     beta : KL weight of the VAE.  corruption, noise : the denoising autoencoder's input corruption
@@ -78,7 +80,7 @@ class Detector(BaseEstimator):
 
     def __init__(self, model: str = "ae", *, latent_dim: int | None = None,
                  hidden_dims: Sequence[int] | None = None, score: str | None = None, n_estimators: int = 1,
-                 epochs: int = 200, batch_size: int = 256, learning_rate: float = 1e-3,
+                 epochs: int = 200, batch_size: int | None = None, learning_rate: float = 1e-3,
                  weight_decay: float = 0.0, patience: int = 20, validation_fraction: float = 0.2,
                  target_fpr: float = 0.01, beta: float = 1.0, corruption: str = "gaussian", noise: float = 0.2,
                  sparsity: float = 1e-2, adversarial_weight: float = 0.1, latent_weight: float = 0.1,
@@ -191,7 +193,8 @@ class Detector(BaseEstimator):
         if spec["family"] == "pca":
             module.fit_closed_form(t_train, self.variance_kept)
             return module.eval(), History()
-        config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+        batch_size = self.batch_size or int(np.clip(len(x_train) // 20, 16, 256))
+        config = TrainConfig(epochs=self.epochs, batch_size=batch_size, learning_rate=self.learning_rate,
                              weight_decay=self.weight_decay, patience=self.patience)
         with epoch_progress(self.epochs, label, enabled=self.verbose) as on_epoch:
             history = train(module, t_train, t_val, config, seed=seed, on_epoch=on_epoch)

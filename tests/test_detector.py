@@ -1,0 +1,183 @@
+"""Detector behaviour: quality on synthetic telemetry, the estimator contract, calibration, explanations."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+
+from anomaly_ae import Detector
+from anomaly_ae.exceptions import DataError, NotFittedError
+from anomaly_ae.data.synthetic import LABEL_COLUMNS
+
+from conftest import FAST
+
+MODELS = ["ae", "dae", "sae", "vae", "aae", "pca"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_quality_floor_on_synthetic_telemetry(fitted, telemetry_test, model):
+    detector = fitted(model)
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    scores = detector.decision_function(X)
+    assert np.all(np.isfinite(scores))
+    assert roc_auc_score(telemetry_test["is_anomaly"], scores) >= 0.95
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_threshold_is_calibrated_on_held_out_normals(fitted, telemetry_test, model):
+    detector = fitted(model)
+    normal = telemetry_test[telemetry_test.is_anomaly == 0].drop(columns=list(LABEL_COLUMNS))
+    fpr = detector.predict(normal).mean()
+    assert fpr <= 0.04, f"{model}: FPR {fpr:.3f} on fresh normals for a 1% target"
+    assert detector.calibration_.validation_fpr <= 0.01
+
+
+def test_vae_scores_recon_elbo_iwae_are_deterministic_and_row_independent(telemetry_train, telemetry_test):
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS)).head(200)
+    for score in ["recon", "elbo", "iwae"]:
+        det = Detector(model="vae", score=score, **FAST).fit(telemetry_train)
+        full = det.decision_function(X)
+        assert np.array_equal(full, det.decision_function(X))
+        # a row scores the same alone as inside a batch: no per-batch sampling noise
+        assert np.allclose(det.decision_function(X.iloc[[7]]), full[7], rtol=1e-5)  # float32 GEMM rounding only
+        assert roc_auc_score(telemetry_test.is_anomaly.head(200), full) > 0.9
+
+
+def test_unknown_score_type_is_refused(telemetry_train):
+    with pytest.raises(ValueError, match="not available"):
+        Detector(model="ae", score="iwae", epochs=1).fit(telemetry_train)
+
+
+def test_estimator_contract(telemetry_train):
+    det = Detector(model="vae", latent_dim=3, beta=0.5)
+    params = det.get_params()
+    assert params["model"] == "vae" and params["latent_dim"] == 3 and params["beta"] == 0.5
+    assert det.set_params(beta=2.0) is det and det.beta == 2.0
+    copy = clone(det)
+    assert copy.get_params() == det.get_params() and copy is not det
+    assert not hasattr(det, "threshold_")
+    with pytest.raises(NotFittedError, match="not fitted"):
+        det.decision_function(telemetry_train)
+    fitted = Detector(model="pca").fit(telemetry_train)
+    assert isinstance(fitted, Detector)
+    assert fitted.threshold_ == fitted.calibration_.threshold
+    assert not hasattr(clone(fitted), "threshold_")
+
+
+def test_same_seed_same_model(telemetry_train, telemetry_test):
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    a = Detector(model="ae", **FAST).fit(telemetry_train).decision_function(X)
+    b = Detector(model="ae", **FAST).fit(telemetry_train).decision_function(X)
+    c = Detector(model="ae", **{**FAST, "random_state": 1}).fit(telemetry_train).decision_function(X)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_p_values_predict_proba_and_severity(fitted, telemetry_test):
+    det = fitted("ae")
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    p = det.p_values(X)
+    assert np.all((p > 0) & (p <= 1))
+    proba = det.predict_proba(X)
+    assert proba.shape == (len(X), 2) and np.allclose(proba.sum(1), 1.0)
+    assert np.allclose(proba[:, 1], 1 - p)
+    frame = det.score_frame(X)
+    anomalous = frame["is_anomaly"].to_numpy()
+    assert set(frame.loc[~anomalous, "severity"]) == {"normal"}
+    assert set(frame.loc[anomalous, "severity"]) <= {"low", "medium", "high", "critical"}
+    # flagged rows have p-values at the small end of the held-out distribution
+    assert frame.loc[anomalous, "p_value"].max() <= 0.02
+    assert list(frame.columns[:4]) == ["score", "p_value", "is_anomaly", "severity"]
+
+
+def test_explanations_point_at_the_broken_metric(fitted, telemetry_train):
+    det = fitted("ae")
+    row = telemetry_train.head(50).copy()
+    row["latency_ms"] = row["latency_ms"] * 40  # a spike in one metric
+    shares = det.explain(row, top_k=None)
+    assert np.allclose(shares.sum(axis=1), 1.0)
+    assert (shares.idxmax(axis=1) == "latency_ms").mean() > 0.9
+    top = det.explain(row, top_k=2)
+    assert list(top.columns) == ["feature_1", "contribution_1", "feature_2", "contribution_2"]
+    assert (top["contribution_1"] >= top["contribution_2"]).all()
+
+
+def test_categorical_contribution_sums_over_its_encoding(fitted, telemetry_train):
+    det = fitted("ae")
+    shares = det.explain(telemetry_train.head(20), top_k=None)
+    assert "mode" in shares.columns and len(shares.columns) == len(det.schema_.names)
+
+
+def test_unseen_category_is_scored_and_reported(fitted, telemetry_train):
+    det = fitted("ae")
+    rows = telemetry_train.head(3).copy()
+    rows.loc[rows.index[0], "mode"] = "weekend"
+    frame = det.score_frame(rows)
+    assert np.isfinite(frame["score"]).all()
+    assert "unseen category 'weekend' in 'mode'" in frame["notes"].iloc[0]
+    assert frame["notes"].iloc[1] == ""
+
+
+def test_numpy_input_and_ensembles(telemetry_train):
+    X = telemetry_train.drop(columns=["mode"]).to_numpy()
+    det = Detector(model="ae", n_estimators=2, **FAST).fit(X)
+    assert len(det.members_) == 2
+    assert det.decision_function(X[:5]).shape == (5,)
+    assert det.feature_names_[0] == "x0"
+
+
+def test_missing_values_allowed_when_seen_in_training(telemetry_train):
+    data = telemetry_train.copy()
+    data.loc[data.index[::10], "cpu_util_pct"] = np.nan
+    det = Detector(model="pca").fit(data)
+    assert "cpu_util_pct__missing" in det.preprocessor_.feature_names
+    frame = det.score_frame(data.head(11))
+    assert np.isfinite(frame["score"]).all()
+    assert "missing 'cpu_util_pct' imputed" in frame["notes"].iloc[0]
+
+
+def test_constant_column_and_extreme_values_stay_finite(telemetry_train):
+    data = telemetry_train.copy()
+    data["constant"] = 5.0
+    det = Detector(model="ae", **FAST).fit(data)
+    probe = data.head(3).copy()
+    probe["constant"] = [5.0, 6.0, 1e300]
+    probe["latency_ms"] = [1e308, -1e308, 0.0]
+    scores = det.decision_function(probe)
+    assert np.all(np.isfinite(scores)) and np.all(scores > det.threshold_)
+
+
+def test_images_use_the_conv_models_on_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images[:, None].astype(np.float32)  # (N, 1, 8, 8)
+    normal = digits.target == 0
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(np.flatnonzero(normal))
+    train, test_normal = images[idx[:140]], images[idx[140:]]
+    test = np.concatenate([test_normal, images[~normal][:300]])
+    labels = np.r_[np.zeros(len(test_normal)), np.ones(300)]
+    for model in ["ae", "vae", "aae"]:
+        det = Detector(model=model, epochs=60, patience=10).fit(train)
+        assert det.model_spec_["input_shape"] == [1, 8, 8]
+        assert type(det.members_[0].encoder).__name__ == "ConvEncoder"
+        assert roc_auc_score(labels, det.decision_function(test)) > 0.9, model
+    frame = det.score_frame(test[:2], top_k=2)
+    assert frame["feature_1"].iloc[0].startswith("pixel[")
+
+
+def test_too_few_rows_and_bad_params(telemetry_train):
+    with pytest.raises(DataError, match="at least 10 normal rows"):
+        Detector().fit(telemetry_train.head(5))
+    with pytest.raises(ValueError, match="unknown model"):
+        Detector(model="gan").fit(telemetry_train)
+    with pytest.raises(ValueError, match="target_fpr"):
+        Detector(target_fpr=0).fit(telemetry_train)
+
+
+def test_score_frame_keeps_the_input_index(fitted, telemetry_train):
+    rows = telemetry_train.iloc[[5, 9]].copy()
+    rows.index = pd.Index(["a", "b"])
+    assert list(fitted("pca").score_frame(rows).index) == ["a", "b"]
