@@ -70,7 +70,7 @@ def train(
     score: Optional[str] = typer.Option(None, help="Score type (recon, elbo, iwae, recon+latent)."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    threads: Optional[int] = typer.Option(1, help="torch CPU threads."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a detector on normal data and save it."""
@@ -155,6 +155,15 @@ def evaluate(
         plot_roc_pr(scores, labels, out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(report.to_dict(), indent=1))
         console.print(f"plots and metrics.json written to {out_dir}")
+
+
+def _register_benchmark() -> None:
+    from anomaly_ae.bench.command import benchmark
+
+    app.command("benchmark", help="Compare detectors with PyOD on ADBench (PROTOCOL.md splits).")(benchmark)
+
+
+_register_benchmark()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -73,7 +73,9 @@ class Detector(BaseEstimator):
         whole prior, so the prior term is the weaker evidence: AUROC 0.99 vs 0.93 at weight 1 on
         the synthetic telemetry).  n_samples : latent draws for
         the VAE's "elbo" and "iwae" scores.  variance_kept : PCA's explained-variance target.
-    device : "auto" (CUDA when available), "cpu" or "cuda[:N]".  n_threads : torch CPU threads.
+    device : "auto" (CUDA when available), "cpu" or "cuda[:N]".
+    n_threads : torch CPU threads while fitting and scoring (default 1: networks this small run
+        fastest on one thread, and extra threads spin against other processes for the same cores).
     random_state : seed for the split, initialisation, training and sampled scores.
     verbose : show a progress bar while training.
     """
@@ -85,7 +87,7 @@ class Detector(BaseEstimator):
                  target_fpr: float = 0.01, beta: float = 1.0, corruption: str = "gaussian", noise: float = 0.2,
                  sparsity: float = 1e-2, adversarial_weight: float = 0.1, latent_weight: float = 0.1,
                  n_samples: int = 16, variance_kept: float = 0.9, max_categories: int = 50,
-                 device: str = "auto", n_threads: int | None = None, random_state: int = 0,
+                 device: str = "auto", n_threads: int | None = 1, random_state: int = 0,
                  verbose: bool = False) -> None:
         self.model = model
         self.latent_dim = latent_dim
