@@ -22,7 +22,7 @@ from anomaly_ae.exceptions import AnomalyAEError
 
 app = typer.Typer(help="Anomaly detection with autoencoders trained on normal data.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line
 
 
 def friendly_errors(func: Callable) -> Callable:
@@ -112,11 +112,13 @@ def score(
             if missing:
                 raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
             result = detector.score_frame(chunk.drop(columns=passthrough), top_k=top_k)
-            if keep:
-                result = pd.concat([chunk[keep], result], axis=1)
-            writer.write(result)
             rows += len(result)
             flagged += int(result["is_anomaly"].sum())
+            if keep:
+                # a kept column named like an output column (e.g. a label "is_anomaly") keeps its data
+                kept = chunk[keep].rename(columns=lambda c: f"input_{c}" if c in result.columns else c)
+                result = pd.concat([kept, result], axis=1)
+            writer.write(result)
     console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
 
 

@@ -1,0 +1,74 @@
+"""CLI round trip on a temporary directory: train, score (chunked, atomic), evaluate; clean errors."""
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from anomaly_ae.cli import app
+from anomaly_ae.data.io import read_table, write_table
+from anomaly_ae.data.synthetic import make_telemetry
+
+runner = CliRunner()
+
+
+def test_train_score_evaluate_round_trip(tmp_path):
+    train = make_telemetry(1500, 0.0, seed=1)
+    test = make_telemetry(600, 0.1, seed=2)
+    write_table(train, tmp_path / "train.csv")
+    write_table(test, tmp_path / "test.parquet")
+    result = runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "model"),
+                                 "--model", "ae", "--epochs", "60", "--drop-cols", "is_anomaly,anomaly_kind",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model" / "manifest.json").exists()
+
+    result = runner.invoke(app, ["score", str(tmp_path / "model"), str(tmp_path / "test.parquet"),
+                                 "-o", str(tmp_path / "scored.csv"), "--chunk-rows", "128",
+                                 "--keep-cols", "is_anomaly,anomaly_kind"])
+    assert result.exit_code == 0, result.output
+    scored = read_table(tmp_path / "scored.csv")
+    assert len(scored) == 600
+    assert {"score", "p_value", "is_anomaly", "severity", "feature_1", "anomaly_kind", "input_is_anomaly"} <= set(scored.columns)
+    assert "scored 600 rows" in result.output
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(tmp_path / "test.parquet"),
+                                 "--label-col", "is_anomaly", "--drop-cols", "anomaly_kind",
+                                 "--out-dir", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_json(tmp_path / "eval" / "metrics.json", typ="series")
+    assert metrics["auroc"] > 0.95
+    assert {"score_histogram.png", "roc.png", "pr.png"} <= {p.name for p in (tmp_path / "eval").iterdir()}
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    write_table(make_telemetry(300, seed=1), tmp_path / "train.csv")
+    result = runner.invoke(app, ["train", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "Traceback" not in result.output
+
+    (tmp_path / "empty.csv").write_text("")
+    result = runner.invoke(app, ["train", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "no rows" in result.output
+
+    result = runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
+                                 "--drop-cols", "nope"])
+    assert result.exit_code == 2 and "nope" in result.output
+
+    result = runner.invoke(app, ["score", str(tmp_path / "no-model"), str(tmp_path / "train.csv"),
+                                 "-o", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2 and "no saved model" in result.output
+
+
+def test_failed_scoring_leaves_the_old_output_untouched(tmp_path):
+    train = make_telemetry(400, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
+    write_table(train, tmp_path / "train.csv")
+    assert runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
+                               "--model", "pca", "--no-progress"]).exit_code == 0
+    (tmp_path / "out.csv").write_text("old results\n")
+    bad = train.copy()
+    bad["cpu_util_pct"] = bad["cpu_util_pct"].astype(object)
+    bad.loc[350, "cpu_util_pct"] = "oops"  # in the third chunk: earlier chunks were already written
+    write_table(bad, tmp_path / "bad.csv")
+    result = runner.invoke(app, ["score", str(tmp_path / "m"), str(tmp_path / "bad.csv"), "-o",
+                                 str(tmp_path / "out.csv"), "--chunk-rows", "100"])
+    assert result.exit_code == 2 and "rows [350]" in result.output
+    assert (tmp_path / "out.csv").read_text() == "old results\n"

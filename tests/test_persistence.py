@@ -1,0 +1,122 @@
+"""The saved-model trust boundary: bit-identical reloads, and refusal of anything tampered with."""
+
+import json
+
+import numpy as np
+import pytest
+
+from anomaly_ae import Detector
+from anomaly_ae.data.synthetic import LABEL_COLUMNS
+from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.persistence import FILES, MANIFEST
+
+MODELS = ["ae", "dae", "sae", "vae", "aae", "pca"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_scores_are_bit_identical_after_reload(fitted, telemetry_test, tmp_path, model):
+    det = fitted(model)
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    path = det.save(tmp_path / model)
+    assert sorted(p.name for p in path.iterdir()) == sorted([*FILES, MANIFEST])
+    loaded = Detector.load(path)
+    assert np.array_equal(det.decision_function(X), loaded.decision_function(X))
+    assert loaded.threshold_ == det.threshold_
+    assert loaded.get_params() == det.get_params()
+    assert det.score_frame(X).equals(loaded.score_frame(X))
+
+
+def test_vae_iwae_reload_is_bit_identical(telemetry_train, telemetry_test, tmp_path):
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    det = Detector(model="vae", score="iwae", epochs=5).fit(telemetry_train)
+    assert np.array_equal(det.decision_function(X), Detector.load(det.save(tmp_path / "m")).decision_function(X))
+
+
+def test_images_reload(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((60, 1, 8, 8)).astype(np.float32)
+    det = Detector(model="ae", epochs=3).fit(images)
+    loaded = Detector.load(det.save(tmp_path / "img"))
+    assert np.array_equal(det.decision_function(images), loaded.decision_function(images))
+
+
+def test_no_pickle_anywhere_in_the_saved_model(fitted, tmp_path):
+    path = fitted("vae").save(tmp_path / "m")
+    for f in path.iterdir():
+        data = f.read_bytes()
+        # pickle protocol 2+ streams start with 0x80; torch.save zips start with PK
+        assert not data.startswith(b"\x80") and not data.startswith(b"PK"), f.name
+    assert (path / "weights.safetensors").read_bytes()[8:9] == b"{"  # safetensors JSON header
+
+
+@pytest.fixture
+def saved(fitted, tmp_path):
+    return fitted("ae").save(tmp_path / "model")
+
+
+def test_tampered_weights_are_refused(saved):
+    weights = saved / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="does not match its SHA-256"):
+        Detector.load(saved)
+
+
+def test_truncated_file_is_refused(saved):
+    weights = saved / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="truncated or was modified"):
+        Detector.load(saved)
+
+
+def test_edited_json_is_refused(saved):
+    cal = saved / "calibration.json"
+    payload = json.loads(cal.read_text())
+    payload["threshold"] = 1e9
+    cal.write_text(json.dumps(payload))
+    with pytest.raises(ModelLoadError, match="calibration.json does not match"):
+        Detector.load(saved)
+
+
+def test_missing_and_corrupt_manifest(saved, tmp_path):
+    (saved / "schema.json").unlink()
+    with pytest.raises(ModelLoadError, match="schema.json is missing"):
+        Detector.load(saved)
+    (saved / MANIFEST).write_text("{not json")
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        Detector.load(saved)
+    with pytest.raises(ModelLoadError, match="no saved model"):
+        Detector.load(tmp_path / "nowhere")
+
+
+def test_incompatible_format_version_is_refused(saved):
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["format_version"] = 99
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="format 99|format 1"):
+        Detector.load(saved)
+
+
+def test_weights_that_do_not_fit_the_declared_model_are_refused(fitted, saved, tmp_path):
+    # a consistent manifest around weights of another architecture: hashes pass, strict load refuses
+    other = fitted("vae").save(tmp_path / "other")
+    (saved / "weights.safetensors").write_bytes((other / "weights.safetensors").read_bytes())
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["files"]["weights.safetensors"] = json.loads((other / MANIFEST).read_text())["files"]["weights.safetensors"]
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        Detector.load(saved)
+
+
+def test_save_over_an_existing_model_replaces_it(fitted, saved):
+    fitted("pca").save(saved)
+    assert Detector.load(saved).model == "pca"
+
+
+def test_save_refuses_to_overwrite_a_foreign_directory(fitted, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        fitted("pca").save(tmp_path / "docs")
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,88 @@
+"""Bad input gets a clear error naming the column and rows, and what to do."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_ae.exceptions import DataError, SchemaError
+
+
+@pytest.fixture
+def det(fitted):
+    return fitted("pca")
+
+
+@pytest.fixture
+def rows(telemetry_train):
+    return telemetry_train.head(20).copy()
+
+
+def test_missing_column(det, rows):
+    with pytest.raises(SchemaError, match="missing column.*latency_ms") as err:
+        det.decision_function(rows.drop(columns=["latency_ms"]))
+    assert err.value.reason == "missing_column" and err.value.column == "latency_ms"
+
+
+def test_extra_column(det, rows):
+    rows["host"] = "a"
+    with pytest.raises(SchemaError, match="unexpected column.*host.*drop them") as err:
+        det.decision_function(rows)
+    assert err.value.reason == "extra_column"
+
+
+def test_wrong_dtype_names_rows(det, rows):
+    rows["cpu_util_pct"] = rows["cpu_util_pct"].astype(object)
+    rows.loc[rows.index[3], "cpu_util_pct"] = "high"
+    with pytest.raises(SchemaError, match=r"'cpu_util_pct' must be numeric.*rows \[3\].*'high'") as err:
+        det.decision_function(rows)
+    assert err.value.rows == [3] and err.value.reason == "dtype"
+
+
+def test_nan_where_training_had_none(det, rows):
+    rows.loc[rows.index[[2, 5]], "latency_ms"] = np.nan
+    with pytest.raises(SchemaError, match=r"'latency_ms' has missing values \(NaN\) in rows \[2, 5\].*impute"):
+        det.decision_function(rows)
+
+
+def test_infinite_values(det, rows):
+    rows.loc[rows.index[1], "latency_ms"] = np.inf
+    with pytest.raises(SchemaError, match=r"'latency_ms' has infinite values in rows \[1\]"):
+        det.decision_function(rows)
+
+
+def test_missing_category(det, rows):
+    rows.loc[rows.index[0], "mode"] = None
+    with pytest.raises(SchemaError, match="'mode' has missing values in rows \\[0\\]"):
+        det.decision_function(rows)
+
+
+def test_empty_input(det, rows):
+    with pytest.raises(DataError, match="no rows"):
+        det.decision_function(rows.iloc[:0])
+
+
+def test_wrong_array_width(fitted, telemetry_train):
+    with pytest.raises(SchemaError, match="expected 9 columns, got 3"):
+        fitted("pca").decision_function(np.zeros((2, 3)))
+
+
+def test_wrong_container_type(det):
+    with pytest.raises(DataError, match="DataFrame or a numpy array"):
+        det.decision_function([[1, 2, 3]])
+
+
+def test_empty_training_data():
+    from anomaly_ae import Detector
+
+    with pytest.raises(DataError, match="no rows"):
+        Detector().fit(pd.DataFrame({"a": []}))
+
+
+def test_wrong_image_shape(tmp_path):
+    from anomaly_ae import Detector
+
+    det = Detector(model="pca").fit(np.random.default_rng(0).random((30, 8, 8)))
+    with pytest.raises(SchemaError, match=r"expected images of shape \(N, 1, 8, 8\)"):
+        det.decision_function(np.zeros((2, 7, 7)))
+    with pytest.raises(SchemaError, match="NaN or infinite pixels"):
+        det.decision_function(np.full((1, 8, 8), np.nan))
