@@ -23,6 +23,7 @@ from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import DataError, NotFittedError, ScoringError
 from anomaly_ae.models import build_model
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
+from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.progress import epoch_progress
 from anomaly_ae.scoring import check_score_type, default_score, latent_noise, score_array
 from anomaly_ae.training import History, TrainConfig, train
@@ -73,6 +74,9 @@ class Detector(BaseEstimator):
         whole prior, so the prior term is the weaker evidence: AUROC 0.99 vs 0.93 at weight 1 on
         the synthetic telemetry).  n_samples : latent draws for
         the VAE's "elbo" and "iwae" scores.  variance_kept : PCA's explained-variance target.
+    neighbors : k > 0 adds density evidence: the mean distance to the k nearest training rows
+        (at most `max_reference` of them, sampled), standardised on held-out normals and added to
+        the standardised model score. 0 scores by the model alone.
     device : "auto" (CUDA when available), "cpu" or "cuda[:N]".
     n_threads : torch CPU threads while fitting and scoring (default 1: networks this small run
         fastest on one thread, and extra threads spin against other processes for the same cores).
@@ -86,7 +90,8 @@ class Detector(BaseEstimator):
                  weight_decay: float = 0.0, patience: int = 20, validation_fraction: float = 0.2,
                  target_fpr: float = 0.01, beta: float = 1.0, corruption: str = "gaussian", noise: float = 0.2,
                  sparsity: float = 1e-2, adversarial_weight: float = 0.1, latent_weight: float = 0.1,
-                 n_samples: int = 16, variance_kept: float = 0.9, max_categories: int = 50,
+                 n_samples: int = 16, variance_kept: float = 0.9, neighbors: int = 0,
+                 max_reference: int = 10_000, max_categories: int = 50,
                  device: str = "auto", n_threads: int | None = 1, random_state: int = 0,
                  verbose: bool = False) -> None:
         self.model = model
@@ -109,6 +114,8 @@ class Detector(BaseEstimator):
         self.latent_weight = latent_weight
         self.n_samples = n_samples
         self.variance_kept = variance_kept
+        self.neighbors = neighbors
+        self.max_reference = max_reference
         self.max_categories = max_categories
         self.device = device
         self.n_threads = n_threads
@@ -147,6 +154,8 @@ class Detector(BaseEstimator):
             self.schema_, self.preprocessor_, self.model_spec_ = schema, pre, spec
             self.members_, self.history_, self.score_type_ = members, histories, score
             self.device_ = device
+            self.neighbors_, self.term_scales_ = None, {}
+            self._fit_neighbors(x_train, x_val, rng)
             val_scores, _ = self._score_model_input(x_val)
         self.calibration_ = Calibration.fit(val_scores, self.target_fpr)
         self.threshold_ = self.calibration_.threshold
@@ -204,6 +213,20 @@ class Detector(BaseEstimator):
             module.calibrate_score(t_val)
         return module, history
 
+    def _fit_neighbors(self, x_train: np.ndarray, x_val: np.ndarray, rng: np.random.Generator) -> None:
+        """Reference rows for the density term, and each term's scale on held-out normals."""
+        if self.neighbors <= 0:
+            return
+        keep = np.sort(rng.permutation(len(x_train))[: self.max_reference])
+        reference = torch.from_numpy(x_train[keep]).to(self.device_)
+        module = NearestNeighbors(len(keep), int(np.prod(x_train.shape[1:])), self.neighbors).to(self.device_)
+        module.set_reference(reference)
+        model_val, _ = self._member_scores(x_val)
+        knn_val, _ = module.distances(torch.from_numpy(x_val).to(self.device_))
+        self.neighbors_ = module
+        self.term_scales_ = {"model": _location_spread(model_val),
+                             "neighbors": _location_spread(knn_val.double().cpu().numpy())}
+
     # ------------------------------------------------------------------ scoring
     def _check_fitted(self) -> None:
         try:
@@ -213,6 +236,22 @@ class Detector(BaseEstimator):
                                  "or Detector.load(path) a saved one") from None
 
     def _score_model_input(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score and per-feature contributions for preprocessed input."""
+        model_scores, model_contrib = self._member_scores(x)
+        if self.neighbors_ is None:
+            return model_scores, model_contrib
+        distance, gaps = self.neighbors_.distances(torch.from_numpy(x).to(self.device_))
+        distance, gaps = distance.double().cpu().numpy(), gaps.double().cpu().numpy()
+        z_model = _standardize(model_scores, self.term_scales_["model"])
+        z_knn = _standardize(distance, self.term_scales_["neighbors"])
+        # Explanations blend each term's feature shares by how far that term is above normal.
+        w_model, w_knn = np.maximum(z_model, 0.0)[:, None], np.maximum(z_knn, 0.0)[:, None]
+        both_zero = (w_model + w_knn) == 0
+        w_model, w_knn = np.where(both_zero, 1.0, w_model), np.where(both_zero, 1.0, w_knn)
+        contributions = w_model * _row_normalize(model_contrib) + w_knn * _row_normalize(gaps)
+        return z_model + z_knn, contributions
+
+    def _member_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         totals, contributions = 0.0, 0.0
         for member in self.members_:
             eps = latent_noise(member, self.n_samples, self.random_state, self.device_)
@@ -334,6 +373,22 @@ class Detector(BaseEstimator):
         from anomaly_ae.persistence import load_detector
 
         return load_detector(cls, path_or_uri)
+
+
+def _location_spread(values: np.ndarray) -> list[float]:
+    """Median and the 90th-percentile distance above it: a robust scale for one score term."""
+    median = float(np.median(values))
+    return [median, max(float(np.quantile(values, 0.9)) - median, 1e-12)]
+
+
+def _standardize(values: np.ndarray, location_spread: list[float]) -> np.ndarray:
+    return (values - location_spread[0]) / location_spread[1]
+
+
+def _row_normalize(values: np.ndarray) -> np.ndarray:
+    values = np.maximum(values, 0.0)
+    total = values.sum(1, keepdims=True)
+    return np.divide(values, total, out=np.zeros_like(values), where=total > 0)
 
 
 def _take(data: pd.DataFrame | np.ndarray, idx: np.ndarray) -> pd.DataFrame | np.ndarray:

@@ -24,6 +24,7 @@ from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
+from anomaly_ae.models.neighbors import NearestNeighbors
 
 if TYPE_CHECKING:
     from anomaly_ae.detector import Detector
@@ -54,10 +55,15 @@ def save_detector(detector: "Detector", path: Path) -> Path:
         "model_spec": detector.model_spec_,
         "score_type": detector.score_type_,
         "n_members": len(detector.members_),
+        "n_reference": None if detector.neighbors_ is None else int(detector.neighbors_.reference.shape[0]),
+        "term_scales": detector.term_scales_,
         "training": [h.to_dict() for h in detector.history_],
     }
-    state = {f"member{i}.{k}": v.detach().cpu().contiguous()
-             for i, m in enumerate(detector.members_) for k, v in m.state_dict().items()}
+    modules = {f"member{i}": m for i, m in enumerate(detector.members_)}
+    if detector.neighbors_ is not None:
+        modules["neighbors"] = detector.neighbors_
+    state = {f"{prefix}.{k}": v.detach().cpu().contiguous()
+             for prefix, m in modules.items() for k, v in m.state_dict().items()}
     contents = {
         "config.json": _json_bytes(config),
         "schema.json": _json_bytes(detector.schema_.to_dict()),
@@ -147,17 +153,25 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
     from anomaly_ae.training import History
 
     device = resolve_device(detector.device)
-    members = []
-    for i in range(n_members):
-        prefix = f"member{i}."
-        module = build_model(spec)
+    modules = {f"member{i}": build_model(spec) for i in range(n_members)}
+    if config.get("n_reference"):
+        n_inputs = int(torch.tensor(spec["input_shape"]).prod())
+        modules["neighbors"] = NearestNeighbors(int(config["n_reference"]), n_inputs, int(detector.neighbors))
+    expected = {f"{prefix}.{k}" for prefix, m in modules.items() for k in m.state_dict()}
+    if set(state) != expected:
+        raise ModelLoadError(f"the weights in {path} do not fit the model they declare: "
+                             f"unexpected {sorted(set(state) - expected)[:3]}, missing {sorted(expected - set(state))[:3]}")
+    for prefix, module in modules.items():
         try:
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+            module.load_state_dict({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")},
+                                   strict=True)
         except RuntimeError as exc:
             raise ModelLoadError(f"the weights in {path} do not fit the model they declare: {exc}") from None
-        members.append(module.to(device).eval())
+        module.to(device).eval()
+    members = [modules[f"member{i}"] for i in range(n_members)]
     detector.schema_, detector.preprocessor_, detector.model_spec_ = schema, preprocessor, spec
     detector.members_, detector.score_type_, detector.device_ = members, config["score_type"], device
+    detector.neighbors_, detector.term_scales_ = modules.get("neighbors"), config.get("term_scales", {})
     detector.history_ = [History(**h) for h in config.get("training", [])]
     detector.calibration_ = calibration
     detector.threshold_ = calibration.threshold

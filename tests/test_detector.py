@@ -119,6 +119,18 @@ def test_unseen_category_is_scored_and_reported(fitted, telemetry_train):
     assert frame["notes"].iloc[1] == ""
 
 
+def test_density_term_finds_rare_points_on_the_manifold(telemetry_train, telemetry_test):
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    det = Detector(model="ae", neighbors=5, **FAST).fit(telemetry_train)
+    assert det.neighbors_.reference.shape[0] == int(round(len(telemetry_train) * 0.8))
+    assert set(det.term_scales_) == {"model", "neighbors"}
+    assert roc_auc_score(telemetry_test.is_anomaly, det.decision_function(X)) >= 0.95
+    shares = det.explain(X.head(30), top_k=None)
+    assert np.allclose(shares.sum(axis=1), 1.0)
+    capped = Detector(model="pca", neighbors=3, max_reference=100).fit(telemetry_train)
+    assert capped.neighbors_.reference.shape[0] == 100
+
+
 def test_numpy_input_and_ensembles(telemetry_train):
     X = telemetry_train.drop(columns=["mode"]).to_numpy()
     det = Detector(model="ae", n_estimators=2, **FAST).fit(X)

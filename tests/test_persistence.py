@@ -26,6 +26,14 @@ def test_scores_are_bit_identical_after_reload(fitted, telemetry_test, tmp_path,
     assert det.score_frame(X).equals(loaded.score_frame(X))
 
 
+def test_density_term_reload_is_bit_identical(telemetry_train, telemetry_test, tmp_path):
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    det = Detector(model="ae", neighbors=5, n_estimators=2, epochs=5).fit(telemetry_train)
+    loaded = Detector.load(det.save(tmp_path / "m"))
+    assert loaded.neighbors_.reference.shape == det.neighbors_.reference.shape
+    assert np.array_equal(det.decision_function(X), loaded.decision_function(X))
+
+
 def test_vae_iwae_reload_is_bit_identical(telemetry_train, telemetry_test, tmp_path):
     X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
     det = Detector(model="vae", score="iwae", epochs=5).fit(telemetry_train)
