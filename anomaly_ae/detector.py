@@ -158,6 +158,9 @@ class Detector(BaseEstimator):
             self._fit_neighbors(x_train, x_val, rng)
             val_scores, _ = self._score_model_input(x_val)
         self.calibration_ = Calibration.fit(val_scores, self.target_fpr)
+        # Free-form JSON facts about how this model came to be (e.g. augmentation provenance);
+        # saved with the model, never used for scoring.
+        self.training_metadata_: dict[str, Any] = {}
         self.threshold_ = self.calibration_.threshold
         self.n_features_in_ = schema.n_features if schema.image is None else int(np.prod(x.shape[1:]))
         return self

@@ -58,6 +58,7 @@ def save_detector(detector: "Detector", path: Path) -> Path:
         "n_reference": None if detector.neighbors_ is None else int(detector.neighbors_.reference.shape[0]),
         "term_scales": detector.term_scales_,
         "training": [h.to_dict() for h in detector.history_],
+        "training_metadata": detector.training_metadata_,
     }
     modules = {f"member{i}": m for i, m in enumerate(detector.members_)}
     if detector.neighbors_ is not None:
@@ -173,6 +174,7 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
     detector.members_, detector.score_type_, detector.device_ = members, config["score_type"], device
     detector.neighbors_, detector.term_scales_ = modules.get("neighbors"), config.get("term_scales", {})
     detector.history_ = [History(**h) for h in config.get("training", [])]
+    detector.training_metadata_ = config.get("training_metadata", {})
     detector.calibration_ = calibration
     detector.threshold_ = calibration.threshold
     detector.n_features_in_ = schema.n_features if schema.image is None else \
