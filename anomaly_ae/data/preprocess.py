@@ -114,6 +114,38 @@ class Preprocessor:
                 out[np.arange(len(values)), np.asarray(idx)[codes]] = 1.0
         return out
 
+    def inverse_transform(self, matrix: np.ndarray) -> pd.DataFrame | np.ndarray:
+        """Map model-space rows (e.g. decoder or generator output) back to input columns.
+
+        - numeric: ``x * scale + mean``; the ``<col>__missing`` indicator columns are dropped, so
+          every value comes back present.
+        - categorical: the argmax over the column's category buckets, which need not be one-hot
+          (softmax outputs are fine). ``__unknown__`` stands for no particular value, so it is
+          never chosen: the best real category wins. ``__missing__`` (only where training had
+          missing values) comes back as None.
+        - images: ``x * (max - min) + min``, an array of the input's pixel range.
+        """
+        matrix = np.asarray(matrix, dtype=np.float64)
+        if self.image_range is not None:
+            lo, hi = self.image_range
+            return matrix * (hi - lo) + lo
+        if matrix.ndim != 2 or matrix.shape[1] != self.n_outputs:
+            raise ValueError(f"expected a (rows, {self.n_outputs}) matrix, got shape {matrix.shape}")
+        out: dict[str, Any] = {}
+        for name, idx in self.groups.items():
+            if name in self.numeric:
+                p = self.numeric[name]
+                out[name] = matrix[:, idx[0]] * p["scale"] + p["mean"]
+                continue
+            buckets = self.categorical[name]
+            scores = matrix[:, idx].copy()
+            unknown = buckets.index(UNKNOWN)
+            if len(buckets) > 1 + (MISSING in buckets):  # at least one real category to fall back to
+                scores[:, unknown] = -np.inf
+            labels = np.array([None if b == MISSING else b for b in buckets], dtype=object)
+            out[name] = labels[np.argmax(scores, axis=1)]
+        return pd.DataFrame(out)
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         return {
