@@ -86,17 +86,18 @@ class Preprocessor:
     def n_outputs(self) -> int:
         return len(self.feature_names)
 
-    def transform(self, data: pd.DataFrame | np.ndarray) -> np.ndarray:
+    def transform(self, data: pd.DataFrame | np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         if self.image_range is not None:
             lo, hi = self.image_range
             return np.clip((np.asarray(data, dtype=np.float64) - lo) / (hi - lo), -CLIP, CLIP).astype(np.float32)
-        assert isinstance(data, pd.DataFrame)
-        out = np.zeros((len(data), self.n_outputs), dtype=np.float32)
+        # A checked DataFrame, or the dict of 1-D arrays that Schema.check_columns returns.
+        n_rows = len(data) if isinstance(data, pd.DataFrame) else len(next(iter(data.values()), ()))
+        out = np.zeros((n_rows, self.n_outputs), dtype=np.float32)
         for name, idx in self.groups.items():
             values = data[name]
             if name in self.numeric:
                 p = self.numeric[name]
-                arr = values.to_numpy(dtype=np.float64)
+                arr = np.asarray(values, dtype=np.float64)
                 missing = np.isnan(arr)
                 arr = np.where(missing, p["median"], arr)
                 out[:, idx[0]] = np.clip((arr - p["mean"]) / p["scale"], -CLIP, CLIP)
@@ -109,7 +110,7 @@ class Preprocessor:
                 missing_pos = position.get(MISSING, unknown)
                 codes = np.fromiter(
                     (missing_pos if v is None or (isinstance(v, float) and np.isnan(v)) else position.get(str(v), unknown)
-                     for v in values.to_numpy(dtype=object)),
+                     for v in np.asarray(values, dtype=object)),
                     dtype=np.int64, count=len(values))
                 out[np.arange(len(values)), np.asarray(idx)[codes]] = 1.0
         return out

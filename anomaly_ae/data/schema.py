@@ -7,8 +7,9 @@ names the column and rows instead of producing a silently wrong score.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -168,6 +169,101 @@ class Schema:
             report.unseen_categories[col.name] = int(unseen.sum())
         return as_text
 
+    def check_columns(self, columns: Mapping[str, Sequence[Any]]) -> tuple[dict[str, np.ndarray], CheckReport]:
+        """Validate already-parsed JSON values, one equal-length sequence per column, without pandas.
+
+        The scoring service's fast path: the same checks and SchemaError reasons as `check`, but
+        stricter on types, as JSON has real types where a CSV has only text. A numeric column takes
+        numbers only (int or float; never a bool or a numeric string) and None for missing; a
+        categorical column takes text, numbers or booleans (compared as text, like `check`) and None.
+        Returns float64 arrays (NaN = missing) for numeric columns and object arrays of str/None for
+        categorical ones; `Preprocessor.transform` accepts that dict like a checked DataFrame.
+        Rows in errors are positions (0-based).
+        """
+        if self.image is not None:
+            raise SchemaError("this model scores images, not columns; pass an image array", reason="shape")
+        names = self.names
+        missing = [n for n in names if n not in columns]
+        extra = [str(c) for c in columns if c not in set(names)]
+        if missing:
+            raise SchemaError(f"missing column(s): {', '.join(missing)}; the model needs every training column",
+                              column=missing[0], reason="missing_column")
+        if extra:
+            raise SchemaError(f"unexpected column(s): {', '.join(extra)}; drop them or retrain with them",
+                              column=extra[0], reason="extra_column")
+        lengths = {len(columns[n]) for n in names}
+        if len(lengths) != 1:
+            raise SchemaError(f"columns have different lengths {sorted(lengths)}; every column needs one value per row",
+                              reason="shape")
+        if lengths == {0}:
+            raise DataError("the input has no rows; send at least one sample")
+        report = CheckReport()
+        out = {col.name: self._check_values(col, columns[col.name], report) for col in self.columns}
+        return out, report
+
+    def _check_values(self, col: Column, values: Sequence[Any], report: CheckReport) -> np.ndarray:
+        positions = pd.RangeIndex(len(values))
+        types = set(map(type, values))
+        if col.kind == "numeric":
+            if not types <= _JSON_NUMBER_TYPES:
+                bad = np.fromiter((not _is_number_or_none(v) for v in values), dtype=bool, count=len(values))
+                if bad.any():
+                    rows = _rows(bad, positions)
+                    raise SchemaError(
+                        f"column '{col.name}' must be numeric but has non-numeric values in rows {rows} "
+                        f"(e.g. {_short(values[rows[0]])}); send numbers (null for missing)",
+                        column=col.name, rows=rows, reason="dtype")
+            try:
+                arr = np.array(values, dtype=np.float64)
+            except OverflowError:
+                bad = np.fromiter((_overflows(v) for v in values), dtype=bool, count=len(values))
+                rows = _rows(bad, positions)
+                raise SchemaError(f"column '{col.name}' has values too large for a 64-bit float in rows {rows}; "
+                                  "check them for unit or sensor errors", column=col.name, rows=rows,
+                                  reason="overflow") from None
+            if arr.ndim != 1:
+                raise SchemaError(f"column '{col.name}' must hold one number per row", column=col.name, reason="shape")
+            inf = np.isinf(arr)
+            if inf.any():
+                rows = _rows(inf, positions)
+                raise SchemaError(f"column '{col.name}' has infinite values in rows {rows}; replace them with "
+                                  "finite numbers or drop those rows", column=col.name, rows=rows, reason="non_finite")
+            nan = np.isnan(arr)
+            if nan.any():
+                if not col.allow_missing:
+                    rows = _rows(nan, positions)
+                    raise SchemaError(
+                        f"column '{col.name}' has missing values (null) in rows {rows} but had none in training; "
+                        "impute them, drop those rows, or retrain on data that includes missing values",
+                        column=col.name, rows=rows, reason="missing_value")
+                report.missing_values[col.name] = int(nan.sum())
+            return arr
+        if not types <= _JSON_TEXT_TYPES:
+            bad = np.fromiter((not isinstance(v, (str, numbers.Real)) and v is not None for v in values),
+                              dtype=bool, count=len(values))
+            if bad.any():
+                rows = _rows(bad, positions)
+                raise SchemaError(
+                    f"column '{col.name}' is categorical but has values that are not text, numbers or booleans "
+                    f"in rows {rows} (e.g. {_short(values[rows[0]])})", column=col.name, rows=rows, reason="dtype")
+            values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
+            types = set(map(type, values))
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        isna = (arr == None) if type(None) in types else np.zeros(len(arr), dtype=bool)  # noqa: E711
+        if isna.any():
+            if not col.allow_missing:
+                rows = _rows(isna, positions)
+                raise SchemaError(
+                    f"column '{col.name}' has missing values (null) in rows {rows} but had none in training; "
+                    "fill them with a category or drop those rows", column=col.name, rows=rows, reason="missing_value")
+            report.missing_values[col.name] = int(isna.sum())
+        known = set(col.categories)
+        unseen = sum(1 for v in arr if v is not None and v not in known)
+        if unseen:
+            report.unseen_categories[col.name] = unseen
+        return arr
+
     def _check_image(self, data: Any) -> np.ndarray:
         spec = self.image
         assert spec is not None
@@ -217,6 +313,27 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     if arr.ndim != 2:
         raise DataError(f"expected a 2-D array (rows x features) or a DataFrame, got shape {arr.shape}")
     return pd.DataFrame(arr, columns=[f"x{i}" for i in range(arr.shape[1])])
+
+
+_JSON_NUMBER_TYPES = {int, float, type(None)}
+_JSON_TEXT_TYPES = {str, type(None)}
+
+
+def _is_number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)))
+
+
+def _overflows(value: Any) -> bool:
+    try:
+        float(value)
+    except (OverflowError, TypeError, ValueError):
+        return True
+    return False
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _require_rows(n: int) -> None:

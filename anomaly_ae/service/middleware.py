@@ -1,0 +1,89 @@
+"""The one pure-ASGI middleware: request metrics, the scoring concurrency bound, and the last-resort 500.
+
+Pure ASGI (not BaseHTTPMiddleware) because it runs on every request and must add microseconds, not
+a task per request. Scoring requests beyond `max_concurrency` in this worker are answered 503 with
+Retry-After at once instead of queueing without limit. An exception nothing else handled (a bug) is
+logged by type and location only, never with its message or the payload, and answered with the
+JSON error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from anomaly_ae.service import metrics
+from anomaly_ae.service.errors import error_body
+
+log = logging.getLogger("anomaly_ae.service")
+
+SCORE_PATH = "/v1/score"
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+_OVERLOADED = error_body(503, "overloaded", "too many scoring requests in flight; retry after a moment")
+_INTERNAL = error_body(500, "internal_error", "internal error; the request was not scored")
+
+
+async def _send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] = ()) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: Any, max_concurrency: int) -> None:
+        self.app = app
+        self.max_concurrency = max_concurrency
+        self.scoring = 0
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        method = scope["method"] if scope["method"] in METHODS else "OTHER"
+        is_score = scope["path"] == SCORE_PATH
+        if is_score and self.scoring >= self.max_concurrency:
+            metrics.REQUESTS_REJECTED.labels("overloaded").inc()
+            await _send_json(send, 503, _OVERLOADED, [(b"retry-after", b"1")])
+            self._record(SCORE_PATH, method, 503, started)
+            return
+        status = 500
+        response_started = False
+
+        async def send_and_watch(message: dict) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status, response_started = message["status"], True
+            await send(message)
+
+        if is_score:
+            self.scoring += 1
+        metrics.HTTP_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_and_watch)
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            log.error("unhandled %s at %s:%s on %s %s", type(exc).__name__, frame.filename if frame else "?",
+                      frame.lineno if frame else "?", method, scope["path"][:100])
+            status = 500
+            if not response_started:
+                await _send_json(send, 500, _INTERNAL)
+        finally:
+            if is_score:
+                self.scoring -= 1
+            metrics.HTTP_IN_FLIGHT.dec()
+            route = scope.get("route")
+            self._record(getattr(route, "path", "unmatched"), method, status, started)
+
+    def _record(self, route: str, method: str, status: int, started: float) -> None:
+        key = (route, method, f"{status // 100}xx")
+        children = self._children.get(key)
+        if children is None:
+            children = (metrics.HTTP_REQUESTS.labels(*key), metrics.HTTP_DURATION.labels(route, method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)

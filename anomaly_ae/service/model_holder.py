@@ -1,0 +1,276 @@
+"""The served model: loaded only through `Detector.load`, swapped atomically, reloaded in the background.
+
+Requests read `holder.current` once and use that `LoadedModel` to the end, so a swap never mixes two
+versions in one response. Every registry call and every load runs in a daemon thread under a time
+limit, so a slow or dead registry can delay only the next reload, never a scoring request, and the
+service stays ready once a model is loaded. A version that fails to load or to score its smoke batch
+is refused (remembered, so polls do not retry it) and the last good model keeps serving; transient
+registry failures are retried at the next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.persistence import REMOTE_SCHEMES
+from anomaly_ae.service import metrics
+from anomaly_ae.service.scorer import Scorer, SmokeTestError
+from anomaly_ae.service.settings import ServiceSettings
+
+log = logging.getLogger("anomaly_ae.service")
+
+MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyond this, skip polls
+
+
+class ModelRefLike(Protocol):
+    uri: str
+    name: str
+    version: str
+    alias: str | None
+
+
+@dataclass(frozen=True)
+class LocalModelRef:
+    """What `anomaly_ae.registry.resolve_model` returns, for a local model directory."""
+
+    uri: str
+    name: str
+    version: str
+    alias: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    scorer: Scorer
+    ref: Any
+    model_type: str
+    loaded_at: float
+    load_seconds: float
+    drift: metrics.DriftTracker
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        return (str(self.ref.name), str(self.ref.version), str(self.ref.alias or ""), self.model_type)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": str(self.ref.name), "version": str(self.ref.version), "alias": self.ref.alias}
+
+
+@dataclass
+class RefreshOutcome:
+    status: str  # loaded | unchanged | refused | failed | busy
+    version: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+# ---------------------------------------------------------------------------- resolving and loading
+def is_remote(uri: str) -> bool:
+    return uri.startswith(REMOTE_SCHEMES)
+
+
+def resolve_local(uri: str) -> LocalModelRef:
+    path = Path(uri)
+    try:
+        digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
+    except OSError:
+        raise ModelLoadError(f"no saved model at {uri}: expected a directory written by Detector.save") from None
+    return LocalModelRef(uri=uri, name=path.resolve().name, version=digest[:12])
+
+
+def resolve(uri: str) -> Any:
+    """Which concrete version `uri` points to now: cheap, bounded by the registry's client timeouts."""
+    if not is_remote(uri):
+        return resolve_local(uri)
+    from anomaly_ae.registry import resolve_model
+
+    return resolve_model(uri)
+
+
+def load(uri: str) -> tuple[Any, Any]:
+    """(Detector, ref) through `Detector.load` (hash-checked, pickle-free), directly or via the registry."""
+    from anomaly_ae import Detector
+
+    if not is_remote(uri):
+        before = resolve_local(uri)
+        detector = Detector.load(uri)
+        if resolve_local(uri) != before:
+            raise ConnectionError("the model directory changed while it was being loaded; retrying at the next poll")
+        return detector, before
+    from anomaly_ae.registry import load_model
+
+    return load_model(uri)
+
+
+def bound_registry_clients(settings: ServiceSettings) -> None:
+    """MLflow retries a dead server for minutes by default; the service wants quick failures."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(settings.registry_timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+# ---------------------------------------------------------------------------- the holder
+class ModelHolder:
+    def __init__(self, settings: ServiceSettings, resolver: Callable[[str], Any] = resolve,
+                 loader: Callable[[str], tuple[Any, Any]] = load) -> None:
+        self.settings = settings
+        self.uri = settings.model_uri
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self.last_checked: float | None = None
+        self._resolver, self._loader = resolver, loader
+        self._refused: dict[str, str] = {}  # version -> reason
+        self._lock = asyncio.Lock()
+        self._stuck: list[threading.Thread] = []
+        self._task: asyncio.Task | None = None
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        bound_registry_clients(self.settings)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="anomaly-ae-model-reload")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        interval = self.settings.poll_interval_s
+        while self.current is None:
+            await self._safe_refresh("startup")
+            if self.current is None:
+                await asyncio.sleep(min(interval, 5.0) if interval > 0 else 5.0)
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await self._safe_refresh("poll")
+
+    async def _safe_refresh(self, trigger: str) -> None:
+        try:
+            await self.refresh(trigger)
+        except Exception as exc:  # the reload loop must outlive any bug in one attempt
+            log.error("model refresh (%s) failed unexpectedly: %s", trigger, type(exc).__name__)
+
+    # -------------------------------------------------------------- one refresh
+    async def refresh(self, trigger: str, force: bool = False) -> RefreshOutcome:
+        """Resolve the URI; load, smoke-test and swap in the version it points to if it is new."""
+        if self._lock.locked() or self._too_many_stuck():
+            return RefreshOutcome("busy", reason="reload_in_progress",
+                                  message="a reload or registry call is still running; try again shortly")
+        async with self._lock:
+            self.last_checked = time.time()
+            try:
+                ref = await self._in_thread(self._resolver, self.uri, timeout=self.settings.registry_timeout_s)
+            except asyncio.TimeoutError:
+                return self._failed(trigger, "registry_timeout", f"the registry did not answer within "
+                                    f"{self.settings.registry_timeout_s:g}s; still serving the last good model")
+            except ModelLoadError as exc:
+                return self._failed(trigger, "model_not_found", str(exc))
+            except Exception as exc:
+                return self._failed(trigger, "registry_unavailable",
+                                    f"could not reach the registry ({type(exc).__name__}); still serving the last "
+                                    "good model")
+            version = str(ref.version)
+            current = self.current
+            if current is not None and str(current.ref.version) == version and not force:
+                return RefreshOutcome("unchanged", version=version)
+            if version in self._refused and not force:
+                return RefreshOutcome("refused", version=version, reason=self._refused[version],
+                                      message=f"version {version} was refused before; not retrying it")
+            metrics.RELOAD_ATTEMPTS.labels(trigger).inc()
+            started = time.perf_counter()
+            try:
+                loaded = await self._in_thread(self._load_and_check, timeout=self.settings.load_timeout_s)
+            except asyncio.TimeoutError:
+                return self._failed(trigger, "load_timeout", f"loading version {version} took longer than "
+                                    f"{self.settings.load_timeout_s:g}s; still serving the last good model")
+            except SmokeTestError as exc:
+                return self._refuse(trigger, version, "smoke_test_failed", str(exc))
+            except ModelLoadError as exc:
+                return self._refuse(trigger, version, "load_error", str(exc))
+            except Exception as exc:
+                return self._failed(trigger, "registry_unavailable",
+                                    f"could not download version {version} ({type(exc).__name__}); still serving "
+                                    "the last good model")
+            self._swap(loaded, time.perf_counter() - started)
+            self.last_error = None
+            log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.ref.version,
+                     loaded.ref.alias, loaded.load_seconds)
+            return RefreshOutcome("loaded", version=str(loaded.ref.version))
+
+    def _load_and_check(self) -> LoadedModel:
+        started = time.perf_counter()
+        detector, ref = self._loader(self.uri)
+        scorer = Scorer(detector)
+        scorer.smoke_test()
+        pre = detector.preprocessor_
+        drift = metrics.DriftTracker(pre.numeric, pre.categorical, detector.schema_.names,
+                                     self.settings.drift_max_features, self.settings.drift_window_rows)
+        return LoadedModel(scorer=scorer, ref=ref, model_type=str(detector.model), loaded_at=time.time(),
+                           load_seconds=time.perf_counter() - started, drift=drift)
+
+    def _swap(self, loaded: LoadedModel, seconds: float) -> None:
+        previous = self.current
+        self.current = loaded  # one reference assignment: requests see the old or the new model, never a mix
+        metrics.MODEL_LOAD_DURATION.observe(seconds)
+        metrics.set_model(previous.labels if previous else None, loaded.labels, loaded.scorer.threshold,
+                          loaded.loaded_at)
+        loaded.drift.publish()
+
+    def _failed(self, trigger: str, reason: str, message: str) -> RefreshOutcome:
+        metrics.RELOAD_FAILURES.labels(reason).inc()
+        self.last_error = message
+        log.warning("model refresh (%s) failed: %s", trigger, reason)
+        return RefreshOutcome("failed", reason=reason, message=message)
+
+    def _refuse(self, trigger: str, version: str, reason: str, message: str) -> RefreshOutcome:
+        self._refused[version] = reason
+        outcome = self._failed(trigger, reason, f"refused version {version}: {message}")
+        outcome.status, outcome.version = "refused", version
+        return outcome
+
+    # -------------------------------------------------------------- threads with a time limit
+    def _too_many_stuck(self) -> bool:
+        self._stuck = [t for t in self._stuck if t.is_alive()]
+        return len(self._stuck) >= MAX_STUCK_THREADS
+
+    async def _in_thread(self, fn: Callable, *args: Any, timeout: float) -> Any:
+        """Run a blocking call in a daemon thread; give up waiting after `timeout` (the thread may linger)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def target() -> None:
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                settle(future.set_exception, exc)
+            else:
+                settle(future.set_result, result)
+
+        def settle(setter: Callable, value: Any) -> None:
+            try:  # after a timeout the waiter has cancelled the future: the result is dropped
+                setter(value)
+            except concurrent.futures.InvalidStateError:
+                pass
+
+        thread = threading.Thread(target=target, name="anomaly-ae-registry", daemon=True)
+        thread.start()
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            self._stuck.append(thread)
+            raise

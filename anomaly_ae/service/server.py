@@ -1,0 +1,109 @@
+"""Running the app under uvicorn: one or several workers, TCP_NODELAY on every connection.
+
+Two things measured on this project's 2-core machine decide the setup:
+- uvicorn's multi-worker mode (uvicorn issue #3149) serves from a socket the supervisor bound, and
+  responses then sat ~44 ms in Nagle's algorithm waiting for the client's delayed ACK. The HTTP
+  protocol class here sets TCP_NODELAY on each accepted connection, whatever the worker count.
+- torch's default of one intra-op thread per core made two workers on two cores fight (1000-row
+  throughput fell ~10x); each worker gets `torch_threads` (default 1) via OMP/MKL variables set
+  before any worker imports torch, and the detector's own `n_threads`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from anomaly_ae.service.settings import ServiceSettings
+
+log = logging.getLogger("anomaly_ae.service")
+
+
+def _set_nodelay(transport: Any) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            _set_nodelay(transport)
+            super().connection_made(transport)
+except ImportError:  # pragma: no cover - httptools is a dependency
+    NoDelayHttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+
+
+class NoDelayH11Protocol(H11Protocol):
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        _set_nodelay(transport)
+        super().connection_made(transport)
+
+
+def http_protocol() -> type:
+    """uvicorn's fastest available HTTP/1.1 protocol, with TCP_NODELAY set on each connection."""
+    return NoDelayHttpToolsProtocol or NoDelayH11Protocol
+
+
+def prepare_environment(settings: ServiceSettings) -> dict[str, str]:
+    """Environment every worker needs, set in this process before uvicorn spawns any worker."""
+    env = settings.to_env()
+    threads = str(settings.torch_threads)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(name, os.environ.get(name, threads))
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if settings.workers > 1 and not mp_dir:
+        mp_dir = tempfile.mkdtemp(prefix="anomaly-ae-metrics-")
+    if mp_dir:
+        path = Path(mp_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):  # counters from a previous run must not leak into this one
+            stale.unlink()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    os.environ.update(env)
+    return env
+
+
+def warn_if_open(settings: ServiceSettings) -> None:
+    if not settings.auth_enabled:
+        message = ("WARNING: no API keys configured (ANOMALY_AE_API_KEYS / ANOMALY_AE_ADMIN_KEYS): anyone who can "
+                   "reach this port can score and reload models")
+        print(f"\033[1;31m{message}\033[0m" if sys.stderr.isatty() else message, file=sys.stderr, flush=True)
+        log.warning(message)
+    elif not settings.admin_keys:
+        log.warning("no admin keys configured (ANOMALY_AE_ADMIN_KEYS): /v1/admin/reload is refused to everyone")
+
+
+def run(settings: ServiceSettings) -> None:
+    import uvicorn
+
+    prepare_environment(settings)
+    warn_if_open(settings)
+    options: dict[str, Any] = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+                                   access_log=settings.access_log, http=http_protocol(),
+                                   timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+                                   proxy_headers=False, server_header=False)
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        pass
+    if settings.workers == 1:
+        from anomaly_ae.service.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+    else:
+        uvicorn.run("anomaly_ae.service.app:app_from_env", factory=True, workers=settings.workers, **options)

@@ -1,0 +1,83 @@
+"""Every setting of the scoring service, in one pydantic-settings class.
+
+Read from the environment with the prefix ``ANOMALY_AE_`` (``ANOMALY_AE_MODEL_URI``,
+``ANOMALY_AE_API_KEYS``, ...); ``anomaly-ae serve`` flags override the environment. Key lists are
+comma-separated. Keys are SecretStr so they never appear in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "ANOMALY_AE_"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # what to serve
+    model_uri: str = Field(..., description="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a local "
+                                            "model directory.")
+    # network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="Worker processes (each loads the model and uses one "
+                                                      "torch thread).")
+    # auth: scoring keys may score and read /v1/model; admin keys may also reload
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # request limits
+    max_rows: int = Field(10_000, ge=1, description="Most rows in one scoring request.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body; larger is 413.")
+    max_concurrency: int = Field(64, ge=1, description="Scoring requests one worker admits at once; more get "
+                                                       "503 with Retry-After.")
+    max_top_k: int = Field(20, ge=1, description="Largest top_k a request may ask for.")
+    max_id_length: int = Field(256, ge=1)
+    # model lifecycle
+    poll_interval_s: float = Field(30.0, ge=0.0, description="How often the alias is re-resolved; 0 = never.")
+    registry_timeout_s: float = Field(10.0, gt=0.0, description="Bound on one registry lookup.")
+    load_timeout_s: float = Field(120.0, gt=0.0, description="Bound on downloading + loading + smoke-testing "
+                                                             "one version.")
+    # metrics
+    drift_max_features: int = Field(30, ge=0, description="Input columns that get per-feature drift metrics.")
+    drift_window_rows: int = Field(1000, ge=1, description="Rows the rolling drift statistics average over "
+                                                           "(exponentially weighted).")
+    # process
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker.")
+    graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")
+    log_level: str = "info"
+    access_log: bool = Field(False, description="uvicorn's per-request access log (the request metrics count "
+                                                "every request either way).")
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        if isinstance(value, (list, tuple)):
+            return [k for k in value if (k.get_secret_value() if isinstance(k, SecretStr) else str(k)).strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _keys_are_long_enough(self) -> "ServiceSettings":
+        for key in [*self.api_keys, *self.admin_keys]:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("API keys must be at least 16 characters (use e.g. `openssl rand -hex 24`)")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_keys)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a worker process (keys included)."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if name in ("api_keys", "admin_keys"):
+                env[ENV_PREFIX + name.upper()] = ",".join(k.get_secret_value() for k in value)
+            else:
+                env[ENV_PREFIX + name.upper()] = str(value)
+        return env
