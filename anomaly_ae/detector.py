@@ -142,6 +142,9 @@ class Detector(BaseEstimator):
 
         device = resolve_device(self.device)
         spec = self._model_spec(x.shape[1:], n_train=len(x_train))
+        probe = build_model(spec)  # cheap: refuse a bad score type before any training
+        score = self.score or default_score(probe)
+        check_score_type(probe, score)
         with torch_threads(self.n_threads):
             members, histories = [], []
             for i in range(self.n_estimators):
@@ -149,8 +152,6 @@ class Detector(BaseEstimator):
                                                    label=f"{self.model} {i + 1}/{self.n_estimators}")
                 members.append(member)
                 histories.append(history)
-            score = self.score or default_score(members[0])
-            check_score_type(members[0], score)
             self.schema_, self.preprocessor_, self.model_spec_ = schema, pre, spec
             self.members_, self.history_, self.score_type_ = members, histories, score
             self.device_ = device
