@@ -61,7 +61,8 @@ def read_training_data(path: Path, drop_cols: list[str]) -> pd.DataFrame | np.nd
 @friendly_errors
 def train(
     data: Path = typer.Argument(..., help="Normal training data: CSV, Parquet, or .npy/.npz array."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to save the model in."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Directory to save the model in (optional with --experiment/--register)."),
     model: str = typer.Option("ae", help="ae, dae, sae, vae, aae or pca."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels)."),
@@ -72,17 +73,47 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(1, help="torch CPU threads."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    experiment: Optional[str] = typer.Option(None, help="Log the run to this MLflow experiment."),
+    register: Optional[str] = typer.Option(None, help="Register the model as a new version of this MLflow model "
+                                                      "(logs a run, in experiment 'anomaly-ae' unless --experiment)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled CSV/Parquet: log AUROC, AUPRC, ROC/PR."),
+    label_col: Optional[str] = typer.Option(None, help="Label column of --eval (1 anomaly, 0 normal)."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlflow.db + ./mlartifacts."),
 ) -> None:
-    """Train a detector on normal data and save it."""
+    """Train a detector on normal data; save it, and/or log the run to MLflow and register the model."""
     from anomaly_ae import Detector
+    from anomaly_ae.exceptions import DataError
 
+    tracked = experiment is not None or register is not None
+    if out is None and not tracked:
+        raise DataError("say where the model goes: --out DIR, and/or --experiment NAME / --register NAME for MLflow")
+    if (eval_data is not None or label_col is not None) and not (tracked and eval_data and label_col):
+        raise DataError("--eval DATA --label-col COL go together, with --experiment or --register "
+                        "(the evaluation is logged to the run)")
     X = read_training_data(data, _split_list(drop_cols))
     detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
                         random_state=seed, device=device, n_threads=threads, verbose=progress).fit(X)
-    path = detector.save(out)
+    path = detector.save(out) if out is not None else None
     cal = detector.calibration_
-    console.print(f"saved [bold]{model}[/] model to {path} (threshold {cal.threshold:.6g}, "
+    where = f"saved [bold]{model}[/] model to {path}" if path else f"trained [bold]{model}[/] model"
+    console.print(f"{where} (threshold {cal.threshold:.6g}, "
                   f"validation FPR {cal.validation_fpr:.4f} for target {cal.target_fpr})")
+    if tracked:
+        from anomaly_ae.registry import log_training_run
+
+        _quiet_mlflow()
+        run = log_training_run(detector, X, experiment=experiment or "anomaly-ae", register=register,
+                               tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_data,
+                               label_col=label_col, drop_cols=_split_list(drop_cols))
+        console.print(run.describe())
+
+
+def _quiet_mlflow() -> None:
+    """MLflow logs progress at INFO (input-example validation, registration waits): keep the CLI to its own lines."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -157,6 +188,56 @@ def evaluate(
         plot_roc_pr(scores, labels, out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(report.to_dict(), indent=1))
         console.print(f"plots and metrics.json written to {out_dir}")
+
+
+@app.command()
+@friendly_errors
+def promote(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Option(..., "--version", help="Version to point the alias at."),
+    alias: str = typer.Option("champion", help="Alias to set or move (e.g. champion, challenger)."),
+    require_better_than: Optional[str] = typer.Option(
+        None, help="Only promote if not worse than the version this alias names, e.g. champion (needs --eval)."),
+    metric: str = typer.Option("auroc", help="Gate metric: auroc or auprc."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval", help="Labelled CSV/Parquet both versions are scored on."),
+    label_col: Optional[str] = typer.Option(None, help="Label column of --eval (1 anomaly, 0 normal)."),
+    drop_cols: Optional[str] = typer.Option(None, help="Other --eval columns to ignore."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI)."),
+) -> None:
+    """Point a registry alias at a version, optionally only if it scores no worse than the current one."""
+    from anomaly_ae.registry import promote as promote_version
+
+    _quiet_mlflow()
+    result = promote_version(name, version, alias, require_better_than=require_better_than, metric=metric,
+                             eval_data=eval_data, label_col=label_col, drop_cols=_split_list(drop_cols),
+                             tracking_uri=tracking_uri)
+    console.print(f"promoted: {result.describe()}")
+
+
+models_app = typer.Typer(help="Models in the MLflow registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@friendly_errors
+def models_list(
+    name: str = typer.Argument(..., help="Registered model name."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI)."),
+) -> None:
+    """Versions of a registered model, newest first, with aliases and key metrics."""
+    from anomaly_ae.registry import list_versions
+
+    versions = list_versions(name, tracking_uri=tracking_uri)
+    table = Table(title=f"models:/{name}")
+    for column in ("version", "aliases", "created (UTC)", "model", "score", "threshold", "val FPR", "AUROC", "AUPRC",
+                   "run"):
+        table.add_column(column, no_wrap=True)
+    for v in versions:
+        table.add_row(v.version, ", ".join(f"@{a}" for a in v.aliases), v.created, v.metric("model_type"),
+                      v.metric("score_type"), v.metric("threshold"), v.metric("validation_fpr"), v.metric("auroc"),
+                      v.metric("auprc"), (v.run_id or "")[:12])
+    out = Console()
+    (out if out.is_terminal else Console(width=200)).print(table)
 
 
 def _register_benchmark() -> None:

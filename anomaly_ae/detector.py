@@ -28,7 +28,10 @@ from anomaly_ae.progress import epoch_progress
 from anomaly_ae.scoring import check_score_type, default_score, latent_noise, score_array
 from anomaly_ae.training import History, TrainConfig, train
 
-MODELS = ("ae", "dae", "sae", "vae", "aae", "pca")
+MODELS = ("hybrid", "ae", "dae", "sae", "vae", "aae", "pca")
+# The recommended default, chosen on the ADBench benchmark (benchmarks/results/adbench.md):
+# reconstruction error of a small autoencoder ensemble plus nearest-neighbour density.
+HYBRID_ESTIMATORS, HYBRID_NEIGHBORS = 3, 5
 MIN_TRAINING_ROWS = 10
 
 
@@ -57,11 +60,14 @@ class Detector(BaseEstimator):
 
     Parameters
     ----------
-    model : "ae" | "dae" | "sae" | "vae" | "aae" | "pca"
+    model : "hybrid" (the default) | "ae" | "dae" | "sae" | "vae" | "aae" | "pca". "hybrid" is an
+        ensemble of 3 autoencoders plus the 5-nearest-neighbour density term: reconstruction
+        error catches samples off the normal manifold, neighbour distance the rare ones on it.
     latent_dim, hidden_dims : network size; None picks sizes from the number of features.
     score : how a sample is scored; None picks the model's default ("recon" for autoencoders and
         PCA, "elbo" for the VAE, "recon+latent" for the AAE). The VAE also offers "recon" and "iwae".
-    n_estimators : number of differently seeded networks whose scores are averaged.
+    n_estimators : number of differently seeded networks whose scores are averaged (None: 3 for
+        "hybrid", else 1).
     batch_size : None picks n_train // 20 within [16, 256], so even small data sets get about
         twenty optimiser steps per epoch.
     validation_fraction : share of the normal data held out for early stopping and calibration.
@@ -76,7 +82,7 @@ class Detector(BaseEstimator):
         the VAE's "elbo" and "iwae" scores.  variance_kept : PCA's explained-variance target.
     neighbors : k > 0 adds density evidence: the mean distance to the k nearest training rows
         (at most `max_reference` of them, sampled), standardised on held-out normals and added to
-        the standardised model score. 0 scores by the model alone.
+        the standardised model score. 0 scores by the model alone; None: 5 for "hybrid", else 0.
     device : "auto" (CUDA when available), "cpu" or "cuda[:N]".
     n_threads : torch CPU threads while fitting and scoring (default 1: networks this small run
         fastest on one thread, and extra threads spin against other processes for the same cores).
@@ -84,13 +90,13 @@ class Detector(BaseEstimator):
     verbose : show a progress bar while training.
     """
 
-    def __init__(self, model: str = "ae", *, latent_dim: int | None = None,
-                 hidden_dims: Sequence[int] | None = None, score: str | None = None, n_estimators: int = 1,
+    def __init__(self, model: str = "hybrid", *, latent_dim: int | None = None,
+                 hidden_dims: Sequence[int] | None = None, score: str | None = None, n_estimators: int | None = None,
                  epochs: int = 200, batch_size: int | None = None, learning_rate: float = 1e-3,
                  weight_decay: float = 0.0, patience: int = 20, validation_fraction: float = 0.2,
                  target_fpr: float = 0.01, beta: float = 1.0, corruption: str = "gaussian", noise: float = 0.2,
                  sparsity: float = 1e-2, adversarial_weight: float = 0.1, latent_weight: float = 0.1,
-                 n_samples: int = 16, variance_kept: float = 0.9, neighbors: int = 0,
+                 n_samples: int = 16, variance_kept: float = 0.9, neighbors: int | None = None,
                  max_reference: int = 10_000, max_categories: int = 50,
                  device: str = "auto", n_threads: int | None = 1, random_state: int = 0,
                  verbose: bool = False) -> None:
@@ -147,9 +153,10 @@ class Detector(BaseEstimator):
         check_score_type(probe, score)
         with torch_threads(self.n_threads):
             members, histories = [], []
-            for i in range(self.n_estimators):
+            n_members = self._resolved("n_estimators")
+            for i in range(n_members):
                 member, history = self._fit_member(spec, x_train, x_val, device, seed=self.random_state + i,
-                                                   label=f"{self.model} {i + 1}/{self.n_estimators}")
+                                                   label=f"{self.model} {i + 1}/{n_members}")
                 members.append(member)
                 histories.append(history)
             self.schema_, self.preprocessor_, self.model_spec_ = schema, pre, spec
@@ -173,8 +180,19 @@ class Detector(BaseEstimator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
-        if self.n_estimators < 1:
+        if self._resolved("n_estimators") < 1:
             raise ValueError(f"n_estimators must be >= 1, got {self.n_estimators}")
+        if self._resolved("neighbors") < 0:
+            raise ValueError(f"neighbors must be >= 0, got {self.neighbors}")
+
+    def _resolved(self, name: str) -> int:
+        """n_estimators / neighbors with None resolved for the chosen model."""
+        value = getattr(self, name)
+        if value is not None:
+            return int(value)
+        if self.model == "hybrid":
+            return HYBRID_ESTIMATORS if name == "n_estimators" else HYBRID_NEIGHBORS
+        return 1 if name == "n_estimators" else 0
 
     @staticmethod
     def _to_model_input(x: np.ndarray, schema: Schema) -> np.ndarray:
@@ -196,6 +214,7 @@ class Detector(BaseEstimator):
         if self.model == "aae":
             return {"family": "aae", **spec, "adversarial_weight": self.adversarial_weight,
                     "latent_weight": self.latent_weight}
+        # "hybrid" members are plain undercomplete autoencoders
         corruption = self.corruption if self.model == "dae" else None
         l1 = self.sparsity if self.model == "sae" else 0.0
         return {"family": "autoencoder", **spec, "corruption": corruption, "noise": self.noise, "l1": l1}
@@ -219,11 +238,12 @@ class Detector(BaseEstimator):
 
     def _fit_neighbors(self, x_train: np.ndarray, x_val: np.ndarray, rng: np.random.Generator) -> None:
         """Reference rows for the density term, and each term's scale on held-out normals."""
-        if self.neighbors <= 0:
+        k = self._resolved("neighbors")
+        if k <= 0:
             return
         keep = np.sort(rng.permutation(len(x_train))[: self.max_reference])
         reference = torch.from_numpy(x_train[keep]).to(self.device_)
-        module = NearestNeighbors(len(keep), int(np.prod(x_train.shape[1:])), self.neighbors).to(self.device_)
+        module = NearestNeighbors(len(keep), int(np.prod(x_train.shape[1:])), k).to(self.device_)
         module.set_reference(reference)
         model_val, _ = self._member_scores(x_val)
         knn_val, _ = module.distances(torch.from_numpy(x_val).to(self.device_))

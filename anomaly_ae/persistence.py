@@ -157,7 +157,7 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
     modules = {f"member{i}": build_model(spec) for i in range(n_members)}
     if config.get("n_reference"):
         n_inputs = int(torch.tensor(spec["input_shape"]).prod())
-        modules["neighbors"] = NearestNeighbors(int(config["n_reference"]), n_inputs, int(detector.neighbors))
+        modules["neighbors"] = NearestNeighbors(int(config["n_reference"]), n_inputs, detector._resolved("neighbors"))
     expected = {f"{prefix}.{k}" for prefix, m in modules.items() for k in m.state_dict()}
     if set(state) != expected:
         raise ModelLoadError(f"the weights in {path} do not fit the model they declare: "
