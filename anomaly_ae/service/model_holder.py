@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from anomaly_ae import exceptions
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.persistence import REMOTE_SCHEMES
 from anomaly_ae.service import metrics
@@ -29,6 +30,9 @@ from anomaly_ae.service.settings import ServiceSettings
 
 log = logging.getLogger("anomaly_ae.service")
 
+# Failures that say nothing about the version itself: retried at the next poll, never refused.
+TRANSIENT_ERRORS = tuple(t for t in (getattr(exceptions, "RegistryUnavailableError", None), ConnectionError,
+                                     TimeoutError, OSError) if t is not None)
 MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyond this, skip polls
 
 
@@ -130,7 +134,7 @@ class ModelHolder:
         self.last_error: str | None = None
         self.last_checked: float | None = None
         self._resolver, self._loader = resolver, loader
-        self._refused: dict[str, str] = {}  # version -> reason
+        self._refused: dict[str, tuple[str, str]] = {}  # version -> (reason, message)
         self._lock = asyncio.Lock()
         self._stuck: list[threading.Thread] = []
         self._task: asyncio.Task | None = None
@@ -179,7 +183,11 @@ class ModelHolder:
             except asyncio.TimeoutError:
                 return self._failed(trigger, "registry_timeout", f"the registry did not answer within "
                                     f"{self.settings.registry_timeout_s:g}s; still serving the last good model")
-            except ModelLoadError as exc:
+            except TRANSIENT_ERRORS as exc:
+                return self._failed(trigger, "registry_unavailable",
+                                    f"could not reach the registry ({type(exc).__name__}); still serving the last "
+                                    "good model")
+            except exceptions.AnomalyAEError as exc:
                 return self._failed(trigger, "model_not_found", str(exc))
             except Exception as exc:
                 return self._failed(trigger, "registry_unavailable",
@@ -190,8 +198,10 @@ class ModelHolder:
             if current is not None and str(current.ref.version) == version and not force:
                 return RefreshOutcome("unchanged", version=version)
             if version in self._refused and not force:
-                return RefreshOutcome("refused", version=version, reason=self._refused[version],
-                                      message=f"version {version} was refused before; not retrying it")
+                reason, message = self._refused[version]
+                return RefreshOutcome("refused", version=version, reason=reason,
+                                      message=f"{message} (not retried until it changes; reload with force=true "
+                                              "to retry)")
             metrics.RELOAD_ATTEMPTS.labels(trigger).inc()
             started = time.perf_counter()
             try:
@@ -201,6 +211,10 @@ class ModelHolder:
                                     f"{self.settings.load_timeout_s:g}s; still serving the last good model")
             except SmokeTestError as exc:
                 return self._refuse(trigger, version, "smoke_test_failed", str(exc))
+            except TRANSIENT_ERRORS as exc:
+                return self._failed(trigger, "registry_unavailable",
+                                    f"could not download version {version} ({type(exc).__name__}); still serving "
+                                    "the last good model")
             except ModelLoadError as exc:
                 return self._refuse(trigger, version, "load_error", str(exc))
             except Exception as exc:
@@ -239,8 +253,9 @@ class ModelHolder:
         return RefreshOutcome("failed", reason=reason, message=message)
 
     def _refuse(self, trigger: str, version: str, reason: str, message: str) -> RefreshOutcome:
-        self._refused[version] = reason
-        outcome = self._failed(trigger, reason, f"refused version {version}: {message}")
+        message = f"refused version {version}: {message}"
+        self._refused[version] = (reason, message)
+        outcome = self._failed(trigger, reason, message)
         outcome.status, outcome.version = "refused", version
         return outcome
 

@@ -11,6 +11,7 @@ Two things measured on this project's 2-core machine decide the setup:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -52,9 +53,12 @@ class NoDelayH11Protocol(H11Protocol):
         super().connection_made(transport)
 
 
-def http_protocol() -> type:
-    """uvicorn's fastest available HTTP/1.1 protocol, with TCP_NODELAY set on each connection."""
-    return NoDelayHttpToolsProtocol or NoDelayH11Protocol
+def http_protocol() -> str:
+    """uvicorn's fastest available HTTP/1.1 protocol with TCP_NODELAY set on each connection, as an
+    import string: uvicorn imports it inside each worker after the worker answers health checks
+    (a class would be unpickled, importing torch, before the worker can answer, and be killed)."""
+    name = "NoDelayHttpToolsProtocol" if NoDelayHttpToolsProtocol is not None else "NoDelayH11Protocol"
+    return f"{__name__}:{name}"
 
 
 def prepare_environment(settings: ServiceSettings) -> dict[str, str]:
@@ -81,7 +85,6 @@ def warn_if_open(settings: ServiceSettings) -> None:
         message = ("WARNING: no API keys configured (ANOMALY_AE_API_KEYS / ANOMALY_AE_ADMIN_KEYS): anyone who can "
                    "reach this port can score and reload models")
         print(f"\033[1;31m{message}\033[0m" if sys.stderr.isatty() else message, file=sys.stderr, flush=True)
-        log.warning(message)
     elif not settings.admin_keys:
         log.warning("no admin keys configured (ANOMALY_AE_ADMIN_KEYS): /v1/admin/reload is refused to everyone")
 
@@ -91,10 +94,15 @@ def run(settings: ServiceSettings) -> None:
 
     prepare_environment(settings)
     warn_if_open(settings)
-    options: dict[str, Any] = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["anomaly_ae"] = {"handlers": ["default"], "level": settings.log_level.upper(),
+                                           "propagate": False}
+    options: dict[str, Any] = dict(log_config=log_config, host=settings.host, port=settings.port, log_level=settings.log_level,
                                    access_log=settings.access_log, http=http_protocol(),
                                    timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
-                                   proxy_headers=False, server_header=False)
+                                   proxy_headers=False, server_header=False,
+                                   # a worker imports torch before it is ready: slow on a busy machine
+                                   timeout_worker_healthcheck=60)
     try:
         import uvloop  # noqa: F401
 

@@ -1,0 +1,104 @@
+"""Helpers for the service tests: real `anomaly-ae serve` processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+SCORE_KEY = "score-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+SCORE = {"Authorization": f"Bearer {SCORE_KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_model(path: Path, seed: int = 1, n: int = 2000, epochs: int = 20, random_state: int = 0):
+    import torch
+
+    from anomaly_ae import Detector
+    from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+
+    torch.set_num_threads(1)
+    X = make_telemetry(n, seed=seed).drop(columns=list(LABEL_COLUMNS))
+    det = Detector(model="ae", epochs=epochs, random_state=random_state).fit(X)
+    det.save(path)
+    return det
+
+
+class Service:
+    """`python -m anomaly_ae.service.command` in a subprocess, stopped at the end."""
+
+    def __init__(self, model: str | Path, *, keys: bool = True, workers: int = 1, env: dict[str, str] | None = None,
+                 log: Path | None = None, **flags: object) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ANOMALY_AE_", "PROMETHEUS_MULTIPROC"))}
+        full_env.update({"ANOMALY_AE_POLL_INTERVAL_S": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+        if keys:
+            full_env.update({"ANOMALY_AE_API_KEYS": SCORE_KEY, "ANOMALY_AE_ADMIN_KEYS": ADMIN_KEY})
+        full_env.update(env or {})
+        args = [sys.executable, "-m", "anomaly_ae.service.command", "--model", str(model), "--port", str(self.port),
+                "--workers", str(workers)]
+        for name, value in flags.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        self.log_path = log
+        self._log = open(log, "wb") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120.0) -> "Service":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with {self.proc.returncode}: {self.output()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"service not ready after {timeout}s: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.proc.returncode
+
+
+def metric_value(text: str, metric_name: str, /, **labels: str) -> float:
+    """The value of one sample in Prometheus exposition text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(metric_name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != metric_name:
+            continue
+        found = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if part) if label_text else {}
+        found = {k: v.strip('"') for k, v in found.items()}
+        if all(found.get(k) == v for k, v in labels.items()) and (labels or not found):
+            return float(value)
+    return 0.0
