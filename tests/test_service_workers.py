@@ -1,0 +1,142 @@
+"""Two uvicorn workers behind one port: metrics merged exactly (prometheus multiprocess mode), and a
+property-based fuzz of the OpenAPI schema (schemathesis, positive and negative cases) finding no 5xx."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service_support import ADMIN, SCORE, Service, metric_value, train_model
+
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workers")
+    train_model(root / "model", seed=1)
+    prom = root / "prom"
+    prom.mkdir()
+    service = Service(root / "model", workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(prom)}, log=root / "log")
+    try:
+        service.wait_ready()
+        # /readyz answers from whichever worker accepts: wait until every live worker has its model
+        deadline_ok = _wait(lambda: metric_value(httpx.get(f"{service.url}/metrics").text,
+                                                 "anomaly_ae_model_ready") == 1
+                            and len(list(prom.glob("gauge_livemin_*.db"))) == 2)
+        assert deadline_ok, service.output()[-2000:]
+        yield service, prom
+    finally:
+        service.stop()
+
+
+def _wait(predicate, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_metrics_are_counted_exactly_across_two_workers(two_workers):
+    service, prom = two_workers
+    frame = make_telemetry(5, seed=9).drop(columns=list(LABEL_COLUMNS))
+    rows = json.loads(frame.to_json(orient="records"))
+    before = httpx.get(f"{service.url}/metrics").text
+    sizes = [1 + i % 5 for i in range(60)]
+
+    def one(n: int) -> int:  # a new connection each time, so the kernel spreads them over both workers
+        with httpx.Client(timeout=30) as client:
+            return client.post(f"{service.url}/v1/score", json={"records": rows[:n]}, headers=SCORE).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(one, sizes))
+    bad = [httpx.post(f"{service.url}/v1/score", json={"records": [{}]}, headers=SCORE).status_code
+           for _ in range(3)]
+    assert statuses == [200] * 60 and bad == [422] * 3
+    after = httpx.get(f"{service.url}/metrics").text
+
+    def delta(name, **labels):
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    assert delta("anomaly_ae_rows_scored_total") == sum(sizes)
+    assert delta("anomaly_ae_http_requests_total", route="/v1/score", method="POST", status="2xx") == 60
+    assert delta("anomaly_ae_http_requests_total", route="/v1/score", method="POST", status="4xx") == 3
+    assert delta("anomaly_ae_validation_errors_total", reason="missing_column") == 3
+    assert delta("anomaly_ae_score_count") == sum(sizes)
+    assert metric_value(after, "anomaly_ae_model_info", name="model") == 1
+    assert metric_value(after, "anomaly_ae_http_requests_in_flight") == 1  # this scrape, in one worker
+    # both workers scored: each pid's own counter file holds part of the total
+    per_worker = _rows_per_worker(prom)
+    assert len([v for v in per_worker.values() if v > 0]) == 2, per_worker
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    result = subprocess.run([promtool, "check", "metrics"], input=after.encode(), capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def _rows_per_worker(prom: Path) -> dict[str, float]:
+    """anomaly_ae_rows_scored_total as each worker's own file holds it."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    totals = {}
+    for path in prom.glob("counter_*.db"):
+        totals[path.stem] = sum(entry[1] for entry in MmapedDict.read_all_values_from_file(str(path))
+                                if json.loads(entry[0])[1] == "anomaly_ae_rows_scored_total")
+    return totals
+
+
+# ---------------------------------------------------------------------------- fuzzing the OpenAPI schema
+def test_openapi_fuzz_finds_no_server_error(two_workers):
+    """schemathesis generates valid and invalid requests (bodies, query strings, headers) for every
+    operation in /openapi.json; none may get a 5xx, and every scored row must have a finite score."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+
+    service, _ = two_workers
+    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
+
+    def finite_scores(ctx, response, case):
+        if response.status_code == 200 and case.path == "/v1/score":
+            for row in response.json()["results"]:
+                assert row["score"] is not None and math.isfinite(row["score"]), row
+                assert math.isfinite(row["p_value"]), row
+
+    errors, calls = [], 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @given(operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                      database=None)
+            def run(case):
+                nonlocal calls
+                calls += 1
+                headers = ADMIN if case.path.startswith("/v1/") else None
+                case.call_and_validate(headers=headers, checks=[not_a_server_error, finite_scores], timeout=30)
+
+            try:
+                run()
+            except Unsatisfiable:  # no parameters and no body: nothing to make invalid
+                assert mode is GenerationMode.NEGATIVE
+            except Exception as exc:  # report every operation's failure, not just the first
+                errors.append(f"{mode.value} {operation.method.upper()} {operation.path}: {type(exc).__name__}: "
+                              f"{str(exc)[:1500]}")
+    assert not errors, "\n".join(errors)
+    assert calls > 100
