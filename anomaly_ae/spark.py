@@ -1,0 +1,343 @@
+"""Batch scoring on Apache Spark: the same scores as ``Detector.score_frame``, on as many executors as you have.
+
+    from anomaly_ae.spark import score_dataframe
+    scored = score_dataframe(spark.read.parquet("s3a://bucket/telemetry/"), "models:/telemetry@champion")
+
+How it works. The driver resolves the model URI once (``models:/NAME@ALIAS`` becomes the version the
+alias names *now*, so an alias moved mid-job cannot mix two versions in one output), downloads it
+with every hash checked, loads it with ``Detector.load`` to learn its input schema, and ships the
+saved-model directory (JSON + safetensors + manifest) to the executors with ``SparkContext.addFile``.
+The scoring function is a ``mapInPandas`` over Arrow batches whose closure holds only strings: each
+Python worker loads the directory with ``Detector.load`` (hash-checked, never unpickles) the first
+time it needs it and keeps it for later batches, so a model is loaded once per executor worker, not
+once per batch. Executors need ``anomaly_ae`` (and torch) installed, not MLflow or access to it.
+
+Install with ``pip install 'anomaly-ae[spark]'`` (pyspark; Spark needs Java 17+).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import pandas as pd
+
+from anomaly_ae.exceptions import DataError, ModelLoadError, SchemaError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkDataFrame, SparkSession
+
+    from anomaly_ae.detector import Detector
+
+__all__ = ["SparkScoreSummary", "output_columns", "score_dataframe", "score_parquet_with_spark"]
+
+MODEL_DIR_PREFIX = "anomaly-ae-model-"
+
+# ---------------------------------------------------------------------------- driver side: the model
+
+
+@dataclass(frozen=True)
+class _ShippedModel:
+    name: str          # the directory name under SparkFiles' root on every executor
+    local_path: str    # where the driver keeps it (also the fallback path in local mode)
+    manifest_sha256: str
+
+
+_shipped_lock = threading.Lock()
+_shipped_root: tempfile.TemporaryDirectory | None = None
+_shipped: dict[tuple[int, str], _ShippedModel] = {}  # (id of SparkContext, manifest sha) -> what was added
+
+
+def _manifest_sha(model_dir: Path) -> str:
+    try:
+        return hashlib.sha256((model_dir / "manifest.json").read_bytes()).hexdigest()
+    except OSError:
+        raise ModelLoadError(f"no saved model at {model_dir}: expected a directory written by Detector.save") from None
+
+
+def _ship(spark: "SparkSession", model_dir: Path) -> _ShippedModel:
+    """Copy the verified model directory under a content-addressed name and add it to the SparkContext."""
+    global _shipped_root
+    from anomaly_ae.persistence import FILES, MANIFEST
+
+    sha = _manifest_sha(model_dir)
+    sc = spark.sparkContext
+    key = (id(sc._jsc), sha)
+    with _shipped_lock:
+        if key in _shipped:
+            return _shipped[key]
+        if _shipped_root is None:
+            _shipped_root = tempfile.TemporaryDirectory(prefix="anomaly_ae-spark-")
+        name = MODEL_DIR_PREFIX + sha[:16]
+        target = Path(_shipped_root.name) / name
+        if not target.exists():
+            staging = Path(_shipped_root.name) / f".{name}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+            for file in (*FILES, MANIFEST):  # exactly the saved-model files, nothing else in the folder
+                shutil.copy2(model_dir / file, staging / file)
+            staging.rename(target)
+        sc.addFile(str(target), recursive=True)
+        shipped = _ShippedModel(name=name, local_path=str(target), manifest_sha256=sha)
+        _shipped[key] = shipped
+        return shipped
+
+
+def _materialize(model_uri: str | Path) -> tuple[Path, "Detector"]:
+    """The verified local directory of a model URI (registry URIs are downloaded) and the loaded detector."""
+    from anomaly_ae.detector import Detector
+    from anomaly_ae.persistence import resolve_model_path
+
+    model_dir = resolve_model_path(model_uri)  # models:/NAME@ALIAS -> the exact version, downloaded, hash-checked
+    detector = Detector.load(model_dir)
+    if detector.schema_.image is not None:
+        raise ModelLoadError(f"{model_uri} scores images; Spark scoring handles tabular models only")
+    return Path(model_dir), detector
+
+
+# ---------------------------------------------------------------------------- executor side
+
+
+_loaded_lock = threading.Lock()
+_loaded: dict[str, "Detector"] = {}  # manifest sha -> detector, one per Python worker process
+
+
+def _executor_detector(name: str, fallback: str, sha: str) -> "Detector":
+    with _loaded_lock:
+        detector = _loaded.get(sha)
+        if detector is not None:
+            return detector
+        from pyspark import SparkFiles
+
+        from anomaly_ae.detector import Detector
+
+        path = Path(SparkFiles.get(name))
+        if not (path / "manifest.json").is_file():  # local mode before the file server copied it
+            path = Path(fallback)
+        if _manifest_sha(path) != sha:
+            raise ModelLoadError(f"the model files shipped to this executor ({path}) are not the version the driver "
+                                 "verified; refusing to score with them")
+        detector = Detector.load(path)
+        # Spark runs one task per core: one torch thread per task, never a pool per task.
+        detector.set_params(n_threads=1)
+        _loaded[sha] = detector
+        return detector
+
+
+def _score_batches(batches: Iterator[pd.DataFrame], *, name: str, fallback: str, sha: str,
+                   features: list[str], keep: list[tuple[str, str]], top_k: int,
+                   columns: list[str]) -> Iterator[pd.DataFrame]:
+    detector = _executor_detector(name, fallback, sha)
+    for batch in batches:
+        if batch.empty:
+            continue
+        batch = batch.reset_index(drop=True)
+        scored = detector.score_frame(batch[features], top_k=top_k).reset_index(drop=True)
+        scored["is_anomaly"] = scored["is_anomaly"].astype(bool)
+        for output, source in keep:
+            scored[output] = batch[source]
+        yield scored[columns]
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def output_columns(detector: "Detector", top_k: int) -> list[tuple[str, str]]:
+    """(name, Spark SQL type) of the columns ``Detector.score_frame(X, top_k)`` returns, in order."""
+    columns = [("score", "double"), ("p_value", "double"), ("is_anomaly", "boolean"), ("severity", "string")]
+    if top_k > 0:
+        k = max(1, min(int(top_k), len(detector.feature_names_)))
+        for i in range(1, k + 1):
+            columns += [(f"feature_{i}", "string"), (f"contribution_{i}", "double")]
+    return columns + [("notes", "string")]
+
+
+def _spark_type(data_type: Any) -> str:
+    return data_type.simpleString()
+
+
+def _plan_keep(input_columns: Sequence[str], keep_cols: Sequence[str] | None,
+               outputs: Sequence[str]) -> list[tuple[str, str]]:
+    """(output name, input column) for the pass-through columns; a name that collides with an output
+    column is kept as ``input_<name>`` (as ``anomaly-ae score --keep-cols`` does)."""
+    keep = list(input_columns) if keep_cols is None else list(dict.fromkeys(keep_cols))
+    missing = [c for c in keep if c not in input_columns]
+    if missing:
+        raise DataError(f"keep_cols names column(s) not in the input: {', '.join(missing)}")
+    taken = set(outputs)
+    planned = []
+    for column in keep:
+        name = column
+        while name in taken:
+            name = f"input_{name}"
+        taken.add(name)
+        planned.append((name, column))
+    return planned
+
+
+def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int = 3,
+                    keep_cols: Sequence[str] | None = None) -> "SparkDataFrame":
+    """Score a Spark DataFrame with a saved or registered model; lazy, like any transformation.
+
+    ``model_uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local model
+    directory (a string: the model is shipped as files, never pickled). Returns the
+    ``Detector.score_frame`` columns (score, p_value, is_anomaly, severity, feature_i /
+    contribution_i for the ``top_k`` largest contributions, notes) after the pass-through columns:
+    every input column by default (``keep_cols=None``), the listed ones, or none (``[]``). A kept
+    column named like an output column becomes ``input_<name>``. Row order within each partition is
+    preserved. Missing model columns raise ``SchemaError``; bad values raise it on the executors
+    when the job runs, with the message ``Detector.score_frame`` gives.
+    """
+    from pyspark.sql import SparkSession
+
+    spark = df.sparkSession if hasattr(df, "sparkSession") else SparkSession.getActiveSession()
+    model_dir, detector = _materialize(model_uri)
+    features = list(detector.schema_.names)
+    input_columns = list(df.columns)
+    absent = [c for c in features if c not in input_columns]
+    if absent:
+        raise SchemaError(f"the input lacks column(s) the model was trained on: {', '.join(absent)}; "
+                          f"it has {', '.join(input_columns)}", column=absent[0], reason="missing_column")
+    if len(set(input_columns)) != len(input_columns):
+        raise DataError("the input has duplicate column names; rename them before scoring")
+    top_k = max(0, int(top_k))
+    outputs = output_columns(detector, top_k)
+    keep = _plan_keep(input_columns, keep_cols, [name for name, _ in outputs])
+    types = {f.name: _spark_type(f.dataType) for f in df.schema.fields}
+    schema = ", ".join(f"`{name}` {kind}" for name, kind in [*[(o, types[s]) for o, s in keep], *outputs])
+    columns = [o for o, _ in keep] + [name for name, _ in outputs]
+    shipped = _ship(spark, model_dir)
+    name, fallback, sha = shipped.name, shipped.local_path, shipped.manifest_sha256
+    needed = list(dict.fromkeys([*features, *(source for _, source in keep)]))
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        # Only strings, lists and ints are captured here: the Detector never travels through pickle.
+        return _score_batches(batches, name=name, fallback=fallback, sha=sha, features=features, keep=keep,
+                              top_k=top_k, columns=columns)
+
+    return df.select(*[f"`{c}`" for c in needed]).mapInPandas(score, schema=schema)
+
+
+@dataclass(frozen=True)
+class SparkScoreSummary:
+    rows: int
+    anomalies: int
+    output: str
+    model_uri: str
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local_path(path: str) -> Path:
+    return Path(path[len("file://"):] if path.startswith("file://") else path)
+
+
+def _default_session() -> "SparkSession":
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    # spark-submit / a cluster config supplies the master; a plain `anomaly-ae score --engine spark`
+    # runs local[*] with its UI off.
+    builder = SparkSession.builder.appName("anomaly-ae score")
+    if not os.environ.get("SPARK_HOME") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+        # Python workers must run this interpreter (its packages), not whatever `python3` is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # a local job listens on loopback only
+        builder = (builder.master("local[*]").config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false"))
+    return builder.getOrCreate()
+
+
+def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, output_path: str | Path,
+                             top_k: int = 3, *, keep_cols: Sequence[str] | None = None,
+                             spark: "SparkSession | None" = None) -> SparkScoreSummary:
+    """Score a Parquet file or dataset directory with Spark; write a Parquet dataset directory.
+
+    ``input_path``/``output_path`` are local paths or any URI Spark reads (``s3a://``, ``hdfs://``).
+    The output has the pass-through columns (all input columns when ``keep_cols`` is None, none for
+    ``[]``; see ``score_dataframe``) and the ``Detector.score_frame`` columns. A local output is
+    written next to its destination and moved into place only when complete (an existing output is
+    replaced); a remote one is written by Spark's committer in overwrite mode. Returns the row and
+    anomaly counts (read back from the written output). ``spark`` defaults to the active session,
+    else a new ``local[*]`` one.
+    """
+    input_path, output_path = str(input_path), str(output_path)
+    if input_path.endswith((".csv", ".csv.gz")):
+        raise DataError(f"{input_path}: the Spark engine reads Parquet; convert it, or score CSV with the "
+                        "default engine")
+    if _is_local(input_path) and not _local_path(input_path).exists():
+        raise DataError(f"input '{input_path}' does not exist")
+    spark = spark or _default_session()
+    try:
+        frame = spark.read.parquet(input_path)
+    except Exception as exc:  # AnalysisException and friends: say what, not a JVM stack trace
+        raise DataError(f"Spark could not read Parquet from {input_path}: {str(exc).splitlines()[0][:300]}") from None
+    scored = score_dataframe(frame, model_uri, top_k=top_k, keep_cols=keep_cols)
+    if _is_local(output_path):
+        destination = _local_path(output_path).absolute()
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            _write(scored, str(staging))
+            _replace(staging, destination)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        written = str(destination)
+    else:
+        _write(scored, output_path, mode="overwrite")
+        written = output_path
+    counts = spark.read.parquet(written).selectExpr("count(*) AS rows",
+                                                    "coalesce(sum(CAST(is_anomaly AS INT)), 0) AS anomalies").first()
+    return SparkScoreSummary(rows=int(counts["rows"]), anomalies=int(counts["anomalies"]), output=written,
+                             model_uri=str(model_uri))
+
+
+def _write(frame: "SparkDataFrame", path: str, mode: str = "errorifexists") -> None:
+    from anomaly_ae.exceptions import AnomalyAEError
+
+    try:
+        frame.write.mode(mode).parquet(path)
+    except AnomalyAEError:
+        raise
+    except Exception as exc:
+        raise _executor_error(exc) from None
+
+
+def _executor_error(exc: Exception) -> Exception:
+    """A scoring error raised in a Python worker reaches the driver wrapped in JVM exceptions; surface
+    the package's own one-line message when it is there."""
+    text = str(exc)
+    for kind in ("SchemaError", "DataError", "ScoringError", "ModelLoadError"):
+        marker = f"anomaly_ae.exceptions.{kind}: "
+        if marker in text:
+            message = text.split(marker, 1)[1].splitlines()[0]
+            from anomaly_ae import exceptions
+
+            return getattr(exceptions, kind)(message)
+    return exc
+
+
+def _replace(staging: Path, destination: Path) -> None:
+    if not destination.exists():
+        staging.rename(destination)
+        return
+    if not destination.is_dir() and destination.suffix not in (".parquet", ".pq"):
+        raise DataError(f"output '{destination}' exists and is not a Parquet dataset; choose another path")
+    old = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex[:8]}"
+    destination.rename(old)
+    staging.rename(destination)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)

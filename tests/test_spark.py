@@ -1,0 +1,185 @@
+"""Spark batch scoring (anomaly_ae.spark) on PySpark local mode: results equal Detector.score_frame.
+
+One local[2] session for the module (UI off, bound to 127.0.0.1); 3000 rows; a 20-epoch `ae` model.
+Needs pyspark (`pip install -e '.[spark]'`) and Java 17+; skips only when Java is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_ae import Detector
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+from anomaly_ae.exceptions import DataError, SchemaError
+
+pytestmark = pytest.mark.slow
+
+
+def _java_available() -> bool:
+    java = shutil.which("java") or (os.path.join(os.environ["JAVA_HOME"], "bin", "java")
+                                     if os.environ.get("JAVA_HOME") else None)
+    if not java:
+        return False
+    try:
+        return subprocess.run([java, "-version"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+if not _java_available():
+    pytest.skip("Spark needs a Java runtime (apt-get install default-jre-headless); none found",
+                allow_module_level=True)
+
+try:  # not importorskip: a missing pyspark is an install bug in CI, not a reason to skip
+    import pyspark  # noqa: F401
+except ImportError as exc:  # pragma: no cover
+    raise ImportError("tests/test_spark.py needs pyspark: pip install -e '.[spark]'") from exc
+
+from anomaly_ae.spark import output_columns, score_dataframe, score_parquet_with_spark  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # workers must import this venv's packages
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # every Spark socket on loopback
+    session = (SparkSession.builder.master("local[2]").appName("anomaly-ae-tests")
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.host", "127.0.0.1")
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.sql.shuffle.partitions", "2")
+               .config("spark.default.parallelism", "2")
+               .config("spark.sql.execution.arrow.maxRecordsPerBatch", "700")  # several batches per task
+               .config("spark.executorEnv.OMP_NUM_THREADS", "1")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    X = make_telemetry(2000, seed=1).drop(columns=list(LABEL_COLUMNS))
+    path = tmp_path_factory.mktemp("spark-model") / "model"
+    Detector(model="ae", epochs=20, random_state=0).fit(X).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def incoming():
+    frame = make_telemetry(3000, 0.1, seed=2)
+    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
+    return frame
+
+
+def _one_rank(model_dir) -> float:
+    """The p-value step: one calibration score more or less below a score."""
+    return 1.0 / (len(Detector.load(model_dir).calibration_.reference_scores) + 1) + 1e-12
+
+
+def _expected(model_dir, frame: pd.DataFrame, top_k: int = 3) -> pd.DataFrame:
+    detector = Detector.load(model_dir)
+    return detector.score_frame(frame[detector.schema_.names], top_k=top_k).reset_index(drop=True)
+
+
+def _same(actual: pd.DataFrame, expected: pd.DataFrame, rtol: float = 1e-6, p_atol: float = 1e-12) -> None:
+    """Identical columns, flags, severities, features and notes; floats equal to float32 round-off.
+
+    Rows batched with different neighbours go through different BLAS blockings (~1e-6 relative);
+    a score that close to a calibration score can then move its p-value by one rank (p_atol)."""
+    assert list(actual.columns) == list(expected.columns)
+    for column in expected.columns:
+        a, e = actual[column].to_numpy(), expected[column].to_numpy()
+        if column == "p_value":
+            np.testing.assert_allclose(a.astype(float), e.astype(float), rtol=0, atol=p_atol, err_msg=column)
+        elif column == "score" or column.startswith("contribution_"):
+            np.testing.assert_allclose(a.astype(float), e.astype(float), rtol=rtol, atol=1e-9, err_msg=column)
+        else:
+            assert a.astype(str).tolist() == e.astype(str).tolist(), column
+
+
+def test_parquet_scores_equal_single_process(spark, model_dir, incoming, tmp_path):
+    source = tmp_path / "incoming"
+    source.mkdir()
+    for i, start in enumerate(range(0, len(incoming), 1000)):  # a dataset directory of several files
+        incoming.iloc[start:start + 1000].to_parquet(source / f"part-{i}.parquet", index=False)
+    out = tmp_path / "scored"
+
+    summary = score_parquet_with_spark(str(model_dir), str(source), str(out), top_k=3, keep_cols=["row_id"],
+                                       spark=spark)
+
+    result = pd.read_parquet(out).sort_values("row_id").reset_index(drop=True)
+    expected = _expected(model_dir, incoming)
+    assert summary.rows == len(incoming) == len(result)
+    assert summary.anomalies == int(expected["is_anomaly"].sum()) > 0
+    assert result["row_id"].tolist() == incoming["row_id"].tolist()
+    _same(result.drop(columns=["row_id"]), expected)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging directories left behind"
+
+    # Running again replaces the output atomically; no staging or backup directories remain.
+    again = score_parquet_with_spark(str(model_dir), str(source), str(out), top_k=0, keep_cols=[], spark=spark)
+    assert again.rows == len(incoming)
+    assert list(pd.read_parquet(out).columns) == ["score", "p_value", "is_anomaly", "severity", "notes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["incoming", "scored"]
+
+
+def test_dataframe_keeps_all_columns_and_renames_collisions(spark, model_dir, incoming):
+    sdf = spark.createDataFrame(incoming).repartition(3)  # rows reach the scorer out of order
+
+    scored = score_dataframe(sdf, str(model_dir), top_k=2)
+
+    detector = Detector.load(model_dir)
+    names = [n for n, _ in output_columns(detector, 2)]
+    # every input column is passed through; the label 'is_anomaly' collides with an output column
+    assert scored.columns == ["row_id", *detector.schema_.names, "input_is_anomaly", "anomaly_kind", *names]
+    result = scored.toPandas().sort_values("row_id").reset_index(drop=True)
+    assert result["input_is_anomaly"].tolist() == incoming["is_anomaly"].tolist()
+    _same(result[names], _expected(model_dir, incoming, top_k=2), rtol=2e-5,
+          p_atol=_one_rank(model_dir))
+
+
+def test_missing_column_refused_on_the_driver(spark, model_dir, incoming):
+    sdf = spark.createDataFrame(incoming.drop(columns=["latency_ms"]))
+    with pytest.raises(SchemaError, match="latency_ms"):
+        score_dataframe(sdf, str(model_dir))
+
+
+def test_bad_values_surface_as_the_package_error(spark, model_dir, incoming, tmp_path):
+    bad = incoming.head(50).copy()
+    bad.loc[7, "cpu_util_pct"] = np.nan  # training had no missing cpu values
+    bad.to_parquet(tmp_path / "bad.parquet", index=False)
+    with pytest.raises(SchemaError, match="cpu_util_pct"):
+        score_parquet_with_spark(str(model_dir), str(tmp_path / "bad.parquet"), str(tmp_path / "out"), spark=spark)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="Parquet"):
+        score_parquet_with_spark(str(model_dir), str(tmp_path / "x.csv"), str(tmp_path / "out"), spark=spark)
+
+
+def test_registry_alias_is_pinned_and_scored(spark, model_dir, incoming, tmp_path, monkeypatch):
+    """`models:/NAME@champion` from a local MLflow registry: the driver downloads the verified version."""
+    pytest.importorskip("mlflow", reason="registry URIs need the MLflow extra")
+    from anomaly_ae import registry
+
+    monkeypatch.chdir(tmp_path)  # the embedded store: ./mlflow.db + ./mlartifacts
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    detector = Detector.load(model_dir)
+    X = make_telemetry(200, seed=1).drop(columns=list(LABEL_COLUMNS))
+    run = registry.log_training_run(detector, X, experiment="spark-tests", register="spark-telemetry",
+                                    model_dir=model_dir)
+    registry.promote("spark-telemetry", run.registered.version, "champion")
+
+    sdf = spark.createDataFrame(incoming.head(500))
+    result = score_dataframe(sdf, "models:/spark-telemetry@champion", keep_cols=["row_id"]).toPandas()
+
+    result = result.sort_values("row_id").reset_index(drop=True)
+    _same(result.drop(columns=["row_id"]), _expected(model_dir, incoming.head(500)), rtol=2e-5,
+          p_atol=_one_rank(model_dir))
