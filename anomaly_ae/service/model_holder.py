@@ -64,11 +64,15 @@ class LoadedModel:
     drift: metrics.DriftTracker
 
     @property
+    def version(self) -> str:
+        return version_of(self.ref)
+
+    @property
     def labels(self) -> tuple[str, str, str, str]:
-        return (str(self.ref.name), str(self.ref.version), str(self.ref.alias or ""), self.model_type)
+        return (str(self.ref.name or ""), self.version, str(self.ref.alias or ""), self.model_type)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": str(self.ref.name), "version": str(self.ref.version), "alias": self.ref.alias}
+        return {"name": str(self.ref.name or ""), "version": self.version, "alias": self.ref.alias}
 
 
 @dataclass
@@ -80,6 +84,11 @@ class RefreshOutcome:
 
 
 # ---------------------------------------------------------------------------- resolving and loading
+def version_of(ref: Any) -> str:
+    """A registry version, else the run id (runs:/ URIs), else the URI itself."""
+    return str(ref.version or getattr(ref, "run_id", None) or ref.uri)
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(REMOTE_SCHEMES)
 
@@ -119,7 +128,7 @@ def load(uri: str) -> tuple[Any, Any]:
 
 def bound_registry_clients(settings: ServiceSettings) -> None:
     """MLflow retries a dead server for minutes by default; the service wants quick failures."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(settings.registry_timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(settings.registry_timeout_s / 2))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
@@ -193,9 +202,9 @@ class ModelHolder:
                 return self._failed(trigger, "registry_unavailable",
                                     f"could not reach the registry ({type(exc).__name__}); still serving the last "
                                     "good model")
-            version = str(ref.version)
+            version = version_of(ref)
             current = self.current
-            if current is not None and str(current.ref.version) == version and not force:
+            if current is not None and current.version == version and not force:
                 return RefreshOutcome("unchanged", version=version)
             if version in self._refused and not force:
                 reason, message = self._refused[version]
@@ -223,9 +232,9 @@ class ModelHolder:
                                     "the last good model")
             self._swap(loaded, time.perf_counter() - started)
             self.last_error = None
-            log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.ref.version,
+            log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.version,
                      loaded.ref.alias, loaded.load_seconds)
-            return RefreshOutcome("loaded", version=str(loaded.ref.version))
+            return RefreshOutcome("loaded", version=loaded.version)
 
     def _load_and_check(self) -> LoadedModel:
         started = time.perf_counter()

@@ -1,0 +1,230 @@
+"""The service on a real MLflow registry: alias moves under load, refused versions, a hung and a killed
+registry. The module runs its own `mlflow server` (not the session-wide one) because it kills it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service_support import ADMIN, SCORE, Service, free_port, metric_value, train_model
+
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+
+pytestmark = pytest.mark.slow
+NAME = "svc-detector"
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("anomaly_ae.registry")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen([str(mlflow if mlflow.exists() else "mlflow"), "server", "--backend-store-uri",
+                                 f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", "mlflow-artifacts:/",
+                                 "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not _healthy(uri):
+            assert proc.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield uri, root, proc
+    finally:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        proc.wait(30)
+
+
+def register(uri: str, model_dir: Path, detector) -> str:
+    from anomaly_ae.registry import log_training_run
+
+    X = make_telemetry(200, seed=1).drop(columns=list(LABEL_COLUMNS))
+    run = log_training_run(detector, X, register=NAME, tracking_uri=uri, model_dir=model_dir, experiment="svc")
+    return str(run.registered.version)
+
+
+def promote(uri: str, version: str) -> None:
+    from anomaly_ae.registry import promote as move
+
+    move(NAME, version, "champion", tracking_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def served(registry, tmp_path_factory):
+    uri, _, _ = registry
+    root = tmp_path_factory.mktemp("svc-models")
+    first = register(uri, root / "m1", train_model(root / "m1", seed=1))
+    promote(uri, first)
+    service = Service(f"models:/{NAME}@champion", env={"MLFLOW_TRACKING_URI": uri}, log=root / "service.log",
+                      poll_interval=0.5)
+    try:
+        service.wait_ready()
+        yield service, root, first
+    finally:
+        service.stop()
+
+
+def rows(n=5):
+    return json.loads(make_telemetry(n, seed=11).drop(columns=list(LABEL_COLUMNS)).to_json(orient="records"))
+
+
+def version(service) -> str:
+    return httpx.get(f"{service.url}/readyz", timeout=10).json()["model"]["version"]
+
+
+def wait_for(predicate, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def failures(service, reason):
+    return metric_value(httpx.get(f"{service.url}/metrics", timeout=10).text, "anomaly_ae_model_reload_failures_total",
+                        reason=reason)
+
+
+def test_serves_the_champion(served):
+    service, _, first = served
+    info = httpx.get(f"{service.url}/v1/model", headers=SCORE).json()
+    assert (info["name"], info["version"], info["alias"]) == (NAME, first, "champion")
+    response = httpx.post(f"{service.url}/v1/score", json={"records": rows()}, headers=SCORE).json()
+    assert response["model"] == {"name": NAME, "version": first, "alias": "champion"}
+
+
+def test_alias_move_under_concurrent_requests_fails_none(served, registry):
+    service, root, first = served
+    uri = registry[0]
+    second = register(uri, root / "m2", train_model(root / "m2", seed=3, random_state=1))
+    body = {"records": rows(10)}
+    stop = threading.Event()
+    seen: list[list[tuple[int, str]]] = [[] for _ in range(4)]
+
+    def client(out):
+        with httpx.Client(base_url=service.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/v1/score", json=body, headers=SCORE)
+                out.append((r.status_code, r.json().get("model", {}).get("version")))
+
+    threads = [threading.Thread(target=client, args=(out,)) for out in seen]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        promote(uri, second)
+        assert wait_for(lambda: version(service) == second)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    flat = [s for out in seen for s in out]
+    assert flat and all(status == 200 for status, _ in flat)
+    for out in seen:
+        versions = [v for _, v in out]
+        assert set(versions) <= {first, second} and versions == sorted(versions, key=lambda v: v == second)
+    assert {v for _, v in flat} == {first, second}
+
+
+def test_bad_versions_are_refused(served, registry):
+    import torch
+
+    from anomaly_ae import Detector
+
+    service, root, _ = served
+    uri, server_root, _ = registry
+    good = version(service)
+    # NaN weights: loads (hashes match) but fails the smoke batch
+    broken = Detector.load(root / "m1")
+    with torch.no_grad():
+        for p in broken.members_[0].parameters():
+            p.fill_(float("nan"))
+    broken.save(root / "nan")
+    # registered with a good detector's metrics (scoring the broken one fails), the broken one's files
+    nan_version = register(uri, root / "nan", Detector.load(root / "m1"))
+    promote(uri, nan_version)
+    assert wait_for(lambda: failures(service, "smoke_test_failed") >= 1)
+    assert version(service) == good
+    # tampered after registration: the stored weights no longer match the manifest
+    tampered_version = register(uri, root / "m3", train_model(root / "m3", seed=5, epochs=5))
+    from anomaly_ae.registry import resolve_model
+
+    run_id = resolve_model(f"models:/{NAME}/{tampered_version}", tracking_uri=uri).run_id
+    weights = [p for p in (server_root / "artifacts").rglob("weights.safetensors") if run_id in str(p)]
+    assert weights
+    for path in weights:
+        path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    promote(uri, tampered_version)
+    assert wait_for(lambda: failures(service, "load_error") >= 1)
+    assert version(service) == good
+    r = httpx.post(f"{service.url}/v1/score", json={"records": rows()}, headers=SCORE)
+    assert r.status_code == 200 and r.json()["model"]["version"] == good
+    # back to a good version
+    promote(uri, good)
+
+
+def _latencies(service, n=20):
+    out = []
+    with httpx.Client(base_url=service.url, timeout=30) as c:
+        for _ in range(n):
+            t0 = time.monotonic()
+            r = c.post("/v1/score", json={"records": rows(3)}, headers=SCORE)
+            assert r.status_code == 200
+            out.append(time.monotonic() - t0)
+    return out
+
+
+def test_hung_then_killed_registry_never_fails_or_slows_scoring(served, registry):
+    service, _, _ = served
+    _, _, proc = registry
+    good = version(service)
+    os.killpg(proc.pid, signal.SIGSTOP)  # hung: accepts connections, never answers
+    try:
+        time.sleep(1.5)  # a poll is now stuck waiting on the registry
+        assert max(_latencies(service)) < 2.0
+        assert httpx.get(f"{service.url}/readyz").status_code == 200
+        t0 = time.monotonic()
+        reload = httpx.post(f"{service.url}/v1/admin/reload", headers=ADMIN, timeout=60)
+        assert reload.status_code == 503 and time.monotonic() - t0 < 15
+        assert reload.json()["error"]["code"] in ("registry_timeout", "reload_in_progress")
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    os.killpg(proc.pid, signal.SIGKILL)  # killed: connections refused
+    proc.wait(30)
+    time.sleep(2.0)
+    assert max(_latencies(service)) < 2.0
+    assert httpx.get(f"{service.url}/readyz").status_code == 200 and version(service) == good
+    assert wait_for(lambda: failures(service, "registry_unavailable") >= 1, timeout=60)
+    reload = httpx.post(f"{service.url}/v1/admin/reload", headers=ADMIN, timeout=60)
+    assert reload.status_code == 503 and reload.headers["retry-after"]
