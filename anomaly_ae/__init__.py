@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from anomaly_ae.detector import Detector  # noqa: E402
+from anomaly_ae.augment.generator import Generator  # noqa: E402
 
-__all__ = ["Detector", "__version__"]
+__all__ = ["Detector", "Generator", "__version__"]

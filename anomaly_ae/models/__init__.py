@@ -8,6 +8,8 @@ from torch import nn
 
 from anomaly_ae.models.adversarial import AdversarialAutoencoder
 from anomaly_ae.models.autoencoder import Autoencoder
+from anomaly_ae.models.cvae import ConditionalVAE
+from anomaly_ae.models.gan import GAN
 from anomaly_ae.models.pca import PCA
 from anomaly_ae.models.vae import VAE
 
@@ -16,6 +18,8 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "vae": VAE,
     "aae": AdversarialAutoencoder,
     "pca": PCA,
+    "cvae": ConditionalVAE,
+    "gan": GAN,
 }
 
 

@@ -1,0 +1,164 @@
+"""Saved generators: the same trust boundary as saved detectors (see anomaly_ae/persistence.py).
+
+A directory of JSON (config, schema, preprocessing, conditions, quality) and safetensors weights,
+with manifest.json holding the SHA-256 and size of each file. Loading checks every file against
+the manifest before parsing it and loads the weights with `strict=True`; nothing is unpickled or
+executed. The SHA-256 of the manifest itself is the generator's fingerprint, recorded as the
+provenance of detectors trained on its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from anomaly_ae import __version__
+from anomaly_ae.augment.conditions import ConditionEncoder
+from anomaly_ae.augment.gan_training import GanHistory
+from anomaly_ae.data.preprocess import Preprocessor
+from anomaly_ae.data.schema import Schema
+from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.models import build_model
+from anomaly_ae.persistence import sha256
+from anomaly_ae.training import History
+
+if TYPE_CHECKING:
+    from anomaly_ae.augment.generator import Generator
+
+FORMAT = "anomaly_ae.generator"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = ("config.json", "schema.json", "preprocess.json", "conditions.json", "quality.json", "weights.safetensors")
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return json.dumps(payload, indent=1, sort_keys=True, allow_nan=False).encode()
+
+
+def generator_files(gen: "Generator") -> dict[str, bytes]:
+    """Every file of the saved form, manifest included, as bytes (deterministic for one fitted model)."""
+    params = gen.get_params()
+    for key in ("hidden_dims", "condition_cols"):
+        if params[key] is not None and not isinstance(params[key], str):
+            params[key] = list(params[key])
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "anomaly_ae_version": __version__,
+        "torch_version": torch.__version__, "params": params, "model_spec": gen.model_spec_,
+        "output_info": gen.output_info_, "image_ndim": gen.image_ndim_,
+        "output_columns": gen.output_schema_.names if gen.schema_.image is None else None,
+        "training": {"kind": type(gen.history_).__name__, **gen.history_.to_dict()},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in gen.module_.state_dict().items()}
+    contents = {
+        "config.json": _json_bytes(config),
+        "schema.json": _json_bytes(gen.schema_.to_dict()),
+        "preprocess.json": _json_bytes(gen.preprocessor_.to_dict()),
+        "conditions.json": _json_bytes(gen.conditions_.to_dict()),
+        "quality.json": _json_bytes(gen.quality_),
+        "weights.safetensors": save_safetensors(state, metadata={"format": FORMAT}),
+    }
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "anomaly_ae_version": __version__,
+                "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in contents.items()}}
+    contents[MANIFEST] = _json_bytes(manifest)
+    return contents
+
+
+def generator_fingerprint(gen: "Generator") -> str:
+    return sha256(generator_files(gen)[MANIFEST])
+
+
+def save_generator(gen: "Generator", path: Path) -> Path:
+    contents = generator_files(gen)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
+        raise FileExistsError(f"{path} exists and is not a saved generator; choose an empty or new directory")
+    # Staged beside the target and renamed into place: a crash never leaves half a generator.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    for name, data in contents.items():
+        (staging / name).write_bytes(data)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        os.replace(path, old)
+        os.replace(staging, path)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(staging, path)
+    return path
+
+
+def read_verified(path: Path) -> dict[str, bytes]:
+    if not path.is_dir():
+        raise ModelLoadError(f"no saved generator at {path}: expected a directory written by Generator.save")
+    try:
+        manifest = json.loads((path / MANIFEST).read_bytes())
+        entries = manifest["files"]
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} has no {MANIFEST}; it is not a generator saved by anomaly_ae") from None
+    except (ValueError, KeyError, TypeError):
+        raise ModelLoadError(f"{path / MANIFEST} is corrupt; re-save or re-download the generator") from None
+    if manifest.get("format") != FORMAT:
+        raise ModelLoadError(f"{path} is not a saved generator (a detector? load it with Detector.load)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(f"{path} was saved in generator format {manifest.get('format_version')!r}; this is "
+                             f"anomaly_ae {__version__} (format {FORMAT_VERSION}); retrain it with this version")
+    contents = {}
+    for name in FILES:
+        entry = entries.get(name)
+        if entry is None:
+            raise ModelLoadError(f"{path / MANIFEST} does not list {name}; the generator directory is incomplete")
+        try:
+            data = (path / name).read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"{path / name} is missing; re-save or re-download the generator") from None
+        if len(data) != entry.get("bytes") or sha256(data) != entry.get("sha256"):
+            raise ModelLoadError(f"{path / name} does not match its SHA-256 in the manifest: the file is truncated "
+                                 "or was modified after saving; refusing to load it")
+        contents[name] = data
+    return contents
+
+
+def load_generator(cls: type["Generator"], path: Path) -> "Generator":
+    from anomaly_ae.detector import resolve_device
+
+    contents = read_verified(path)
+    try:
+        config = json.loads(contents["config.json"])
+        schema = Schema.from_dict(json.loads(contents["schema.json"]))
+        if schema.image is None:
+            by_name = {c.name: c for c in schema.columns}
+            output_schema = Schema([by_name[n] for n in config["output_columns"]], from_array=schema.from_array)
+        else:
+            output_schema = schema
+        preprocessor = Preprocessor.from_dict(json.loads(contents["preprocess.json"]), output_schema)
+        conditions = ConditionEncoder.from_dict(json.loads(contents["conditions.json"]))
+        quality = json.loads(contents["quality.json"])
+        gen = cls(**config["params"])
+        spec = config["model_spec"]
+        training = dict(config["training"])
+        kind = training.pop("kind")
+        history = GanHistory(**training) if kind == "GanHistory" else History(**training)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path} has a malformed generator file ({exc}); re-save the generator") from None
+    try:
+        state = load_safetensors(contents["weights.safetensors"])
+        module = build_model(spec)
+        module.load_state_dict(state, strict=True)
+    except Exception as exc:  # safetensors' own errors, or weights that do not fit the declared model
+        raise ModelLoadError(f"the weights in {path} do not fit the generator they declare: {exc}") from None
+    gen.device_ = resolve_device(gen.device)
+    gen.module_ = module.to(gen.device_).eval()
+    gen.schema_, gen.output_schema_, gen.preprocessor_, gen.conditions_ = schema, output_schema, preprocessor, conditions
+    gen.model_spec_, gen.output_info_, gen.image_ndim_ = spec, config["output_info"], config["image_ndim"]
+    gen.history_, gen.quality_ = history, quality
+    gen.n_features_in_ = schema.n_features if schema.image is None else \
+        schema.image.channels * schema.image.height * schema.image.width
+    return gen
