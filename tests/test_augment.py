@@ -1,0 +1,155 @@
+"""Augmentation with provenance, synthetic anomalies per kind, and the `generate` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from anomaly_ae import Detector, Generator
+from anomaly_ae.augment.command import (augment_training_data, balanced_allocation, generate_app,
+                                        synthetic_anomaly_report)
+from anomaly_ae.augment.perturb import KINDS, make_anomalies
+from anomaly_ae.data.io import read_table, write_table
+from anomaly_ae.data.schema import Schema
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+from anomaly_ae.exceptions import DataError
+
+QUICK = dict(epochs=30, patience=5)
+
+
+@pytest.fixture(scope="module")
+def rare_mode():
+    """Maintenance is rare (about 1%) in this normal history."""
+    weights = {"day": 0.5, "night": 0.3, "batch": 0.19, "maintenance": 0.01}
+    return make_telemetry(1200, 0.0, seed=31, mode_weights=weights).drop(columns=list(LABEL_COLUMNS))
+
+
+def test_balanced_allocation_tops_up_the_rarest_first():
+    assert balanced_allocation({"a": 10, "b": 2, "c": 5}, 6) == {"b": 5, "c": 1}
+    alloc = balanced_allocation({"a": 10, "b": 2, "c": 5}, 100)
+    final = {k: v + alloc.get(k, 0) for k, v in {"a": 10, "b": 2, "c": 5}.items()}
+    assert sum(alloc.values()) == 100 and max(final.values()) - min(final.values()) <= 1
+    assert balanced_allocation({"a": 3}, 4) == {"a": 4}
+
+
+def test_augment_balances_the_context_and_records_provenance(rare_mode):
+    combined, provenance = augment_training_data(rare_mode, "cvae", 600, balance_col="mode", seed=0, **QUICK)
+    assert list(combined.columns) == list(rare_mode.columns)
+    assert len(combined) == len(rare_mode) + 600
+    counts = combined["mode"].value_counts()
+    assert counts["maintenance"] > 40 * (rare_mode["mode"] == "maintenance").sum() / 10  # well up from ~1%
+    assert provenance["rows_synthetic"] == 600 and provenance["balance_col"] == "mode"
+    assert sum(provenance["allocation"].values()) == 600
+    assert len(provenance["generator_sha256"]) == 64 and provenance["generator"] == "cvae"
+    assert {"c2st_auc", "recall", "coverage"} <= set(provenance["quality"])
+    json.dumps(provenance)  # JSON-able, as training_metadata_ must be
+    # The rows feed straight into a detector, whose saved metadata carries the provenance.
+    det = Detector("ae", epochs=5, random_state=0).fit(combined)
+    det.training_metadata_["augmentation"] = provenance
+    assert det.training_metadata_["augmentation"]["generator_sha256"] == provenance["generator_sha256"]
+
+
+def test_augment_refuses_what_it_cannot_do(rare_mode):
+    with pytest.raises(DataError, match="conditional generator"):
+        augment_training_data(rare_mode, "gan", 10, balance_col="mode")
+    with pytest.raises(DataError, match="needs --balance-col"):
+        augment_training_data(rare_mode, "cgan", 10)
+    with pytest.raises(DataError, match="not a column"):
+        augment_training_data(rare_mode, "cvae", 10, balance_col="shift")
+    with pytest.raises(DataError, match=">= 1"):
+        augment_training_data(rare_mode, "cvae", 0)
+
+
+def test_augment_saves_the_generator_it_hashed(rare_mode, tmp_path):
+    _, provenance = augment_training_data(rare_mode, "cvae", 50, seed=1, save_to=tmp_path / "gen", **QUICK)
+    assert Generator.load(tmp_path / "gen").fingerprint_ == provenance["generator_sha256"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_perturbation_does_what_it_says(kind, rare_mode):
+    schema = Schema.infer(rare_mode)
+    rng = np.random.default_rng(0)
+    latent = Generator("cvae", epochs=5, quality=False).fit(rare_mode) if kind == "low_density_latent" else None
+    rows = make_anomalies(rare_mode, kind, 50, rng, schema=schema, latent_model=latent)
+    assert list(rows.columns) == list(rare_mode.columns) and len(rows) == 50
+    schema.check(rows)  # still valid input for a detector
+    numeric = rare_mode.select_dtypes("number")
+    if kind == "out_of_range":
+        outside = (rows[numeric.columns] > numeric.max()) | (rows[numeric.columns] < numeric.min())
+        assert outside.any(axis=1).all()
+    if kind == "swapped_category":
+        assert rows["mode"].isin(rare_mode["mode"].unique()).all()
+    if kind == "broken_correlation":
+        # Every value stays inside the training range.
+        assert ((rows[numeric.columns] >= numeric.min()) & (rows[numeric.columns] <= numeric.max())).all().all()
+
+
+def test_synthetic_anomaly_report_per_kind(rare_mode):
+    det = Detector("vae", epochs=40, patience=8, random_state=0).fit(rare_mode)
+    report = synthetic_anomaly_report(det, rare_mode, n_per_kind=100, seed=0)
+    assert list(report["kind"]) == ["none", *KINDS]
+    rates = report.set_index("kind")["detection_rate"]
+    assert rates["none"] < 0.1                 # unperturbed rows: about the target FPR
+    assert rates["out_of_range"] > 0.8         # far outside the range is easy
+    assert (report["n"] == 100).all() and report["description"].str.len().gt(10).all()
+
+
+def test_image_perturbations():
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[:200]
+    rng = np.random.default_rng(0)
+    assert make_anomalies(images, "swapped_category", 5, rng) is None
+    out = make_anomalies(images, "out_of_range", 5, rng)
+    assert out.shape == (5, 8, 8) and ((out > images.max()) | (out < images.min())).any(axis=(1, 2)).all()
+
+
+def test_generate_cli_train_sample_report(rare_mode, tmp_path):
+    runner = CliRunner()
+    data = tmp_path / "normal.csv"
+    write_table(rare_mode, data)
+    result = runner.invoke(generate_app, ["train", str(data), "--model", "cvae", "--condition-col", "mode",
+                                          "--out", str(tmp_path / "gen"), "--epochs", "30", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "c2st_auc" in result.output and "maintenance" in result.output
+    out = tmp_path / "synth.parquet"
+    result = runner.invoke(generate_app, ["sample", str(tmp_path / "gen"), "-n", "50", "--condition",
+                                          "mode=maintenance", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    synth = read_table(out)
+    assert len(synth) == 50 and (synth["mode"] == "maintenance").all()
+    held = tmp_path / "held.csv"
+    write_table(make_telemetry(300, 0.0, seed=32).drop(columns=list(LABEL_COLUMNS)), held)
+    result = runner.invoke(generate_app, ["report", str(tmp_path / "gen"), str(held)])
+    assert result.exit_code == 0, result.output
+    assert "at training" in result.output and "held.csv" in result.output
+    # Errors are one line and exit 2.
+    result = runner.invoke(generate_app, ["sample", str(tmp_path / "gen"), "--condition", "mode=lunch",
+                                          "-o", str(out)])
+    assert result.exit_code == 2 and "never seen" in result.output
+    result = runner.invoke(generate_app, ["sample", str(tmp_path / "missing"), "-o", str(out)])
+    assert result.exit_code == 2
+
+
+def test_generate_cli_images_npz_and_grid(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(tmp_path / "digits.npz", X=digits.images[:400], y=digits.target[:400])
+    runner = CliRunner()
+    result = runner.invoke(generate_app, ["train", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "g"),
+                                          "--epochs", "5", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(generate_app, ["sample", str(tmp_path / "g"), "-n", "20", "-o",
+                                          str(tmp_path / "grid.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    result = runner.invoke(generate_app, ["sample", str(tmp_path / "g"), "-n", "6", "--condition", "label=4",
+                                          "-o", str(tmp_path / "s.npz")])
+    assert result.exit_code == 0, result.output
+    loaded = np.load(tmp_path / "s.npz")
+    assert loaded["X"].shape == (6, 8, 8) and set(loaded["y"]) == {"4"}
