@@ -92,6 +92,11 @@ def train(
         raise DataError("--eval DATA --label-col COL go together, with --experiment or --register "
                         "(the evaluation is logged to the run)")
     X = read_training_data(data, _split_list(drop_cols))
+    if tracked:  # an unreachable tracking server fails now, not after the training
+        from anomaly_ae.registry import check_connection, quiet_mlflow_logs
+
+        quiet_mlflow_logs()
+        check_connection(tracking_uri)
     detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
                         random_state=seed, device=device, n_threads=threads, verbose=progress).fit(X)
     path = detector.save(out) if out is not None else None
@@ -102,18 +107,10 @@ def train(
     if tracked:
         from anomaly_ae.registry import log_training_run
 
-        _quiet_mlflow()
         run = log_training_run(detector, X, experiment=experiment or "anomaly-ae", register=register,
                                tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_data,
                                label_col=label_col, drop_cols=_split_list(drop_cols))
         console.print(run.describe())
-
-
-def _quiet_mlflow() -> None:
-    """MLflow logs progress at INFO (input-example validation, registration waits): keep the CLI to its own lines."""
-    import logging
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -206,8 +203,9 @@ def promote(
 ) -> None:
     """Point a registry alias at a version, optionally only if it scores no worse than the current one."""
     from anomaly_ae.registry import promote as promote_version
+    from anomaly_ae.registry import quiet_mlflow_logs
 
-    _quiet_mlflow()
+    quiet_mlflow_logs()
     result = promote_version(name, version, alias, require_better_than=require_better_than, metric=metric,
                              eval_data=eval_data, label_col=label_col, drop_cols=_split_list(drop_cols),
                              tracking_uri=tracking_uri)

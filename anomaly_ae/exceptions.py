@@ -36,3 +36,14 @@ class ModelLoadError(AnomalyAEError):
 
 class ScoringError(AnomalyAEError):
     """Scoring produced non-finite values; the input is outside what the model can handle."""
+
+
+class RegistryError(AnomalyAEError):
+    """The MLflow tracking server or model registry failed or refused an operation
+    (unknown model, version or alias; a promotion gate that was not passed)."""
+
+
+class RegistryUnavailableError(RegistryError, ModelLoadError):
+    """The tracking server could not be reached in time. Transient: the same call may work later.
+
+    Also a ModelLoadError, so code that loads models by URI can catch one exception type."""

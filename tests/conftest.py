@@ -14,6 +14,9 @@ from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Session fixtures `mlflow_server` / `mlflow_server_info`: a real MLflow tracking server (tests/mlflow_server.py).
+pytest_plugins = ["mlflow_server"]
+
 FAST = dict(epochs=60, patience=10, random_state=0)
 
 

@@ -1,0 +1,30 @@
+"""MLflow integration: the only package that imports mlflow.
+
+Track a training run, register its model (an MLflow pyfunc whose files are JSON + safetensors,
+with their SHA-256 hashes recorded as version tags), move aliases with an optional evaluation
+gate, and load models by URI with every hash checked and nothing unpickled.
+
+The scoring service uses only:
+
+    resolve_model(uri) -> ModelRef       which concrete version a URI names now (cheap, bounded)
+    load_model(uri) -> (Detector, ModelRef)   resolve, download that exact version, verify, load
+    download_model(uri, dst=None) -> Path     the verified saved-model directory
+
+URIs: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/model``,
+``mlflow-artifacts:/...`` or a local directory. The tracking server is ``MLFLOW_TRACKING_URI``
+or, when unset, the embedded ``./mlflow.db`` + ``./mlartifacts``. Every network call is bounded
+(see ``connection``): an unreachable server raises ``RegistryUnavailableError`` (also a
+``ModelLoadError``) within about 17 s; an unknown name, version or alias, a tampered artifact or
+an incompatible model format raise ``ModelLoadError`` saying which and what to do.
+"""
+
+from anomaly_ae.registry.connection import TrackingTarget, check_connection, quiet_mlflow_logs, tracking_target
+from anomaly_ae.registry.store import (ModelRef, Promotion, PromotionRefused, VersionSummary, download_model,
+                                       list_versions, load_model, promote, resolve_model)
+from anomaly_ae.registry.tracking import TrackedRun, data_fingerprint, log_training_run
+
+__all__ = [
+    "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
+    "check_connection", "data_fingerprint", "download_model", "list_versions", "load_model", "log_training_run", "promote",
+    "quiet_mlflow_logs", "resolve_model", "tracking_target",
+]

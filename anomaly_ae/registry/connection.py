@@ -1,0 +1,195 @@
+"""Where the tracking server is, how long we wait for it, and how its errors read to a user.
+
+Bounded network time. MLflow's HTTP client retries each request 7 times with exponential backoff
+and a 120 s timeout by default: a stopped or hung server stalls a caller for minutes. Unless the
+environment already sets them, importing this module sets
+
+    MLFLOW_HTTP_REQUEST_TIMEOUT=5             seconds per connect / read
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES=2         3 attempts in all
+    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1      sleeps 0 s, then 2 s, between attempts
+    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=0.2
+    MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER=false   a 503 with "Retry-After: 600" must not stall us
+
+so an unreachable server fails at once (connection refused) and a hung one within about 17 s.
+MLflow reads these variables on every request, so setting them here is enough; set them in the
+environment to choose other bounds. It also turns off MLflow's download progress bars and its
+"View run at" lines on stdout (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
+MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT), again only where the environment does not set them.
+
+The tracking URI is the one given, else MLFLOW_TRACKING_URI, else the embedded default: a SQLite
+tracking + registry database ``mlflow.db`` and an artifact folder ``mlartifacts/`` in the working
+directory, created by the first run that logs to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from anomaly_ae.exceptions import AnomalyAEError, ModelLoadError, RegistryError, RegistryUnavailableError
+
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
+}
+# Display only: no download progress bars or "View run at" lines on stdout (the CLI prints its own).
+QUIET_DEFAULTS = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+for _key, _value in {**HTTP_DEFAULTS, **QUIET_DEFAULTS}.items():
+    os.environ.setdefault(_key, _value)
+
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "mlartifacts"
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """A resolved tracking/registry location."""
+
+    uri: str
+    artifact_location: str | None = None  # for experiments this package creates (embedded store only)
+    embedded_db: Path | None = None       # set when this is the embedded default
+
+    def short(self) -> str:
+        return f"the embedded store {self.embedded_db}" if self.embedded_db is not None else self.uri
+
+    def experiment_artifacts(self, experiment: str) -> str | None:
+        """Artifact location for a new experiment: <mlartifacts>/<experiment name> for the embedded
+        store; None (the server's own default) otherwise."""
+        if self.artifact_location is None:
+            return None
+        return f"{self.artifact_location}/{re.sub(r'[^A-Za-z0-9._-]+', '_', experiment).strip('.') or 'experiment'}"
+
+    def describe(self) -> str:
+        if self.embedded_db is not None:
+            return (f"embedded MLflow store {self.embedded_db} with artifacts in "
+                    f"{self.embedded_db.parent / EMBEDDED_ARTIFACTS} (set MLFLOW_TRACKING_URI or "
+                    "--tracking-uri to use a tracking server)")
+        return f"MLflow tracking server {self.uri}"
+
+
+def tracking_target(tracking_uri: str | None = None, *, create: bool = False) -> TrackingTarget:
+    """The explicit URI, else MLFLOW_TRACKING_URI, else the embedded SQLite store in the working directory.
+
+    With ``create=False`` (loading models) a missing embedded database is an error instead of
+    being created empty."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return TrackingTarget(uri=uri)
+    db = (Path.cwd() / EMBEDDED_DB).resolve()
+    if not create and not db.exists():
+        raise RegistryError(
+            f"no MLflow tracking server is configured and there is no embedded store {db}: set "
+            "MLFLOW_TRACKING_URI (e.g. http://mlflow:5000) or run from the directory that holds mlflow.db")
+    return TrackingTarget(uri=f"sqlite:///{db}", artifact_location=(db.parent / EMBEDDED_ARTIFACTS).as_uri(),
+                          embedded_db=db)
+
+
+@functools.lru_cache(maxsize=8)
+def client(uri: str):
+    """One MlflowClient per tracking URI (cheap to reuse for polling; it holds no open request)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+_UNREACHABLE_HINTS = (
+    ("connection refused", "connection refused"),
+    ("timed out", "no answer in time"),
+    ("timeout", "no answer in time"),
+    ("name or service not known", "unknown host"),
+    ("nodename nor servname", "unknown host"),
+    ("temporary failure in name resolution", "unknown host"),
+    ("max retries exceeded", "connection failed"),
+    ("failed to establish a new connection", "connection failed"),
+    ("remote end closed connection", "connection closed by the server"),
+    ("connection reset", "connection reset"),
+    ("connection aborted", "connection aborted"),
+)
+
+
+def _unreachable_reason(exc: BaseException) -> str | None:
+    import requests
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    transport = any(isinstance(e, (requests.ConnectionError, requests.Timeout)) for e in chain)
+    text = " ".join(str(e) for e in chain).lower()
+    # MLflow wraps transport failures as MlflowException("API request to URL failed with ...").
+    if not transport and "api request to" not in text:
+        return None
+    for needle, reason in _UNREACHABLE_HINTS:
+        if needle in text:
+            return reason
+    return "connection failed"
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    line = re.sub(r"^(INVALID_PARAMETER_VALUE|RESOURCE_DOES_NOT_EXIST|RESOURCE_ALREADY_EXISTS|"
+                  r"BAD_REQUEST|INTERNAL_ERROR):\s*", "", line)
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def translate(exc: BaseException, uri: str, action: str, *,
+              not_found: type[AnomalyAEError] = RegistryError) -> AnomalyAEError:
+    """An MLflow / requests / OS error as one of this package's errors, with what to do about it."""
+    if isinstance(exc, AnomalyAEError):
+        return exc
+    reason = _unreachable_reason(exc)
+    if reason is not None:
+        timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+        return RegistryUnavailableError(
+            f"cannot reach the MLflow tracking server at {uri} while {action} ({reason}; "
+            f"{timeout} s timeout, {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')} retries): check that the "
+            "server is running and that MLFLOW_TRACKING_URI / --tracking-uri points at it, then retry")
+    code = getattr(exc, "error_code", None)
+    if code == "RESOURCE_DOES_NOT_EXIST" or isinstance(exc, FileNotFoundError):
+        return not_found(f"{action} failed: {_first_line(str(exc))}")
+    if isinstance(exc, OSError):
+        return ModelLoadError(f"{action} failed: {exc}")
+    return RegistryError(f"MLflow at {uri} refused {action}: {_first_line(str(exc))}")
+
+
+@contextlib.contextmanager
+def mlflow_errors(uri: str, action: str, *, not_found: type[AnomalyAEError] = RegistryError) -> Iterator[None]:
+    """Turn whatever MLflow raises inside the block into one clear package error (no traceback in the CLI)."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    try:
+        yield
+    except (MlflowException, RequestException, OSError) as exc:
+        raise translate(exc, uri, action, not_found=not_found) from exc
+
+
+def quiet_mlflow_logs() -> None:
+    """Keep a command line to its own lines: MLflow logs progress at INFO (table creation, input-example
+    validation, waiting for a registration). MLflow sets its logger's level on import, so import first."""
+    import logging
+
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def check_connection(tracking_uri: str | None = None) -> TrackingTarget:
+    """Fail fast (before a long training) if the tracking server cannot be reached: one bounded request."""
+    target = tracking_target(tracking_uri, create=True)
+    if target.embedded_db is None:
+        with mlflow_errors(target.uri, "checking the connection"):
+            client(target.uri).search_experiments(max_results=1)
+    return target

@@ -1,0 +1,427 @@
+"""The model registry side: resolve a URI to a concrete version, download it with hash checks,
+register a run's model, move aliases (with an optional evaluation gate) and list versions.
+
+Trust. A registered version carries tags written at registration: the SHA-256 of the saved
+model's manifest.json, each file's SHA-256 and the model format. ``download_model`` refuses a
+version whose format this package cannot read, and a manifest.json whose hash differs from the
+tag; ``Detector.load`` then checks every file against that manifest and only parses JSON and
+safetensors. So a swapped weights file is caught by the manifest, and a swapped weights file
+*with* a rewritten manifest is caught by the tag.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import pandas as pd
+
+from anomaly_ae import __version__
+from anomaly_ae.exceptions import DataError, ModelLoadError, RegistryError
+from anomaly_ae.persistence import FORMAT_VERSION, MANIFEST, REMOTE_SCHEMES, manifest_hashes, sha256
+from anomaly_ae.registry.connection import TrackingTarget, client, mlflow_errors, tracking_target
+from anomaly_ae.registry.pyfunc import DATA_DIR
+
+if TYPE_CHECKING:
+    from anomaly_ae.detector import Detector
+
+MODEL_ARTIFACT_PATH = "model"
+MANIFEST_TAG = "anomaly_ae.manifest_sha256"
+FILES_TAG = "anomaly_ae.manifest"
+FORMAT_TAG = "anomaly_ae.format_version"
+PACKAGE_TAG = "anomaly_ae.version"
+GATE_METRICS = ("auroc", "auprc")  # higher is better for both
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which concrete model a URI points to right now.
+
+    For ``models:/NAME@ALIAS`` the version the alias currently names (poll ``resolve_model`` and
+    compare to notice that it moved); for ``models:/NAME/V`` that version; for ``runs:/RUN/PATH``
+    the run; for a local directory its name and, as ``version``, the first 12 hex digits of the
+    SHA-256 of its manifest.json.
+    """
+
+    uri: str
+    name: str | None
+    version: str | None
+    alias: str | None
+    run_id: str | None
+
+    @property
+    def pinned_uri(self) -> str:
+        """A URI for exactly this model: ``models:/NAME/V`` for registry URIs, else the URI itself."""
+        if self.uri.startswith("models:/") and self.name and self.version:
+            return f"models:/{self.name}/{self.version}"
+        return self.uri
+
+
+def is_remote(uri: str | Path) -> bool:
+    return str(uri).startswith(REMOTE_SCHEMES)
+
+
+def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> (NAME, None, ALIAS); ``models:/NAME/V`` -> (NAME, V, None)."""
+    rest = uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        if name and alias and "/" not in alias:
+            return name, None, alias
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and (version.isdigit() or version == "latest"):
+            return name, version, None
+    raise ModelLoadError(f"cannot parse model URI {uri!r}: use models:/NAME@ALIAS (e.g. models:/detector@champion) "
+                         "or models:/NAME/VERSION (e.g. models:/detector/3)")
+
+
+# ---------------------------------------------------------------------- resolving
+def resolve_model(uri: str, *, tracking_uri: str | None = None) -> ModelRef:
+    """Which concrete version ``uri`` names now: one cheap registry request, bounded in time."""
+    return _resolve(str(uri), tracking_uri)[0]
+
+
+def _resolve(uri: str, tracking_uri: str | None) -> tuple[ModelRef, dict[str, str], TrackingTarget | None]:
+    if not is_remote(uri):
+        path = Path(uri)
+        try:
+            digest = sha256((path / MANIFEST).read_bytes())[:12]
+        except OSError:
+            raise ModelLoadError(f"no saved model at {path}: expected a directory written by Detector.save "
+                                 f"(with {MANIFEST}) or a models:/ or runs:/ URI") from None
+        return ModelRef(uri, path.resolve().name, digest, None, None), {}, None
+    target = _load_target(uri, tracking_uri)
+    c = client(target.uri)
+    if uri.startswith("models:/"):
+        name, version, alias = parse_models_uri(uri)
+        with mlflow_errors(target.uri, f"resolving {uri}", not_found=ModelLoadError):
+            mv = _model_version(c, target, name, version, alias, uri, ModelLoadError)
+        return ModelRef(uri, name, str(mv.version), alias, mv.run_id), dict(mv.tags or {}), target
+    if uri.startswith("runs:/"):
+        run_id = uri[len("runs:/"):].split("/", 1)[0]
+        with mlflow_errors(target.uri, f"resolving {uri}", not_found=ModelLoadError):
+            run = c.get_run(run_id)
+        return ModelRef(uri, None, None, None, run_id), dict(run.data.tags), target
+    return ModelRef(uri, None, None, None, None), {}, target
+
+
+def _load_target(uri: str, tracking_uri: str | None) -> TrackingTarget:
+    try:
+        return tracking_target(tracking_uri)
+    except RegistryError as exc:
+        raise ModelLoadError(f"cannot load {uri}: {exc}") from None
+
+
+def _model_version(c: Any, target: TrackingTarget, name: str, version: str | None, alias: str | None,
+                   uri: str, error: type[Exception]) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias is not None:
+            return c.get_model_version_by_alias(name, alias)
+        if version == "latest":
+            versions = c.search_model_versions(f"name='{_quote(name)}'")
+            if not versions:
+                raise error(_missing_message(c, target, name, version, alias, uri))
+            return max(versions, key=lambda v: int(v.version))
+        return c.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise
+        message = _missing_message(c, target, name, version, alias, uri)
+        if message is None:
+            raise
+        raise error(message) from None
+
+
+def _missing_message(c: Any, target: TrackingTarget, name: str, version: str | None, alias: str | None,
+                     uri: str) -> str | None:
+    """Say exactly what is missing: the model, the alias or the version (None: nothing is)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = c.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = sorted(m.name for m in c.search_registered_models(max_results=20))
+        known = f"registered models: {', '.join(names)}" if names else "no models are registered there yet"
+        return f"{uri}: there is no registered model named {name!r} in {target.short()} ({known})"
+    aliases = dict(model.aliases or {})
+    if alias is not None and alias not in aliases:
+        have = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+        return (f"{uri}: model {name!r} has no alias @{alias} (its aliases: {have}); "
+                f"set one with `anomaly-ae promote {name} --version V --alias {alias}`")
+    if alias is None and version is not None:
+        versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{_quote(name)}'"))
+        have = f"versions {versions[0]}..{versions[-1]}" if versions else "no versions"
+        return f"{uri}: model {name!r} has no version {version} (it has {have})"
+    return None
+
+
+def _quote(name: str) -> str:
+    return name.replace("\\", "\\\\").replace("'", "\\'")
+
+
+# ---------------------------------------------------------------------- downloading and loading
+_scratch: tempfile.TemporaryDirectory | None = None
+
+
+def _scratch_dir() -> Path:
+    """A fresh folder under one per-process temporary directory that is removed at exit."""
+    global _scratch
+    if _scratch is None:
+        _scratch = tempfile.TemporaryDirectory(prefix="anomaly_ae-models-")
+    return Path(tempfile.mkdtemp(dir=_scratch.name))
+
+
+def download_model(uri: str, dst: Path | None = None, *, tracking_uri: str | None = None) -> Path:
+    """Download the saved-model files a URI names and return their local directory.
+
+    ``models:/NAME@ALIAS`` is first resolved to its version, and that exact version is downloaded.
+    The version's format tag must match this package and its manifest.json must match the
+    SHA-256 recorded at registration; ``Detector.load`` then checks every file against the
+    manifest. A local path is returned as it is. ``dst`` defaults to a temporary folder removed
+    when the process exits.
+    """
+    ref, tags, target = _resolve(str(uri), tracking_uri)
+    if target is None:
+        return Path(uri)
+    return _download(ref, tags, target, Path(dst) if dst is not None else _scratch_dir())
+
+
+def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: Path) -> Path:
+    import mlflow.artifacts
+
+    expected = _expected_manifest(ref, tags)
+    dst.mkdir(parents=True, exist_ok=True)
+    with mlflow_errors(target.uri, f"downloading {ref.pinned_uri}", not_found=ModelLoadError):
+        source = ref.pinned_uri
+        if ref.name is not None:
+            # MLflow resolves models:/ URIs against its *global* registry URI, whatever registry_uri
+            # download_artifacts is given: ask our client for the version's artifact location instead.
+            source = client(target.uri).get_model_version_download_uri(ref.name, ref.version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
+                                                         tracking_uri=target.uri, registry_uri=target.uri))
+    model_dir = _locate(local, ref)
+    if expected is not None and sha256((model_dir / MANIFEST).read_bytes()) != expected:
+        raise ModelLoadError(
+            f"{ref.pinned_uri}: {MANIFEST} does not match the SHA-256 recorded when the model was registered "
+            f"(tag {MANIFEST_TAG}): the artifacts were modified after registration; refusing to load them")
+    return model_dir
+
+
+def _expected_manifest(ref: ModelRef, tags: dict[str, str]) -> str | None:
+    fmt = tags.get(FORMAT_TAG)
+    if fmt is not None and fmt != str(FORMAT_VERSION):
+        raise ModelLoadError(
+            f"{ref.pinned_uri} was saved in model format {fmt} by anomaly_ae {tags.get(PACKAGE_TAG, '?')}; this "
+            f"is anomaly_ae {__version__} (format {FORMAT_VERSION}). Load it with that version, or retrain and "
+            "register it with this one")
+    if ref.name is not None and not tags.get(MANIFEST_TAG):
+        raise ModelLoadError(
+            f"{ref.pinned_uri} has no {MANIFEST_TAG} tag, so its files cannot be verified: it was not registered "
+            "by anomaly_ae (or the tag was removed). Register models with `anomaly-ae train --register NAME`")
+    return tags.get(MANIFEST_TAG)
+
+
+def _locate(local: Path, ref: ModelRef) -> Path:
+    for candidate in (local / "data" / DATA_DIR, local, local / MODEL_ARTIFACT_PATH / "data" / DATA_DIR):
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    raise ModelLoadError(f"{ref.pinned_uri} holds no anomaly_ae saved model (no data/{DATA_DIR}/{MANIFEST}): "
+                         "it was not logged by anomaly_ae")
+
+
+def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple["Detector", ModelRef]:
+    """Resolve ``uri``, download exactly that version (not the alias again: no race with a moving
+    alias), verify and load it. Returns the detector and what it was resolved to."""
+    from anomaly_ae.detector import Detector
+
+    ref, tags, target = _resolve(str(uri), tracking_uri)
+    if target is None:
+        return Detector.load(Path(uri)), ref
+    with tempfile.TemporaryDirectory(prefix="anomaly_ae-load-") as tmp:
+        return Detector.load(_download(ref, tags, target, Path(tmp))), ref
+
+
+# ---------------------------------------------------------------------- registering
+def version_tags(model_dir: Path) -> dict[str, str]:
+    """The trust tags of a saved model: manifest hash, per-file hashes, format and package version."""
+    manifest = json.loads((Path(model_dir) / MANIFEST).read_bytes())
+    return {
+        MANIFEST_TAG: sha256((Path(model_dir) / MANIFEST).read_bytes()),
+        FILES_TAG: json.dumps(manifest_hashes(model_dir), sort_keys=True),
+        FORMAT_TAG: str(manifest.get("format_version")),
+        PACKAGE_TAG: str(manifest.get("anomaly_ae_version")),
+    }
+
+
+def register_run_model(target: TrackingTarget, run_id: str, artifact_uri: str, name: str, *,
+                       tags: dict[str, str], description: str) -> ModelRef:
+    """Register ``<run artifacts>/model`` as a new version of ``name`` (created if needed)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(target.uri)
+    with mlflow_errors(target.uri, f"registering model {name!r}"):
+        try:
+            c.create_registered_model(name, description=(
+                "Anomaly detectors trained with anomaly_ae on normal data. Load a version with "
+                f"anomaly_ae.Detector.load('models:/{name}@champion') (hash-checked, never unpickles) or "
+                f"mlflow.pyfunc.load_model('models:/{name}@champion').predict(df)."))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        mv = c.create_model_version(name, source=f"{artifact_uri}/{MODEL_ARTIFACT_PATH}", run_id=run_id,
+                                    tags=tags, description=description)
+    return ModelRef(f"models:/{name}/{mv.version}", name, str(mv.version), None, run_id)
+
+
+# ---------------------------------------------------------------------- promoting
+class PromotionRefused(RegistryError):
+    """The promotion gate found the challenger worse than the version it must beat."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: str
+    alias: str
+    previous: str | None                  # version the alias named before, if any
+    metric: str | None = None
+    score: float | None = None            # the challenger's metric on the evaluation data
+    baseline_version: str | None = None
+    baseline_score: float | None = None
+    note: str = ""
+
+    def describe(self) -> str:
+        moved = f"@{self.alias} -> {self.name} v{self.version}"
+        was = f" (was v{self.previous})" if self.previous and self.previous != self.version else ""
+        gate = ""
+        if self.metric and self.baseline_score is not None:
+            gate = (f"; {self.metric} {self.score:.4f} vs {self.baseline_score:.4f} of v{self.baseline_version}")
+        return f"{moved}{was}{gate}{'; ' + self.note if self.note else ''}"
+
+
+def promote(name: str, version: str | int, alias: str = "champion", *, require_better_than: str | None = None,
+            metric: str = "auroc", eval_data: pd.DataFrame | Path | str | None = None, label_col: str | None = None,
+            drop_cols: Sequence[str] = (), tracking_uri: str | None = None) -> Promotion:
+    """Point ``alias`` at ``version``. With ``require_better_than=ALIAS`` both that alias's version and
+    the challenger are loaded (hash-checked) and scored on the same labelled ``eval_data``; a
+    challenger whose ``metric`` is lower is refused with ``PromotionRefused`` and nothing moves."""
+    version = str(version)
+    target = tracking_target(tracking_uri)
+    c = client(target.uri)
+    uri = f"models:/{name}/{version}"
+    with mlflow_errors(target.uri, f"promoting {uri} to @{alias}"):
+        _model_version(c, target, name, version, None, uri, RegistryError)
+        previous = _alias_version(c, name, alias)
+        result = Promotion(name, version, alias, previous)
+        if require_better_than is not None:
+            result = _gate(c, target, result, require_better_than, metric, eval_data, label_col, drop_cols)
+        c.set_registered_model_alias(name, alias, version)
+    return result
+
+
+def _alias_version(c: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _gate(c: Any, target: TrackingTarget, result: Promotion, baseline_alias: str, metric: str,
+          eval_data: pd.DataFrame | Path | str | None, label_col: str | None, drop_cols: Sequence[str]) -> Promotion:
+    from dataclasses import replace
+
+    from anomaly_ae.evaluation import evaluate_scores
+
+    if metric not in GATE_METRICS:
+        raise RegistryError(f"unknown gate metric {metric!r}; choose one of {', '.join(GATE_METRICS)}")
+    if eval_data is None or not label_col:
+        raise RegistryError("--require-better-than needs labelled evaluation data (--eval DATA --label-col COL): "
+                            "both versions are scored on it")
+    baseline = _alias_version(c, result.name, baseline_alias)
+    if baseline is None:
+        return replace(result, note=f"no version holds @{baseline_alias} yet, so there was nothing to compare with")
+    if baseline == result.version:
+        return replace(result, note=f"v{baseline} already holds @{baseline_alias}")
+    X, labels, source = _labelled(eval_data, label_col, drop_cols)
+    scores = {}
+    for version in (result.version, baseline):
+        detector, _ = load_model(f"models:/{result.name}/{version}", tracking_uri=target.uri)
+        report = evaluate_scores(detector.decision_function(X), labels, detector.threshold_)
+        scores[version] = float(getattr(report, metric))
+    result = replace(result, metric=metric, score=scores[result.version], baseline_version=baseline,
+                     baseline_score=scores[baseline])
+    if result.score < result.baseline_score:
+        raise PromotionRefused(
+            f"refusing to promote {result.name} v{result.version} to @{result.alias}: its {metric} on {source} is "
+            f"{result.score:.4f}, worse than {result.baseline_score:.4f} of v{baseline} (@{baseline_alias}); "
+            f"@{result.alias} still points to {'v' + result.previous if result.previous else 'no version'}")
+    return result
+
+
+def _labelled(data: pd.DataFrame | Path | str, label_col: str,
+              drop_cols: Sequence[str]) -> tuple[pd.DataFrame, Any, str]:
+    from anomaly_ae.data.io import read_table
+
+    frame, source = (data, "the evaluation data") if isinstance(data, pd.DataFrame) else (read_table(data), str(data))
+    if label_col not in frame.columns:
+        raise DataError(f"label column '{label_col}' is not in {source}; columns are {', '.join(map(str, frame.columns))}")
+    drop = [c for c in drop_cols if c != label_col]
+    unknown = [c for c in drop if c not in frame.columns]
+    if unknown:
+        raise DataError(f"--drop-cols names column(s) not in {source}: {', '.join(unknown)}")
+    return frame.drop(columns=[label_col, *drop]), frame[label_col].to_numpy(), source
+
+
+# ---------------------------------------------------------------------- listing
+@dataclass(frozen=True)
+class VersionSummary:
+    version: str
+    aliases: list[str] = field(default_factory=list)
+    created: str = ""
+    run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def metric(self, key: str) -> str:
+        return self.tags.get(key, "")
+
+
+def list_versions(name: str, *, tracking_uri: str | None = None) -> list[VersionSummary]:
+    """Every version of ``name``, newest first, with its aliases and tags (model, score, threshold, metrics)."""
+    from datetime import datetime, timezone
+
+    from mlflow.exceptions import MlflowException
+
+    target = tracking_target(tracking_uri)
+    c = client(target.uri)
+    uri = f"models:/{name}"
+    with mlflow_errors(target.uri, f"listing {uri}"):
+        try:
+            model = c.get_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise RegistryError(_missing_message(c, target, name, None, None, uri)) from None
+        aliases = dict(model.aliases or {})
+        versions = c.search_model_versions(f"name='{_quote(name)}'")
+    by_version: dict[str, list[str]] = {}
+    for alias, v in aliases.items():
+        by_version.setdefault(str(v), []).append(alias)
+    out = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        out.append(VersionSummary(str(mv.version), sorted(by_version.get(str(mv.version), [])), created, mv.run_id,
+                                  dict(mv.tags or {}), mv.description or ""))
+    return out

@@ -1,0 +1,245 @@
+"""Log a fitted detector's training as an MLflow run, and optionally register its model.
+
+The run holds: every ``get_params()`` value; per-epoch train/validation loss as step metrics;
+training time; the calibration (threshold, target and achieved validation FPR) and quantiles of
+the validation-normal scores; the data fingerprint (rows, columns, SHA-256 of the content) and
+schema; plots (loss curves, score histogram with the threshold, and ROC/PR + AUROC/AUPRC when
+labelled evaluation data is given); and the model as an MLflow pyfunc whose data is the saved
+model directory (JSON + safetensors + manifest). Tracking lives here, not in ``Detector``: it only
+reads the fitted attributes (``history_``, ``calibration_``, ``schema_``, ``get_params()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from anomaly_ae import __version__
+from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
+from anomaly_ae.registry.connection import TrackingTarget, client, mlflow_errors, tracking_target
+from anomaly_ae.registry.pyfunc import save_pyfunc_model
+from anomaly_ae.registry.store import (MANIFEST_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef, _labelled,
+                                       register_run_model, version_tags)
+
+if TYPE_CHECKING:
+    from anomaly_ae.detector import Detector
+
+SCORE_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "max": 1.0}
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    run_id: str
+    experiment_id: str
+    experiment: str
+    target: TrackingTarget
+    model_uri: str                                   # runs:/RUN_ID/model
+    registered: ModelRef | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        lines = [f"logged run {self.run_id} in experiment {self.experiment!r} to {self.target.describe()}"]
+        if self.target.uri.startswith(("http://", "https://")):
+            lines.append(f"view it at {self.target.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}")
+        if self.registered is not None:
+            lines.append(f"registered {self.registered.uri}; promote it with `anomaly-ae promote "
+                         f"{self.registered.name} --version {self.registered.version} --alias champion`")
+        return "\n".join(lines)
+
+
+def data_fingerprint(X: pd.DataFrame | np.ndarray) -> dict[str, Any]:
+    """Rows, columns and a SHA-256 of the content (values, column names and dtypes; not the index)."""
+    digest = hashlib.sha256()
+    if isinstance(X, pd.DataFrame):
+        digest.update(json.dumps([[str(c), str(t)] for c, t in X.dtypes.items()]).encode())
+        digest.update(pd.util.hash_pandas_object(X, index=False).to_numpy().tobytes())
+        rows, columns = X.shape
+    else:
+        arr = np.ascontiguousarray(X)
+        digest.update(f"{arr.dtype.str}{arr.shape}".encode())
+        digest.update(arr.tobytes())
+        rows, columns = int(arr.shape[0]), int(np.prod(arr.shape[1:]))
+    return {"rows": int(rows), "columns": int(columns), "sha256": digest.hexdigest()}
+
+
+def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, experiment: str = "anomaly-ae",
+                     register: str | None = None, tracking_uri: str | None = None, model_dir: Path | None = None,
+                     data_path: str | Path | None = None, eval_data: pd.DataFrame | Path | str | None = None,
+                     label_col: str | None = None, drop_cols: Sequence[str] = (),
+                     run_name: str | None = None) -> TrackedRun:
+    """Log one training run of a fitted ``detector`` (trained on ``X``) and, with ``register=NAME``,
+    register its model as a new version of NAME.
+
+    ``model_dir`` is the directory ``detector.save`` wrote (saved to a temporary one if omitted).
+    ``eval_data`` (a labelled table or its path, with ``label_col``; ``drop_cols`` are ignored)
+    adds AUROC/AUPRC and ROC/PR plots. Raises RegistryError / RegistryUnavailableError with a
+    message that says what to do.
+    """
+    detector._check_fitted()
+    evaluation = None
+    if eval_data is not None:
+        if not label_col:
+            raise RegistryError("evaluation data needs its label column (--label-col COL)")
+        X_eval, labels, _ = _labelled(eval_data, label_col, drop_cols)
+        evaluation = (detector.decision_function(X_eval), np.asarray(labels).astype(int))
+    target = tracking_target(tracking_uri, create=True)
+    c = client(target.uri)
+    fingerprint = data_fingerprint(X)
+    with mlflow_errors(target.uri, f"starting a run in experiment {experiment!r}"):
+        experiment_id = _experiment_id(c, target, experiment)
+        run = c.create_run(experiment_id, run_name=run_name, tags={
+            "mlflow.source.name": "anomaly-ae train", "mlflow.source.type": "LOCAL", PACKAGE_TAG: __version__,
+            "model_type": detector.model, "score_type": detector.score_type_})
+    run_id = run.info.run_id
+    try:
+        with tempfile.TemporaryDirectory(prefix="anomaly_ae-run-") as tmp:
+            tmp = Path(tmp)
+            model_dir = Path(model_dir) if model_dir is not None else detector.save(tmp / "saved")
+            metrics = _summary_metrics(detector, evaluation)
+            with mlflow_errors(target.uri, f"logging run {run_id}"):
+                _log_values(c, run_id, detector, fingerprint, metrics, data_path)
+                _log_plots_and_data(c, run_id, detector, fingerprint, evaluation, tmp, data_path)
+                save_pyfunc_model(detector, model_dir, tmp / "pyfunc", X, run_id=run_id,
+                                  artifact_path=MODEL_ARTIFACT_PATH)
+                c.log_artifacts(run_id, str(tmp / "pyfunc"), MODEL_ARTIFACT_PATH)
+                tags = version_tags(model_dir)
+                c.set_tag(run_id, MANIFEST_TAG, tags[MANIFEST_TAG])
+    except BaseException as exc:
+        if not isinstance(exc, RegistryUnavailableError):  # don't wait on a dead server twice
+            with contextlib.suppress(Exception):
+                c.set_terminated(run_id, "FAILED")
+        raise
+    with mlflow_errors(target.uri, f"finishing run {run_id}"):
+        c.set_terminated(run_id, "FINISHED")
+    registered = None
+    if register:
+        registered = register_run_model(target, run_id, run.info.artifact_uri, register,
+                                        tags={**tags, **_version_summary_tags(detector, metrics, fingerprint)},
+                                        description=_description(detector, metrics, fingerprint, data_path, run_id))
+    return TrackedRun(run_id, experiment_id, experiment, target, f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}",
+                      registered, metrics)
+
+
+def _experiment_id(c: Any, target: TrackingTarget, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = c.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise RegistryError(f"experiment {name!r} was deleted on {target.uri}; restore it "
+                                f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+                                "or choose another name")
+        return experiment.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=target.experiment_artifacts(name))
+    except MlflowException as exc:  # created by a concurrent run in the meantime
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[:MAX_PARAM_LENGTH - 3] + "..."
+
+
+def _summary_metrics(detector: "Detector", evaluation: tuple[np.ndarray, np.ndarray] | None) -> dict[str, float]:
+    cal = detector.calibration_
+    ref = np.asarray(cal.reference_scores, dtype=np.float64)
+    history = detector.history_
+    metrics = {
+        "training_seconds": float(sum(h.seconds for h in history)),
+        "epochs_run": float(max((len(h.train_loss) for h in history), default=0)),
+        "best_epoch": float(history[0].best_epoch) if history else 0.0,
+        "threshold": float(cal.threshold), "target_fpr": float(cal.target_fpr),
+        "validation_fpr": float(cal.validation_fpr), "n_validation": float(len(ref)),
+        "val_score_mean": float(ref.mean()),
+    }
+    metrics.update({f"val_score_{k}": float(np.quantile(ref, q)) for k, q in SCORE_QUANTILES.items()})
+    if evaluation is not None:
+        from anomaly_ae.evaluation import evaluate_scores
+
+        scores, labels = evaluation
+        report = evaluate_scores(scores, labels, detector.threshold_)
+        metrics.update({"auroc": report.auroc, "auprc": report.auprc,
+                        "eval_fpr_at_threshold": report.fpr_at_threshold,
+                        "eval_recall_at_threshold": report.recall_at_threshold,
+                        "eval_precision_at_threshold": report.precision_at_threshold,
+                        "eval_n_normal": float(report.n_normal), "eval_n_anomalous": float(report.n_anomalous)})
+    return metrics
+
+
+def _log_values(c: Any, run_id: str, detector: "Detector", fingerprint: dict[str, Any],
+                metrics: dict[str, float], data_path: str | Path | None) -> None:
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    params = {k: _param_value(v) for k, v in detector.get_params().items()}
+    params.update({"score_type": detector.score_type_, "n_features_in": str(detector.n_features_in_),
+                   "data_rows": str(fingerprint["rows"]), "data_columns": str(fingerprint["columns"]),
+                   "data_sha256": fingerprint["sha256"]})
+    if data_path is not None:
+        params["data_path"] = _param_value(data_path)
+    entries = [Metric(k, v, now, 0) for k, v in metrics.items()]
+    for i, h in enumerate(detector.history_):  # one curve per ensemble member; member 0 has the plain names
+        suffix = "" if i == 0 else f"_member{i}"
+        entries += [Metric(f"train_loss{suffix}", float(v), now, step) for step, v in enumerate(h.train_loss, 1)]
+        entries += [Metric(f"val_loss{suffix}", float(v), now, step) for step, v in enumerate(h.val_loss, 1)]
+    c.log_batch(run_id, metrics=entries, params=[Param(k, v) for k, v in params.items()])
+
+
+def _log_plots_and_data(c: Any, run_id: str, detector: "Detector", fingerprint: dict[str, Any],
+                        evaluation: tuple[np.ndarray, np.ndarray] | None, tmp: Path, data_path: str | Path | None) -> None:
+    from anomaly_ae.evaluation import plot_loss_curves, plot_roc_pr, plot_score_histogram
+
+    plots, data = tmp / "plots", tmp / "data"
+    plots.mkdir()
+    data.mkdir()
+    for i, h in enumerate(detector.history_):
+        if h.train_loss:
+            plot_loss_curves(list(h.train_loss), list(h.val_loss),
+                             plots / ("loss_curves.png" if i == 0 else f"loss_curves_member{i}.png"))
+    cal = detector.calibration_
+    plot_score_histogram(np.asarray(cal.reference_scores), cal.threshold, plots / "score_histogram.png")
+    if evaluation is not None:
+        scores, labels = evaluation
+        plot_score_histogram(scores, cal.threshold, plots / "eval_score_histogram.png", labels=labels)
+        plot_roc_pr(scores, labels, plots)
+    (data / "schema.json").write_text(json.dumps(detector.schema_.to_dict(), indent=1))
+    (data / "fingerprint.json").write_text(json.dumps(
+        {**fingerprint, "path": None if data_path is None else str(data_path),
+         "column_names": detector.schema_.names}, indent=1))
+    c.log_artifacts(run_id, str(plots), "plots")
+    c.log_artifacts(run_id, str(data), "data")
+
+
+def _version_summary_tags(detector: "Detector", metrics: dict[str, float],
+                          fingerprint: dict[str, Any]) -> dict[str, str]:
+    tags = {"model_type": detector.model, "score_type": detector.score_type_,
+            "data_rows": str(fingerprint["rows"]), "data_sha256": fingerprint["sha256"]}
+    for key in ("threshold", "target_fpr", "validation_fpr", "auroc", "auprc"):
+        if key in metrics:
+            tags[key] = f"{metrics[key]:.6g}"
+    return tags
+
+
+def _description(detector: "Detector", metrics: dict[str, float], fingerprint: dict[str, Any],
+                 data_path: str | Path | None, run_id: str) -> str:
+    source = f" from {data_path}" if data_path is not None else ""
+    text = (f"{detector.model} anomaly detector ({detector.score_type_} score) trained by anomaly_ae {__version__} "
+            f"on {fingerprint['rows']} normal rows x {fingerprint['columns']} columns{source} "
+            f"(sha256 {fingerprint['sha256'][:12]}). Threshold {metrics['threshold']:.6g} calibrated to a "
+            f"{metrics['target_fpr']:g} false-positive rate (validation FPR {metrics['validation_fpr']:.4f}).")
+    if "auroc" in metrics:
+        text += f" On the labelled evaluation data: AUROC {metrics['auroc']:.4f}, AUPRC {metrics['auprc']:.4f}."
+    return text + f" Run {run_id}."

@@ -1,0 +1,392 @@
+"""MLflow tracking and registry against a real `mlflow server` (tests/mlflow_server.py) and the embedded default.
+
+Training is small (2000 telemetry rows, 20 epochs, one torch thread); the server starts once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow_server import free_port
+from typer.testing import CliRunner
+
+from anomaly_ae import Detector, registry
+from anomaly_ae.cli import app, read_training_data
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+from anomaly_ae.exceptions import ModelLoadError, RegistryError, RegistryUnavailableError
+from anomaly_ae.persistence import MANIFEST, sha256
+
+pytestmark = pytest.mark.slow
+
+NAME = "telemetry-detector"
+DROP = "is_anomaly,anomaly_kind"
+runner = CliRunner()
+
+
+def cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    """The CLI contract for expected errors: exit code 2, one 'error:' line, no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error:"), result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry-data")
+    normal, labelled = make_telemetry(2000, seed=1), make_telemetry(1500, 0.1, seed=2)
+    normal.to_csv(root / "normal.csv", index=False)
+    labelled.to_csv(root / "eval.csv", index=False)
+    return {"normal": root / "normal.csv", "eval": root / "eval.csv",
+            "X": normal.drop(columns=list(LABEL_COLUMNS)), "X_eval": labelled.drop(columns=list(LABEL_COLUMNS)),
+            "labels": labelled["is_anomaly"].to_numpy()}
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, data):
+    """A detector trained in memory and registered (with evaluation data) as a version of NAME."""
+    detector = Detector(model="ae", epochs=20, random_state=0).fit(data["X"])
+    run = registry.log_training_run(detector, data["X"], experiment="registry-tests", register=NAME,
+                                    tracking_uri=mlflow_server, eval_data=data["eval"], label_col="is_anomaly",
+                                    drop_cols=["anomaly_kind"])
+    return detector, run
+
+
+def _noise_detector(X: pd.DataFrame) -> Detector:
+    """Trained on noise with the right schema: a valid model that detects poorly (AUROC ~0.6 vs ~0.99)."""
+    rng = np.random.default_rng(0)
+    noise = pd.DataFrame({c: rng.choice(sorted(X[c].unique()), len(X)) if c == "mode"
+                          else rng.uniform(0, X[c].max(), len(X)) for c in X.columns})
+    return Detector(model="ae", epochs=20, random_state=0).fit(noise)
+
+
+def _exact(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
+    assert np.array_equal(a["score"].to_numpy().view(np.uint64), b["score"].to_numpy().view(np.uint64))
+
+
+# ---------------------------------------------------------------------- tracking through the CLI
+def test_cli_train_logs_the_run_and_registers_a_version(mlflow_server, data):
+    from mlflow import MlflowClient
+
+    result = cli("train", data["normal"], "--drop-cols", DROP, "--epochs", 20, "--no-progress",
+                 "--experiment", "cli-tests", "--register", "cli-detector", "--eval", data["eval"],
+                 "--label-col", "is_anomaly", "--tracking-uri", mlflow_server)
+    assert result.exit_code == 0, result.output
+    assert "registered models:/cli-detector/1" in result.output
+    assert f"{mlflow_server}/#/experiments/" in result.output
+
+    client = MlflowClient(mlflow_server, mlflow_server)
+    version = client.get_model_version("cli-detector", "1")
+    run = client.get_run(version.run_id)
+    params, metrics = run.data.params, run.data.metrics
+    assert run.info.status == "FINISHED"
+    X = read_training_data(data["normal"], DROP.split(","))
+    fingerprint = registry.data_fingerprint(X)
+    assert params["model"] == "ae" and params["epochs"] == "20" and params["target_fpr"] == "0.01"
+    assert params["data_rows"] == "2000" and params["data_columns"] == str(X.shape[1])
+    assert params["data_sha256"] == fingerprint["sha256"]
+    for key in ("training_seconds", "threshold", "target_fpr", "validation_fpr", "val_score_p50", "val_score_p99",
+                "val_score_max", "auroc", "auprc"):
+        assert key in metrics, key
+    assert metrics["auroc"] > 0.9
+    train_loss = client.get_metric_history(run.info.run_id, "train_loss")
+    val_loss = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in train_loss] == list(range(1, int(metrics["epochs_run"]) + 1)) and len(val_loss) == len(train_loss)
+
+    def files(path: str = "") -> set[str]:
+        out = set()
+        for item in client.list_artifacts(run.info.run_id, path):
+            out |= files(item.path) if item.is_dir else {item.path}
+        return out
+
+    artifacts = files()
+    for expected in ("plots/loss_curves.png", "plots/score_histogram.png", "plots/eval_score_histogram.png",
+                     "plots/roc.png", "plots/pr.png", "data/schema.json", "data/fingerprint.json", "model/MLmodel",
+                     "model/requirements.txt", "model/input_example.json", "model/data/detector/weights.safetensors"):
+        assert expected in artifacts, expected
+    assert not [p for p in artifacts if p.endswith((".pkl", ".pickle")) or "pickle" in p], artifacts
+
+    tags = version.tags
+    assert tags["model_type"] == "ae" and tags["score_type"] == "recon"
+    assert float(tags["auroc"]) == pytest.approx(metrics["auroc"], rel=1e-5)
+    assert float(tags["threshold"]) == pytest.approx(metrics["threshold"], rel=1e-5)
+    assert len(tags["anomaly_ae.manifest_sha256"]) == 64 and "weights.safetensors" in json.loads(tags["anomaly_ae.manifest"])
+    assert "AUROC" in version.description and "2000 normal rows" in version.description
+
+
+def test_train_needs_a_destination_and_complete_eval_options(data):
+    one_line_error(cli("train", data["normal"], "--drop-cols", DROP))
+    one_line_error(cli("train", data["normal"], "--drop-cols", DROP, "--register", "x", "--eval", data["eval"]))
+
+
+# ---------------------------------------------------------------------- the registered model
+def test_fresh_process_loads_by_alias_bit_identical_without_pickle(registered, mlflow_server, data, tmp_path):
+    detector, run = registered
+    result = cli("promote", NAME, "--version", run.registered.version, "--alias", "champion",
+                 "--tracking-uri", mlflow_server)
+    assert result.exit_code == 0, result.output
+    data["X_eval"].to_parquet(tmp_path / "eval.parquet")
+    script = textwrap.dedent(f"""
+        import json, pickle, sys
+        def refuse(*args, **kwargs):
+            raise AssertionError("something tried to unpickle")
+        pickle.load = pickle.loads = refuse
+        class NoUnpickler:
+            def __init__(self, *args, **kwargs):
+                refuse()
+        pickle.Unpickler = NoUnpickler
+        import pandas as pd, mlflow.pyfunc
+        from anomaly_ae import Detector, registry
+        X = pd.read_parquet({str(tmp_path / 'eval.parquet')!r})
+        Detector.load("models:/{NAME}@champion").score_frame(X).to_parquet({str(tmp_path / 'reloaded.parquet')!r})
+        detector, ref = registry.load_model("models:/{NAME}@champion")
+        detector.score_frame(X).to_parquet({str(tmp_path / 'load_model.parquet')!r})
+        model = mlflow.pyfunc.load_model("models:/{NAME}@champion")
+        model.predict(X).to_parquet({str(tmp_path / 'pyfunc.parquet')!r})
+        print(json.dumps({{"version": ref.version, "alias": ref.alias, "run_id": ref.run_id}}))
+    """)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert ref == {"version": run.registered.version, "alias": "champion", "run_id": run.run_id}
+
+    expected = detector.score_frame(data["X_eval"])
+    assert list(expected.columns[:4]) == ["score", "p_value", "is_anomaly", "severity"]
+    for name in ("reloaded", "load_model", "pyfunc"):
+        _exact(expected, pd.read_parquet(tmp_path / f"{name}.parquet"))
+
+
+def test_registered_artifacts_are_data_only(registered, mlflow_server, tmp_path):
+    import yaml
+
+    _, run = registered
+    model_dir = registry.download_model(f"models:/{NAME}/{run.registered.version}", tmp_path, tracking_uri=mlflow_server)
+    local = model_dir.parent.parent  # the pyfunc model: <local>/data/detector is the saved model
+    assert model_dir == local / "data" / "detector"
+    names = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+    assert names == sorted(["MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
+                            "serving_input_example.json", *(f"data/detector/{f}" for f in (
+                                "config.json", "schema.json", "preprocess.json", "calibration.json",
+                                "weights.safetensors", MANIFEST))]), names
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "anomaly_ae.registry.pyfunc" and flavor["data"] == "data/detector"
+    assert "python_model" not in flavor and "cloudpickle_version" not in flavor
+    assert (local / "requirements.txt").read_text().splitlines()[0] == "anomaly-ae==0.1.0"
+
+
+def test_models_list_shows_versions_aliases_and_metrics(registered, mlflow_server):
+    _, run = registered
+    registry.promote(NAME, run.registered.version, "champion", tracking_uri=mlflow_server)
+    result = cli("models", "list", NAME, "--tracking-uri", mlflow_server)
+    assert result.exit_code == 0, result.output
+    row = next(ln for ln in result.output.splitlines() if ln.strip("│┃ ").startswith(run.registered.version + " "))
+    assert "@champion" in row and "ae" in row and "recon" in row and run.run_id[:12] in row
+    assert f"{run.metrics['auroc']:.6g}"[:5] in row
+    assert "AUROC" in result.output and "threshold" in result.output
+
+
+def test_promotion_gate_refuses_a_worse_challenger(registered, mlflow_server, data):
+    detector, run = registered
+    good = run.registered.version
+    bad = registry.log_training_run(_noise_detector(data["X"]), data["X"], experiment="registry-tests", register=NAME,
+                                    tracking_uri=mlflow_server).registered.version
+    gate = ["--require-better-than", "champion", "--metric", "auroc", "--eval", data["eval"], "--label-col",
+            "is_anomaly", "--drop-cols", "anomaly_kind", "--tracking-uri", mlflow_server]
+
+    assert cli("promote", NAME, "--version", bad, "--alias", "champion", "--tracking-uri", mlflow_server).exit_code == 0
+    passed = cli("promote", NAME, "--version", good, "--alias", "champion", *gate)  # better than the bad champion
+    assert passed.exit_code == 0, passed.output
+    assert f"@champion -> {NAME} v{good} (was v{bad}); auroc" in passed.output
+
+    refused = one_line_error(cli("promote", NAME, "--version", bad, "--alias", "champion", *gate))
+    assert f"refusing to promote {NAME} v{bad} to @champion" in refused and "worse than" in refused
+    assert registry.resolve_model(f"models:/{NAME}@champion", tracking_uri=mlflow_server).version == good
+
+    with pytest.raises(RegistryError, match="needs labelled evaluation data"):
+        registry.promote(NAME, bad, "champion", require_better_than="champion", tracking_uri=mlflow_server)
+
+
+def test_resolve_model_refs(registered, mlflow_server, monkeypatch, tmp_path):
+    detector, run = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    v = run.registered.version
+    registry.promote(NAME, v, "champion")
+    assert registry.resolve_model(f"models:/{NAME}@champion") == registry.ModelRef(
+        f"models:/{NAME}@champion", NAME, v, "champion", run.run_id)
+    assert registry.resolve_model(f"models:/{NAME}/{v}") == registry.ModelRef(f"models:/{NAME}/{v}", NAME, v, None,
+                                                                               run.run_id)
+    assert registry.resolve_model(run.model_uri).run_id == run.run_id
+    path = detector.save(tmp_path / "local-model")
+    ref = registry.resolve_model(str(path))
+    assert (ref.name, ref.alias, ref.run_id) == ("local-model", None, None)
+    assert ref.version == sha256((path / MANIFEST).read_bytes())[:12]
+    X = make_telemetry(200, 0.1, seed=5).drop(columns=list(LABEL_COLUMNS))
+    _exact(detector.score_frame(X), Detector.load(run.model_uri).score_frame(X))  # runs:/RUN_ID/model
+
+
+# ---------------------------------------------------------------------- bad cases: clear errors, no traceback
+def test_unknown_model_version_or_alias(registered, mlflow_server, monkeypatch, data, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    with pytest.raises(ModelLoadError, match="no registered model named 'nope'"):
+        Detector.load("models:/nope@champion")
+    with pytest.raises(ModelLoadError, match=f"model '{NAME}' has no alias @ghost"):
+        registry.resolve_model(f"models:/{NAME}@ghost")
+    with pytest.raises(ModelLoadError, match=f"model '{NAME}' has no version 999"):
+        registry.load_model(f"models:/{NAME}/999")
+    with pytest.raises(ModelLoadError, match="cannot parse model URI"):
+        registry.resolve_model(f"models:/{NAME}")
+    out = one_line_error(cli("score", f"models:/{NAME}@ghost", data["eval"], "-o", tmp_path / "s.csv"))
+    assert "has no alias @ghost" in out
+    assert "no registered model named 'nope'" in one_line_error(cli("promote", "nope", "--version", "1"))
+    assert "has no version 999" in one_line_error(cli("promote", NAME, "--version", "999"))
+    assert "no registered model named 'nope'" in one_line_error(cli("models", "list", "nope"))
+
+
+def test_unreachable_server_fails_fast(data, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(RegistryUnavailableError, match=f"cannot reach the MLflow tracking server at {dead}"):
+        registry.resolve_model("models:/x@champion", tracking_uri=dead)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    with pytest.raises(ModelLoadError, match="connection refused"):  # RegistryUnavailableError is a ModelLoadError
+        Detector.load("models:/x/1")
+    out = one_line_error(cli("train", data["normal"], "--drop-cols", DROP, "--register", "x", "--no-progress"))
+    assert "cannot reach the MLflow tracking server" in out
+    assert time.monotonic() - start < 30
+
+
+def test_hung_server_fails_within_bounded_time():
+    """A server that accepts connections but never answers: bounded by the HTTP timeout and retries."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
+        uri = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(RegistryUnavailableError, match="no answer in time"):
+            registry.resolve_model("models:/x@champion", tracking_uri=uri)
+        assert time.monotonic() - start < 30
+
+
+def _register_dir(detector: Detector, X: pd.DataFrame, model_dir: Path, name: str, uri: str):
+    return registry.log_training_run(detector, X, experiment="registry-tests", register=name, tracking_uri=uri,
+                                     model_dir=model_dir)
+
+
+def test_tampered_artifacts_are_refused(registered, mlflow_server_info, data, tmp_path, monkeypatch):
+    detector, _ = registered
+    uri = mlflow_server_info.uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = _register_dir(detector, data["X"], detector.save(tmp_path / "m"), "tamper-test", uri)
+    stored = next(p for p in mlflow_server_info.artifacts.rglob("weights.safetensors") if run.run_id in str(p))
+    folder = stored.parent
+    registry.load_model("models:/tamper-test/1")  # intact: loads
+
+    original = stored.read_bytes()
+    stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one flipped bit
+    with pytest.raises(ModelLoadError, match="does not match its SHA-256 in the manifest"):
+        Detector.load("models:/tamper-test/1")
+
+    # Swap the file *and* rewrite the manifest to match: only the hash recorded in the registry catches it.
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"]["weights.safetensors"]["sha256"] = sha256(stored.read_bytes())
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    with pytest.raises(ModelLoadError, match="modified after registration"):
+        registry.load_model("models:/tamper-test/1")
+    out = one_line_error(cli("score", "models:/tamper-test/1", data["eval"], "-o", tmp_path / "s.csv"))
+    assert "modified after registration" in out
+
+
+def test_model_from_an_incompatible_format_version_is_refused(registered, mlflow_server, data, tmp_path, monkeypatch):
+    detector, _ = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    path = detector.save(tmp_path / "future")
+    config = json.loads((path / "config.json").read_text())
+    config.update(format_version=2, anomaly_ae_version="9.0.0")
+    (path / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(format_version=2, anomaly_ae_version="9.0.0")
+    data_bytes = (path / "config.json").read_bytes()
+    manifest["files"]["config.json"] = {"sha256": sha256(data_bytes), "bytes": len(data_bytes)}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    _register_dir(detector, data["X"], path, "future-format", mlflow_server)
+
+    with pytest.raises(ModelLoadError, match=r"model format 2 by anomaly_ae 9\.0\.0; this is anomaly_ae"):
+        Detector.load("models:/future-format/1")
+    out = one_line_error(cli("score", "models:/future-format/1", data["eval"], "-o", tmp_path / "s.csv"))
+    assert "format 2" in out and "retrain" in out
+
+
+# ---------------------------------------------------------------------- the embedded default
+def test_embedded_default_store_in_the_working_directory(data, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="no MLflow tracking server is configured"):
+        registry.resolve_model("models:/embedded@champion")  # loading never creates an empty store
+    assert not (tmp_path / "mlflow.db").exists()
+
+    result = cli("train", data["normal"], "--drop-cols", DROP, "--epochs", 20, "--no-progress",
+                 "--register", "embedded", "--out", tmp_path / "model")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+    assert f"embedded MLflow store {tmp_path / 'mlflow.db'}" in " ".join(result.output.split())
+    assert "registered models:/embedded/1" in result.output
+    assert list((tmp_path / "mlartifacts" / "anomaly-ae").rglob("weights.safetensors"))
+
+    assert cli("promote", "embedded", "--version", "1").exit_code == 0
+    detector, ref = registry.load_model("models:/embedded@champion")
+    assert (ref.name, ref.version, ref.alias) == ("embedded", "1", "champion")
+    _exact(Detector.load(tmp_path / "model").score_frame(data["X_eval"]), detector.score_frame(data["X_eval"]))
+
+
+# ---------------------------------------------------------------------- mlflow models serve
+def test_mlflow_models_serve_scores_like_the_detector(registered, mlflow_server, data, tmp_path):
+    detector, run = registered
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
+                                 f"models:/{NAME}/{run.registered.version}", "--env-manager", "local", "-h",
+                                 "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        rows = data["X_eval"].head(20)
+        body = json.dumps({"dataframe_split": json.loads(rows.to_json(orient="split", index=False)),
+                           "params": {"top_k": 2}}).encode()
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    predictions = pd.DataFrame(json.loads(response.read())["predictions"])
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail((tmp_path / "serve.log").read_text(errors="replace")[-3000:])
+                time.sleep(1)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    expected = detector.score_frame(rows, top_k=2)
+    assert list(predictions.columns) == list(expected.columns)
+    assert np.array_equal(predictions["score"].to_numpy(), expected["score"].to_numpy())
+    assert predictions["feature_1"].tolist() == expected["feature_1"].tolist()
