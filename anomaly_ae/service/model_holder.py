@@ -239,6 +239,7 @@ class ModelHolder:
     def _load_and_check(self) -> LoadedModel:
         started = time.perf_counter()
         detector, ref = self._loader(self.uri)
+        detector.n_threads = self.settings.torch_threads
         scorer = Scorer(detector)
         scorer.smoke_test()
         pre = detector.preprocessor_

@@ -34,6 +34,36 @@ def _set_nodelay(transport: Any) -> None:
             pass
 
 
+class CoalescingTransport:
+    """Holds a response's status line and headers until its body is written, so each response leaves
+    in one send(): uvicorn writes the two separately, which with TCP_NODELAY costs a second syscall
+    and a second packet per response (a tenth of the CPU of a 1-row request). Interim 1xx responses
+    (100 Continue) go out at once; anything held is flushed before the connection closes."""
+
+    __slots__ = ("_transport", "_held")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._held = b""
+
+    def write(self, data: bytes) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
+        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n" and data[9:10] != b"1":
+            self._held = bytes(data)
+            return
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._held:
+            self._transport.write(self._held)
+            self._held = b""
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -41,6 +71,7 @@ try:
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             _set_nodelay(transport)
             super().connection_made(transport)
+            self.transport = CoalescingTransport(self.transport)
 except ImportError:  # pragma: no cover - httptools is a dependency
     NoDelayHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
@@ -51,6 +82,7 @@ class NoDelayH11Protocol(H11Protocol):
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         _set_nodelay(transport)
         super().connection_made(transport)
+        self.transport = CoalescingTransport(self.transport)
 
 
 def http_protocol() -> str:
@@ -98,7 +130,8 @@ def run(settings: ServiceSettings) -> None:
     log_config["loggers"]["anomaly_ae"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                            "propagate": False}
     options: dict[str, Any] = dict(log_config=log_config, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                   access_log=settings.access_log, http=http_protocol(),
+                                   access_log=settings.access_log,
+                                   http=http_protocol() if settings.tcp_nodelay else "httptools",
                                    timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
                                    proxy_headers=False, server_header=False,
                                    # a worker imports torch before it is ready: slow on a busy machine
