@@ -188,6 +188,7 @@ def resolve_model_path(path_or_uri: str | Path) -> Path:
         try:
             from anomaly_ae.registry import download_model
         except ImportError as exc:
-            raise ModelLoadError(f"loading {text} needs MLflow: pip install 'anomaly-ae[mlflow]' ({exc})") from None
+            raise ModelLoadError(f"loading {text} needs MLflow, a dependency of anomaly-ae: reinstall the package "
+                                 f"or pip install 'mlflow>=3,<4' ({exc})") from None
         return download_model(text)
     return Path(text)

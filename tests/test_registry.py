@@ -234,6 +234,8 @@ def test_resolve_model_refs(registered, mlflow_server, monkeypatch, tmp_path):
     assert registry.resolve_model(f"models:/{NAME}/{v}") == registry.ModelRef(f"models:/{NAME}/{v}", NAME, v, None,
                                                                                run.run_id)
     assert registry.resolve_model(run.model_uri).run_id == run.run_id
+    newest = max(int(v.version) for v in registry.list_versions(NAME))
+    assert registry.resolve_model(f"models:/{NAME}/latest").version == str(newest)
     path = detector.save(tmp_path / "local-model")
     ref = registry.resolve_model(str(path))
     assert (ref.name, ref.alias, ref.run_id) == ("local-model", None, None)
@@ -354,6 +356,19 @@ def test_embedded_default_store_in_the_working_directory(data, tmp_path, monkeyp
     detector, ref = registry.load_model("models:/embedded@champion")
     assert (ref.name, ref.version, ref.alias) == ("embedded", "1", "champion")
     _exact(Detector.load(tmp_path / "model").score_frame(data["X_eval"]), detector.score_frame(data["X_eval"]))
+
+
+def test_image_detector_round_trips_through_the_pyfunc(mlflow_server, monkeypatch):
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    images = np.random.default_rng(0).random((300, 8, 8)).astype(np.float32)
+    detector = Detector(model="ae", epochs=3, random_state=0).fit(images)
+    run = registry.log_training_run(detector, images, experiment="registry-tests", register="images")
+    batch = images[:16, None]  # (N, C, H, W), as the tensor signature declares
+    scored = mlflow.pyfunc.load_model(run.registered.pinned_uri).predict(batch)
+    _exact(detector.score_frame(batch), scored)
 
 
 # ---------------------------------------------------------------------- mlflow models serve

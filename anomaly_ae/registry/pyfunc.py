@@ -51,7 +51,8 @@ def input_example(detector: "Detector", X: pd.DataFrame | np.ndarray) -> pd.Data
     """The first rows of the training data in the dtypes the signature declares."""
     schema = detector.schema_
     if schema.image is not None:
-        return np.asarray(X[:2], dtype=np.float32)
+        s = schema.image
+        return np.asarray(X[:2], dtype=np.float32).reshape(-1, s.channels, s.height, s.width)
     frame = X.head(EXAMPLE_ROWS) if isinstance(X, pd.DataFrame) else \
         pd.DataFrame(np.asarray(X)[:EXAMPLE_ROWS], columns=schema.names)
     frame = frame.reset_index(drop=True)
