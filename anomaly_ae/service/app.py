@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from anomaly_ae import __version__
 from anomaly_ae.service import metrics
-from anomaly_ae.service.auth import KeyRing
+from anomaly_ae.service.auth import SCHEME, SECURITY_SCHEME, KeyRing
 from anomaly_ae.service.errors import install_error_handlers
 from anomaly_ae.service.middleware import ObservabilityMiddleware
 from anomaly_ae.service.model_holder import ModelHolder
@@ -49,7 +49,21 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(ObservabilityMiddleware, max_concurrency=settings.max_concurrency)
+    _declare_security_scheme(app)
     return app
+
+
+def _declare_security_scheme(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = SECURITY_SCHEME
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

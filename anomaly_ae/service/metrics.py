@@ -144,9 +144,12 @@ class DriftTracker:
     """
 
     def __init__(self, numeric: dict[str, dict[str, float]], categorical: dict[str, list[str]],
-                 names: Iterable[str], max_features: int, window: int, publish_every_s: float = 1.0) -> None:
+                 names: Iterable[str], max_features: int, window: int, publish_every_s: float = 1.0,
+                 input_columns: dict[str, list[int]] | None = None) -> None:
         tracked = [n for n in names if n in numeric or n in categorical][:max_features]
         self.numeric = [n for n in tracked if n in numeric]
+        # where each numeric input's standardised value sits in the model input (Preprocessor.groups)
+        self.input_columns = [input_columns[n][0] for n in self.numeric] if input_columns else None
         self.categorical = [n for n in tracked if n in categorical]
         self.mean = np.array([numeric[n]["mean"] for n in self.numeric], dtype=np.float64)
         self.scale = np.array([numeric[n]["scale"] for n in self.numeric], dtype=np.float64)
@@ -159,18 +162,25 @@ class DriftTracker:
         self.publish_every_s = publish_every_s
         self._published = 0.0
 
-    def update(self, columns: dict[str, np.ndarray], missing: dict[str, int], unseen: dict[str, int]) -> None:
+    def update(self, columns: dict[str, np.ndarray], missing: dict[str, int], unseen: dict[str, int],
+               model_input: np.ndarray | None = None) -> None:
         if not self.numeric and not self.categorical:
             return
         n = len(next(iter(columns.values())))
         w = 1.0 - (1.0 - self.alpha) ** n  # weight of this batch after n single-row updates
         if self.numeric:
-            x = np.column_stack([columns[name] for name in self.numeric])
-            isnan = np.isnan(x)
-            present = (~isnan).sum(0)
-            z = np.where(isnan, 0.0, (x - self.mean) / self.scale).sum(0) / np.maximum(present, 1)
-            self.shift = np.where(present > 0, self.shift + w * (z - self.shift), self.shift)
-            self.num_missing += w * (isnan.mean(0) - self.num_missing)
+            if model_input is not None and self.input_columns is not None and not missing:
+                # no missing values: the model input already holds (x - mean) / std for every row
+                z = model_input[:, self.input_columns].mean(0, dtype=np.float64)
+                self.shift += w * (z - self.shift)
+                self.num_missing -= w * self.num_missing
+            else:
+                x = np.column_stack([columns[name] for name in self.numeric])
+                isnan = np.isnan(x)
+                present = (~isnan).sum(0)
+                z = np.where(isnan, 0.0, (x - self.mean) / self.scale).sum(0) / np.maximum(present, 1)
+                self.shift = np.where(present > 0, self.shift + w * (z - self.shift), self.shift)
+                self.num_missing += w * (isnan.mean(0) - self.num_missing)
         if self.categorical:
             for i, name in enumerate(self.categorical):
                 self.cat_unseen[i] += w * (unseen.get(name, 0) / n - self.cat_unseen[i])

@@ -244,7 +244,8 @@ class ModelHolder:
         scorer.smoke_test()
         pre = detector.preprocessor_
         drift = metrics.DriftTracker(pre.numeric, pre.categorical, detector.schema_.names,
-                                     self.settings.drift_max_features, self.settings.drift_window_rows)
+                                     self.settings.drift_max_features, self.settings.drift_window_rows,
+                                     input_columns=pre.groups)
         return LoadedModel(scorer=scorer, ref=ref, model_type=str(detector.model), loaded_at=time.time(),
                            load_seconds=time.perf_counter() - started, drift=drift)
 

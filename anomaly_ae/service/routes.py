@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from anomaly_ae.service import metrics
-from anomaly_ae.service.auth import require_admin, require_score
+from anomaly_ae.service.auth import SECURITY, require_admin, require_score
 from anomaly_ae.service.errors import ApiError
 from anomaly_ae.service.model_holder import LoadedModel, ModelHolder
 from anomaly_ae.service.schemas import (ErrorResponse, ModelInfo, ReloadResponse, ScoreRequest, ScoreResponse,
@@ -21,7 +21,7 @@ router = APIRouter()
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422, 503)}
 _SCORE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": ScoreRequest.model_json_schema()}}}}
+    "schema": ScoreRequest.model_json_schema()}}}, **SECURITY}
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -67,7 +67,7 @@ async def score(request: Request) -> Response:
     parsed = parse_score_request(body, settings.max_rows, settings.max_top_k, settings.max_id_length)
     result = model.scorer.score(parsed.columns, parsed.top_k)
     metrics.record_scores(result.scores, result.p_values, result.severity)
-    model.drift.update(result.checked, result.missing, result.unseen)
+    model.drift.update(result.checked, result.missing, result.unseen, result.model_input)
 
     scores, p_values = result.scores.tolist(), result.p_values.tolist()
     flags, severity = result.is_anomaly.tolist(), result.severity.tolist()
@@ -84,7 +84,7 @@ async def score(request: Request) -> Response:
 
 
 @router.get("/v1/model", dependencies=[Depends(require_score)], response_model=ModelInfo, responses=_ERRORS,
-            summary="The served model and its input schema")
+            openapi_extra=SECURITY, summary="The served model and its input schema")
 async def model_info(request: Request) -> Response:
     model = _serving(request)
     detector = model.scorer.detector
@@ -96,7 +96,8 @@ async def model_info(request: Request) -> Response:
 
 
 @router.post("/v1/admin/reload", dependencies=[Depends(require_admin)], response_model=ReloadResponse,
-             responses={**_ERRORS, 409: {"model": ErrorResponse}}, summary="Re-resolve the model URI and reload now")
+             responses={**_ERRORS, 409: {"model": ErrorResponse}}, openapi_extra=SECURITY,
+             summary="Re-resolve the model URI and reload now")
 async def reload(request: Request, force: bool = Query(False, description="Reload even if the version is unchanged, "
                                                                           "or retry a refused version.")) -> Response:
     holder: ModelHolder = request.app.state.holder

@@ -35,6 +35,7 @@ class ScoreResult:
     top_contributions: list[list[float]] | None = None
     notes: list[list[str]] | None = None  # None when no row has a note
     checked: dict[str, np.ndarray] = field(default_factory=dict)
+    model_input: np.ndarray | None = None
     missing: dict[str, int] = field(default_factory=dict)
     unseen: dict[str, int] = field(default_factory=dict)
 
@@ -74,7 +75,8 @@ class Scorer:
                                "anything seen in training; check them for unit or sensor errors")
         cal = self.calibration
         result = ScoreResult(scores=scores, p_values=cal.p_values(scores), is_anomaly=scores > self.threshold,
-                             severity=cal.severity(scores), checked=checked, missing=report.missing_values,
+                             severity=cal.severity(scores), checked=checked, model_input=x,
+                             missing=report.missing_values,
                              unseen=report.unseen_categories)
         if top_k > 0:
             result.top_features, result.top_contributions = self._explain(contributions, top_k)
