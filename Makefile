@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench bench-serve lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/anomaly-ae benchmark --data-dir ../shared/data/adbench
+
+# anomaly-ae serve vs mlflow models serve on one registered model (needs mlflow; installs hey via apt)
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_bench.py --traps
 
 clean:
 	rm -rf $(VENV) demo-output mlruns mlflow.db .pytest_cache
