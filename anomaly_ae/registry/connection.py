@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from anomaly_ae.exceptions import AnomalyAEError, ModelLoadError, RegistryError, RegistryUnavailableError
+from anomaly_ae.exceptions import AnomalyAEError, RegistryError, RegistryUnavailableError
 
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
@@ -145,8 +145,12 @@ def _first_line(text: str, limit: int = 300) -> str:
 
 
 def translate(exc: BaseException, uri: str, action: str, *,
-              not_found: type[AnomalyAEError] = RegistryError) -> AnomalyAEError:
-    """An MLflow / requests / OS error as one of this package's errors, with what to do about it."""
+              error: type[AnomalyAEError] = RegistryError) -> AnomalyAEError:
+    """An MLflow / requests / OS error as one of this package's errors, with what to do about it.
+
+    A server that cannot be reached is always RegistryUnavailableError (transient); anything else
+    becomes ``error``: RegistryError for registry operations, ModelLoadError when loading a model
+    (so a caller that loads by URI sees only ModelLoadError and its transient subclass)."""
     if isinstance(exc, AnomalyAEError):
         return exc
     reason = _unreachable_reason(exc)
@@ -156,16 +160,13 @@ def translate(exc: BaseException, uri: str, action: str, *,
             f"cannot reach the MLflow tracking server at {uri} while {action} ({reason}; "
             f"{timeout} s timeout, {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')} retries): check that the "
             "server is running and that MLFLOW_TRACKING_URI / --tracking-uri points at it, then retry")
-    code = getattr(exc, "error_code", None)
-    if code == "RESOURCE_DOES_NOT_EXIST" or isinstance(exc, FileNotFoundError):
-        return not_found(f"{action} failed: {_first_line(str(exc))}")
-    if isinstance(exc, OSError):
-        return ModelLoadError(f"{action} failed: {exc}")
-    return RegistryError(f"MLflow at {uri} refused {action}: {_first_line(str(exc))}")
+    if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or isinstance(exc, OSError):
+        return error(f"{action} failed: {_first_line(str(exc))}")
+    return error(f"MLflow at {uri} refused {action}: {_first_line(str(exc))}")
 
 
 @contextlib.contextmanager
-def mlflow_errors(uri: str, action: str, *, not_found: type[AnomalyAEError] = RegistryError) -> Iterator[None]:
+def mlflow_errors(uri: str, action: str, *, error: type[AnomalyAEError] = RegistryError) -> Iterator[None]:
     """Turn whatever MLflow raises inside the block into one clear package error (no traceback in the CLI)."""
     from mlflow.exceptions import MlflowException
     from requests import RequestException
@@ -173,7 +174,7 @@ def mlflow_errors(uri: str, action: str, *, not_found: type[AnomalyAEError] = Re
     try:
         yield
     except (MlflowException, RequestException, OSError) as exc:
-        raise translate(exc, uri, action, not_found=not_found) from exc
+        raise translate(exc, uri, action, error=error) from exc
 
 
 def quiet_mlflow_logs() -> None:

@@ -98,12 +98,12 @@ def _resolve(uri: str, tracking_uri: str | None) -> tuple[ModelRef, dict[str, st
     c = client(target.uri)
     if uri.startswith("models:/"):
         name, version, alias = parse_models_uri(uri)
-        with mlflow_errors(target.uri, f"resolving {uri}", not_found=ModelLoadError):
+        with mlflow_errors(target.uri, f"resolving {uri}", error=ModelLoadError):
             mv = _model_version(c, target, name, version, alias, uri, ModelLoadError)
         return ModelRef(uri, name, str(mv.version), alias, mv.run_id), dict(mv.tags or {}), target
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/", 1)[0]
-        with mlflow_errors(target.uri, f"resolving {uri}", not_found=ModelLoadError):
+        with mlflow_errors(target.uri, f"resolving {uri}", error=ModelLoadError):
             run = c.get_run(run_id)
         return ModelRef(uri, None, None, None, run_id), dict(run.data.tags), target
     return ModelRef(uri, None, None, None, None), {}, target
@@ -199,7 +199,7 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
 
     expected = _expected_manifest(ref, tags)
     dst.mkdir(parents=True, exist_ok=True)
-    with mlflow_errors(target.uri, f"downloading {ref.pinned_uri}", not_found=ModelLoadError):
+    with mlflow_errors(target.uri, f"downloading {ref.pinned_uri}", error=ModelLoadError):
         source = ref.pinned_uri
         if ref.name is not None:
             # MLflow resolves models:/ URIs against its *global* registry URI, whatever registry_uri
