@@ -63,11 +63,12 @@ def train(
     data: Path = typer.Argument(..., help="Normal training data: CSV, Parquet, or .npy/.npz array."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Directory to save the model in (optional with --experiment/--register)."),
-    model: str = typer.Option("ae", help="ae, dae, sae, vae, aae or pca."),
+    model: str = typer.Option("hybrid", help="hybrid (recommended), ae, dae, sae, vae, aae or pca."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels)."),
     epochs: int = typer.Option(200, help="Maximum training epochs (early stopping usually ends sooner)."),
-    n_estimators: int = typer.Option(1, help="Differently seeded networks whose scores are averaged."),
+    n_estimators: Optional[int] = typer.Option(None, help="Differently seeded networks whose scores are averaged "
+                                                          "(default: 3 for hybrid, else 1)."),
     score: Optional[str] = typer.Option(None, help="Score type (recon, elbo, iwae, recon+latent)."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -80,6 +81,11 @@ def train(
     label_col: Optional[str] = typer.Option(None, help="Label column of --eval (1 anomaly, 0 normal)."),
     tracking_uri: Optional[str] = typer.Option(
         None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlflow.db + ./mlartifacts."),
+    augment: Optional[str] = typer.Option(None, help="Add synthetic normal rows from a generator trained on the "
+                                                     "data first: cvae, gan or cgan."),
+    augment_rows: int = typer.Option(1000, help="Synthetic rows to add with --augment."),
+    balance_col: Optional[str] = typer.Option(None, help="With --augment: condition on this column and give the "
+                                                         "synthetic rows to its rarest values first."),
 ) -> None:
     """Train a detector on normal data; save it, and/or log the run to MLflow and register the model."""
     from anomaly_ae import Detector
@@ -97,8 +103,17 @@ def train(
 
         quiet_mlflow_logs()
         check_connection(tracking_uri)
+    provenance = None
+    if augment is not None:
+        from anomaly_ae.augment.command import augment_training_data
+
+        X, provenance = augment_training_data(X, augment, augment_rows, balance_col=balance_col, seed=seed)
+        console.print(f"added {provenance['rows_synthetic']} synthetic rows from a {augment} generator "
+                      f"(quality: {provenance['quality']})")
     detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
                         random_state=seed, device=device, n_threads=threads, verbose=progress).fit(X)
+    if provenance is not None:
+        detector.training_metadata_["augmentation"] = provenance
     path = detector.save(out) if out is not None else None
     cal = detector.calibration_
     where = f"saved [bold]{model}[/] model to {path}" if path else f"trained [bold]{model}[/] model"
@@ -122,12 +137,22 @@ def score(
     top_k: int = typer.Option(3, help="Top contributing features per row (0 for none)."),
     chunk_rows: int = typer.Option(50_000, help="Rows per chunk: bounds memory on large files."),
     keep_cols: Optional[str] = typer.Option(None, help="Comma-separated input columns to copy to the output."),
+    engine: str = typer.Option("local", help="local (this process, in chunks) or spark (Parquet datasets, "
+                                             "needs the 'spark' extra; writes a Parquet directory)."),
 ) -> None:
     """Score a file in chunks; writes score, p_value, is_anomaly, severity and top features per row."""
     from anomaly_ae import Detector
     from anomaly_ae.data.io import AtomicTableWriter, iter_table_chunks
     from anomaly_ae.exceptions import DataError
 
+    if engine == "spark":
+        from anomaly_ae.spark import score_parquet_with_spark
+
+        summary = score_parquet_with_spark(model, data, output, top_k, keep_cols=_split_list(keep_cols))
+        console.print(f"spark: {summary}")
+        return
+    if engine != "local":
+        raise DataError(f"unknown --engine {engine!r}; choose local or spark")
     detector = Detector.load(model)
     keep = _split_list(keep_cols)
     # Pass-through columns that are not model features are set aside; any other extra column
@@ -154,19 +179,34 @@ def score(
 @friendly_errors
 def evaluate(
     model: str = typer.Argument(..., help="Model directory or MLflow URI."),
-    data: Path = typer.Argument(..., help="Labelled CSV or Parquet file."),
-    label_col: str = typer.Option(..., help="Column with 1 for anomalies, 0 for normal rows."),
+    data: Path = typer.Argument(..., help="Labelled CSV or Parquet file (or normal rows with --synthetic-anomalies)."),
+    label_col: Optional[str] = typer.Option(None, help="Column with 1 for anomalies, 0 for normal rows."),
     out_dir: Optional[Path] = typer.Option(None, help="Directory for the PNG plots and metrics.json."),
     drop_cols: Optional[str] = typer.Option(None, help="Other columns to ignore."),
+    synthetic_anomalies: bool = typer.Option(False, help="No labels: perturb the (normal) rows in documented ways "
+                                                         "and report the detection rate per kind."),
+    n_per_kind: int = typer.Option(200, help="Synthetic anomalies per kind."),
 ) -> None:
-    """AUROC, AUPRC, FPR and recall at the calibrated threshold, with plots."""
+    """AUROC, AUPRC, FPR and recall at the calibrated threshold, with plots; or, without labels,
+    detection rates on synthetic anomalies."""
     from anomaly_ae import Detector
     from anomaly_ae.data.io import read_table
     from anomaly_ae.evaluation import evaluate_scores, plot_roc_pr, plot_score_histogram
     from anomaly_ae.exceptions import DataError
 
+    if synthetic_anomalies == (label_col is not None):
+        raise DataError("give either --label-col (labelled data) or --synthetic-anomalies (normal data), not both")
     detector = Detector.load(model)
     frame = read_table(data)
+    if synthetic_anomalies:
+        from anomaly_ae.augment.command import synthetic_anomaly_report
+
+        rates = synthetic_anomaly_report(detector, frame.drop(columns=_split_list(drop_cols)), n_per_kind=n_per_kind)
+        Console().print(rates.to_string(index=False))
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            rates.to_csv(out_dir / "synthetic_anomalies.csv", index=False)
+        return
     if label_col not in frame.columns:
         raise DataError(f"label column '{label_col}' is not in {data}; columns are {', '.join(frame.columns)}")
     labels = frame[label_col].to_numpy()
@@ -238,13 +278,17 @@ def models_list(
     (out if out.is_terminal else Console(width=200)).print(table)
 
 
-def _register_benchmark() -> None:
+def _register_subcommands() -> None:
+    from anomaly_ae.augment.command import generate_app
     from anomaly_ae.bench.command import benchmark
+    from anomaly_ae.service.command import serve
 
     app.command("benchmark", help="Compare detectors with PyOD on ADBench (PROTOCOL.md splits).")(benchmark)
+    app.command("serve")(serve)
+    app.add_typer(generate_app, name="generate")
 
 
-_register_benchmark()
+_register_subcommands()
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -72,3 +72,25 @@ def test_failed_scoring_leaves_the_old_output_untouched(tmp_path):
                                  str(tmp_path / "out.csv"), "--chunk-rows", "100"])
     assert result.exit_code == 2 and "rows [350]" in result.output
     assert (tmp_path / "out.csv").read_text() == "old results\n"
+
+
+def test_train_with_augmentation_records_provenance_and_synthetic_evaluation(tmp_path):
+    import json
+
+    write_table(make_telemetry(800, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "n.csv")
+    result = runner.invoke(app, ["train", str(tmp_path / "n.csv"), "--out", str(tmp_path / "m"), "--model", "pca",
+                                 "--augment", "cvae", "--augment-rows", "120", "--balance-col", "mode",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((tmp_path / "m" / "config.json").read_text())["training_metadata"]["augmentation"]
+    assert provenance["generator"] == "cvae" and provenance["rows_synthetic"] == 120
+    assert provenance["balance_col"] == "mode" and len(provenance["generator_sha256"]) == 64
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "n.csv"), "--synthetic-anomalies",
+                                 "--n-per-kind", "40", "--out-dir", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    rates = pd.read_csv(tmp_path / "ev" / "synthetic_anomalies.csv")
+    assert {"out_of_range", "swapped_category"} <= set(rates.iloc[:, 0])
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "n.csv")])
+    assert result.exit_code == 2 and "--label-col" in result.output
