@@ -1,65 +1,176 @@
-"""`make demo`: the whole story on embedded defaults, from generated data to scored samples.
+"""`make demo`: the whole story on embedded defaults, through the real CLI and a real service.
 
-Run with `python -m anomaly_ae.demo [OUT_DIR]`. Everything it writes goes under OUT_DIR
-(default ./demo-output), so it is safe to run from a fresh clone.
+generate telemetry -> `anomaly-ae train --register` (MLflow on SQLite in OUT_DIR) -> `promote`
+-> `anomaly-ae serve --model models:/NAME@champion` -> normal and anomalous traffic over HTTP
+-> the Prometheus metrics it produced -> clean shutdown.
+
+Run with `python -m anomaly_ae.demo [OUT_DIR]` (default ./demo-output); everything it writes
+stays under OUT_DIR, so it is safe to run from a fresh clone and to run again.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
-from anomaly_ae import Detector
 from anomaly_ae.data.io import write_table
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
-from anomaly_ae.evaluation import evaluate_scores, plot_roc_pr, plot_score_histogram
 
-console = Console()
+MODEL_NAME = "demo-detector"
+console = Console(width=max(120, shutil.get_terminal_size().columns))
 
 
 def step(text: str) -> None:
     console.rule(f"[bold]{text}")
 
 
-def run(out_dir: Path) -> dict[str, float]:
+def cli(args: list[str], cwd: Path, env: dict[str, str]) -> None:
+    console.print(f"[dim]$ anomaly-ae {' '.join(args)}[/]")
+    subprocess.run([sys.executable, "-m", "anomaly_ae.cli", *args], cwd=cwd, env=env, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, key: str, body: dict | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_ready(base: str, key: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the service exited with code {server.returncode} before it was ready")
+        try:
+            if http("GET", f"{base}/readyz", key, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the service was not ready after {timeout_s:.0f}s")
+
+
+def run(out_dir: Path) -> dict[str, int]:
+    out_dir = out_dir.resolve()
+    # A fresh store each time, so the registered version is always 1 and the story reads the same.
+    for stale in ("mlflow.db", "mlartifacts", "model"):
+        target = out_dir / stale
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    step("1. generate synthetic telemetry (normal history + a labelled incident window)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ANOMALY_AE_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+
+    step("1. generate synthetic telemetry: a normal history, a labelled week, incoming traffic")
     history = make_telemetry(6000, 0.0, seed=1).drop(columns=list(LABEL_COLUMNS))
-    incoming = make_telemetry(2000, 0.05, seed=2)
+    labelled = make_telemetry(2000, 0.05, seed=2).drop(columns=["anomaly_kind"])
+    incoming = make_telemetry(400, 0.05, seed=3)
     write_table(history, out_dir / "normal.csv")
-    write_table(incoming, out_dir / "incoming.csv")
-    console.print(f"{len(history)} normal rows, {len(incoming)} incoming rows "
-                  f"({int(incoming.is_anomaly.sum())} anomalies of kinds "
-                  f"{sorted(set(incoming.anomaly_kind) - {'none'})})")
+    write_table(labelled, out_dir / "labelled.csv")
+    console.print(f"{len(history)} normal rows; {len(labelled)} labelled rows; {len(incoming)} incoming rows "
+                  f"with {int(incoming.is_anomaly.sum())} anomalies ({', '.join(sorted(set(incoming.anomaly_kind) - {'none'}))})")
 
-    step("2. train a detector on normal data, calibrated to a 1% false-positive rate")
-    started = time.perf_counter()
-    detector = Detector(verbose=True).fit(history)
-    model_dir = detector.save(out_dir / "model")
-    console.print(f"model {detector.model!r} trained in {time.perf_counter() - started:.1f}s, "
-                  f"threshold {detector.threshold_:.4g}, saved to {model_dir}")
+    step("2. train the default detector, track the run and register it in MLflow (SQLite, embedded)")
+    cli(["train", "normal.csv", "--out", "model", "--experiment", "demo", "--register", MODEL_NAME,
+         "--eval", "labelled.csv", "--label-col", "is_anomaly"], out_dir, env)
 
-    step("3. reload the saved model (JSON + safetensors, hash-checked) and score incoming data")
-    reloaded = Detector.load(model_dir)
-    X = incoming.drop(columns=list(LABEL_COLUMNS))
-    frame = reloaded.score_frame(X, top_k=2)
-    truth = incoming[list(LABEL_COLUMNS)].rename(columns={"is_anomaly": "labelled_anomaly"})
-    write_table(frame.join(truth), out_dir / "scored.csv")
-    flagged = frame[frame.is_anomaly].join(incoming[["anomaly_kind"]])
-    console.print(flagged.sort_values("score", ascending=False).head(8).to_string(float_format="%.4g"))
+    step("3. promote version 1 to @champion and list the registry")
+    cli(["promote", MODEL_NAME, "--version", "1", "--alias", "champion"], out_dir, env)
+    cli(["models", "list", MODEL_NAME], out_dir, env)
 
-    step("4. evaluate against the labels")
-    report = evaluate_scores(frame["score"].to_numpy(), incoming["is_anomaly"].to_numpy(), reloaded.threshold_)
-    plot_score_histogram(frame["score"].to_numpy(), reloaded.threshold_, out_dir / "score_histogram.png",
-                         labels=incoming["is_anomaly"].to_numpy())
-    plot_roc_pr(frame["score"].to_numpy(), incoming["is_anomaly"].to_numpy(), out_dir)
-    for key, value in report.to_dict().items():
-        console.print(f"  {key:24s} {value:.4f}" if isinstance(value, float) else f"  {key:24s} {value}")
-    console.print(f"plots and scored rows in {out_dir}/")
-    return report.to_dict()
+    step("4. serve models:/demo-detector@champion with API keys, Prometheus metrics and hot reload")
+    port, key, admin = free_port(), secrets.token_hex(24), secrets.token_hex(24)
+    server_env = {**env, "ANOMALY_AE_API_KEYS": key, "ANOMALY_AE_ADMIN_KEYS": admin}
+    console.print(f"[dim]$ anomaly-ae serve --model models:/{MODEL_NAME}@champion --port {port}[/]")
+    server = subprocess.Popen([sys.executable, "-m", "anomaly_ae.cli", "serve", "--model",
+                               f"models:/{MODEL_NAME}@champion", "--host", "127.0.0.1", "--port", str(port),
+                               "--poll-interval", "5"], cwd=out_dir, env=server_env,
+                              stdout=open(out_dir / "service.log", "wb"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, key, server)
+        status, body = http("GET", f"{base}/v1/model", key)
+        info = json.loads(body)
+        console.print(f"ready: {info['name']} version {info['version']} (@{info['alias']}), "
+                      f"threshold {info['threshold']:.4g}")
+
+        step("5. send incoming traffic (records form, with ids and explanations)")
+        features = incoming.drop(columns=list(LABEL_COLUMNS))
+        records = json.loads(features.to_json(orient="records"))
+        ids = [f"row-{i}" for i in range(len(records))]
+        flagged_total = 0
+        results = []
+        for start in range(0, len(records), 100):
+            status, body = http("POST", f"{base}/v1/score", key, {
+                "records": records[start:start + 100], "ids": ids[start:start + 100], "explain": True, "top_k": 2})
+            if status != 200:
+                raise RuntimeError(f"scoring failed with HTTP {status}: {body[:300]!r}")
+            response = json.loads(body)
+            flagged_total += response["n_anomalies"]
+            results.extend(response["results"])
+        table = Table(title="flagged samples (highest scores first)")
+        for column in ("id", "true kind", "score", "p_value", "severity", "top features"):
+            table.add_column(column)
+        kinds = dict(zip(ids, incoming["anomaly_kind"]))
+        for r in sorted((r for r in results if r["is_anomaly"]), key=lambda r: -r["score"])[:12]:
+            tops = ", ".join(f"{f['feature']} {f['contribution']:.0%}" for f in r["top_features"])
+            table.add_row(r["id"], kinds[r["id"]], f"{r['score']:.3g}", f"{r['p_value']:.4f}", r["severity"], tops)
+        console.print(table)
+        truth = incoming["is_anomaly"].to_numpy().astype(bool)
+        flagged = [r["is_anomaly"] for r in results]
+        caught = sum(f and t for f, t in zip(flagged, truth))
+        false_alarms = sum(f and not t for f, t in zip(flagged, truth))
+        console.print(f"{flagged_total} of {len(results)} flagged: {caught} of {int(truth.sum())} true anomalies "
+                      f"caught, {false_alarms} false alarms among {int((~truth).sum())} normal rows")
+
+        step("6. a bad request gets a 4xx with one JSON error shape, never a 500")
+        status, body = http("POST", f"{base}/v1/score", key, {"records": [{"cpu_util_pct": "high"}]})
+        console.print(f"HTTP {status}: {body.decode()[:300]}")
+
+        step(f"7. the Prometheus metrics SREs build on ({base}/metrics)")
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        for line in metrics.splitlines():
+            if line.startswith(("anomaly_ae_rows_scored_total", "anomaly_ae_anomalies_total",
+                                "anomaly_ae_validation_errors_total", "anomaly_ae_model_info")):
+                console.print(f"  {line}")
+    finally:
+        step("8. shut down cleanly (SIGTERM: in-flight requests finish first)")
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            code = server.wait()
+        # uvicorn re-raises the SIGTERM it handled once shutdown is complete, hence -15, not 0.
+        graceful = "Finished server process" in (out_dir / "service.log").read_text(errors="replace")
+        console.print(f"service stopped ({'graceful shutdown' if graceful else f'exit code {code}'}); "
+                      f"its log is {out_dir / 'service.log'}")
+    console.print(f"\nEverything is in {out_dir}: data, model/, mlflow.db + mlartifacts/ (open with "
+                  f"`mlflow ui --backend-store-uri sqlite:///{out_dir / 'mlflow.db'}`), service.log")
+    return {"rows": len(results), "flagged": flagged_total, "caught": caught, "false_alarms": false_alarms}
 
 
 def main(argv: list[str] | None = None) -> None:
