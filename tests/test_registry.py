@@ -85,7 +85,7 @@ def _exact(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_cli_train_logs_the_run_and_registers_a_version(mlflow_server, data):
     from mlflow import MlflowClient
 
-    result = cli("train", data["normal"], "--drop-cols", DROP, "--epochs", 20, "--no-progress",
+    result = cli("train", data["normal"], "--drop-cols", DROP, "--model", "ae", "--epochs", 20, "--no-progress",
                  "--experiment", "cli-tests", "--register", "cli-detector", "--eval", data["eval"],
                  "--label-col", "is_anomaly", "--tracking-uri", mlflow_server)
     assert result.exit_code == 0, result.output
@@ -344,7 +344,7 @@ def test_embedded_default_store_in_the_working_directory(data, tmp_path, monkeyp
         registry.resolve_model("models:/embedded@champion")  # loading never creates an empty store
     assert not (tmp_path / "mlflow.db").exists()
 
-    result = cli("train", data["normal"], "--drop-cols", DROP, "--epochs", 20, "--no-progress",
+    result = cli("train", data["normal"], "--drop-cols", DROP, "--model", "ae", "--epochs", 20, "--no-progress",
                  "--register", "embedded", "--out", tmp_path / "model")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
