@@ -139,6 +139,15 @@ def test_numpy_input_and_ensembles(telemetry_train):
     assert det.feature_names_[0] == "x0"
 
 
+def test_missing_category_allowed_when_seen_in_training_is_not_called_unseen(telemetry_train):
+    data = telemetry_train.copy()
+    data["mode"] = data["mode"].astype(object)
+    data.loc[data.index[::10], "mode"] = None
+    det = Detector(model="pca").fit(data)
+    frame = det.score_frame(data.head(11))
+    assert frame["notes"].iloc[0] == "" and np.isfinite(frame["score"]).all()
+
+
 def test_missing_values_allowed_when_seen_in_training(telemetry_train):
     data = telemetry_train.copy()
     data.loc[data.index[::10], "cpu_util_pct"] = np.nan

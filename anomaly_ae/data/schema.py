@@ -171,7 +171,9 @@ class Schema:
                     f"column '{col.name}' has missing values in rows {rows} but had none in training; "
                     "fill them with a category or drop those rows", column=col.name, rows=rows, reason="missing_value")
             report.missing_values[col.name] = int(isna.sum())
-        as_text = values.astype(object).where(~isna, None).map(lambda v: None if v is None else str(v))
+        # Built element-wise: Series.where(..., None) turns None back into NaN, which str() makes "nan".
+        as_text = pd.Series([None if missing else str(v) for v, missing in zip(values.to_numpy(dtype=object), isna)],
+                            index=values.index, dtype=object, name=col.name)
         unseen = as_text.notna() & ~as_text.isin(col.categories)
         if unseen.any():
             report.unseen_categories[col.name] = int(unseen.sum())
