@@ -242,7 +242,10 @@ def _local_path(path: str) -> Path:
 
 
 def _default_session() -> "SparkSession":
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise DataError("the Spark engine needs pyspark: pip install 'anomaly-ae[spark]' (and Java 17+)") from None
 
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -256,7 +259,11 @@ def _default_session() -> "SparkSession":
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # a local job listens on loopback only
         builder = (builder.master("local[*]").config("spark.ui.enabled", "false")
                    .config("spark.ui.showConsoleProgress", "false"))
-    return builder.getOrCreate()
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:  # no Java, or the JVM refused to start
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DataError(f"could not start Spark ({first}); Spark needs Java 17+ (JAVA_HOME or java on PATH)") from None
 
 
 def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, output_path: str | Path,

@@ -183,3 +183,21 @@ def test_registry_alias_is_pinned_and_scored(spark, model_dir, incoming, tmp_pat
     result = result.sort_values("row_id").reset_index(drop=True)
     _same(result.drop(columns=["row_id"]), _expected(model_dir, incoming.head(500)), rtol=2e-5,
           p_atol=_one_rank(model_dir))
+
+
+def test_cli_score_engine_spark(spark, model_dir, incoming, tmp_path):
+    """`anomaly-ae score --engine spark` (it reuses the active session) writes the same scores."""
+    from typer.testing import CliRunner
+
+    from anomaly_ae.cli import app
+
+    incoming.head(400).to_parquet(tmp_path / "in.parquet", index=False)
+    result = CliRunner().invoke(app, ["score", str(model_dir), str(tmp_path / "in.parquet"), "-o",
+                                      str(tmp_path / "out"), "--engine", "spark", "--keep-cols", "row_id"])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(tmp_path / "out").sort_values("row_id").reset_index(drop=True)
+    _same(scored.drop(columns=["row_id"]), _expected(model_dir, incoming.head(400)))
+
+    missing = CliRunner().invoke(app, ["score", str(model_dir), str(tmp_path / "nope.parquet"), "-o",
+                                       str(tmp_path / "out2"), "--engine", "spark"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output and "Traceback" not in missing.output
