@@ -156,11 +156,14 @@ def test_dockerfile_installs_everything_the_service_imports():
 
     project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
     extras = [a.split("=", 1)[1] for i, a in dockerfile_instructions() if i == "ARG" and a.startswith("EXTRAS=")]
+    assert extras, "the Dockerfile declares ARG EXTRAS=..."
+    install = [a for i, a in dockerfile_instructions() if i == "RUN" and "${EXTRAS" in a]
+    assert install and '".${EXTRAS:+[${EXTRAS}]}"' in install[0], "installs the package with the chosen extras"
     declared = list(project["dependencies"])
-    for extra in extras[0].split(","):
-        assert extra in project.get("optional-dependencies", {}) or extra == "", \
+    for extra in filter(None, extras[0].split(",")):
+        assert extra in project.get("optional-dependencies", {}), \
             f"the Dockerfile installs extra [{extra}], which pyproject.toml does not define"
-        declared += project.get("optional-dependencies", {}).get(extra, [])
+        declared += project["optional-dependencies"][extra]
     names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared}
     for needed in ("torch", "fastapi", "uvicorn", "prometheus-client", "pydantic-settings", "orjson", "mlflow"):
         assert needed in names, f"the image would lack {needed}: declare it in pyproject.toml"
