@@ -9,7 +9,9 @@ the same load generator (`hey`, installed from Debian's packages if missing) and
 warm-up. MLflow gets `{"dataframe_split": ...}` on /invocations (1 worker, as measured before this
 project); anomaly-ae gets the same rows in its columnar form on /v1/score with auth, validation
 and metrics on, with 1 and with 2 workers. `--traps` also measures the two known traps: 2 workers
-without the TCP_NODELAY fix, and 2 workers with 2 torch threads each.
+on the asyncio event loop without the TCP_NODELAY fix (uvicorn issue #3149: the socket a
+multi-worker supervisor hands to its workers loses asyncio's automatic TCP_NODELAY; uvloop sets it
+anyway), the same with the fix, and 2 workers with 2 torch threads each.
 
 Writes benchmarks/results/serve.json (every measurement) and serve.md (tables, ratios, the goals).
 """
@@ -226,8 +228,11 @@ def main() -> None:
     plans = [("mlflow", mlflow_server, ROWS, CONCURRENCY), ("ours-1", lambda: our_server(1), ROWS, CONCURRENCY),
              ("ours-2", lambda: our_server(2), ROWS, CONCURRENCY)]
     if args.traps:
-        plans += [("trap-no-nodelay", lambda: our_server(2, "anomaly-ae serve (2 workers, TCP_NODELAY fix off)",
-                                                          tcp_nodelay="false"), (1,), (8,)),
+        plans += [("trap-no-nodelay", lambda: our_server(2, "anomaly-ae serve (2 workers, asyncio loop, TCP_NODELAY "
+                                                             "fix off)", tcp_nodelay="false", event_loop="asyncio"),
+                   (1,), (1, 8)),
+                  ("asyncio-nodelay", lambda: our_server(2, "anomaly-ae serve (2 workers, asyncio loop)",
+                                                         event_loop="asyncio"), (1,), (1, 8)),
                   ("trap-2-threads", lambda: our_server(2, "anomaly-ae serve (2 workers, 2 torch threads each)",
                                                          torch_threads="2"), (1000,), (8,))]
     started = time.time()
@@ -276,7 +281,7 @@ def ratios(results: list[dict]) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# `anomaly-ae serve` vs `mlflow models serve`", "",
+    lines = ["# `anomaly-ae serve` vs `mlflow models serve`", "",
              f"{report['date']}: {report['model']}, the same registered model (`{report['model_uri']}`) and "
              f"the same rows for both; `hey`, {report['duration_s']:g} s per cell after {report['warmup_s']:g} s "
              f"of warm-up; {report['cpu_count']} cores shared by servers and load generator (load average "

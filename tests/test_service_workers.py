@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -40,8 +41,6 @@ def two_workers(tmp_path_factory):
 
 
 def _wait(predicate, timeout=120.0):
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -97,6 +96,39 @@ def _rows_per_worker(prom: Path) -> dict[str, float]:
         totals[path.stem] = sum(entry[1] for entry in MmapedDict.read_all_values_from_file(str(path))
                                 if json.loads(entry[0])[1] == "anomaly_ae_rows_scored_total")
     return totals
+
+
+def test_responses_are_not_held_back_by_nagle(two_workers):
+    """uvicorn's multi-worker sockets lose TCP_NODELAY on the asyncio loop: each keep-alive response
+    then waits ~40 ms for a delayed ACK. The service sets it on every connection."""
+    service, _ = two_workers
+    body = {"records": json.loads(make_telemetry(1, seed=2).drop(columns=list(LABEL_COLUMNS)).to_json(
+        orient="records"))}
+    with httpx.Client(base_url=service.url, timeout=30) as client:
+        latencies = []
+        for _ in range(25):
+            t0 = time.perf_counter()
+            assert client.post("/v1/score", json=body, headers=SCORE).status_code == 200
+            latencies.append(time.perf_counter() - t0)
+    assert sorted(latencies)[len(latencies) // 2] < 0.03, latencies
+
+
+def test_an_admin_reload_reaches_every_worker(two_workers):
+    service, _ = two_workers
+
+    def attempts():
+        return metric_value(httpx.get(f"{service.url}/metrics").text, "anomaly_ae_model_reload_attempts_total",
+                            trigger="admin")
+
+    before = attempts()
+    response = httpx.post(f"{service.url}/v1/admin/reload?force=true", headers=ADMIN, timeout=60)
+    assert response.status_code == 200 and response.json()["status"] == "loaded"
+    assert _wait(lambda: attempts() - before == 2, timeout=30)  # the worker asked, then the other one
+    time.sleep(1.5)
+    assert attempts() - before == 2
+    text = httpx.get(f"{service.url}/metrics").text
+    assert metric_value(text, "anomaly_ae_model_ready") == 1
+    assert metric_value(text, "anomaly_ae_model_info", name="model") == 1
 
 
 # ---------------------------------------------------------------------------- fuzzing the OpenAPI schema

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -33,7 +34,8 @@ log = logging.getLogger("anomaly_ae.service")
 # Failures that say nothing about the version itself: retried at the next poll, never refused.
 TRANSIENT_ERRORS = tuple(t for t in (getattr(exceptions, "RegistryUnavailableError", None), ConnectionError,
                                      TimeoutError, OSError) if t is not None)
-MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyond this, skip polls
+MAX_STUCK_THREADS = 3
+RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker  # registry calls still running after their timeout; beyond this, skip polls
 
 
 class ModelRefLike(Protocol):
@@ -146,20 +148,64 @@ class ModelHolder:
         self._refused: dict[str, tuple[str, str]] = {}  # version -> (reason, message)
         self._lock = asyncio.Lock()
         self._stuck: list[threading.Thread] = []
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._signal_seen = 0
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         bound_registry_clients(self.settings)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="anomaly-ae-model-reload")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(), name="anomaly-ae-model-reload")]
+        if self._signal_path() is not None:
+            self._signal_seen = self._signal_stamp()
+            self._tasks.append(loop.create_task(self._watch_reload_requests(), name="anomaly-ae-reload-requests"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
+
+    # -------------------------------------------------------------- admin reloads across workers
+    def _signal_path(self) -> Path | None:
+        return Path(self.settings.control_dir) / RELOAD_REQUEST if self.settings.control_dir else None
+
+    def _signal_stamp(self) -> int:
+        try:
+            return self._signal_path().stat().st_mtime_ns  # type: ignore[union-attr]
+        except OSError:
+            return 0
+
+    def broadcast_reload(self, force: bool) -> None:
+        """Ask the service's other workers to reload too (they check about once a second)."""
+        path = self._signal_path()
+        if path is None:
+            return
+        staging = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            staging.write_text(json.dumps({"force": force, "pid": os.getpid(), "time": time.time()}))
+            os.replace(staging, path)
+        except OSError as exc:
+            log.warning("could not pass the reload request to the other workers: %s", type(exc).__name__)
+        self._signal_seen = self._signal_stamp()
+
+    async def _watch_reload_requests(self) -> None:
+        path = self._signal_path()
+        assert path is not None
+        while True:
+            await asyncio.sleep(1.0)
+            stamp = self._signal_stamp()
+            if stamp == self._signal_seen:
+                continue
+            self._signal_seen = stamp
+            try:
+                request = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if request.get("pid") != os.getpid():
+                await self._safe_refresh("admin", force=bool(request.get("force")))
 
     async def _run(self) -> None:
         interval = self.settings.poll_interval_s
@@ -173,9 +219,9 @@ class ModelHolder:
             await asyncio.sleep(interval)
             await self._safe_refresh("poll")
 
-    async def _safe_refresh(self, trigger: str) -> None:
+    async def _safe_refresh(self, trigger: str, force: bool = False) -> None:
         try:
-            await self.refresh(trigger)
+            await self.refresh(trigger, force=force)
         except Exception as exc:  # the reload loop must outlive any bug in one attempt
             log.error("model refresh (%s) failed unexpectedly: %s", trigger, type(exc).__name__)
 

@@ -102,6 +102,7 @@ async def reload(request: Request, force: bool = Query(False, description="Reloa
                                                                           "or retry a refused version.")) -> Response:
     holder: ModelHolder = request.app.state.holder
     outcome = await holder.refresh("admin", force=force)
+    holder.broadcast_reload(force)  # with several workers, the others reload too
     if outcome.status in ("loaded", "unchanged") and holder.current is not None:
         return _json({"status": outcome.status, "model": holder.current.describe()})
     if outcome.status == "refused":

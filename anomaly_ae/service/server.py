@@ -99,6 +99,8 @@ def prepare_environment(settings: ServiceSettings) -> dict[str, str]:
     threads = str(settings.torch_threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(name, os.environ.get(name, threads))
+    if settings.workers > 1 and not settings.control_dir:
+        env["ANOMALY_AE_CONTROL_DIR"] = tempfile.mkdtemp(prefix="anomaly-ae-control-")
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if settings.workers > 1 and not mp_dir:
         mp_dir = tempfile.mkdtemp(prefix="anomaly-ae-metrics-")
@@ -136,12 +138,7 @@ def run(settings: ServiceSettings) -> None:
                                    proxy_headers=False, server_header=False,
                                    # a worker imports torch before it is ready: slow on a busy machine
                                    timeout_worker_healthcheck=60)
-    try:
-        import uvloop  # noqa: F401
-
-        options["loop"] = "uvloop"
-    except ImportError:
-        pass
+    options["loop"] = settings.event_loop
     if settings.workers == 1:
         from anomaly_ae.service.app import create_app
 

@@ -7,7 +7,7 @@ comma-separated. Keys are SecretStr so they never appear in a repr, a log line o
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,10 +48,14 @@ class ServiceSettings(BaseSettings):
     # process
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (1: more threads per "
                                                     "worker fight the other workers for the cores).")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field("auto", description="auto: uvloop when installed.")
     tcp_nodelay: bool = Field(True, description="Set TCP_NODELAY on every connection (without it, uvicorn's "
                                                 "multi-worker mode adds ~40 ms per response; off only to measure "
                                                 "that).")
     graceful_timeout_s: float = Field(30.0, ge=0.0, description="How long shutdown waits for in-flight requests.")
+    control_dir: str | None = Field(None, description="A directory the workers of one service share, through "
+                                                      "which an admin reload reaches every worker (serve creates "
+                                                      "one when workers > 1).")
     log_level: str = "info"
     access_log: bool = Field(False, description="uvicorn's per-request access log (the request metrics count "
                                                 "every request either way).")
@@ -80,6 +84,8 @@ class ServiceSettings(BaseSettings):
         """The environment that reproduces these settings in a worker process (keys included)."""
         env = {}
         for name, value in self.model_dump().items():
+            if value is None:
+                continue
             if name in ("api_keys", "admin_keys"):
                 env[ENV_PREFIX + name.upper()] = ",".join(k.get_secret_value() for k in value)
             else:
