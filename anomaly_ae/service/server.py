@@ -1,9 +1,11 @@
 """Running the app under uvicorn: one or several workers, TCP_NODELAY on every connection.
 
 Two things measured on this project's 2-core machine decide the setup:
-- uvicorn's multi-worker mode (uvicorn issue #3149) serves from a socket the supervisor bound, and
-  responses then sat ~44 ms in Nagle's algorithm waiting for the client's delayed ACK. The HTTP
-  protocol class here sets TCP_NODELAY on each accepted connection, whatever the worker count.
+- uvicorn's multi-worker mode (uvicorn issue #3149) serves from a socket the supervisor bound; on
+  the asyncio loop the accepted connections then lack TCP_NODELAY and each keep-alive response sat
+  ~44 ms in Nagle's algorithm waiting for the client's delayed ACK (uvloop sets it itself). The
+  HTTP protocol class here sets TCP_NODELAY on each accepted connection, whatever the loop and
+  worker count, and writes each response in one send().
 - torch's default of one intra-op thread per core made two workers on two cores fight (1000-row
   throughput fell ~10x); each worker gets `torch_threads` (default 1) via OMP/MKL variables set
   before any worker imports torch, and the detector's own `n_threads`.
