@@ -15,19 +15,19 @@ import typer
 
 def serve(
     model: Optional[str] = typer.Option(None, "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION or a "
-                                                              "model directory [env ANOMALY_AE_MODEL_URI]."),
-    host: Optional[str] = typer.Option(None, help="Interface to bind [default 127.0.0.1]."),
-    port: Optional[int] = typer.Option(None, help="Port [default 8000]."),
-    workers: Optional[int] = typer.Option(None, help="Worker processes, one torch thread each [default 1]."),
+                                                              "model directory (env ANOMALY_AE_MODEL_URI)."),
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes, one torch thread each (default 1)."),
     poll_interval: Optional[float] = typer.Option(None, help="Seconds between registry checks for a moved alias; "
-                                                             "0 = never [default 30]."),
-    max_rows: Optional[int] = typer.Option(None, help="Most rows per request [default 10000]."),
-    max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body [default 8 MiB]."),
-    max_concurrency: Optional[int] = typer.Option(None, help="Scoring requests per worker before 503 [default 64]."),
-    drift_max_features: Optional[int] = typer.Option(None, help="Inputs with drift metrics [default 30]."),
-    log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error [default info]."),
+                                                             "0 = never (default 30)."),
+    max_rows: Optional[int] = typer.Option(None, help="Most rows per request (default 10000)."),
+    max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body (default 8 MiB)."),
+    max_concurrency: Optional[int] = typer.Option(None, help="Scoring requests per worker before 503 (default 64)."),
+    drift_max_features: Optional[int] = typer.Option(None, help="Inputs with drift metrics (default 30)."),
+    log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error (default info)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log",
-                                              help="uvicorn's per-request access log [default off]."),
+                                              help="uvicorn's per-request access log (default off)."),
 ) -> None:
     """Serve a model over HTTP: scoring, model info, health, Prometheus metrics, hot reload."""
     from pydantic import ValidationError
