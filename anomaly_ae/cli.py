@@ -149,7 +149,7 @@ def score(
         from anomaly_ae.spark import score_parquet_with_spark
 
         summary = score_parquet_with_spark(model, data, output, top_k, keep_cols=_split_list(keep_cols))
-        console.print(f"spark: {summary}")
+        console.print(f"scored {summary.rows} rows, {summary.anomalies} flagged as anomalies -> {summary.output}")
         return
     if engine != "local":
         raise DataError(f"unknown --engine {engine!r}; choose local or spark")
