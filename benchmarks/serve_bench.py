@@ -140,11 +140,20 @@ class Server:
             time.sleep(0.5)
 
     def check(self, body: Path) -> None:
-        request = urllib.request.Request(self.url, data=body.read_bytes(), method="POST",
-                                         headers={"Content-Type": "application/json", **self.headers})
-        with urllib.request.urlopen(request, timeout=60) as r:
-            assert r.status == 200, r.status
-            json.loads(r.read())
+        """One request must score; 503 means a worker is still loading the model (readiness answered
+        from another worker), so retry a while. A few requests, so every worker is likely warm."""
+        deadline, ok = time.monotonic() + 180, 0
+        while ok < 8:
+            request = urllib.request.Request(self.url, data=body.read_bytes(), method="POST",
+                                             headers={"Content-Type": "application/json", **self.headers})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    json.loads(r.read())
+                    ok += 1
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def stop(self) -> None:
         try:
@@ -237,7 +246,16 @@ def main() -> None:
                                                          torch_threads="2"), (1000,), (8,))]
     started = time.time()
     load_before = os.getloadavg()
-    results = []
+    results: list[dict] = []
+
+    def report(results: list[dict]) -> dict:
+        return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model_uri": uri,
+                "model": f"Detector(model='ae'), {N_FEATURES} numeric features", "duration_s": args.duration,
+                "warmup_s": args.warmup, "load_generator": "hey", "cpu_count": os.cpu_count(),
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_after": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
+                "elapsed_s": round(time.time() - started), "results": results, "ratios": ratios(results)}
+
     for key, make, rows_list, conc_list in plans:
         print(f"starting {key}", flush=True)
         server = make()
@@ -251,22 +269,21 @@ def main() -> None:
                     m.update(server=key, label=server.label, rows=rows, concurrency=concurrency,
                              rows_per_s=round(m["requests_per_s"] * rows), server_rss_mb=tree_rss_mb(server.proc.pid))
                     results.append(m)
+                    write(args.out, report(results))  # partial results survive a failure later on
                     print(f"  {key:16s} rows={rows:<5d} c={concurrency:<3d} {m['requests_per_s']:>9.1f} req/s "
                           f"{m['rows_per_s']:>10d} rows/s p50={m['p50_ms']} ms p99={m['p99_ms']} ms "
                           f"errors={m['errors']} rss={m['server_rss_mb']} MiB", flush=True)
         finally:
             server.stop()
-    report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model_uri": uri,
-              "model": f"Detector(model='ae'), {N_FEATURES} numeric features", "duration_s": args.duration,
-              "warmup_s": args.warmup, "load_generator": "hey", "cpu_count": os.cpu_count(),
-              "load_average_before": [round(x, 2) for x in load_before],
-              "load_average_after": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
-              "elapsed_s": round(time.time() - started), "results": results, "ratios": ratios(results)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(report))
+    write(args.out, report(results))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def write(out: Path, payload: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1))
+    out.with_suffix(".md").write_text(markdown(payload))
 
 
 def ratios(results: list[dict]) -> list[dict]:
@@ -292,12 +309,16 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"| {r['label']} | {r['rows']} | {r['concurrency']} | {r['requests_per_s']:.1f} | "
                      f"{r['rows_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['server_rss_mb']} |")
+    labels = {r["server"]: r["label"] for r in report["results"]}
     lines += ["", "## Speed-up over mlflow models serve (requests/s, same cell)", "",
-              "| server | rows/request | concurrency | speed-up | goal |", "|---|---:|---:|---:|---:|"]
+              "The goal applies to the service as shipped (1 or 2 workers); the trap rows show what the "
+              "service avoids.", "",
+              "| server | rows/request | concurrency | speed-up | goal | met |", "|---|---:|---:|---:|---:|:---:|"]
     for q in report["ratios"]:
-        goal = GOALS.get(q["rows"])
-        lines.append(f"| {q['server']} | {q['rows']} | {q['concurrency']} | {q['speedup']}x | "
-                     f"{f'{goal:g}x' if goal else ''} |")
+        goal = GOALS.get(q["rows"]) if q["server"] in ("ours-1", "ours-2") else None
+        met = "" if goal is None else ("yes" if q["speedup"] >= goal else "no")
+        lines.append(f"| {labels[q['server']]} | {q['rows']} | {q['concurrency']} | {q['speedup']}x | "
+                     f"{f'{goal:g}x' if goal else ''} | {met} |")
     return "\n".join(lines) + "\n"
 
 

@@ -45,7 +45,8 @@ def services(models, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     shutil.copytree(root / "v1", root / "served")
     started = {
-        "api": Service(root / "v1", log=logs / "api.log", max_rows=100, max_body_bytes=100_000),
+        "api": Service(root / "v1", log=logs / "api.log", max_rows=100, max_body_bytes=100_000,
+                       env={"ANOMALY_AE_BODY_TIMEOUT_S": "2"}),
         "reload": Service(root / "served", log=logs / "reload.log", poll_interval=0.2),
         "open": Service(root / "v1", keys=False, log=logs / "open.log", max_concurrency=1),
     }
@@ -273,6 +274,18 @@ def test_content_type_and_size_limits(api, incoming):
                  413, "body_too_large")
 
 
+def test_a_body_that_never_arrives_times_out(services):
+    """A client that declares a body and stalls gets 408 after body_timeout_s and frees its slot."""
+    port = services["api"].port  # body_timeout_s=2
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(f"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SCORE_KEY}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+        started = time.monotonic()
+        reply = sock.recv(4096).decode()
+        assert 1.5 < time.monotonic() - started < 15
+    assert reply.startswith("HTTP/1.1 408") and '"body_timeout"' in reply
+
+
 def test_oversized_body_is_refused_before_it_is_read(services):
     """A declared 1 GB body gets its 413 at once, though only the headers were sent."""
     port = services["api"].port
@@ -474,3 +487,18 @@ def test_graceful_shutdown_finishes_in_flight_requests(services, incoming):
     assert response.status_code == 200 and len(response.json()["results"]) == 2
     # uvicorn re-raises the SIGTERM it handled once shutdown is complete
     assert service.proc.wait(30) in (0, -signal.SIGTERM)
+
+
+# ---------------------------------------------------------------------------- the command
+def test_serve_refuses_bad_settings_with_exit_code_2(tmp_path):
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANOMALY_AE_")}
+    base = [sys.executable, "-m", "anomaly_ae.service.command"]
+    no_model = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert no_model.returncode == 2 and "--model" in no_model.stderr
+    short_key = subprocess.run(base + ["--model", str(tmp_path)], env={**env, "ANOMALY_AE_API_KEYS": "short"},
+                               capture_output=True, text=True, timeout=120)
+    assert short_key.returncode == 2 and "at least 16 characters" in short_key.stderr
+    assert "short" not in short_key.stderr  # the key itself is never echoed

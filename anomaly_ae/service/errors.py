@@ -21,7 +21,7 @@ from anomaly_ae.exceptions import AnomalyAEError, DataError, ModelLoadError, Sch
 from anomaly_ae.service import metrics
 
 # Codes that count as input validation errors (the validation-error metric's reasons).
-VALIDATION_STATUSES = {400, 413, 415, 422}
+VALIDATION_STATUSES = {400, 408, 413, 415, 422}
 
 
 class ApiError(Exception):
@@ -59,7 +59,7 @@ def from_package_error(exc: AnomalyAEError) -> ApiError:
     return ApiError(422, "invalid_request", str(exc))
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "body_timeout",
                405: "method_not_allowed", 406: "not_acceptable", 413: "body_too_large",
                415: "unsupported_media_type", 429: "too_many_requests", 503: "unavailable"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -18,8 +19,9 @@ from anomaly_ae.service.schemas import (ErrorResponse, ModelInfo, ReloadResponse
 from anomaly_ae.service.settings import ServiceSettings
 
 router = APIRouter()
+_timeout = getattr(asyncio, "timeout", None)
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 413, 415, 422, 503)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 408, 413, 415, 422, 503)}
 _SCORE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": ScoreRequest.model_json_schema()}}}, **SECURITY}
 
@@ -36,14 +38,27 @@ def _serving(request: Request) -> LoadedModel:
     return model
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing with 413 as soon as it is known to exceed `limit` (before reading it all)."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refusing with 413 as soon as it is known to exceed `limit` (before reading it all),
+    and with 408 if it takes longer than `timeout` (a slow client must not hold a scoring slot)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "invalid_header", "Content-Length must be a non-negative integer")
         if int(declared) > limit:
             raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {limit}")
+    try:
+        if _timeout is not None:  # Python 3.11+: a deadline on this task, cheaper than wait_for's extra task
+            async with _timeout(timeout):
+                return await _receive(request, limit, declared is not None)
+        return await asyncio.wait_for(_receive(request, limit, declared is not None), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout:g}s",
+                       headers={"Connection": "close"}) from None
+
+
+async def _receive(request: Request, limit: int, declared: bool) -> bytes:
+    if declared:
         return await request.body()
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -63,7 +78,7 @@ async def score(request: Request) -> Response:
     content_type = request.headers.get("content-type", "")
     if content_type.split(";", 1)[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'")
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     parsed = parse_score_request(body, settings.max_rows, settings.max_top_k, settings.max_id_length)
     result = model.scorer.score(parsed.columns, parsed.top_k)
     metrics.record_scores(result.scores, result.p_values, result.severity)

@@ -35,6 +35,8 @@ class ServiceSettings(BaseSettings):
     max_concurrency: int = Field(64, ge=1, description="Scoring requests one worker admits at once; more get "
                                                        "503 with Retry-After.")
     max_top_k: int = Field(20, ge=1, description="Largest top_k a request may ask for.")
+    body_timeout_s: float = Field(30.0, gt=0.0, description="Longest wait for a request body; a client that "
+                                                            "sends it slower gets 408 and frees its slot.")
     max_id_length: int = Field(256, ge=1)
     # model lifecycle
     poll_interval_s: float = Field(30.0, ge=0.0, description="How often the alias is re-resolved; 0 = never.")
