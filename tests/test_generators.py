@@ -172,9 +172,9 @@ def test_image_cvae_draws_the_requested_digit(tmp_path):
     images, labels = digits.images[:1000], digits.target[:1000]
     gen = Generator("cvae", epochs=40, patience=10, random_state=0).fit(images, labels)
     assert gen.quality_["condition_accuracy"] >= QUALITY_FLOORS["condition_accuracy"][1], gen.quality_
-    images, labels = gen.sample(30, condition=7, random_state=0, return_conditions=True)
-    assert images.shape == (30, 8, 8) and set(labels) == {"7"}
-    assert images.min() >= 0 and images.max() <= 16
+    sevens, drawn = gen.sample(30, condition=7, random_state=0, return_conditions=True)
+    assert sevens.shape == (30, 8, 8) and set(drawn) == {"7"}
+    assert sevens.min() >= 0 and sevens.max() <= 16
     png = save_sample_grid(gen, tmp_path / "grid.png", n_per_condition=4)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     untrained = Generator("cvae", epochs=1, random_state=0).fit(images, labels)

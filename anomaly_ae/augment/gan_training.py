@@ -4,8 +4,8 @@ Adam with (beta1, beta2) = (0.5, 0.9) and 5 critic steps per generator step is t
 Gulrajani et al. (2017) that trains without per-dataset tuning; the learning rate is 3e-4 rather
 than their 1e-4 because CPU budgets allow few steps (on the telemetry, 1000 steps at 1e-4 left the
 C2ST AUC at 0.97, at 3e-4 it reached 0.76; 1e-3 was unstable). A GAN's losses do not say when to
-stop, so it runs a fixed number of generator steps; the critic's Wasserstein estimate is recorded so a diverging run shows.
-The generator that is kept is an exponential moving average of the trained one's weights
+stop, so it runs a fixed number of generator steps; the critic's Wasserstein estimate is
+recorded so a diverging run shows. The generator that is kept is an exponential moving average of the trained one's weights
 (Yazici et al. 2019): a GAN's last iterate oscillates around the equilibrium, the average sits
 closer to it, and it costs one tensor copy per step.
 """

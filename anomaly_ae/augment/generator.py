@@ -117,8 +117,8 @@ class Generator(BaseEstimator):
             context = checked[cond_names] if cond_names else pd.DataFrame(index=checked.index)
             kinds = {c.name: c.kind for c in schema.columns}
             # Categorical context is set, not generated; a numeric context column is generated too.
-            output_schema = Schema([c for c in schema.columns if not (c.name in cond_names and c.kind == "categorical")],
-                                   from_array=schema.from_array)
+            generated = [c for c in schema.columns if not (c.name in cond_names and c.kind == "categorical")]
+            output_schema = Schema(generated, from_array=schema.from_array)
             if not output_schema.columns:
                 raise DataError("nothing left to generate: every column is a categorical condition")
         n = len(checked)

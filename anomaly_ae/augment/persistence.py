@@ -156,7 +156,8 @@ def load_generator(cls: type["Generator"], path: Path) -> "Generator":
         raise ModelLoadError(f"the weights in {path} do not fit the generator they declare: {exc}") from None
     gen.device_ = resolve_device(gen.device)
     gen.module_ = module.to(gen.device_).eval()
-    gen.schema_, gen.output_schema_, gen.preprocessor_, gen.conditions_ = schema, output_schema, preprocessor, conditions
+    gen.schema_, gen.output_schema_ = schema, output_schema
+    gen.preprocessor_, gen.conditions_ = preprocessor, conditions
     gen.model_spec_, gen.output_info_, gen.image_ndim_ = spec, config["output_info"], config["image_ndim"]
     gen.history_, gen.quality_ = history, quality
     gen.n_features_in_ = schema.n_features if schema.image is None else \

@@ -38,6 +38,9 @@ QUALITY_FLOORS: dict[str, tuple[str, float]] = {
     "condition_accuracy": (">=", 0.70),
 }
 MAX_ROWS = 2000  # per side; the k-NN and classifier costs stay a few seconds on one core
+# A context with fewer held-out real rows is still reported, but k-NN measures on a handful of
+# rows are noise, so it does not count towards min_condition_coverage.
+MIN_CONTEXT_ROWS = 10
 
 
 def c2st_auc(real: np.ndarray, synthetic: np.ndarray, seed: int = 0, folds: int = 3) -> float:
@@ -135,7 +138,7 @@ def quality_report(real: np.ndarray, synthetic: np.ndarray, *, real_frame: pd.Da
                 entry.update(precision=float("nan"), recall=0.0, density=0.0, coverage=0.0)
             per_condition[str(value)] = entry
         report["per_condition"] = per_condition
-        covered = [e["coverage"] for e in per_condition.values() if e["n_real"] >= 2]
+        covered = [e["coverage"] for e in per_condition.values() if e["n_real"] >= MIN_CONTEXT_ROWS]
         report["min_condition_coverage"] = _min(covered)
         if conditional:
             if features_without_context is not None:

@@ -1,9 +1,10 @@
 """Conditional VAE for mixed tabular rows or images: q(z|x,c), p(x|z,c), with the loss beside it.
 
 The training loop passes one tensor, so a batch is ``[flattened x | c]`` and the module splits it.
-Outputs are typed by ``layout``: numeric features get a Gaussian likelihood whose per-feature
-scale the decoder predicts per row (the spread differs between contexts), each categorical one-hot group a softmax cross-entropy, and images (``image``)
-a Bernoulli likelihood on pixels scaled to [0, 1]. With ``cond_dim=0`` it is a plain VAE.
+Outputs are typed by position: numeric features (``numeric_idx``) get a Gaussian likelihood whose
+per-feature scale the decoder predicts per row (the spread differs between contexts), each
+categorical one-hot group (``categorical_groups``) a softmax cross-entropy, and images a Bernoulli
+likelihood on pixels scaled to [0, 1]. With ``cond_dim=0`` it is a plain VAE.
 """
 
 from __future__ import annotations
