@@ -1,0 +1,175 @@
+"""In-process checks of the service's building blocks (no server): the JSON fast path agrees with the
+library's pandas path, metrics helpers, settings and keys, the coalescing transport."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anomaly_ae.data.schema import Schema
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+from anomaly_ae.exceptions import SchemaError
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+
+from anomaly_ae.service import metrics  # noqa: E402
+from anomaly_ae.service.auth import ADMIN, SCORE, KeyRing  # noqa: E402
+from anomaly_ae.service.scorer import Scorer  # noqa: E402
+from anomaly_ae.service.server import CoalescingTransport  # noqa: E402
+from anomaly_ae.service.settings import ServiceSettings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def detector():
+    import torch
+
+    from anomaly_ae import Detector
+
+    torch.set_num_threads(1)
+    X = make_telemetry(600, seed=1).drop(columns=list(LABEL_COLUMNS))
+    X.loc[X.index[::9], "latency_ms"] = np.nan  # a column that may be missing
+    return Detector(model="ae", epochs=5, random_state=0).fit(X)
+
+
+row_values = st.fixed_dictionaries({
+    "mode": st.sampled_from(["day", "night", "batch", "maintenance", "holiday"]),
+    "cpu_util_pct": st.floats(-1e6, 1e6, allow_nan=False),
+    "mem_util_pct": st.floats(0, 100),
+    "requests_per_s": st.integers(-10**6, 10**6),
+    "latency_ms": st.one_of(st.none(), st.floats(0, 1e5)),
+    "error_rate_pct": st.floats(0, 5),
+    "disk_io_mb_s": st.floats(0, 1e3),
+    "net_in_mb_s": st.floats(-1e300, 1e300),
+    "temperature_c": st.floats(-50, 150),
+})
+
+
+@given(st.lists(row_values, min_size=1, max_size=12))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_json_fast_path_scores_exactly_like_the_library(detector, rows):
+    scorer = Scorer(detector)
+    columns = {name: [r[name] for r in rows] for name in rows[0]}
+    result = scorer.score(columns, top_k=3)
+    frame = pd.DataFrame({n: pd.Series(v, dtype=object if n == "mode" else np.float64) for n, v in columns.items()})
+    expected = detector.score_frame(frame, top_k=3)
+    np.testing.assert_allclose(result.scores, expected["score"], rtol=1e-6)
+    np.testing.assert_array_equal(result.p_values, expected["p_value"])
+    assert result.severity.tolist() == expected["severity"].tolist()
+    assert [f[0] for f in result.top_features] == expected["feature_1"].tolist()
+    notes = ["; ".join(n) for n in result.notes] if result.notes else [""] * len(rows)
+    assert notes == expected["notes"].tolist()
+
+
+def test_check_columns_refuses_what_check_refuses(detector):
+    schema: Schema = detector.schema_
+    good = make_telemetry(3, seed=2).drop(columns=list(LABEL_COLUMNS))
+    columns = {n: good[n].tolist() for n in good.columns}
+    for column, value, reason in [("cpu_util_pct", None, "missing_value"), ("cpu_util_pct", "1", "dtype"),
+                                  ("cpu_util_pct", True, "dtype"), ("cpu_util_pct", float("inf"), "non_finite"),
+                                  ("cpu_util_pct", 10 ** 400, "overflow"), ("mode", None, "missing_value"),
+                                  ("mode", [1], "dtype")]:
+        bad = {**columns, column: [columns[column][0], value, columns[column][2]]}
+        with pytest.raises(SchemaError) as info:
+            schema.check_columns(bad)
+        assert (info.value.reason, info.value.column, info.value.rows) == (reason, column, [1])
+    with pytest.raises(SchemaError, match="missing column"):
+        schema.check_columns({k: v for k, v in columns.items() if k != "mode"})
+    with pytest.raises(SchemaError, match="unexpected column"):
+        schema.check_columns({**columns, "extra": [1, 2, 3]})
+    with pytest.raises(SchemaError, match="different lengths"):
+        schema.check_columns({**columns, "mode": ["day"]})
+    checked, report = schema.check_columns({**columns, "latency_ms": [None, 1.0, None], "mode": ["x", 1, "day"]})
+    assert report.missing_values == {"latency_ms": 2} and report.unseen_categories == {"mode": 2}
+    assert checked["mode"].tolist() == ["x", "1", "day"]
+
+
+def test_smoke_test_refuses_nan_weights(detector):
+    import copy
+
+    import torch
+
+    from anomaly_ae.service.scorer import SmokeTestError
+
+    Scorer(detector).smoke_test()
+    broken = copy.deepcopy(detector)
+    with torch.no_grad():
+        for p in broken.members_[0].parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(SmokeTestError):
+        Scorer(broken).smoke_test()
+
+
+def test_observe_many_equals_observing_one_by_one():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    a = Histogram("a_seconds", "a", buckets=(0.1, 1.0, 10.0), registry=registry)
+    b = Histogram("b_seconds", "b", buckets=(0.1, 1.0, 10.0), registry=registry)
+    values = np.array([0.05, 0.1, 0.5, 1.0, 3.0, 10.0, 11.0, 1e9])
+    metrics.observe_many(a, values)
+    for v in values:
+        b.observe(v)
+    sample = {s.name.replace("a_seconds", "x") + str(s.labels): s.value for s in a.collect()[0].samples
+              if not s.name.endswith("_created")}
+    expected = {s.name.replace("b_seconds", "x") + str(s.labels): s.value for s in b.collect()[0].samples
+                if not s.name.endswith("_created")}
+    assert sample == pytest.approx(expected)
+
+
+def test_drift_tracker_follows_a_shift():
+    numeric = {"x": {"mean": 10.0, "scale": 2.0, "median": 10.0, "missing_indicator": True}}
+    tracker = metrics.DriftTracker(numeric, {"c": ["a", "__unknown__"]}, ["x", "c"], max_features=5, window=10)
+    for _ in range(50):
+        tracker.update({"x": np.full(4, 16.0), "c": np.array(["a", "b", "b", "a"], dtype=object)}, {}, {"c": 2})
+    assert tracker.shift[0] == pytest.approx(3.0, rel=1e-3)  # (16 - 10) / 2
+    assert tracker.cat_unseen[0] == pytest.approx(0.5, rel=1e-3)
+    limited = metrics.DriftTracker(numeric, {"c": ["a"]}, ["x", "c"], max_features=1, window=10)
+    assert limited.numeric == ["x"] and limited.categorical == []
+
+
+def test_settings_read_comma_separated_keys_and_round_trip(monkeypatch):
+    monkeypatch.setenv("ANOMALY_AE_MODEL_URI", "models:/m@champion")
+    monkeypatch.setenv("ANOMALY_AE_API_KEYS", " score-key-aaaaaaaaaaaaaaaa , score-key-bbbbbbbbbbbbbbbb,")
+    monkeypatch.setenv("ANOMALY_AE_ADMIN_KEYS", "admin-key-cccccccccccccccc")
+    s = ServiceSettings()
+    assert [k.get_secret_value() for k in s.api_keys] == ["score-key-aaaaaaaaaaaaaaaa", "score-key-bbbbbbbbbbbbbbbb"]
+    assert "aaaa" not in repr(s) and s.auth_enabled
+    for key, value in s.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert ServiceSettings() == s
+    keys = KeyRing(s)
+    assert keys.rights("score-key-bbbbbbbbbbbbbbbb") == {SCORE}
+    assert keys.rights("admin-key-cccccccccccccccc") == {SCORE, ADMIN}
+    assert keys.rights("score-key-aaaaaaaaaaaaaaa") == set() and keys.rights("") == set()
+
+
+class _Recorder:
+    def __init__(self):
+        self.writes, self.closed = [], False
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+
+def test_coalescing_transport_sends_each_response_once():
+    raw = _Recorder()
+    t = CoalescingTransport(raw)
+    t.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # interim: at once
+    t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert raw.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    t.write(b"{}")
+    assert raw.writes[1] == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    t.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    t.close()  # a held header block is flushed, never lost
+    assert raw.writes[-1] == b"HTTP/1.1 204 No Content\r\n\r\n" and raw.closed and t.is_closing()
