@@ -101,32 +101,39 @@ def manifest_hashes(path: Path) -> dict[str, str]:
     return {name: entry["sha256"] for name, entry in manifest["files"].items()}
 
 
-def read_verified(path: Path) -> dict[str, bytes]:
-    """Read every model file once, checking it against the manifest before anyone parses it."""
+def read_verified(path: Path, files: tuple[str, ...] = FILES, *, kind: str = "model",
+                  format_name: str | None = None, format_version: int = FORMAT_VERSION) -> dict[str, bytes]:
+    """Read every file once, checking it against the manifest before anyone parses it.
+
+    Shared by detectors and generators (`kind` names which in messages); `format_name`, when
+    given, must match the manifest's "format" so one kind is never loaded as the other.
+    """
     if not path.is_dir():
-        raise ModelLoadError(f"no saved model at {path}: expected a directory written by Detector.save")
+        raise ModelLoadError(f"no saved {kind} at {path}: expected a directory written by anomaly_ae's save()")
     try:
         manifest = json.loads((path / MANIFEST).read_bytes())
         entries = manifest["files"]
     except FileNotFoundError:
-        raise ModelLoadError(f"{path} has no {MANIFEST}; it is not a model saved by anomaly_ae") from None
+        raise ModelLoadError(f"{path} has no {MANIFEST}; it is not a {kind} saved by anomaly_ae") from None
     except (ValueError, KeyError, TypeError):
-        raise ModelLoadError(f"{path / MANIFEST} is corrupt (not the JSON Detector.save writes); "
-                             "re-save or re-download the model") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(f"{path / MANIFEST} is corrupt (not the JSON anomaly_ae writes); "
+                             f"re-save or re-download the {kind}") from None
+    if format_name is not None and manifest.get("format") != format_name:
+        raise ModelLoadError(f"{path} is not a saved {kind} (manifest format {manifest.get('format')!r})")
+    if manifest.get("format_version") != format_version:
         raise ModelLoadError(
-            f"{path} was saved in model format {manifest.get('format_version')!r} by anomaly_ae "
-            f"{manifest.get('anomaly_ae_version', '?')}; this is anomaly_ae {__version__} (format {FORMAT_VERSION}). "
+            f"{path} was saved in {kind} format {manifest.get('format_version')!r} by anomaly_ae "
+            f"{manifest.get('anomaly_ae_version', '?')}; this is anomaly_ae {__version__} (format {format_version}). "
             "Load it with that version or retrain it with this one")
     contents = {}
-    for name in FILES:
+    for name in files:
         entry = entries.get(name)
         if entry is None:
-            raise ModelLoadError(f"{path / MANIFEST} does not list {name}; the model directory is incomplete")
+            raise ModelLoadError(f"{path / MANIFEST} does not list {name}; the {kind} directory is incomplete")
         try:
             data = (path / name).read_bytes()
         except FileNotFoundError:
-            raise ModelLoadError(f"{path / name} is missing; re-save or re-download the model") from None
+            raise ModelLoadError(f"{path / name} is missing; re-save or re-download the {kind}") from None
         if len(data) != entry.get("bytes") or sha256(data) != entry.get("sha256"):
             raise ModelLoadError(f"{path / name} does not match its SHA-256 in the manifest: the file is truncated "
                                  "or was modified after saving; refusing to load it")

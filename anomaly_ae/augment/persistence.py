@@ -26,7 +26,7 @@ from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
-from anomaly_ae.persistence import sha256
+from anomaly_ae.persistence import read_verified, sha256
 from anomaly_ae.training import History
 
 if TYPE_CHECKING:
@@ -95,41 +95,10 @@ def save_generator(gen: "Generator", path: Path) -> Path:
     return path
 
 
-def read_verified(path: Path) -> dict[str, bytes]:
-    if not path.is_dir():
-        raise ModelLoadError(f"no saved generator at {path}: expected a directory written by Generator.save")
-    try:
-        manifest = json.loads((path / MANIFEST).read_bytes())
-        entries = manifest["files"]
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} has no {MANIFEST}; it is not a generator saved by anomaly_ae") from None
-    except (ValueError, KeyError, TypeError):
-        raise ModelLoadError(f"{path / MANIFEST} is corrupt; re-save or re-download the generator") from None
-    if manifest.get("format") != FORMAT:
-        raise ModelLoadError(f"{path} is not a saved generator (a detector? load it with Detector.load)")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelLoadError(f"{path} was saved in generator format {manifest.get('format_version')!r}; this is "
-                             f"anomaly_ae {__version__} (format {FORMAT_VERSION}); retrain it with this version")
-    contents = {}
-    for name in FILES:
-        entry = entries.get(name)
-        if entry is None:
-            raise ModelLoadError(f"{path / MANIFEST} does not list {name}; the generator directory is incomplete")
-        try:
-            data = (path / name).read_bytes()
-        except FileNotFoundError:
-            raise ModelLoadError(f"{path / name} is missing; re-save or re-download the generator") from None
-        if len(data) != entry.get("bytes") or sha256(data) != entry.get("sha256"):
-            raise ModelLoadError(f"{path / name} does not match its SHA-256 in the manifest: the file is truncated "
-                                 "or was modified after saving; refusing to load it")
-        contents[name] = data
-    return contents
-
-
 def load_generator(cls: type["Generator"], path: Path) -> "Generator":
     from anomaly_ae.detector import resolve_device
 
-    contents = read_verified(path)
+    contents = read_verified(path, FILES, kind="generator", format_name=FORMAT, format_version=FORMAT_VERSION)
     try:
         config = json.loads(contents["config.json"])
         schema = Schema.from_dict(json.loads(contents["schema.json"]))
