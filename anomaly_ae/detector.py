@@ -287,6 +287,13 @@ class Detector(BaseEstimator):
         self._check_fitted()
         checked, _ = self.schema_.check(X)
         x = self._to_model_input(self.preprocessor_.transform(checked), self.schema_)
+        scores, contributions = self.score_preprocessed(x)
+        return scores, contributions, checked
+
+    def score_preprocessed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and per-feature contributions of input already checked and preprocessed (the
+        service's JSON fast path enters here); raises ScoringError rather than return a non-finite score."""
+        self._check_fitted()
         with torch_threads(self.n_threads):
             scores, contributions = self._score_model_input(x)
         bad = ~np.isfinite(scores)
@@ -294,7 +301,7 @@ class Detector(BaseEstimator):
             rows = np.flatnonzero(bad)[:5].tolist()
             raise ScoringError(f"the model produced non-finite scores for rows {rows}; their values are far "
                                "outside anything seen in training; check them for unit or sensor errors")
-        return scores, contributions, checked
+        return scores, contributions
 
     def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Anomaly score per row: higher is more anomalous."""

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from anomaly_ae.data.preprocess import UNKNOWN
-from anomaly_ae.detector import Detector, torch_threads
-from anomaly_ae.exceptions import ModelLoadError, ScoringError
+from anomaly_ae.detector import Detector
+from anomaly_ae.exceptions import ModelLoadError
 
 
 class SmokeTestError(ModelLoadError):
@@ -64,15 +64,7 @@ class Scorer:
     def score(self, columns: dict[str, Any], top_k: int = 0) -> ScoreResult:
         checked, report = self.schema.check_columns(columns)
         x = self.preprocessor.transform(checked)
-        detector = self.detector
-        with torch_threads(detector.n_threads):
-            # The detector's own batched scoring of preprocessed input (members averaged).
-            scores, contributions = detector._score_model_input(x)
-        bad = ~np.isfinite(scores)
-        if bad.any():
-            rows = np.flatnonzero(bad)[:5].tolist()
-            raise ScoringError(f"the model produced non-finite scores for rows {rows}; their values are far outside "
-                               "anything seen in training; check them for unit or sensor errors")
+        scores, contributions = self.detector.score_preprocessed(x)
         cal = self.calibration
         result = ScoreResult(scores=scores, p_values=cal.p_values(scores), is_anomaly=scores > self.threshold,
                              severity=cal.severity(scores), checked=checked, model_input=x,
