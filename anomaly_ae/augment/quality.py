@@ -11,6 +11,10 @@
 - Per-condition coverage: the same measures inside each context value, so a rare mode the
   generator ignores shows up even when the overall numbers look fine; and, for conditional
   generators, whether a classifier trained on real rows recognises the requested context.
+
+The k-NN measures depend on the sample size (more rows, smaller neighbourhoods, lower recall for
+an under-dispersed generator): compare reports made on similar numbers of rows. Up to MAX_ROWS
+per side are used.
 """
 
 from __future__ import annotations
