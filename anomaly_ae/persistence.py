@@ -75,15 +75,19 @@ def save_detector(detector: "Detector", path: Path) -> Path:
     manifest = {"format_version": FORMAT_VERSION, "anomaly_ae_version": __version__,
                 "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in contents.items()}}
     contents[MANIFEST] = _json_bytes(manifest)
-    # Write into a sibling temp dir and rename it into place, so a crash never leaves half a model.
-    path = Path(path)
+    return write_directory(Path(path), contents, kind="model")
+
+
+def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Path:
+    """Write files into a sibling temp dir and rename it into place, so a crash never leaves half a
+    model; an existing saved {kind} is replaced, any other non-empty directory is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
+        raise FileExistsError(f"{path} exists and is not a saved {kind}; choose an empty or new directory")
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     for name, data in contents.items():
         (staging / name).write_bytes(data)
     if path.exists():
-        if not (path / MANIFEST).exists() and any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not a saved model; choose an empty or new directory")
         old = path.with_name(f".{path.name}.old")
         os.replace(path, old)
         os.replace(staging, path)

@@ -10,8 +10,6 @@ provenance of detectors trained on its rows.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +24,7 @@ from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
-from anomaly_ae.persistence import read_verified, sha256
+from anomaly_ae.persistence import read_verified, sha256, write_directory
 from anomaly_ae.training import History
 
 if TYPE_CHECKING:
@@ -76,23 +74,7 @@ def generator_fingerprint(gen: "Generator") -> str:
 
 def save_generator(gen: "Generator", path: Path) -> Path:
     contents = generator_files(gen)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
-        raise FileExistsError(f"{path} exists and is not a saved generator; choose an empty or new directory")
-    # Staged beside the target and renamed into place: a crash never leaves half a generator.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    for name, data in contents.items():
-        (staging / name).write_bytes(data)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        os.replace(path, old)
-        os.replace(staging, path)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(staging, path)
-    return path
+    return write_directory(path, contents, kind="generator")
 
 
 def load_generator(cls: type["Generator"], path: Path) -> "Generator":

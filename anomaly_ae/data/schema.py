@@ -119,15 +119,7 @@ class Schema:
             raise DataError(f"expected a pandas DataFrame or a numpy array, got {type(data).__name__}")
         if len(data) == 0:
             raise DataError("the input has no rows; send at least one sample")
-        present = set(map(str, data.columns))
-        missing = [n for n in self.names if n not in present]
-        extra = [str(c) for c in data.columns if str(c) not in set(self.names)]
-        if missing:
-            raise SchemaError(f"missing column(s): {', '.join(missing)}; the model needs every training column",
-                              column=missing[0], reason="missing_column")
-        if extra:
-            raise SchemaError(f"unexpected column(s): {', '.join(extra)}; drop them or retrain with them",
-                              column=extra[0], reason="extra_column")
+        self._check_column_names([str(c) for c in data.columns])
         data = data.copy()
         data.columns = [str(c) for c in data.columns]
         report = CheckReport()
@@ -135,6 +127,17 @@ class Schema:
         for col in self.columns:
             out[col.name] = self._check_column(col, data[col.name], report)
         return pd.DataFrame(out, index=data.index), report
+
+    def _check_column_names(self, present: list[str]) -> None:
+        known = set(self.names)
+        missing = [n for n in self.names if n not in set(present)]
+        extra = [c for c in present if c not in known]
+        if missing:
+            raise SchemaError(f"missing column(s): {', '.join(missing)}; the model needs every training column",
+                              column=missing[0], reason="missing_column")
+        if extra:
+            raise SchemaError(f"unexpected column(s): {', '.join(extra)}; drop them or retrain with them",
+                              column=extra[0], reason="extra_column")
 
     def _check_column(self, col: Column, values: pd.Series, report: CheckReport) -> pd.Series:
         if col.kind == "numeric":
@@ -193,14 +196,7 @@ class Schema:
         if self.image is not None:
             raise SchemaError("this model scores images, not columns; pass an image array", reason="shape")
         names = self.names
-        missing = [n for n in names if n not in columns]
-        extra = [str(c) for c in columns if c not in set(names)]
-        if missing:
-            raise SchemaError(f"missing column(s): {', '.join(missing)}; the model needs every training column",
-                              column=missing[0], reason="missing_column")
-        if extra:
-            raise SchemaError(f"unexpected column(s): {', '.join(extra)}; drop them or retrain with them",
-                              column=extra[0], reason="extra_column")
+        self._check_column_names([str(c) for c in columns])
         lengths = {len(columns[n]) for n in names}
         if len(lengths) != 1:
             raise SchemaError(f"columns have different lengths {sorted(lengths)}; every column needs one value per row",
