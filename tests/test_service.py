@@ -424,6 +424,18 @@ def test_model_switch_under_concurrent_requests_fails_none(services, models, inc
     assert metric_value(metrics, "anomaly_ae_model_info", version=old) == 0
 
 
+def admin_reload(url: str, force: bool = False, timeout_s: float = 60.0) -> httpx.Response:
+    """POST /v1/admin/reload, waiting out a background poll that is mid-reload (503 reload_in_progress):
+    on a loaded machine the poll and the admin call can overlap."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.post(f"{url}/v1/admin/reload" + ("?force=true" if force else ""), headers=ADMIN, timeout=60)
+        busy = response.status_code == 503 and response.json()["error"]["code"] == "reload_in_progress"
+        if not busy or time.monotonic() > deadline:
+            return response
+        time.sleep(0.5)
+
+
 def test_broken_versions_are_refused_and_the_last_good_model_serves(services, models, incoming):
     import torch
 
@@ -452,7 +464,7 @@ def test_broken_versions_are_refused_and_the_last_good_model_serves(services, mo
                                          reason="load_error") >= 1)
     assert current_version(url) == good
     # an admin can see why and retry
-    response = httpx.post(f"{url}/v1/admin/reload", headers=ADMIN)
+    response = admin_reload(url)
     assert_error(response, 409, "load_error")
     assert "SHA-256" in response.json()["error"]["message"]
     # 3. the model source disappears (a dead registry, for a directory): still ready, still scoring
@@ -460,13 +472,13 @@ def test_broken_versions_are_refused_and_the_last_good_model_serves(services, mo
     time.sleep(1.0)
     assert httpx.get(f"{url}/readyz").status_code == 200
     assert httpx.post(f"{url}/v1/score", json=body, headers=SCORE).status_code == 200
-    assert_error(httpx.post(f"{url}/v1/admin/reload", headers=ADMIN), 503)
+    assert_error(admin_reload(url), 503)
     # 4. a good version again: served
     shutil.copytree(root / "v1", root / "served")
     assert wait_for(lambda: current_version(url) != good)
-    response = httpx.post(f"{url}/v1/admin/reload", headers=ADMIN)
+    response = admin_reload(url)
     assert response.status_code == 200 and response.json()["status"] == "unchanged"
-    forced = httpx.post(f"{url}/v1/admin/reload?force=true", headers=ADMIN)
+    forced = admin_reload(url, force=True)
     assert forced.status_code == 200 and forced.json()["status"] == "loaded"
 
 
