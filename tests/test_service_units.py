@@ -3,6 +3,8 @@ library's pandas path, metrics helpers, settings and keys, the coalescing transp
 
 from __future__ import annotations
 
+import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -119,6 +121,30 @@ def test_observe_many_equals_observing_one_by_one():
     expected = {s.name.replace("b_seconds", "x") + str(s.labels): s.value for s in b.collect()[0].samples
                 if not s.name.endswith("_created")}
     assert sample == pytest.approx(expected)
+
+
+def test_counters_exist_at_zero_before_their_first_event():
+    """A fresh service exposes every bounded label value at 0, so increase() catches the first event."""
+    import inspect
+    import subprocess
+    import sys
+
+    from anomaly_ae.service import model_holder
+
+    # every reason the holder can report is pre-created
+    used = set(re.findall(r'_(?:failed|refuse)\(trigger, (?:version, )?"([a-z_]+)"', inspect.getsource(model_holder)))
+    assert used and used <= set(metrics.RELOAD_FAILURE_REASONS)
+    code = ("from anomaly_ae.service.app import create_app; from anomaly_ae.service import metrics; "
+            "from anomaly_ae.service.settings import ServiceSettings; "
+            "create_app(ServiceSettings(model_uri='models:/x@champion')); print(metrics.render()[0].decode())")
+    text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""}).stdout
+    for severity in ("low", "medium", "high", "critical"):
+        assert f'anomaly_ae_anomalies_total{{severity="{severity}"}} 0.0' in text
+    for reason in used:
+        assert f'anomaly_ae_model_reload_failures_total{{reason="{reason}"}} 0.0' in text
+    assert 'anomaly_ae_auth_failures_total{status="401"} 0.0' in text
+    assert 'anomaly_ae_requests_rejected_total{reason="overloaded"} 0.0' in text
 
 
 def test_drift_tracker_follows_a_shift():

@@ -31,6 +31,7 @@ Send `Authorization: Bearer <key>`. `GET /v1/model` returns the input schema; `P
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     holder = ModelHolder(settings)
+    metrics.initialise_label_sets()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

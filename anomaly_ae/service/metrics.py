@@ -17,6 +17,8 @@ import numpy as np
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
 
+from anomaly_ae.calibration import SEVERITY_LEVELS
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Scores live on each model's own scale (mean squared standardised error for autoencoders);
 # log-spaced buckets cover every model type. P-values are conformal, in (0, 1].
@@ -74,6 +76,24 @@ FEATURE_MISSING = Counter("anomaly_ae_feature_missing_values_total", "Missing in
                           ["feature"])
 FEATURE_UNSEEN = Counter("anomaly_ae_feature_unseen_categories_total",
                          "Input values in categories never seen in training, per categorical input.", ["feature"])
+
+
+# Every value these labels can take. Pre-creating the series at start-up means they exist at 0
+# before the first event, so rate()/increase() and alert rules see the first one.
+SEVERITIES = tuple(level for level in SEVERITY_LEVELS if level != "normal")
+REJECTION_REASONS = ("overloaded", "not_ready")
+AUTH_STATUSES = ("401", "403")
+RELOAD_TRIGGERS = ("startup", "poll", "admin")
+RELOAD_FAILURE_REASONS = ("registry_timeout", "registry_unavailable", "model_not_found", "load_timeout",
+                          "smoke_test_failed", "load_error")
+
+
+def initialise_label_sets() -> None:
+    for counter, values in ((ANOMALIES, SEVERITIES), (REQUESTS_REJECTED, REJECTION_REASONS),
+                            (AUTH_FAILURES, AUTH_STATUSES), (RELOAD_ATTEMPTS, RELOAD_TRIGGERS),
+                            (RELOAD_FAILURES, RELOAD_FAILURE_REASONS)):
+        for value in values:
+            counter.labels(value)
 
 
 def multiprocess_dir() -> str | None:
