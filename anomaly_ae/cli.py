@@ -81,8 +81,9 @@ def train(
     label_col: Optional[str] = typer.Option(None, help="Label column of --eval (1 anomaly, 0 normal)."),
     tracking_uri: Optional[str] = typer.Option(
         None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlflow.db + ./mlartifacts."),
-    augment: Optional[str] = typer.Option(None, help="Add synthetic normal rows from a generator trained on the "
-                                                     "data first: cvae, gan or cgan."),
+    augment: Optional[str] = typer.Option(None, help="Add synthetic normal rows to the training split: from a "
+                                                     "generator trained on the data first (cvae, gan or cgan), "
+                                                     "or from a saved one (directory or models:/NAME@ALIAS)."),
     augment_rows: int = typer.Option(1000, help="Synthetic rows to add with --augment."),
     balance_col: Optional[str] = typer.Option(None, help="With --augment: condition on this column and give the "
                                                          "synthetic rows to its rarest values first."),
@@ -107,11 +108,15 @@ def train(
     if augment is not None:
         from anomaly_ae.augment.command import augment_training_data
 
-        X, provenance = augment_training_data(X, augment, augment_rows, balance_col=balance_col, seed=seed)
-        console.print(f"added {provenance['rows_synthetic']} synthetic rows from a {augment} generator "
-                      f"(quality: {provenance['quality']})")
+        synthetic, provenance = augment_training_data(X, augment, augment_rows, balance_col=balance_col, seed=seed)
+        console.print(f"adding {provenance['rows_synthetic']} synthetic rows from a {provenance['generator']} "
+                      f"generator to the training split (quality: {provenance['quality']}); the threshold is "
+                      "calibrated on real rows only")
+    else:
+        synthetic = None
     detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
-                        random_state=seed, device=device, n_threads=threads, verbose=progress).fit(X)
+                        random_state=seed, device=device, n_threads=threads, verbose=progress).fit(
+                            X, synthetic=synthetic)
     if provenance is not None:
         detector.training_metadata_["augmentation"] = provenance
     path = detector.save(out) if out is not None else None
@@ -264,16 +269,20 @@ def models_list(
 ) -> None:
     """Versions of a registered model, newest first, with aliases and key metrics."""
     from anomaly_ae.registry import list_versions
+    from anomaly_ae.registry.store import KIND_TAG
 
     versions = list_versions(name, tracking_uri=tracking_uri)
     table = Table(title=f"models:/{name}")
-    for column in ("version", "aliases", "created (UTC)", "model", "score", "threshold", "val FPR", "AUROC", "AUPRC",
-                   "run"):
+    generators = any(v.metric(KIND_TAG) == "generator" for v in versions)
+    keys = (("c2st_auc", "C2ST AUC"), ("precision", "precision"), ("recall", "recall"), ("coverage", "coverage"),
+            ("quality_floors", "floors")) if generators else \
+        (("score_type", "score"), ("threshold", "threshold"), ("validation_fpr", "val FPR"), ("auroc", "AUROC"),
+         ("auprc", "AUPRC"))
+    for column in ("version", "aliases", "created (UTC)", "model", *(title for _, title in keys), "run"):
         table.add_column(column, no_wrap=True)
     for v in versions:
         table.add_row(v.version, ", ".join(f"@{a}" for a in v.aliases), v.created, v.metric("model_type"),
-                      v.metric("score_type"), v.metric("threshold"), v.metric("validation_fpr"), v.metric("auroc"),
-                      v.metric("auprc"), (v.run_id or "")[:12])
+                      *(v.metric(key) for key, _ in keys), (v.run_id or "")[:12])
     out = Console()
     (out if out.is_terminal else Console(width=200)).print(table)
 

@@ -129,11 +129,20 @@ class Detector(BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> "Detector":
-        """Learn normal behaviour from X (normal samples only; y is ignored)."""
+    def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None, *,
+            synthetic: pd.DataFrame | np.ndarray | None = None) -> "Detector":
+        """Learn normal behaviour from X (normal samples only; y is ignored).
+
+        `synthetic`: extra normal rows (e.g. from a `Generator`) added to the training split only.
+        The held-out split that stops training early and calibrates the threshold is drawn from
+        the real rows X, so the threshold's false-positive rate is a real one.
+        """
         self._validate_params()
         schema = Schema.infer(X)
         checked, _ = schema.check(X)
+        extra = None
+        if synthetic is not None:
+            extra, _ = schema.check(synthetic)
         n = len(checked)
         if n < MIN_TRAINING_ROWS:
             raise DataError(f"need at least {MIN_TRAINING_ROWS} normal rows to train and calibrate, got {n}; "
@@ -145,6 +154,8 @@ class Detector(BaseEstimator):
         pre = Preprocessor(self.max_categories).fit(_take(checked, train_idx), schema)
         x = self._to_model_input(pre.transform(checked), schema)
         x_train, x_val = x[train_idx], x[val_idx]
+        if extra is not None and len(extra):
+            x_train = np.concatenate([x_train, self._to_model_input(pre.transform(extra), schema)])
 
         device = resolve_device(self.device)
         spec = self._model_spec(x.shape[1:], n_train=len(x_train))

@@ -109,8 +109,9 @@ def read_verified(path: Path, files: tuple[str, ...] = FILES, *, kind: str = "mo
                   format_name: str | None = None, format_version: int = FORMAT_VERSION) -> dict[str, bytes]:
     """Read every file once, checking it against the manifest before anyone parses it.
 
-    Shared by detectors and generators (`kind` names which in messages); `format_name`, when
-    given, must match the manifest's "format" so one kind is never loaded as the other.
+    Shared by detectors and generators (`kind` names which in messages); `format_name` must match
+    the manifest's "format" (None for detectors, whose manifests have none), so one kind is never
+    loaded as the other.
     """
     if not path.is_dir():
         raise ModelLoadError(f"no saved {kind} at {path}: expected a directory written by anomaly_ae's save()")
@@ -122,8 +123,9 @@ def read_verified(path: Path, files: tuple[str, ...] = FILES, *, kind: str = "mo
     except (ValueError, KeyError, TypeError):
         raise ModelLoadError(f"{path / MANIFEST} is corrupt (not the JSON anomaly_ae writes); "
                              f"re-save or re-download the {kind}") from None
-    if format_name is not None and manifest.get("format") != format_name:
-        raise ModelLoadError(f"{path} is not a saved {kind} (manifest format {manifest.get('format')!r})")
+    if manifest.get("format") != format_name:
+        what = f"manifest format {manifest.get('format')!r}" if manifest.get("format") else "a saved detector"
+        raise ModelLoadError(f"{path} is not a saved {kind} ({what})")
     if manifest.get("format_version") != format_version:
         raise ModelLoadError(
             f"{path} was saved in {kind} format {manifest.get('format_version')!r} by anomaly_ae "
@@ -193,7 +195,8 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
     return detector
 
 
-def resolve_model_path(path_or_uri: str | Path) -> Path:
+def resolve_model_path(path_or_uri: str | Path, kind: str = "detector") -> Path:
+    """A local directory as it is; a models:/, runs:/ or mlflow-artifacts:/ URI downloaded and hash-checked."""
     text = str(path_or_uri)
     if text.startswith(REMOTE_SCHEMES):
         try:
@@ -201,5 +204,5 @@ def resolve_model_path(path_or_uri: str | Path) -> Path:
         except ImportError as exc:
             raise ModelLoadError(f"loading {text} needs MLflow, a dependency of anomaly-ae: reinstall the package "
                                  f"or pip install 'mlflow>=3,<4' ({exc})") from None
-        return download_model(text)
+        return download_model(text, kind=kind)
     return Path(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -35,21 +36,33 @@ def test_balanced_allocation_tops_up_the_rarest_first():
     assert balanced_allocation({"a": 3}, 4) == {"a": 4}
 
 
-def test_augment_balances_the_context_and_records_provenance(rare_mode):
-    combined, provenance = augment_training_data(rare_mode, "cvae", 600, balance_col="mode", seed=0, **QUICK)
-    assert list(combined.columns) == list(rare_mode.columns)
-    assert len(combined) == len(rare_mode) + 600
-    counts = combined["mode"].value_counts()
+@pytest.fixture(scope="module")
+def augmented(rare_mode):
+    return augment_training_data(rare_mode, "cvae", 600, balance_col="mode", seed=0, **QUICK)
+
+
+def test_augment_balances_the_context_and_records_provenance(rare_mode, augmented):
+    synthetic, provenance = augmented
+    assert list(synthetic.columns) == list(rare_mode.columns) and len(synthetic) == 600
+    counts = pd.concat([rare_mode, synthetic])["mode"].value_counts()
     assert counts["maintenance"] > 40 * (rare_mode["mode"] == "maintenance").sum() / 10  # well up from ~1%
     assert provenance["rows_synthetic"] == 600 and provenance["balance_col"] == "mode"
     assert sum(provenance["allocation"].values()) == 600
     assert len(provenance["generator_sha256"]) == 64 and provenance["generator"] == "cvae"
     assert {"c2st_auc", "recall", "coverage"} <= set(provenance["quality"])
     json.dumps(provenance)  # JSON-able, as training_metadata_ must be
-    # The rows feed straight into a detector, whose saved metadata carries the provenance.
-    det = Detector("ae", epochs=5, random_state=0).fit(combined)
-    det.training_metadata_["augmentation"] = provenance
-    assert det.training_metadata_["augmentation"]["generator_sha256"] == provenance["generator_sha256"]
+
+
+def test_synthetic_rows_train_the_detector_but_never_calibrate_it(rare_mode, augmented):
+    synthetic, _ = augmented
+    plain = Detector("ae", epochs=30, random_state=0).fit(rare_mode)
+    boosted = Detector("ae", epochs=30, random_state=0).fit(rare_mode, synthetic=synthetic)
+    # the held-out split that sets the threshold holds the same real rows with or without synthetic ones
+    n_val = round(len(rare_mode) * plain.validation_fraction)
+    assert len(boosted.calibration_.reference_scores) == len(plain.calibration_.reference_scores) == n_val
+    # ... and the synthetic maintenance rows teach the detector that the rare mode is normal
+    fresh = make_telemetry(400, 0.0, seed=33, mode_weights={"maintenance": 1.0}).drop(columns=list(LABEL_COLUMNS))
+    assert boosted.predict(fresh).mean() < 0.5 * plain.predict(fresh).mean()
 
 
 def test_augment_refuses_what_it_cannot_do(rare_mode):

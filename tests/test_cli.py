@@ -85,6 +85,7 @@ def test_train_with_augmentation_records_provenance_and_synthetic_evaluation(tmp
     provenance = json.loads((tmp_path / "m" / "config.json").read_text())["training_metadata"]["augmentation"]
     assert provenance["generator"] == "cvae" and provenance["rows_synthetic"] == 120
     assert provenance["balance_col"] == "mode" and len(provenance["generator_sha256"]) == 64
+    assert provenance["calibrated_on"] == "real rows only"
 
     result = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "n.csv"), "--synthetic-anomalies",
                                  "--n-per-kind", "40", "--out-dir", str(tmp_path / "ev")])

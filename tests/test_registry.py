@@ -330,7 +330,7 @@ def test_model_from_an_incompatible_format_version_is_refused(registered, mlflow
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     _register_dir(detector, data["X"], path, "future-format", mlflow_server)
 
-    with pytest.raises(ModelLoadError, match=r"model format 2 by anomaly_ae 9\.0\.0; this is anomaly_ae"):
+    with pytest.raises(ModelLoadError, match=r"detector format 2 by anomaly_ae 9\.0\.0; this is anomaly_ae"):
         Detector.load("models:/future-format/1")
     out = one_line_error(cli("score", "models:/future-format/1", data["eval"], "-o", tmp_path / "s.csv"))
     assert "format 2" in out and "retrain" in out
@@ -405,3 +405,123 @@ def test_mlflow_models_serve_scores_like_the_detector(registered, mlflow_server,
     assert list(predictions.columns) == list(expected.columns)
     assert np.array_equal(predictions["score"].to_numpy(), expected["score"].to_numpy())
     assert predictions["feature_1"].tolist() == expected["feature_1"].tolist()
+
+
+# ---------------------------------------------------------------------- generators
+GENERATOR = "telemetry-generator"
+
+
+@pytest.fixture(scope="module")
+def registered_generator(mlflow_server, data):
+    from anomaly_ae import Generator
+
+    gen = Generator("cvae", condition_cols=["mode"], epochs=20, random_state=0).fit(data["X"])
+    return gen, registry.log_generator_run(gen, data["X"], register=GENERATOR, tracking_uri=mlflow_server,
+                                           data_path=data["normal"])
+
+
+def test_generator_run_logs_quality_curves_and_files(registered_generator, mlflow_server, data):
+    from mlflow import MlflowClient
+
+    gen, run = registered_generator
+    client = MlflowClient(mlflow_server, mlflow_server)
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED" and logged.data.tags["anomaly_ae.kind"] == "generator"
+    metrics, params = logged.data.metrics, logged.data.params
+    for key in ("c2st_auc", "precision", "recall", "coverage", "ks_mean", "min_condition_coverage",
+                "quality_floor_failures", "training_seconds", "condition_coverage.maintenance"):
+        assert key in metrics, key
+    assert metrics["c2st_auc"] == pytest.approx(gen.quality_["c2st_auc"])
+    assert params["model"] == "cvae" and params["condition_columns"] == '["mode"]'
+    assert params["data_sha256"] == registry.data_fingerprint(data["X"])["sha256"]
+    curve = client.get_metric_history(run.run_id, "val_loss")
+    assert len(curve) == len(gen.history_.val_loss) > 1
+    artifacts = {a.path for a in client.list_artifacts(run.run_id, "generator")}
+    assert {"generator/manifest.json", "generator/weights.safetensors", "generator/quality.json"} <= artifacts
+    assert "samples/sample.csv" in {a.path for a in client.list_artifacts(run.run_id, "samples")}
+
+    version = client.get_model_version(GENERATOR, run.registered.version)
+    assert version.tags["anomaly_ae.kind"] == "generator" and version.tags["model_type"] == "cvae"
+    assert float(version.tags["c2st_auc"]) == pytest.approx(metrics["c2st_auc"], rel=1e-3)
+    assert "conditioned on mode" in version.description
+
+
+def test_generator_loads_by_alias_and_samples_identically(registered_generator, mlflow_server, monkeypatch):
+    from anomaly_ae import Generator
+
+    gen, run = registered_generator
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    registry.promote(GENERATOR, run.registered.version)
+    loaded = Generator.load(f"models:/{GENERATOR}@champion")
+    assert loaded.fingerprint_ == gen.fingerprint_
+    pd.testing.assert_frame_equal(loaded.sample(50, condition={"mode": "night"}, random_state=3),
+                                  gen.sample(50, condition={"mode": "night"}, random_state=3), check_exact=True)
+    assert Generator.load(run.model_uri).fingerprint_ == gen.fingerprint_  # runs:/RUN/generator
+
+
+def test_detectors_and_generators_are_never_confused(registered_generator, registered, mlflow_server, data,
+                                                     monkeypatch):
+    from anomaly_ae import Generator
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    _, run = registered_generator
+    with pytest.raises(ModelLoadError, match="is a registered generator, not a detector; load it with Generator"):
+        Detector.load(run.registered.pinned_uri)
+    with pytest.raises(ModelLoadError, match="is a registered detector, not a generator"):
+        Generator.load(f"models:/{NAME}/1")
+    detector, _ = registered
+    with pytest.raises(RegistryError, match=f"models:/{GENERATOR} holds generators"):
+        registry.log_training_run(detector, data["X"], register=GENERATOR)
+
+
+def test_tampered_generator_is_refused(registered_generator, mlflow_server_info, monkeypatch):
+    from anomaly_ae import Generator
+
+    gen, _ = registered_generator
+    uri = mlflow_server_info.uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = registry.log_generator_run(gen, register="tampered-generator")
+    stored = next(p for p in mlflow_server_info.artifacts.rglob("weights.safetensors") if run.run_id in str(p))
+    assert Generator.load("models:/tampered-generator/1").fingerprint_ == gen.fingerprint_
+    original = stored.read_bytes()
+    stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(ModelLoadError, match="does not match its SHA-256 in the manifest"):
+        Generator.load("models:/tampered-generator/1")
+    manifest_path = stored.parent / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["weights.safetensors"]["sha256"] = sha256(stored.read_bytes())
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    with pytest.raises(ModelLoadError, match="modified after registration"):
+        Generator.load("models:/tampered-generator/1")
+
+
+def test_cli_registers_a_generator_and_augments_training_from_the_registry(mlflow_server, data, tmp_path):
+    result = cli("generate", "train", data["normal"], "--drop-cols", DROP, "--condition-col", "mode",
+                 "--epochs", 20, "--no-progress", "--register", "cli-generator", "--tracking-uri", mlflow_server)
+    assert result.exit_code == 0, result.output
+    assert "registered models:/cli-generator/1" in result.output
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    assert runner.invoke(app, ["promote", "cli-generator", "--version", "1"], env=env).exit_code == 0
+
+    listing = runner.invoke(app, ["models", "list", "cli-generator"], env=env)
+    assert listing.exit_code == 0 and "C2ST AUC" in listing.output and "@champion" in listing.output
+
+    result = runner.invoke(app, ["generate", "sample", "models:/cli-generator@champion", "-n", 30, "--condition",
+                                 "mode=batch", "-o", str(tmp_path / "rows.csv")], env=env)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert len(rows) == 30 and (rows["mode"] == "batch").all()
+
+    result = runner.invoke(app, ["train", str(data["normal"]), "--drop-cols", DROP, "--model", "pca", "--out",
+                                 str(tmp_path / "m"), "--augment", "models:/cli-generator@champion",
+                                 "--augment-rows", 100, "--balance-col", "mode", "--no-progress"], env=env)
+    assert result.exit_code == 0, result.output
+    provenance = Detector.load(tmp_path / "m").training_metadata_["augmentation"]
+    assert provenance["registered_name"] == "cli-generator" and provenance["registered_version"] == "1"
+    assert provenance["rows_synthetic"] == 100 and provenance["source"] == "models:/cli-generator@champion"
+
+    # a generator conditioned on something else cannot balance this column
+    out = one_line_error(runner.invoke(app, ["train", str(data["normal"]), "--drop-cols", DROP, "--out",
+                                             str(tmp_path / "m2"), "--augment", "models:/cli-generator/1",
+                                             "--balance-col", "cpu_util_pct", "--no-progress"], env=env))
+    assert "needs a generator conditioned on it" in out

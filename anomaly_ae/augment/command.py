@@ -50,11 +50,13 @@ def balanced_allocation(counts: dict[str, int], rows: int) -> dict[str, int]:
 def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_col: str | None = None,
                           seed: int = 0, save_to: str | Path | None = None,
                           **generator_params: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Train a generator on X, add `rows` synthetic normal rows, return (real + synthetic, provenance).
+    """Synthetic normal rows for X and their provenance: pass them as `Detector.fit(X, synthetic=rows)`.
 
-    With `balance_col`, the generator is conditioned on that column and the synthetic rows go to
-    its rarest values first, so the combined data is as balanced over it as `rows` allows. The
-    provenance (JSON) names the generator, the SHA-256 of its saved form, its held-out quality and
+    `generator` is a kind to train on X now (cvae, gan, cgan), or an already trained one: a saved
+    generator directory or a registry URI (``models:/NAME@ALIAS``). With `balance_col`, the
+    generator is conditioned on that column and the synthetic rows go to its rarest values first,
+    so the combined data is as balanced over it as `rows` allows. The provenance (JSON) names the
+    generator, the SHA-256 of its saved form (and its registry version), its held-out quality and
     the row counts; store it in `Detector.training_metadata_`. `save_to` also saves the generator.
     """
     from anomaly_ae import __version__
@@ -63,19 +65,22 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
 
     if not isinstance(X, pd.DataFrame):
         raise DataError("augmentation works on tables (CSV/Parquet); for images use Generator.fit(X, y) directly")
-    if generator not in GENERATORS:
-        raise DataError(f"unknown generator {generator!r} for --augment; choose one of {', '.join(GENERATORS)}")
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
         raise DataError(f"--augment-rows must be a whole number >= 1, got {rows!r}")
     if balance_col is not None and balance_col not in X.columns:
         raise DataError(f"--balance-col '{balance_col}' is not a column of the data; columns are "
                         f"{', '.join(map(str, X.columns))}")
-    if balance_col is not None and generator == "gan":
-        raise DataError("balancing needs a conditional generator: use --augment cvae or cgan with --balance-col")
-    if balance_col is None and generator == "cgan":
-        raise DataError("--augment cgan needs --balance-col (the context to condition on); use gan without one")
-    gen = Generator(model=generator, condition_cols=[balance_col] if balance_col else None, random_state=seed,
-                    **generator_params).fit(X)
+    source: dict[str, Any] = {}
+    if generator in GENERATORS:
+        if balance_col is not None and generator == "gan":
+            raise DataError("balancing needs a conditional generator: use --augment cvae or cgan with --balance-col")
+        if balance_col is None and generator == "cgan":
+            raise DataError("--augment cgan needs --balance-col (the context to condition on); use gan without one")
+        gen = Generator(model=generator, condition_cols=[balance_col] if balance_col else None, random_state=seed,
+                        **generator_params).fit(X)
+        source["trained_on"] = "this data"
+    else:
+        gen, source = _trained_generator(generator, X, balance_col)
     if balance_col is not None:
         labels = gen.conditions_.labels(gen.schema_.check(X)[0].reset_index(drop=True))[:, 0]
         counts = pd.Series(labels).value_counts().to_dict()
@@ -88,27 +93,59 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
         synthetic = gen.sample(int(rows), random_state=seed)
     synthetic = synthetic[list(map(str, X.columns))]
     synthetic.columns = X.columns
-    combined = pd.concat([X.reset_index(drop=True), synthetic.astype(X.dtypes.to_dict(), errors="ignore")],
-                         ignore_index=True)
+    synthetic = synthetic.astype(X.dtypes.to_dict(), errors="ignore")
     if save_to is not None:
         gen.save(save_to)
+    params = {k: v for k, v in gen.get_params().items() if k not in ("verbose", "device")}
+    if params.get("condition_cols") is not None and not isinstance(params["condition_cols"], str):
+        params["condition_cols"] = list(params["condition_cols"])
     provenance = {
-        "generator": generator,
+        "generator": gen.model,
         "generator_sha256": gen.fingerprint_,
-        "generator_params": {k: v for k, v in gen.get_params().items() if k not in ("verbose", "device")},
+        **source,
+        "generator_params": params,
         "anomaly_ae_version": __version__,
         "quality": summary(gen.quality_),
         "quality_floor_failures": check_floors(gen.quality_),
         "rows_real": int(len(X)),
         "rows_synthetic": int(len(synthetic)),
+        "calibrated_on": "real rows only",
         "balance_col": balance_col,
         "allocation": allocation,
         "seed": int(seed),
         "saved_to": None if save_to is None else str(save_to),
     }
-    if provenance["generator_params"].get("condition_cols") is not None:
-        provenance["generator_params"]["condition_cols"] = list(provenance["generator_params"]["condition_cols"])
-    return combined, provenance
+    return synthetic, provenance
+
+
+def _trained_generator(location: str, X: pd.DataFrame, balance_col: str | None) -> tuple[Any, dict[str, Any]]:
+    """Load a saved or registered generator for augmentation and check it fits X."""
+    from anomaly_ae.augment.generator import GENERATORS, Generator
+    from anomaly_ae.persistence import REMOTE_SCHEMES
+
+    remote = location.startswith(REMOTE_SCHEMES)
+    if not remote and not Path(location).is_dir():
+        raise DataError(f"--augment {location!r} is neither a generator kind ({', '.join(GENERATORS)}) nor a saved "
+                        "generator directory or models:/NAME@ALIAS URI")
+    source: dict[str, Any] = {"source": location}
+    if remote:
+        from anomaly_ae.registry import resolve_model
+
+        ref = resolve_model(location)
+        source.update({"registered_name": ref.name, "registered_version": ref.version})
+        location = ref.pinned_uri  # load exactly the version that was resolved, even if the alias moves
+    gen = Generator.load(location)
+    if gen.schema_.image is not None:
+        raise DataError(f"{source['source']} generates images; --augment needs a generator of table rows")
+    if sorted(gen.schema_.names) != sorted(map(str, X.columns)):
+        raise DataError(f"the generator {source['source']} was trained on columns {', '.join(gen.schema_.names)}, "
+                        f"the training data has {', '.join(map(str, X.columns))}; use a generator trained on data "
+                        "with the same columns")
+    conditions = [c["name"] for c in gen.conditions_.columns]
+    if balance_col is not None and conditions[:1] != [balance_col]:
+        raise DataError(f"--balance-col {balance_col!r} needs a generator conditioned on it; {source['source']} is "
+                        f"conditioned on {', '.join(conditions) if conditions else 'nothing'}")
+    return gen, source
 
 
 def synthetic_anomaly_report(detector: Any, normal: pd.DataFrame | np.ndarray, n_per_kind: int = 200,
@@ -225,7 +262,8 @@ def _fmt(value: Any) -> str:
 @_friendly
 def train_command(
     data: Path = typer.Argument(..., help="Normal data: CSV/Parquet, or .npz with X (images) and y (labels)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to save the generator in."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory to save the generator in "
+                                                                 "(optional with --experiment/--register)."),
     model: str = typer.Option("cvae", help="cvae, gan or cgan."),
     condition_col: Optional[List[str]] = typer.Option(None, "--condition-col",
                                                       help="Context column to condition on (repeatable)."),
@@ -235,31 +273,53 @@ def train_command(
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    experiment: Optional[str] = typer.Option(None, help="Log the run to this MLflow experiment."),
+    register: Optional[str] = typer.Option(None, help="Register the generator as a new version of this MLflow model "
+                                                      "(logs a run, in experiment 'anomaly-ae-generators' unless "
+                                                      "--experiment)."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlflow.db + ./mlartifacts."),
 ) -> None:
-    """Train a generator of normal data, measure it on held-out rows, and save it."""
+    """Train a generator of normal data, measure it on held-out rows; save it and/or log and register it."""
     from anomaly_ae.augment.generator import Generator
     from anomaly_ae.augment.quality import check_floors
 
+    tracked = experiment is not None or register is not None
+    if out is None and not tracked:
+        raise DataError("say where the generator goes: --out DIR, and/or --experiment NAME / --register NAME "
+                        "for MLflow")
     X, y = _read(data, drop_cols)
+    if tracked:  # an unreachable tracking server fails now, not after the training
+        from anomaly_ae.registry import check_connection, quiet_mlflow_logs
+
+        quiet_mlflow_logs()
+        check_connection(tracking_uri)
     conditions = list(condition_col or []) or None
     if isinstance(X, np.ndarray) and y is not None and model != "gan" and not conditions:
         conditions = ["label"]
     gen = Generator(model=model, condition_cols=conditions, epochs=epochs, steps=steps, random_state=seed,
                     device=device, verbose=progress).fit(X, y)
-    path = gen.save(out)
+    path = gen.save(out) if out is not None else None
     Console().print(_quality_table(f"{model} quality on held-out rows", {"held-out": gen.quality_}))
     table = _condition_table(gen.quality_)
     if table is not None:
         Console().print(table)
     failures = check_floors(gen.quality_)
-    console.print(f"saved [bold]{model}[/] generator to {path} (sha256 {gen.fingerprint_[:12]}); "
+    where = f"saved [bold]{model}[/] generator to {path}" if path else f"trained [bold]{model}[/] generator"
+    console.print(f"{where} (sha256 {gen.fingerprint_[:12]}); "
                   + ("passes every quality floor" if not failures else f"below floor: {'; '.join(failures)}"))
+    if tracked:
+        from anomaly_ae.registry import log_generator_run
+
+        run = log_generator_run(gen, X, experiment=experiment or "anomaly-ae-generators", register=register,
+                                tracking_uri=tracking_uri, model_dir=path, data_path=data)
+        console.print(run.describe())
 
 
 @generate_app.command("sample")
 @_friendly
 def sample_command(
-    model: Path = typer.Argument(..., help="Saved generator directory."),
+    model: str = typer.Argument(..., help="Saved generator directory or MLflow URI (models:/NAME@ALIAS)."),
     n: int = typer.Option(1000, "-n", help="Number of rows (images) to draw."),
     condition: Optional[List[str]] = typer.Option(None, "--condition", help="COLUMN=VALUE (repeatable)."),
     output: Path = typer.Option(..., "--output", "-o",
@@ -297,7 +357,7 @@ def _n_values(gen: Any) -> int:
 @generate_app.command("report")
 @_friendly
 def report_command(
-    model: Path = typer.Argument(..., help="Saved generator directory."),
+    model: str = typer.Argument(..., help="Saved generator directory or MLflow URI (models:/NAME@ALIAS)."),
     data: Path = typer.Argument(..., help="Real rows the generator did not see (CSV/Parquet, or .npz X, y)."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore."),
     seed: int = typer.Option(0, help="Random seed."),

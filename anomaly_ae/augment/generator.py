@@ -376,11 +376,13 @@ class Generator(BaseEstimator):
         return save_generator(self, Path(path))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Generator":
-        """Load a saved generator; never unpickles, refuses files that do not match the manifest."""
+    def load(cls, path_or_uri: str | Path) -> "Generator":
+        """Load a saved generator from a directory, or from MLflow by `models:/NAME@ALIAS`,
+        `models:/NAME/V` or `runs:/RUN_ID/generator`. Never unpickles; refuses files that do not
+        match the manifest (and a manifest that does not match the hash tagged at registration)."""
         from anomaly_ae.augment.persistence import load_generator
 
-        return load_generator(cls, Path(path))
+        return load_generator(cls, path_or_uri)
 
     @property
     def fingerprint_(self) -> str:

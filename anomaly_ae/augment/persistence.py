@@ -24,7 +24,7 @@ from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
-from anomaly_ae.persistence import read_verified, sha256, write_directory
+from anomaly_ae.persistence import read_verified, resolve_model_path, sha256, write_directory
 from anomaly_ae.training import History
 
 if TYPE_CHECKING:
@@ -77,9 +77,10 @@ def save_generator(gen: "Generator", path: Path) -> Path:
     return write_directory(path, contents, kind="generator")
 
 
-def load_generator(cls: type["Generator"], path: Path) -> "Generator":
+def load_generator(cls: type["Generator"], path_or_uri: str | Path) -> "Generator":
     from anomaly_ae.detector import resolve_device
 
+    path = resolve_model_path(path_or_uri, kind="generator")
     contents = read_verified(path, FILES, kind="generator", format_name=FORMAT, format_version=FORMAT_VERSION)
     try:
         config = json.loads(contents["config.json"])

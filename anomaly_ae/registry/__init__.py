@@ -10,6 +10,9 @@ The scoring service uses only:
     load_model(uri) -> (Detector, ModelRef)   resolve, download that exact version, verify, load
     download_model(uri, dst=None) -> Path     the verified saved-model directory
 
+Generators are logged and registered the same way (``log_generator_run``), tagged
+``anomaly_ae.kind=generator``, and loaded with ``Generator.load("models:/NAME@ALIAS")``.
+
 URIs: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/model``,
 ``mlflow-artifacts:/...`` or a local directory. The tracking server is ``MLFLOW_TRACKING_URI``
 or, when unset, the embedded ``./mlflow.db`` + ``./mlartifacts``. Every network call is bounded
@@ -21,10 +24,12 @@ an incompatible model format raise ``ModelLoadError`` saying which and what to d
 from anomaly_ae.registry.connection import TrackingTarget, check_connection, quiet_mlflow_logs, tracking_target
 from anomaly_ae.registry.store import (ModelRef, Promotion, PromotionRefused, VersionSummary, download_model,
                                        list_versions, load_model, promote, resolve_model)
+from anomaly_ae.registry.generators import log_generator_run
 from anomaly_ae.registry.tracking import TrackedRun, data_fingerprint, log_training_run
 
 __all__ = [
     "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
-    "check_connection", "data_fingerprint", "download_model", "list_versions", "load_model", "log_training_run", "promote",
+    "check_connection", "data_fingerprint", "download_model", "list_versions", "load_model", "log_generator_run",
+    "log_training_run", "promote",
     "quiet_mlflow_logs", "resolve_model", "tracking_target",
 ]

@@ -33,6 +33,8 @@ MANIFEST_TAG = "anomaly_ae.manifest_sha256"
 FILES_TAG = "anomaly_ae.manifest"
 FORMAT_TAG = "anomaly_ae.format_version"
 PACKAGE_TAG = "anomaly_ae.version"
+KIND_TAG = "anomaly_ae.kind"  # detector or generator; versions registered without it are detectors
+KINDS = ("detector", "generator")
 GATE_METRICS = ("auroc", "auprc")  # higher is better for both
 
 
@@ -179,25 +181,27 @@ def _scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(dir=_scratch.name))
 
 
-def download_model(uri: str, dst: Path | None = None, *, tracking_uri: str | None = None) -> Path:
+def download_model(uri: str, dst: Path | None = None, *, tracking_uri: str | None = None,
+                   kind: str = "detector") -> Path:
     """Download the saved-model files a URI names and return their local directory.
 
     ``models:/NAME@ALIAS`` is first resolved to its version, and that exact version is downloaded.
     The version's format tag must match this package and its manifest.json must match the
     SHA-256 recorded at registration; ``Detector.load`` then checks every file against the
     manifest. A local path is returned as it is. ``dst`` defaults to a temporary folder removed
-    when the process exits.
+    when the process exits. ``kind`` ("detector" or "generator") must match what was registered.
     """
     ref, tags, target = _resolve(str(uri), tracking_uri)
     if target is None:
         return Path(uri)
-    return _download(ref, tags, target, Path(dst) if dst is not None else _scratch_dir())
+    return _download(ref, tags, target, Path(dst) if dst is not None else _scratch_dir(), kind)
 
 
-def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: Path) -> Path:
+def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: Path,
+              kind: str = "detector") -> Path:
     import mlflow.artifacts
 
-    expected = _expected_manifest(ref, tags)
+    expected = _expected_manifest(ref, tags, kind)
     dst.mkdir(parents=True, exist_ok=True)
     with mlflow_errors(target.uri, f"downloading {ref.pinned_uri}", error=ModelLoadError):
         source = ref.pinned_uri
@@ -215,18 +219,31 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
     return model_dir
 
 
-def _expected_manifest(ref: ModelRef, tags: dict[str, str]) -> str | None:
-    fmt = tags.get(FORMAT_TAG)
-    if fmt is not None and fmt != str(FORMAT_VERSION):
+def _expected_manifest(ref: ModelRef, tags: dict[str, str], kind: str = "detector") -> str | None:
+    registered_kind = tags.get(KIND_TAG, "detector")
+    if registered_kind != kind:
+        loader = "Generator.load / `anomaly-ae generate sample`" if registered_kind == "generator" else \
+            "Detector.load / `anomaly-ae score`"
+        raise ModelLoadError(f"{ref.pinned_uri} is a registered {registered_kind}, not a {kind}; load it with {loader}")
+    fmt, expected_format = tags.get(FORMAT_TAG), _format_version(kind)
+    if fmt is not None and fmt != str(expected_format):
         raise ModelLoadError(
-            f"{ref.pinned_uri} was saved in model format {fmt} by anomaly_ae {tags.get(PACKAGE_TAG, '?')}; this "
-            f"is anomaly_ae {__version__} (format {FORMAT_VERSION}). Load it with that version, or retrain and "
+            f"{ref.pinned_uri} was saved in {kind} format {fmt} by anomaly_ae {tags.get(PACKAGE_TAG, '?')}; this "
+            f"is anomaly_ae {__version__} (format {expected_format}). Load it with that version, or retrain and "
             "register it with this one")
     if ref.name is not None and not tags.get(MANIFEST_TAG):
         raise ModelLoadError(
             f"{ref.pinned_uri} has no {MANIFEST_TAG} tag, so its files cannot be verified: it was not registered "
             "by anomaly_ae (or the tag was removed). Register models with `anomaly-ae train --register NAME`")
     return tags.get(MANIFEST_TAG)
+
+
+def _format_version(kind: str) -> int:
+    if kind == "generator":
+        from anomaly_ae.augment.persistence import FORMAT_VERSION as GENERATOR_FORMAT_VERSION
+
+        return GENERATOR_FORMAT_VERSION
+    return FORMAT_VERSION
 
 
 def _locate(local: Path, ref: ModelRef) -> Path:
@@ -250,10 +267,11 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple["Detector"
 
 
 # ---------------------------------------------------------------------- registering
-def version_tags(model_dir: Path) -> dict[str, str]:
-    """The trust tags of a saved model: manifest hash, per-file hashes, format and package version."""
+def version_tags(model_dir: Path, kind: str = "detector") -> dict[str, str]:
+    """The trust tags of a saved model: kind, manifest hash, per-file hashes, format and package version."""
     manifest = json.loads((Path(model_dir) / MANIFEST).read_bytes())
     return {
+        KIND_TAG: kind,
         MANIFEST_TAG: sha256((Path(model_dir) / MANIFEST).read_bytes()),
         FILES_TAG: json.dumps(manifest_hashes(model_dir), sort_keys=True),
         FORMAT_TAG: str(manifest.get("format_version")),
@@ -261,22 +279,36 @@ def version_tags(model_dir: Path) -> dict[str, str]:
     }
 
 
+_REGISTERED_MODEL_DESCRIPTIONS = {
+    "detector": "Anomaly detectors trained with anomaly_ae on normal data. Load a version with "
+                "anomaly_ae.Detector.load('models:/{name}@champion') (hash-checked, never unpickles) or "
+                "mlflow.pyfunc.load_model('models:/{name}@champion').predict(df).",
+    "generator": "Generators of normal data trained with anomaly_ae. Load a version with "
+                 "anomaly_ae.Generator.load('models:/{name}@champion') (hash-checked, never unpickles), or "
+                 "`anomaly-ae generate sample models:/{name}@champion -n 1000 -o rows.parquet`.",
+}
+
+
 def register_run_model(target: TrackingTarget, run_id: str, artifact_uri: str, name: str, *,
-                       tags: dict[str, str], description: str) -> ModelRef:
-    """Register ``<run artifacts>/model`` as a new version of ``name`` (created if needed)."""
+                       tags: dict[str, str], description: str, artifact_path: str = MODEL_ARTIFACT_PATH) -> ModelRef:
+    """Register ``<run artifacts>/<artifact_path>`` as a new version of ``name`` (created if needed).
+
+    One registered model holds one kind: a detector is never registered under a generator's name."""
     from mlflow.exceptions import MlflowException
 
+    kind = tags.get(KIND_TAG, "detector")
     c = client(target.uri)
     with mlflow_errors(target.uri, f"registering model {name!r}"):
         try:
-            c.create_registered_model(name, description=(
-                "Anomaly detectors trained with anomaly_ae on normal data. Load a version with "
-                f"anomaly_ae.Detector.load('models:/{name}@champion') (hash-checked, never unpickles) or "
-                f"mlflow.pyfunc.load_model('models:/{name}@champion').predict(df)."))
+            c.create_registered_model(name, tags={KIND_TAG: kind},
+                                      description=_REGISTERED_MODEL_DESCRIPTIONS[kind].format(name=name))
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        mv = c.create_model_version(name, source=f"{artifact_uri}/{MODEL_ARTIFACT_PATH}", run_id=run_id,
+            existing = c.get_registered_model(name).tags.get(KIND_TAG, "detector")
+            if existing != kind:
+                raise RegistryError(f"models:/{name} holds {existing}s; register this {kind} under another name")
+        mv = c.create_model_version(name, source=f"{artifact_uri}/{artifact_path}", run_id=run_id,
                                     tags=tags, description=description)
     return ModelRef(f"models:/{name}/{mv.version}", name, str(mv.version), None, run_id)
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,20 @@ class TrackedRun:
             lines.append(f"registered {self.registered.uri}; promote it with `anomaly-ae promote "
                          f"{self.registered.name} --version {self.registered.version} --alias champion`")
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def run_lifecycle(c: Any, target: TrackingTarget, run_id: str) -> Iterator[None]:
+    """Mark the run FINISHED when the block completes, FAILED when it raises."""
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, RegistryUnavailableError):  # don't wait on a dead server twice
+            with contextlib.suppress(Exception):
+                c.set_terminated(run_id, "FAILED")
+        raise
+    with mlflow_errors(target.uri, f"finishing run {run_id}"):
+        c.set_terminated(run_id, "FINISHED")
 
 
 def data_fingerprint(X: pd.DataFrame | np.ndarray) -> dict[str, Any]:
@@ -101,26 +115,18 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
             "mlflow.source.name": "anomaly-ae train", "mlflow.source.type": "LOCAL", PACKAGE_TAG: __version__,
             "model_type": detector.model, "score_type": detector.score_type_})
     run_id = run.info.run_id
-    try:
-        with tempfile.TemporaryDirectory(prefix="anomaly_ae-run-") as tmp:
-            tmp = Path(tmp)
-            model_dir = Path(model_dir) if model_dir is not None else detector.save(tmp / "saved")
-            metrics = _summary_metrics(detector, evaluation)
-            with mlflow_errors(target.uri, f"logging run {run_id}"):
-                _log_values(c, run_id, detector, fingerprint, metrics, data_path)
-                _log_plots_and_data(c, run_id, detector, fingerprint, evaluation, tmp, data_path)
-                save_pyfunc_model(detector, model_dir, tmp / "pyfunc", X, run_id=run_id,
-                                  artifact_path=MODEL_ARTIFACT_PATH)
-                c.log_artifacts(run_id, str(tmp / "pyfunc"), MODEL_ARTIFACT_PATH)
-                tags = version_tags(model_dir)
-                c.set_tag(run_id, MANIFEST_TAG, tags[MANIFEST_TAG])
-    except BaseException as exc:
-        if not isinstance(exc, RegistryUnavailableError):  # don't wait on a dead server twice
-            with contextlib.suppress(Exception):
-                c.set_terminated(run_id, "FAILED")
-        raise
-    with mlflow_errors(target.uri, f"finishing run {run_id}"):
-        c.set_terminated(run_id, "FINISHED")
+    with run_lifecycle(c, target, run_id), tempfile.TemporaryDirectory(prefix="anomaly_ae-run-") as tmp:
+        tmp = Path(tmp)
+        model_dir = Path(model_dir) if model_dir is not None else detector.save(tmp / "saved")
+        metrics = _summary_metrics(detector, evaluation)
+        with mlflow_errors(target.uri, f"logging run {run_id}"):
+            _log_values(c, run_id, detector, fingerprint, metrics, data_path)
+            _log_plots_and_data(c, run_id, detector, fingerprint, evaluation, tmp, data_path)
+            save_pyfunc_model(detector, model_dir, tmp / "pyfunc", X, run_id=run_id,
+                              artifact_path=MODEL_ARTIFACT_PATH)
+            c.log_artifacts(run_id, str(tmp / "pyfunc"), MODEL_ARTIFACT_PATH)
+            tags = version_tags(model_dir)
+            c.set_tag(run_id, MANIFEST_TAG, tags[MANIFEST_TAG])
     registered = None
     if register:
         registered = register_run_model(target, run_id, run.info.artifact_uri, register,
@@ -190,6 +196,11 @@ def _log_values(c: Any, run_id: str, detector: "Detector", fingerprint: dict[str
                    "data_sha256": fingerprint["sha256"]})
     if data_path is not None:
         params["data_path"] = _param_value(data_path)
+    augmentation = detector.training_metadata_.get("augmentation")
+    if augmentation:
+        params.update({"augment_generator": str(augmentation["generator"]),
+                       "augment_generator_sha256": str(augmentation["generator_sha256"]),
+                       "augment_rows": str(augmentation["rows_synthetic"])})
     entries = [Metric(k, v, now, 0) for k, v in metrics.items()]
     for i, h in enumerate(detector.history_):  # one curve per ensemble member; member 0 has the plain names
         suffix = "" if i == 0 else f"_member{i}"
@@ -219,6 +230,8 @@ def _log_plots_and_data(c: Any, run_id: str, detector: "Detector", fingerprint: 
     (data / "fingerprint.json").write_text(json.dumps(
         {**fingerprint, "path": None if data_path is None else str(data_path),
          "column_names": detector.schema_.names}, indent=1))
+    if detector.training_metadata_:
+        (data / "training_metadata.json").write_text(json.dumps(detector.training_metadata_, indent=1))
     c.log_artifacts(run_id, str(plots), "plots")
     c.log_artifacts(run_id, str(data), "data")
 
