@@ -138,7 +138,7 @@ def test_counters_exist_at_zero_before_their_first_event():
             "from anomaly_ae.service.settings import ServiceSettings; "
             "create_app(ServiceSettings(model_uri='models:/x@champion')); print(metrics.render()[0].decode())")
     text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""}).stdout
+                          env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}).stdout
     for severity in ("low", "medium", "high", "critical"):
         assert f'anomaly_ae_anomalies_total{{severity="{severity}"}} 0.0' in text
     for reason in used:
