@@ -141,7 +141,7 @@ def _trained_generator(location: str, X: pd.DataFrame, balance_col: str | None) 
         raise DataError(f"the generator {source['source']} was trained on columns {', '.join(gen.schema_.names)}, "
                         f"the training data has {', '.join(map(str, X.columns))}; use a generator trained on data "
                         "with the same columns")
-    conditions = [c["name"] for c in gen.conditions_.columns]
+    conditions = gen.conditions_.names
     if balance_col is not None and conditions[:1] != [balance_col]:
         raise DataError(f"--balance-col {balance_col!r} needs a generator conditioned on it; {source['source']} is "
                         f"conditioned on {', '.join(conditions) if conditions else 'nothing'}")
