@@ -133,9 +133,10 @@ class Detector(BaseEstimator):
             synthetic: pd.DataFrame | np.ndarray | None = None) -> "Detector":
         """Learn normal behaviour from X (normal samples only; y is ignored).
 
-        `synthetic`: extra normal rows (e.g. from a `Generator`) added to the training split only.
-        The held-out split that stops training early and calibrates the threshold is drawn from
-        the real rows X, so the threshold's false-positive rate is a real one.
+        `synthetic`: extra normal rows (e.g. from a `Generator`). They are split like the real
+        rows, for training and for the held-out loss that stops training early (so a context
+        they add is learned, not ignored); the threshold is calibrated on held-out *real* rows
+        only, so its false-positive rate is a real one.
         """
         self._validate_params()
         schema = Schema.infer(X)
@@ -154,8 +155,14 @@ class Detector(BaseEstimator):
         pre = Preprocessor(self.max_categories).fit(_take(checked, train_idx), schema)
         x = self._to_model_input(pre.transform(checked), schema)
         x_train, x_val = x[train_idx], x[val_idx]
+        x_stop = x_val  # held-out rows for early stopping; x_val alone calibrates
         if extra is not None and len(extra):
-            x_train = np.concatenate([x_train, self._to_model_input(pre.transform(extra), schema)])
+            x_extra = self._to_model_input(pre.transform(extra), schema)
+            # its own generator, so the real split is the same with or without synthetic rows
+            extra_order = np.random.default_rng([self.random_state, 1]).permutation(len(x_extra))
+            n_extra_val = int(round(len(x_extra) * self.validation_fraction))
+            x_train = np.concatenate([x_train, x_extra[extra_order[n_extra_val:]]])
+            x_stop = np.concatenate([x_val, x_extra[extra_order[:n_extra_val]]])
 
         device = resolve_device(self.device)
         spec = self._model_spec(x.shape[1:], n_train=len(x_train))
@@ -166,7 +173,7 @@ class Detector(BaseEstimator):
             members, histories = [], []
             n_members = self._resolved("n_estimators")
             for i in range(n_members):
-                member, history = self._fit_member(spec, x_train, x_val, device, seed=self.random_state + i,
+                member, history = self._fit_member(spec, x_train, x_stop, device, seed=self.random_state + i,
                                                    label=f"{self.model} {i + 1}/{n_members}")
                 members.append(member)
                 histories.append(history)

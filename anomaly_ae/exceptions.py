@@ -47,3 +47,7 @@ class RegistryUnavailableError(RegistryError, ModelLoadError):
     """The tracking server could not be reached in time. Transient: the same call may work later.
 
     Also a ModelLoadError, so code that loads models by URI can catch one exception type."""
+
+
+class ConfigurationError(AnomalyAEError):
+    """The process cannot start as configured (e.g. a directory it must write is not writable)."""

@@ -17,8 +17,9 @@ with balance on the context for tables; Generator.fit(images, digit) and samples
 for images). The detector is "ae" (the package default). Two thresholds, both for a 1% FPR:
 
 - own: the detector's own conformal threshold on its held-out split of the real training rows,
-  exactly what `anomaly-ae train --augment` ships: the added rows (synthetic or oversampled) go
-  to the training split only (`Detector.fit(X, synthetic=rows)`), never to the calibration split.
+  exactly what `anomaly-ae train --augment` ships (`Detector.fit(X, synthetic=rows)`): the added
+  rows (synthetic or oversampled) are split for training and early stopping like real ones, but
+  never calibrate the threshold.
 - fixed: the same conformal quantile on a separate set of real normal rows with the training mix
   of modes (telemetry: 2000 rows; digits: half of the held-out 0-7 images), so every method is
   compared at the same real false-positive rate and only the learned score differs.
@@ -174,7 +175,7 @@ def report(frame: pd.DataFrame, path: Path) -> None:
              "normal mode (lower is better); `common_fpr`: on the common modes; `recall`: anomalies "
              "caught at the threshold; `rare_recall`: anomalies inside the rare mode (telemetry). "
              "Plain names use the detector's own threshold (calibrated on its held-out split of the real "
-             "training rows; added rows train only, as the CLI does); `*_fixed` use a threshold calibrated on separate real "
+             "training rows; added rows train and early-stop but never calibrate, as the CLI does); `*_fixed` use a threshold calibrated on separate real "
              "normal rows, the same real 1% FPR for every method. `gen_*`: the generator's held-out "
              "quality: C2ST AUC and k-NN recall on its own held-out split, k-NN precision and coverage "
              "of the rare context on fresh real rows of it.", ""]

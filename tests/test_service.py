@@ -514,3 +514,8 @@ def test_serve_refuses_bad_settings_with_exit_code_2(tmp_path):
                                capture_output=True, text=True, timeout=120)
     assert short_key.returncode == 2 and "at least 16 characters" in short_key.stderr
     assert "short" not in short_key.stderr  # the key itself is never echoed
+    (tmp_path / "a-file").write_text("")
+    unwritable = subprocess.run(base + ["--model", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                                env={**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "a-file" / "metrics")})
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+    assert "PROMETHEUS_MULTIPROC_DIR" in unwritable.stderr and "fsGroup" in unwritable.stderr

@@ -32,6 +32,7 @@ def serve(
     """Serve a model over HTTP: scoring, model info, health, Prometheus metrics, hot reload."""
     from pydantic import ValidationError
 
+    from anomaly_ae.exceptions import ConfigurationError
     from anomaly_ae.service.server import run
     from anomaly_ae.service.settings import ServiceSettings
 
@@ -46,7 +47,11 @@ def serve(
         if any(e["loc"] == ("model_uri",) for e in exc.errors()):
             typer.echo("pass --model or set ANOMALY_AE_MODEL_URI", err=True)
         raise typer.Exit(code=2) from None
-    run(settings)
+    try:
+        run(settings)
+    except ConfigurationError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(code=2) from None
 
 
 def main() -> None:

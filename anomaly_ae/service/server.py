@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from anomaly_ae.exceptions import ConfigurationError
 from anomaly_ae.service.settings import ServiceSettings
 
 log = logging.getLogger("anomaly_ae.service")
@@ -108,9 +109,18 @@ def prepare_environment(settings: ServiceSettings) -> dict[str, str]:
         mp_dir = tempfile.mkdtemp(prefix="anomaly-ae-metrics-")
     if mp_dir:
         path = Path(mp_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):  # counters from a previous run must not leak into this one
-            stale.unlink()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            for stale in path.glob("*.db"):  # counters from a previous run must not leak into this one
+                stale.unlink()
+            probe = path / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"the metrics directory PROMETHEUS_MULTIPROC_DIR={path} is not usable ({exc.strerror or exc}): make it "
+                f"a writable directory for this user (uid {os.getuid()}), e.g. a tmpfs mounted with "
+                "uid=10001,gid=10001 (docker/compose) or a pod securityContext fsGroup: 10001 (Kubernetes)") from None
         env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     os.environ.update(env)
     return env
