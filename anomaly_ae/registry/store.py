@@ -34,7 +34,6 @@ FILES_TAG = "anomaly_ae.manifest"
 FORMAT_TAG = "anomaly_ae.format_version"
 PACKAGE_TAG = "anomaly_ae.version"
 KIND_TAG = "anomaly_ae.kind"  # detector or generator; versions registered without it are detectors
-KINDS = ("detector", "generator")
 GATE_METRICS = ("auroc", "auprc")  # higher is better for both
 
 
