@@ -244,7 +244,8 @@ def test_dashboard_queries_report_the_traffic_sent(stack):
     assert invalid == pytest.approx({k.split(":", 1)[1]: float(v) for k, v in sent.items()
                                      if k.startswith("invalid:")}, rel=1e-9)
     auth = {k: v * seconds for k, v in panel("Refused requests by reason", "B", label="status").items()}
-    assert auth == pytest.approx({"401": float(sent["unauthenticated"])}, rel=1e-9)
+    # 403 is there at 0: every status series exists from start-up
+    assert auth == pytest.approx({"401": float(sent["unauthenticated"]), "403": 0.0}, rel=1e-9)
 
     # latency quantiles: finite, ordered, within the histogram's range
     quantiles = [panel("Scoring latency quantiles (POST /v1/score)", ref) for ref in "ABC"]
@@ -265,7 +266,8 @@ def test_dashboard_queries_report_the_traffic_sent(stack):
     assert prom.value(render(panel_query("Model threshold"))) == pytest.approx(detector.threshold_, rel=1e-9)
     assert prom.value(render(panel_query("Model ready"))) == 1
     assert prom.value(render(panel_query("Targets up"))) == 1
-    assert not prom.query('anomaly_ae_model_reload_failures_total{job="anomaly-ae"}')
+    failures = prom.by('anomaly_ae_model_reload_failures_total{job="anomaly-ae"}', "reason")
+    assert failures and set(failures.values()) == {0.0}  # every reason's series exists, none counted
 
     # drift: every tracked numeric input has a finite mean-shift series
     shift = prom.by(render(panel_query("Mean shift per feature (training std devs)")), "feature")
