@@ -1,5 +1,5 @@
-"""notebooks/latent_space.ipynb runs top to bottom (tests/test_notebooks_ops.py runs the quickstart
-and checks that no notebook is committed with outputs)."""
+"""notebooks/latent_space.ipynb and augmentation.ipynb run top to bottom (tests/test_notebooks_ops.py
+runs the quickstart and checks that no notebook is committed with outputs)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "latent_space.ipynb"
+NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 
-def test_latent_space_notebook_runs(tmp_path):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+@pytest.mark.parametrize("name", ["latent_space.ipynb", "augmentation.ipynb"])
+def test_walkthrough_notebook_runs(name, tmp_path):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
