@@ -58,13 +58,12 @@ def score_array(model: nn.Module, x: np.ndarray, score: str, device: torch.devic
                 batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     if model.training:  # eval() walks every submodule: a sizeable share of a 1-row call
         model.eval()
-    if len(x) <= batch_size:
-        total, contrib = score_batch(model, torch.from_numpy(np.ascontiguousarray(x)).to(device), score, eps)
-        return total.double().cpu().numpy(), contrib.double().cpu().numpy()
     totals, contributions = [], []
-    for start in range(0, len(x), batch_size):
+    for start in range(0, max(len(x), 1), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
         total, contrib = score_batch(model, batch, score, eps)
         totals.append(total.double().cpu().numpy())
         contributions.append(contrib.double().cpu().numpy())
+    if len(totals) == 1:  # the common case (and the service's): no copy
+        return totals[0], contributions[0]
     return np.concatenate(totals), np.concatenate(contributions)
