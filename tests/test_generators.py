@@ -36,7 +36,9 @@ def cvae(normal):
 
 @pytest.fixture(scope="module")
 def cgan(normal):
-    return Generator("cgan", condition_cols="mode", steps=1000, random_state=0).fit(normal)
+    # the default step budget: at 1000 steps one seed in three misses the recall floor
+    # (benchmarks/results/gan_budget.md), so a shorter test run would pass or fail by seed luck
+    return Generator("cgan", condition_cols="mode", random_state=0).fit(normal)
 
 
 def test_estimator_contract():
