@@ -53,7 +53,7 @@ def _mlflow_executable() -> str:
     return str(local) if local.exists() else (shutil.which("mlflow") or "mlflow")
 
 
-def _healthy(uri: str) -> bool:
+def healthy(uri: str) -> bool:
     try:
         with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
             return response.status == 200
@@ -79,7 +79,7 @@ def mlflow_server_info(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlf
                                    start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(info.uri):
+        while not healthy(info.uri):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = info.log.read_text(errors="replace")[-3000:]
                 pytest.fail(f"mlflow server did not become healthy at {info.uri} "

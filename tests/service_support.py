@@ -102,3 +102,13 @@ def metric_value(text: str, metric_name: str, /, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()) and (labels or not found):
             return float(value)
     return 0.0
+
+
+def wait_for(predicate, timeout: float = 120.0, step: float = 0.2) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service_support import ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, Service, metric_value, train_model
+from service_support import ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, Service, metric_value, train_model, wait_for
 
 from anomaly_ae import Detector
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
@@ -379,15 +379,6 @@ def versions_seen(url: str, body: dict, stop: threading.Event, out: list) -> Non
         while not stop.is_set():
             response = client.post("/v1/score", json=body, headers=SCORE)
             out.append((response.status_code, response.json().get("model", {}).get("version")))
-
-
-def wait_for(predicate, timeout=60.0, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def current_version(url: str) -> str:

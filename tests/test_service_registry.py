@@ -10,26 +10,18 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service_support import ADMIN, SCORE, Service, free_port, metric_value, train_model
+from mlflow_server import healthy
+from service_support import ADMIN, SCORE, Service, free_port, metric_value, train_model, wait_for
 
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 
 pytestmark = pytest.mark.slow
 NAME = "svc-detector"
-
-
-def _healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def registry(tmp_path_factory):
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while not _healthy(uri):
+        while not healthy(uri):
             assert proc.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-2000:]
             time.sleep(0.5)
         yield uri, root, proc
@@ -98,15 +90,6 @@ def rows(n=5):
 
 def version(service) -> str:
     return httpx.get(f"{service.url}/readyz", timeout=10).json()["model"]["version"]
-
-
-def wait_for(predicate, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def failures(service, reason):

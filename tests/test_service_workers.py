@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_support import ADMIN, SCORE, Service, metric_value, train_model
+from service_support import ADMIN, SCORE, Service, metric_value, train_model, wait_for
 
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 
@@ -31,22 +31,13 @@ def two_workers(tmp_path_factory):
     try:
         service.wait_ready()
         # /readyz answers from whichever worker accepts: wait until every live worker has its model
-        deadline_ok = _wait(lambda: metric_value(httpx.get(f"{service.url}/metrics").text,
+        deadline_ok = wait_for(lambda: metric_value(httpx.get(f"{service.url}/metrics").text,
                                                  "anomaly_ae_model_ready") == 1
                             and len(list(prom.glob("gauge_livemin_*.db"))) == 2)
         assert deadline_ok, service.output()[-2000:]
         yield service, prom
     finally:
         service.stop()
-
-
-def _wait(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_metrics_are_counted_exactly_across_two_workers(two_workers):
@@ -123,7 +114,7 @@ def test_an_admin_reload_reaches_every_worker(two_workers):
     before = attempts()
     response = httpx.post(f"{service.url}/v1/admin/reload?force=true", headers=ADMIN, timeout=60)
     assert response.status_code == 200 and response.json()["status"] == "loaded"
-    assert _wait(lambda: attempts() - before == 2, timeout=30)  # the worker asked, then the other one
+    assert wait_for(lambda: attempts() - before == 2, timeout=30)  # the worker asked, then the other one
     time.sleep(1.5)
     assert attempts() - before == 2
     text = httpx.get(f"{service.url}/metrics").text
