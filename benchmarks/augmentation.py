@@ -92,19 +92,27 @@ def telemetry_run(seed: int, quick: bool) -> list[dict]:
         fixed = Calibration.fit(score(calibration), TARGET_FPR).threshold
         sets = {"rare_fpr": rare_normal, "common_fpr": common_normal, "recall": anomalies,
                 "rare_recall": rare_anomalies}
-        scores = {k: score(v) for k, v in sets.items()}
-        rows.append({
-            "dataset": "telemetry", "seed": seed, "method": method,
-            "n_rare_train": int((train["mode"] == "maintenance").sum()),
-            "rows_added": 0 if method == "none" else extra,
-            **{k: float((v > det.threshold_).mean()) for k, v in scores.items()},
-            **{f"{k}_fixed": float((v > fixed).mean()) for k, v in scores.items()},
-            "gen_c2st_auc": quality.get("c2st_auc"), "gen_recall": quality.get("recall"),
-            "gen_rare_precision": quality.get("rare_precision"), "gen_rare_coverage": quality.get("rare_coverage"),
-            "seconds": time.perf_counter() - started,
-        })
-        print(rows[-1], flush=True)
+        rows.append(result_row("telemetry", seed, method, int((train["mode"] == "maintenance").sum()),
+                               0 if method == "none" else extra, {k: score(v) for k, v in sets.items()},
+                               det.threshold_, fixed, quality, started))
     return rows
+
+
+def result_row(dataset: str, seed: int, method: str, n_rare: int, rows_added: int,
+               scores: dict[str, np.ndarray | None], own: float, fixed: float, quality: dict,
+               started: float) -> dict:
+    """One CSV row: the share of each score set above the detector's own and the fixed threshold
+    (None for a set this dataset does not have), and the generator's quality."""
+    def flagged(threshold: float) -> dict[str, float | None]:
+        return {k: None if v is None else float((v > threshold).mean()) for k, v in scores.items()}
+
+    row = {"dataset": dataset, "seed": seed, "method": method, "n_rare_train": n_rare, "rows_added": rows_added,
+           **flagged(own), **{f"{k}_fixed": v for k, v in flagged(fixed).items()},
+           "gen_c2st_auc": quality.get("c2st_auc"), "gen_recall": quality.get("recall"),
+           "gen_rare_precision": quality.get("rare_precision"), "gen_rare_coverage": quality.get("rare_coverage"),
+           "seconds": time.perf_counter() - started}
+    print(row, flush=True)
+    return row
 
 
 def digits_run(seed: int, quick: bool) -> list[dict]:
@@ -151,16 +159,9 @@ def digits_run(seed: int, quick: bool) -> list[dict]:
         fixed = Calibration.fit(det.decision_function(digits.images[calib_idx]), TARGET_FPR).threshold
         masks = {"rare_fpr": test_y == rare_digit, "common_fpr": (test_y <= 7) & (test_y != rare_digit),
                  "recall": test_y >= 8}
-        rows.append({
-            "dataset": "digits", "seed": seed, "method": method, "n_rare_train": n_rare,
-            "rows_added": 0 if method == "none" else extra,
-            **{k: float((scores[m] > det.threshold_).mean()) for k, m in masks.items()}, "rare_recall": None,
-            **{f"{k}_fixed": float((scores[m] > fixed).mean()) for k, m in masks.items()}, "rare_recall_fixed": None,
-            "gen_c2st_auc": quality.get("c2st_auc"), "gen_recall": quality.get("recall"),
-            "gen_rare_precision": quality.get("rare_precision"), "gen_rare_coverage": quality.get("rare_coverage"),
-            "seconds": time.perf_counter() - started,
-        })
-        print(rows[-1], flush=True)
+        rows.append(result_row("digits", seed, method, n_rare, 0 if method == "none" else extra,
+                               {**{k: scores[m] for k, m in masks.items()}, "rare_recall": None},
+                               det.threshold_, fixed, quality, started))
     return rows
 
 

@@ -9,6 +9,7 @@ manifest = a moved alias); test_service_registry.py does the same against a real
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import math
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Callable, Iterator
 
 import httpx
 import numpy as np
@@ -344,29 +346,41 @@ def test_without_keys_serve_warns_loudly_and_is_open(services, incoming):
     assert httpx.post(f"{service.url}/v1/score", json={"records": records(incoming.head(1))}).status_code == 200
 
 
-def slow_upload(url: str, body: bytes, started: threading.Event, release: threading.Event) -> httpx.Response:
-    """A scoring request whose body arrives in two parts, the second only once `release` is set."""
+@contextlib.contextmanager
+def request_in_flight(url: str, body: bytes) -> Iterator[Callable[[], httpx.Response]]:
+    """A scoring request held in flight: its body stops after 10 bytes until `finish()` sends the
+    rest and returns the response."""
+    started, release = threading.Event(), threading.Event()
+
     def parts():
         yield body[:10]
         started.set()
         release.wait(30)
         yield body[10:]
-    return httpx.post(f"{url}/v1/score", content=parts(), headers={"Content-Type": "application/json"}, timeout=60)
+
+    def finish() -> httpx.Response:
+        release.set()
+        return sending.result()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(httpx.post, f"{url}/v1/score", content=parts(),
+                              headers={"Content-Type": "application/json"}, timeout=60)
+        try:
+            assert started.wait(30)
+            time.sleep(0.3)
+            yield finish
+        finally:
+            release.set()
 
 
 def test_overload_is_refused_fast_with_retry_after(services, incoming):
     service = services["open"]  # max_concurrency=1
     body = json.dumps({"records": records(incoming.head(2))}).encode()
-    started, release = threading.Event(), threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        holding = pool.submit(slow_upload, service.url, body, started, release)
-        assert started.wait(30)
-        time.sleep(0.3)
+    with request_in_flight(service.url, body) as finish:
         t0 = time.monotonic()
         refused = httpx.post(f"{service.url}/v1/score", content=body, headers={"Content-Type": "application/json"})
         assert time.monotonic() - t0 < 2
-        release.set()
-        assert holding.result().status_code == 200
+        assert finish().status_code == 200
     assert_error(refused, 503, "overloaded")
     assert refused.headers["retry-after"] == "1"
     metrics = httpx.get(f"{service.url}/metrics").text
@@ -477,16 +491,11 @@ def test_broken_versions_are_refused_and_the_last_good_model_serves(services, mo
 def test_graceful_shutdown_finishes_in_flight_requests(services, incoming):
     service = services["open"]
     body = json.dumps({"records": records(incoming.head(2))}).encode()
-    started, release = threading.Event(), threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(slow_upload, service.url, body, started, release)
-        assert started.wait(30)
-        time.sleep(0.3)
+    with request_in_flight(service.url, body) as finish:
         service.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert service.proc.poll() is None  # waiting for the request
-        release.set()
-        response = in_flight.result()
+        response = finish()
     assert response.status_code == 200 and len(response.json()["results"]) == 2
     # uvicorn re-raises the SIGTERM it handled once shutdown is complete
     assert service.proc.wait(30) in (0, -signal.SIGTERM)
