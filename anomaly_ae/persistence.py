@@ -8,6 +8,7 @@ manifest.json before it is parsed, and the weights must match the declared archi
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -18,13 +19,15 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from anomaly_ae import __version__
 from anomaly_ae.calibration import Calibration
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
-from anomaly_ae.models.neighbors import NearestNeighbors
+from anomaly_ae.runtime import resolve_device
+from anomaly_ae.scoring import ModelScorer
+from anomaly_ae.training import History
+from anomaly_ae.version import __version__
 
 if TYPE_CHECKING:
     from anomaly_ae.detector import Detector
@@ -33,6 +36,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("config.json", "schema.json", "preprocess.json", "calibration.json", "weights.safetensors")
 REMOTE_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+# Who downloads a remote URI: the registry layer, which sits above this one and is found by name
+# when such a URI is loaded (as fsspec finds protocol implementations), so this module never
+# imports MLflow code and the layers keep one direction.
+REMOTE_RESOLVER = "anomaly_ae.registry.store:download_model"
+# Parameters older versions saved that no longer exist; ignored when loading.
+RETIRED_PARAMS = frozenset({"n_threads"})
 
 
 def sha256(data: bytes) -> str:
@@ -155,7 +164,7 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
         schema = Schema.from_dict(json.loads(contents["schema.json"]))
         preprocessor = Preprocessor.from_dict(json.loads(contents["preprocess.json"]), schema)
         calibration = Calibration.from_dict(json.loads(contents["calibration.json"]))
-        detector = cls(**config["params"])
+        detector = cls(**{k: v for k, v in config["params"].items() if k not in RETIRED_PARAMS})
         spec, n_members = config["model_spec"], int(config["n_members"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{path} has a malformed model file ({exc}); re-save the model") from None
@@ -163,14 +172,12 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
         state = load_safetensors(contents["weights.safetensors"])
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise ModelLoadError(f"{path / 'weights.safetensors'} is not a valid safetensors file: {exc}") from None
-    from anomaly_ae.detector import resolve_device
-    from anomaly_ae.training import History
-
     device = resolve_device(detector.device)
     modules = {f"member{i}": build_model(spec) for i in range(n_members)}
     if config.get("n_reference"):
-        n_inputs = int(torch.tensor(spec["input_shape"]).prod())
-        modules["neighbors"] = NearestNeighbors(int(config["n_reference"]), n_inputs, detector._resolved("neighbors"))
+        modules["neighbors"] = build_model({"family": "neighbors", "input_shape": spec["input_shape"],
+                                            "n_reference": int(config["n_reference"]),
+                                            "k": detector._resolved("neighbors")})
     expected = {f"{prefix}.{k}" for prefix, m in modules.items() for k in m.state_dict()}
     if set(state) != expected:
         raise ModelLoadError(f"the weights in {path} do not fit the model they declare: "
@@ -182,16 +189,14 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
         except RuntimeError as exc:
             raise ModelLoadError(f"the weights in {path} do not fit the model they declare: {exc}") from None
         module.to(device).eval()
-    members = [modules[f"member{i}"] for i in range(n_members)]
+    scorer = ModelScorer([modules[f"member{i}"] for i in range(n_members)], config["score_type"], device=device,
+                         n_samples=detector.n_samples, seed=detector.random_state,
+                         neighbors=modules.get("neighbors"), term_scales=config.get("term_scales", {}))
     detector.schema_, detector.preprocessor_, detector.model_spec_ = schema, preprocessor, spec
-    detector.members_, detector.score_type_, detector.device_ = members, config["score_type"], device
-    detector.neighbors_, detector.term_scales_ = modules.get("neighbors"), config.get("term_scales", {})
+    detector.score_type_, detector.device_ = config["score_type"], device
     detector.history_ = [History(**h) for h in config.get("training", [])]
     detector.training_metadata_ = config.get("training_metadata", {})
-    detector.calibration_ = calibration
-    detector.threshold_ = calibration.threshold
-    detector.n_features_in_ = schema.n_features if schema.image is None else \
-        schema.image.channels * schema.image.height * schema.image.width
+    detector._set_fitted(scorer, calibration)
     return detector
 
 
@@ -199,8 +204,9 @@ def resolve_model_path(path_or_uri: str | Path, kind: str = "detector") -> Path:
     """A local directory as it is; a models:/, runs:/ or mlflow-artifacts:/ URI downloaded and hash-checked."""
     text = str(path_or_uri)
     if text.startswith(REMOTE_SCHEMES):
+        module_name, function = REMOTE_RESOLVER.split(":")
         try:
-            from anomaly_ae.registry import download_model
+            download_model = getattr(importlib.import_module(module_name), function)
         except ImportError as exc:
             raise ModelLoadError(f"loading {text} needs MLflow, a dependency of anomaly-ae: reinstall the package "
                                  f"or pip install 'mlflow>=3,<4' ({exc})") from None

@@ -1,69 +1,117 @@
 """Batched, gradient-free scoring: the one place where numpy arrays become tensors and back.
 
-Each score type turns a model's output into one number per row (higher = more anomalous) and a
-per-feature contribution matrix that explanations are built from.
+`ModelScorer` holds a fitted detector's modules (an ensemble of networks, optionally the
+nearest-neighbour term) and turns preprocessed rows into one score per row (higher = more
+anomalous) and a per-feature contribution matrix that explanations are built from. Which score a
+module computes is the module's business (`ScoredModule.score_terms`).
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
-from torch import nn
 
-from anomaly_ae.models.adversarial import AdversarialAutoencoder
-from anomaly_ae.models.vae import LOG_2PI, VAE
-
-SCORE_TYPES = {"recon", "elbo", "iwae", "recon+latent"}
+from anomaly_ae.models.base import ScoredModule
+from anomaly_ae.models.neighbors import NearestNeighbors
 
 
-def default_score(model: nn.Module) -> str:
-    if isinstance(model, VAE):
-        return "elbo"
-    if isinstance(model, AdversarialAutoencoder):
-        return "recon+latent"
-    return "recon"
+def check_score_type(model: ScoredModule, score: str) -> None:
+    if score not in model.score_types:
+        raise ValueError(f"score {score!r} is not available for {type(model).__name__}; "
+                         f"choose one of {sorted(model.score_types)}")
 
 
-def check_score_type(model: nn.Module, score: str) -> None:
-    allowed = {"recon"} | ({"elbo", "iwae"} if isinstance(model, VAE) else set()) \
-        | ({"recon+latent"} if isinstance(model, AdversarialAutoencoder) else set())
-    if score not in allowed:
-        raise ValueError(f"score {score!r} is not available for {type(model).__name__}; choose one of {sorted(allowed)}")
-
-
-def latent_noise(model: nn.Module, n_samples: int, seed: int, device: torch.device) -> torch.Tensor | None:
-    """The fixed draws a VAE's sampled scores use: reproducible from the seed, shared by every row."""
-    if not isinstance(model, VAE):
+def latent_noise(model: ScoredModule, score: str, n_samples: int, seed: int, device: torch.device
+                 ) -> torch.Tensor | None:
+    """The fixed draws a sampled score uses: reproducible from the seed, shared by every row."""
+    if score not in model.sampled_scores:
         return None
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n_samples, model.latent_dim, generator=generator).to(device)
 
 
 @torch.inference_mode()  # like no_grad, minus version counters: ~30% less per-call overhead on small batches
-def score_batch(model: nn.Module, x: torch.Tensor, score: str, eps: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (score (N,), per-feature contributions (N, F)) for one batch."""
-    if score in ("elbo", "iwae"):
-        nll, kl = model.elbo_terms(x, eps)
-        total = nll.sum(-1) + kl if score == "elbo" else -model.iwae_bound(x, eps)
-        # Without the log-scale constant each feature's term is its squared standardised misfit (>= 0).
-        return total, nll - (model.log_scale_clamped() + 0.5 * LOG_2PI).flatten()
-    if score == "recon+latent":
-        return model.score(x)
-    errors = model.feature_errors(x)["errors"]
-    return errors.mean(-1), errors
-
-
-def score_array(model: nn.Module, x: np.ndarray, score: str, device: torch.device, eps: torch.Tensor | None,
+def score_array(model: ScoredModule, x: np.ndarray, score: str, device: torch.device, eps: torch.Tensor | None,
                 batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(score (N,), per-feature contributions (N, F)) of one module, in batches."""
     if model.training:  # eval() walks every submodule: a sizeable share of a 1-row call
         model.eval()
     totals, contributions = [], []
     for start in range(0, max(len(x), 1), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
-        total, contrib = score_batch(model, batch, score, eps)
+        total, contrib = model.score_terms(batch, score, eps)
         totals.append(total.double().cpu().numpy())
         contributions.append(contrib.double().cpu().numpy())
     if len(totals) == 1:  # the common case (and the service's): no copy
         return totals[0], contributions[0]
     return np.concatenate(totals), np.concatenate(contributions)
+
+
+def location_spread(values: np.ndarray) -> list[float]:
+    """Median and the 90th-percentile distance above it: a robust scale for one score term."""
+    median = float(np.median(values))
+    return [median, max(float(np.quantile(values, 0.9)) - median, 1e-12)]
+
+
+class ModelScorer:
+    """Scores preprocessed rows with a fitted detector's modules.
+
+    The members' scores are averaged. With a neighbour term, both terms are standardised by their
+    `term_scales` (median and spread on held-out normals) and added, and each row's feature shares
+    blend the terms' own shares by how far each term lies above normal.
+    """
+
+    def __init__(self, members: Sequence[ScoredModule], score_type: str, *, device: torch.device,
+                 n_samples: int, seed: int, neighbors: NearestNeighbors | None = None,
+                 term_scales: dict[str, list[float]] | None = None) -> None:
+        self.members = list(members)
+        self.score_type = score_type
+        self.device = device
+        self.neighbors = neighbors
+        self.term_scales = term_scales or {}
+        self._eps = [latent_noise(m, score_type, n_samples, seed, device) for m in self.members]
+
+    def member_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        totals, contributions = 0.0, 0.0
+        for member, eps in zip(self.members, self._eps):
+            total, contrib = score_array(member, x, self.score_type, self.device, eps)
+            totals, contributions = totals + total, contributions + contrib
+        return totals / len(self.members), contributions / len(self.members)
+
+    def neighbor_distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self.neighbors is not None
+        distance, gaps = self.neighbors.distances(torch.from_numpy(x).to(self.device))
+        return distance.double().cpu().numpy(), gaps.double().cpu().numpy()
+
+    def add_neighbors(self, neighbors: NearestNeighbors, x_val: np.ndarray) -> None:
+        """Add the neighbour term, scaling both terms on held-out normal rows `x_val`."""
+        model_val, _ = self.member_scores(x_val)
+        self.neighbors = neighbors
+        knn_val, _ = self.neighbor_distances(x_val)
+        self.term_scales = {"model": location_spread(model_val), "neighbors": location_spread(knn_val)}
+
+    def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (N,), per-feature contributions (N, F)) for preprocessed rows."""
+        model_scores, model_contrib = self.member_scores(x)
+        if self.neighbors is None:
+            return model_scores, model_contrib
+        distance, gaps = self.neighbor_distances(x)
+        z_model = _standardize(model_scores, self.term_scales["model"])
+        z_knn = _standardize(distance, self.term_scales["neighbors"])
+        w_model, w_knn = np.maximum(z_model, 0.0)[:, None], np.maximum(z_knn, 0.0)[:, None]
+        both_zero = (w_model + w_knn) == 0
+        w_model, w_knn = np.where(both_zero, 1.0, w_model), np.where(both_zero, 1.0, w_knn)
+        contributions = w_model * _row_normalize(model_contrib) + w_knn * _row_normalize(gaps)
+        return z_model + z_knn, contributions
+
+
+def _standardize(values: np.ndarray, location_spread: list[float]) -> np.ndarray:
+    return (values - location_spread[0]) / location_spread[1]
+
+
+def _row_normalize(values: np.ndarray) -> np.ndarray:
+    values = np.maximum(values, 0.0)
+    total = values.sum(1, keepdims=True)
+    return np.divide(values, total, out=np.zeros_like(values), where=total > 0)

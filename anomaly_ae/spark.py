@@ -124,9 +124,9 @@ def _executor_detector(name: str, fallback: str, sha: str) -> "Detector":
         if _manifest_sha(path) != sha:
             raise ModelLoadError(f"the model files shipped to this executor ({path}) are not the version the driver "
                                  "verified; refusing to score with them")
-        detector = Detector.load(path)
         # Spark runs one task per core: one torch thread per task, never a pool per task.
-        detector.set_params(n_threads=1)
+        set_threads(1)
+        detector = Detector.load(path)
         _loaded[sha] = detector
         return detector
 

@@ -15,18 +15,18 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.exceptions import NotFittedError as SklearnNotFitted
-from sklearn.utils.validation import check_is_fitted
 
 from anomaly_ae.augment.conditions import ConditionEncoder
 from anomaly_ae.augment.gan_training import GanConfig, GanHistory, train_gan
 from anomaly_ae.augment.quality import quality_report
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.exceptions import DataError, NotFittedError
+from anomaly_ae.estimators import require_fitted
+from anomaly_ae.exceptions import DataError
 from anomaly_ae.models import build_model
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
 from anomaly_ae.progress import epoch_progress
+from anomaly_ae.runtime import resolve_device
 from anomaly_ae.training import History, TrainConfig, train
 
 GENERATORS = ("cvae", "gan", "cgan")
@@ -57,7 +57,7 @@ class Generator(BaseEstimator):
     quality : measure the generator on the held-out rows at the end of `fit` (`quality_`).
     clip : keep generated numeric values inside the training range (a CPU at 104% is not normal);
         columns whose training values were all whole numbers are rounded.
-    device, n_threads, random_state, verbose : as for Detector.
+    device, random_state, verbose : as for Detector.
     """
 
     def __init__(self, model: str = "cvae", *, condition_cols: str | Sequence[str] | None = None,
@@ -66,7 +66,7 @@ class Generator(BaseEstimator):
                  beta: float = 1.0, steps: int = 2000, n_critic: int = 5, penalty: float = 10.0, n_bins: int = 4,
                  balance_contexts: bool = True,
                  validation_fraction: float = 0.2, max_categories: int = 50, quality: bool = True,
-                 clip: bool = True, device: str = "auto", n_threads: int | None = 1, random_state: int = 0,
+                 clip: bool = True, device: str = "auto", random_state: int = 0,
                  verbose: bool = False) -> None:
         self.model = model
         self.condition_cols = condition_cols
@@ -87,15 +87,12 @@ class Generator(BaseEstimator):
         self.quality = quality
         self.clip = clip
         self.device = device
-        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> "Generator":
         """Learn the distribution of normal rows X (or images), conditioned on the context columns."""
-        from anomaly_ae.detector import resolve_device, torch_threads
-
         self._validate_params()
         schema = Schema.infer(X)
         image = schema.image is not None
@@ -145,17 +142,16 @@ class Generator(BaseEstimator):
         self.image_ndim_ = int(np.asarray(X).ndim) if image else None
         self.model_spec_ = self._model_spec(x.shape[1:], conditions.dim, pre)
         self.device_ = device = resolve_device(self.device)
-        with torch_threads(self.n_threads):
-            torch.manual_seed(self.random_state)
-            module = build_model(self.model_spec_).to(device)
-            if self.model == "cvae":
-                self.history_ = self._fit_cvae(module, x, c, train_idx, val_idx, device)
-            else:
-                self.history_ = self._fit_gan(module, x, c, train_idx, device)
-            self.module_ = module.eval()
-            self.quality_: dict[str, Any] = {}
-            if self.quality:
-                self.quality_ = self._quality(_take(checked, val_idx), labels[val_idx], seed=self.random_state)
+        torch.manual_seed(self.random_state)
+        module = build_model(self.model_spec_).to(device)
+        if self.model == "cvae":
+            self.history_ = self._fit_cvae(module, x, c, train_idx, val_idx, device)
+        else:
+            self.history_ = self._fit_gan(module, x, c, train_idx, device)
+        self.module_ = module.eval()
+        self.quality_: dict[str, Any] = {}
+        if self.quality:
+            self.quality_ = self._quality(_take(checked, val_idx), labels[val_idx], seed=self.random_state)
         self.n_features_in_ = schema.n_features if not image else int(np.prod(x.shape[1:]))
         return self
 
@@ -222,11 +218,7 @@ class Generator(BaseEstimator):
 
     # ------------------------------------------------------------------ sampling
     def _check_fitted(self) -> None:
-        try:
-            check_is_fitted(self, "module_")
-        except SklearnNotFitted:
-            raise NotFittedError("this Generator is not fitted yet; call fit(X) with normal data, "
-                                 "or Generator.load(path) a saved one") from None
+        require_fitted(self, "module_")
 
     def sample(self, n: int, condition: Mapping[str, Any] | Any | None = None, random_state: int | None = None,
                return_conditions: bool = False) -> pd.DataFrame | np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -264,13 +256,11 @@ class Generator(BaseEstimator):
 
     def _model_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Generated rows in model space (n, n_outputs) or (n, C, H, W), in batches."""
-        from anomaly_ae.detector import torch_threads
-
         seed = int(rng.integers(2**31))
         gen = torch.Generator().manual_seed(seed)
         c_all = torch.from_numpy(self.conditions_.encode_labels(labels))
         spec, module, rows = self.model_spec_, self.module_, []
-        with torch_threads(self.n_threads), torch.no_grad():
+        with torch.no_grad():
             for start in range(0, len(labels), 4096):
                 c = c_all[start:start + 4096].to(self.device_)
                 if spec["family"] == "cvae":

@@ -17,15 +17,16 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from anomaly_ae import __version__
 from anomaly_ae.augment.conditions import ConditionEncoder
 from anomaly_ae.augment.gan_training import GanHistory
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
-from anomaly_ae.persistence import read_verified, resolve_model_path, sha256, write_directory
+from anomaly_ae.persistence import RETIRED_PARAMS, read_verified, resolve_model_path, sha256, write_directory
+from anomaly_ae.runtime import resolve_device
 from anomaly_ae.training import History
+from anomaly_ae.version import __version__
 
 if TYPE_CHECKING:
     from anomaly_ae.augment.generator import Generator
@@ -78,8 +79,6 @@ def save_generator(gen: "Generator", path: Path) -> Path:
 
 
 def load_generator(cls: type["Generator"], path_or_uri: str | Path) -> "Generator":
-    from anomaly_ae.detector import resolve_device
-
     path = resolve_model_path(path_or_uri, kind="generator")
     contents = read_verified(path, FILES, kind="generator", format_name=FORMAT, format_version=FORMAT_VERSION)
     try:
@@ -93,7 +92,7 @@ def load_generator(cls: type["Generator"], path_or_uri: str | Path) -> "Generato
         preprocessor = Preprocessor.from_dict(json.loads(contents["preprocess.json"]), output_schema)
         conditions = ConditionEncoder.from_dict(json.loads(contents["conditions.json"]))
         quality = json.loads(contents["quality.json"])
-        gen = cls(**config["params"])
+        gen = cls(**{k: v for k, v in config["params"].items() if k not in RETIRED_PARAMS})
         spec = config["model_spec"]
         training = dict(config["training"])
         kind = training.pop("kind")

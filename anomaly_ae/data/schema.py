@@ -150,37 +150,15 @@ class Schema:
                     f"(e.g. {values[bad].iloc[0]!r}); fix or drop those rows",
                     column=col.name, rows=rows, reason="dtype")
             arr = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
-            inf = np.isinf(arr)
-            if inf.any():
-                rows = _rows(inf, values.index)
-                raise SchemaError(f"column '{col.name}' has infinite values in rows {rows}; replace them with "
-                                  "finite numbers or drop those rows", column=col.name, rows=rows, reason="non_finite")
-            nan = np.isnan(arr)
-            if nan.any():
-                if not col.allow_missing:
-                    rows = _rows(nan, values.index)
-                    raise SchemaError(
-                        f"column '{col.name}' has missing values (NaN) in rows {rows} but had none in training; "
-                        "impute them, drop those rows, or retrain on data that includes missing values",
-                        column=col.name, rows=rows, reason="missing_value")
-                report.missing_values[col.name] = int(nan.sum())
+            _check_numbers(col, arr, values.index, report, missing=" (NaN)")
             return pd.Series(arr, index=values.index, name=col.name)
         # categorical: compare as strings so 1 and "1" mean the same category
         isna = values.isna().to_numpy()
-        if isna.any():
-            if not col.allow_missing:
-                rows = _rows(isna, values.index)
-                raise SchemaError(
-                    f"column '{col.name}' has missing values in rows {rows} but had none in training; "
-                    "fill them with a category or drop those rows", column=col.name, rows=rows, reason="missing_value")
-            report.missing_values[col.name] = int(isna.sum())
         # Built element-wise: Series.where(..., None) turns None back into NaN, which str() makes "nan".
-        as_text = pd.Series([None if missing else str(v) for v, missing in zip(values.to_numpy(dtype=object), isna)],
-                            index=values.index, dtype=object, name=col.name)
-        unseen = as_text.notna() & ~as_text.isin(col.categories)
-        if unseen.any():
-            report.unseen_categories[col.name] = int(unseen.sum())
-        return as_text
+        text = np.empty(len(values), dtype=object)
+        text[:] = [None if missing else str(v) for v, missing in zip(values.to_numpy(dtype=object), isna)]
+        _check_categories(col, text, isna, values.index, report, missing="")
+        return pd.Series(text, index=values.index, dtype=object, name=col.name)
 
     def check_columns(self, columns: Mapping[str, Sequence[Any]]) -> tuple[dict[str, np.ndarray], CheckReport]:
         """Validate already-parsed JSON values, one equal-length sequence per column, without pandas.
@@ -248,20 +226,7 @@ class Schema:
                                   reason="overflow") from None
             if arr.ndim != 1:
                 raise SchemaError(f"column '{col.name}' must hold one number per row", column=col.name, reason="shape")
-            inf = np.isinf(arr)
-            if inf.any():
-                rows = _rows(inf, positions)
-                raise SchemaError(f"column '{col.name}' has infinite values in rows {rows}; replace them with "
-                                  "finite numbers or drop those rows", column=col.name, rows=rows, reason="non_finite")
-            nan = np.isnan(arr)
-            if nan.any():
-                if not col.allow_missing:
-                    rows = _rows(nan, positions)
-                    raise SchemaError(
-                        f"column '{col.name}' has missing values (null) in rows {rows} but had none in training; "
-                        "impute them, drop those rows, or retrain on data that includes missing values",
-                        column=col.name, rows=rows, reason="missing_value")
-                report.missing_values[col.name] = int(nan.sum())
+            _check_numbers(col, arr, positions, report, missing=" (null)")
             return arr
         if not types <= _JSON_TEXT_TYPES:
             bad = np.fromiter((not isinstance(v, (str, numbers.Real)) and v is not None for v in values),
@@ -276,17 +241,7 @@ class Schema:
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
         isna = (arr == None) if type(None) in types else np.zeros(len(arr), dtype=bool)  # noqa: E711
-        if isna.any():
-            if not col.allow_missing:
-                rows = _rows(isna, positions)
-                raise SchemaError(
-                    f"column '{col.name}' has missing values (null) in rows {rows} but had none in training; "
-                    "fill them with a category or drop those rows", column=col.name, rows=rows, reason="missing_value")
-            report.missing_values[col.name] = int(isna.sum())
-        known = set(col.categories)
-        unseen = sum(1 for v in arr if v is not None and v not in known)
-        if unseen:
-            report.unseen_categories[col.name] = unseen
+        _check_categories(col, arr, isna, positions, report, missing=" (null)")
         return arr
 
     def _check_image(self, data: Any) -> np.ndarray:
@@ -323,6 +278,43 @@ class Schema:
                    for c in payload["columns"]]
         image = ImageSpec(**payload["image"]) if payload.get("image") else None
         return cls(columns=columns, image=image, from_array=bool(payload.get("from_array", False)))
+
+
+# ---------------------------------------------------------------------- checks shared by both input forms
+def _check_numbers(col: Column, arr: np.ndarray, index: Any, report: CheckReport, *, missing: str) -> None:
+    """A numeric column as float64: no infinities; NaN only where training had missing values.
+    `missing` names how the input spells a missing value in messages (" (NaN)" in tables, " (null)" in JSON)."""
+    inf = np.isinf(arr)
+    if inf.any():
+        rows = _rows(inf, index)
+        raise SchemaError(f"column '{col.name}' has infinite values in rows {rows}; replace them with "
+                          "finite numbers or drop those rows", column=col.name, rows=rows, reason="non_finite")
+    nan = np.isnan(arr)
+    if nan.any():
+        if not col.allow_missing:
+            rows = _rows(nan, index)
+            raise SchemaError(
+                f"column '{col.name}' has missing values{missing} in rows {rows} but had none in training; "
+                "impute them, drop those rows, or retrain on data that includes missing values",
+                column=col.name, rows=rows, reason="missing_value")
+        report.missing_values[col.name] = int(nan.sum())
+
+
+def _check_categories(col: Column, text: np.ndarray, isna: np.ndarray, index: Any, report: CheckReport, *,
+                      missing: str) -> None:
+    """A categorical column as text (None = missing): missing only where training allowed it;
+    categories never seen in training are counted, not refused (they are scored and noted)."""
+    if isna.any():
+        if not col.allow_missing:
+            rows = _rows(isna, index)
+            raise SchemaError(
+                f"column '{col.name}' has missing values{missing} in rows {rows} but had none in training; "
+                "fill them with a category or drop those rows", column=col.name, rows=rows, reason="missing_value")
+        report.missing_values[col.name] = int(isna.sum())
+    known = set(col.categories)
+    unseen = sum(1 for v in text.tolist() if v is not None and v not in known)
+    if unseen:
+        report.unseen_categories[col.name] = unseen
 
 
 def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:

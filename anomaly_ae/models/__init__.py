@@ -1,8 +1,16 @@
-"""Pure torch modules, one file per family. `build_model` turns a JSON-able spec into a module."""
+"""Pure torch modules, one file per family, and the one table of models a Detector can be.
+
+Adding a model family: write its module (a `ScoredModule` with `feature_errors`, and
+`score_terms` if it scores other than by mean squared reconstruction error), add it to
+`MODEL_FAMILIES`, and add the name users pass as `Detector(model=...)` to `DETECTOR_MODELS`
+with a function that turns the detector's parameters into the module's constructor arguments.
+Fitting, scoring, saving, loading, the CLI's help and the benchmark all read these tables.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -10,6 +18,8 @@ from anomaly_ae.models.adversarial import AdversarialAutoencoder
 from anomaly_ae.models.autoencoder import Autoencoder
 from anomaly_ae.models.cvae import ConditionalVAE
 from anomaly_ae.models.gan import GAN
+from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
+from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.models.pca import PCA
 from anomaly_ae.models.vae import VAE
 
@@ -18,14 +28,80 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "vae": VAE,
     "aae": AdversarialAutoencoder,
     "pca": PCA,
+    "neighbors": NearestNeighbors,
     "cvae": ConditionalVAE,
     "gan": GAN,
 }
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
+def build_model(spec: Mapping[str, Any]) -> nn.Module:
     """spec = {"family": name, "input_shape": [...], **constructor arguments} (all JSON types)."""
     kwargs = dict(spec)
     family = kwargs.pop("family")
     kwargs["input_shape"] = tuple(kwargs["input_shape"])
     return MODEL_FAMILIES[family](**kwargs)
+
+
+# ---------------------------------------------------------------------------- Detector(model=...)
+SpecBuilder = Callable[[Mapping[str, Any], tuple[int, ...], int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DetectorModel:
+    """One value of `Detector(model=...)`: which module its networks are and how they are sized.
+
+    `spec(params, input_shape, n_train)` returns the module spec from the detector's parameters;
+    `n_estimators` and `neighbors` are the defaults used when those parameters are None."""
+
+    help: str
+    spec: SpecBuilder
+    n_estimators: int = 1
+    neighbors: int = 0
+
+
+def _network_spec(family: str, params: Mapping[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    n_inputs = 1
+    for d in input_shape:
+        n_inputs *= int(d)
+    latent = params["latent_dim"] or default_latent_dim(n_inputs)
+    hidden = list(params["hidden_dims"]) if params["hidden_dims"] is not None else default_hidden_dims(n_inputs, latent)
+    return {"family": family, "input_shape": list(input_shape), "latent_dim": int(latent),
+            "hidden_dims": [int(h) for h in hidden]}
+
+
+def _autoencoder(corruption: bool = False, sparse: bool = False) -> SpecBuilder:
+    def spec(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) -> dict[str, Any]:
+        return {**_network_spec("autoencoder", params, input_shape),
+                "corruption": params["corruption"] if corruption else None, "noise": params["noise"],
+                "l1": params["sparsity"] if sparse else 0.0}
+    return spec
+
+
+def _vae(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) -> dict[str, Any]:
+    return {**_network_spec("vae", params, input_shape), "beta": params["beta"]}
+
+
+def _aae(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) -> dict[str, Any]:
+    return {**_network_spec("aae", params, input_shape), "adversarial_weight": params["adversarial_weight"],
+            "latent_weight": params["latent_weight"]}
+
+
+def _pca(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) -> dict[str, Any]:
+    n_inputs = 1
+    for d in input_shape:
+        n_inputs *= int(d)
+    return {"family": "pca", "input_shape": list(input_shape), "n_components": min(n_inputs, n_train)}
+
+
+# The recommended default, chosen on the ADBench benchmark (benchmarks/results/adbench.md):
+# reconstruction error of a small autoencoder ensemble plus nearest-neighbour density.
+DETECTOR_MODELS: dict[str, DetectorModel] = {
+    "hybrid": DetectorModel("3 autoencoders + mean distance to the 5 nearest training rows (the default)",
+                            _autoencoder(), n_estimators=3, neighbors=5),
+    "ae": DetectorModel("undercomplete autoencoder (dense, or conv for images)", _autoencoder()),
+    "dae": DetectorModel("denoising autoencoder (corruption='gaussian' or 'mask')", _autoencoder(corruption=True)),
+    "sae": DetectorModel("sparse autoencoder (L1 on the code, sparsity=)", _autoencoder(sparse=True)),
+    "vae": DetectorModel("beta-VAE scored by negative ELBO ('recon', 'iwae' also)", _vae),
+    "aae": DetectorModel("adversarial autoencoder: reconstruction + prior density of the code", _aae),
+    "pca": DetectorModel("PCA reconstruction error (the baseline)", _pca),
+}

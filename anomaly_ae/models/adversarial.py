@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomaly_ae.models.autoencoder import make_encoder_decoder
+from anomaly_ae.models.base import ScoredModule
 from anomaly_ae.models.layers import mlp
 
 
-class AdversarialAutoencoder(nn.Module):
+class AdversarialAutoencoder(ScoredModule):
     adversarial = True
+    score_types = ("recon+latent", "recon")
 
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int, hidden_dims: list[int],
                  adversarial_weight: float = 0.1, latent_weight: float = 0.1) -> None:
@@ -57,8 +59,11 @@ class AdversarialAutoencoder(nn.Module):
         return {"errors": (recon - x).pow(2).flatten(1), "latent": 0.5 * code.pow(2).sum(-1)}
 
     @torch.no_grad()
-    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction + latent_weight * prior term, each over its held-out median; per-feature errors)."""
+    def score_terms(self, x: torch.Tensor, score: str, eps: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """"recon+latent": reconstruction + latent_weight * prior term, each over its held-out median."""
+        if score == "recon":
+            return super().score_terms(x, score)
         parts = self.feature_errors(x)
         recon = parts["errors"].mean(-1) / self.term_scales[0]
         return recon + self.latent_weight * parts["latent"] / self.term_scales[1], parts["errors"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly_ae.models.base import ScoredModule
 from anomaly_ae.models.layers import ConvDecoder, ConvEncoder, mlp
 
 
@@ -21,7 +22,7 @@ def make_encoder_decoder(input_shape: tuple[int, ...], hidden_dims: list[int], c
     return encoder, ConvDecoder(encoder, decoder_in, channels)
 
 
-class Autoencoder(nn.Module):
+class Autoencoder(ScoredModule):
     """x -> code -> reconstruction, trained on mean squared error.
 
     corruption='gaussian' or 'mask' makes it a denoising autoencoder (noise only while training);

@@ -12,8 +12,9 @@ from torch import nn
 
 
 class NearestNeighbors(nn.Module):
-    def __init__(self, n_reference: int, n_features: int, k: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], n_reference: int, k: int) -> None:
         super().__init__()
+        n_features = int(torch.tensor(input_shape).prod())
         self.k = k
         self.register_buffer("reference", torch.zeros(n_reference, n_features))
 

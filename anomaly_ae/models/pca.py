@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from anomaly_ae.models.base import ScoredModule
 
 
-class PCA(nn.Module):
+class PCA(ScoredModule):
     """Projects onto the top principal components and back; fitted by SVD, not by gradient descent."""
+
+    closed_form = True
 
     def __init__(self, input_shape: tuple[int, ...], n_components: int) -> None:
         super().__init__()
@@ -16,7 +18,8 @@ class PCA(nn.Module):
         self.register_buffer("components", torch.zeros(n_components, d))
 
     @torch.no_grad()
-    def fit_closed_form(self, x: torch.Tensor, variance_kept: float) -> None:
+    def fit_closed_form(self, x: torch.Tensor, *, variance_kept: float = 0.9, **_: object) -> None:
+        """Keep the fewest components that explain `variance_kept` of the training variance."""
         flat = x.flatten(1).double()
         mean = flat.mean(0)
         _, s, vt = torch.linalg.svd(flat - mean, full_matrices=False)

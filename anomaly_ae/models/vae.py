@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from anomaly_ae.models.autoencoder import make_encoder_decoder
+from anomaly_ae.models.base import ScoredModule
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -26,7 +27,10 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tens
     return -0.5 * ((x - mean) / log_scale.exp()).pow(2) - log_scale - 0.5 * LOG_2PI
 
 
-class VAE(nn.Module):
+class VAE(ScoredModule):
+    score_types = ("elbo", "recon", "iwae")
+    sampled_scores = frozenset({"elbo", "iwae"})
+
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int, hidden_dims: list[int],
                  beta: float = 1.0) -> None:
         super().__init__()
@@ -89,3 +93,13 @@ class VAE(nn.Module):
     def feature_errors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         mu, _ = self.encode(x)
         return {"errors": (self.decode(mu) - x).pow(2).flatten(1)}
+
+    @torch.no_grad()
+    def score_terms(self, x: torch.Tensor, score: str, eps: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if score not in self.sampled_scores:
+            return super().score_terms(x, score)
+        nll, kl = self.elbo_terms(x, eps)
+        total = nll.sum(-1) + kl if score == "elbo" else -self.iwae_bound(x, eps)
+        # Without the log-scale constant each feature's term is its squared standardised misfit (>= 0).
+        return total, nll - (self.log_scale_clamped() + 0.5 * LOG_2PI).flatten()

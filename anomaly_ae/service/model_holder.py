@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any, Callable, Protocol
 from anomaly_ae import exceptions
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.persistence import REMOTE_SCHEMES
+from anomaly_ae.registry.connection import DEFAULT_BOUNDS, HttpBounds
 from anomaly_ae.service import metrics
 from anomaly_ae.service.scorer import Scorer, SmokeTestError
 from anomaly_ae.service.settings import ServiceSettings
@@ -104,18 +106,23 @@ def resolve_local(uri: str) -> LocalModelRef:
     return LocalModelRef(uri=uri, name=path.resolve().name, version=digest[:12])
 
 
-def resolve(uri: str) -> Any:
-    """Which concrete version `uri` points to now: cheap, bounded by the registry's client timeouts."""
+def registry_bounds(settings: ServiceSettings) -> HttpBounds:
+    """MLflow retries a dead server for minutes by default; the service wants quick failures."""
+    return HttpBounds(timeout_s=max(1.0, settings.registry_timeout_s / 2), max_retries=0, backoff_factor=1.0)
+
+
+def resolve(uri: str, bounds: HttpBounds = DEFAULT_BOUNDS) -> Any:
+    """Which concrete version `uri` points to now: cheap, bounded by `bounds`."""
     if not is_remote(uri):
         return resolve_local(uri)
     from anomaly_ae.registry import resolve_model
 
-    return resolve_model(uri)
+    return resolve_model(uri, bounds=bounds)
 
 
-def load(uri: str) -> tuple[Any, Any]:
+def load(uri: str, bounds: HttpBounds = DEFAULT_BOUNDS) -> tuple[Any, Any]:
     """(Detector, ref) through `Detector.load` (hash-checked, pickle-free), directly or via the registry."""
-    from anomaly_ae import Detector
+    from anomaly_ae.detector import Detector
 
     if not is_remote(uri):
         before = resolve_local(uri)
@@ -125,26 +132,21 @@ def load(uri: str) -> tuple[Any, Any]:
         return detector, before
     from anomaly_ae.registry import load_model
 
-    return load_model(uri)
-
-
-def bound_registry_clients(settings: ServiceSettings) -> None:
-    """MLflow retries a dead server for minutes by default; the service wants quick failures."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(settings.registry_timeout_s / 2))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    return load_model(uri, bounds=bounds)
 
 
 # ---------------------------------------------------------------------------- the holder
 class ModelHolder:
-    def __init__(self, settings: ServiceSettings, resolver: Callable[[str], Any] = resolve,
-                 loader: Callable[[str], tuple[Any, Any]] = load) -> None:
+    def __init__(self, settings: ServiceSettings, resolver: Callable[[str], Any] | None = None,
+                 loader: Callable[[str], tuple[Any, Any]] | None = None) -> None:
         self.settings = settings
         self.uri = settings.model_uri
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self.last_checked: float | None = None
-        self._resolver, self._loader = resolver, loader
+        bounds = registry_bounds(settings)
+        self._resolver = resolver or functools.partial(resolve, bounds=bounds)
+        self._loader = loader or functools.partial(load, bounds=bounds)
         self._refused: dict[str, tuple[str, str]] = {}  # version -> (reason, message)
         self._lock = asyncio.Lock()
         self._stuck: list[threading.Thread] = []
@@ -153,7 +155,6 @@ class ModelHolder:
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        bound_registry_clients(self.settings)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run(), name="anomaly-ae-model-reload")]
         if self._signal_path() is not None:
@@ -285,7 +286,6 @@ class ModelHolder:
     def _load_and_check(self) -> LoadedModel:
         started = time.perf_counter()
         detector, ref = self._loader(self.uri)
-        detector.n_threads = self.settings.torch_threads
         scorer = Scorer(detector)
         scorer.smoke_test()
         pre = detector.preprocessor_

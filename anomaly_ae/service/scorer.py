@@ -1,47 +1,30 @@
-"""The service's hot path: score parsed JSON columns with a loaded Detector, without pandas.
+"""The service's view of a loaded Detector: its one inference path, fed parsed JSON columns.
 
-`Detector.score_frame` is built for DataFrames and pays pandas' per-column costs on every call,
-which dominate a 1-row request. Here the same steps run on numpy arrays: `Schema.check_columns`
-(same rules as `Schema.check`), `Preprocessor.transform` (the same transform), the detector's own
-batched scoring and calibration. `smoke_test` scores a small batch built from the training
-reference both ways and refuses a model whose scores are not finite or disagree with
-`Detector.decision_function`, so this path can never silently drift from the library's.
+`InferencePath.score` with a mapping of columns validates with `Schema.check_columns` (strict
+about JSON types, no pandas on the hot path) and then runs the same transform, scoring,
+calibration, explanations and notes as every other adapter. `smoke_test` scores a small batch
+built from the training reference as JSON columns and as a DataFrame and refuses a model whose
+scores are not finite or disagree, so the two validators can never silently drift apart.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from anomaly_ae.data.preprocess import UNKNOWN
 from anomaly_ae.detector import Detector
 from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.inference import ScoreResult
 
 
 class SmokeTestError(ModelLoadError):
     """A model loaded but could not score a smoke batch correctly; it is not served."""
 
 
-@dataclass
-class ScoreResult:
-    scores: np.ndarray
-    p_values: np.ndarray
-    is_anomaly: np.ndarray
-    severity: np.ndarray
-    top_features: list[list[str]] | None = None
-    top_contributions: list[list[float]] | None = None
-    notes: list[list[str]] | None = None  # None when no row has a note
-    checked: dict[str, np.ndarray] = field(default_factory=dict)
-    model_input: np.ndarray | None = None
-    missing: dict[str, int] = field(default_factory=dict)
-    unseen: dict[str, int] = field(default_factory=dict)
-
-
 class Scorer:
-    """A Detector compiled for JSON columns: validate, transform, score, calibrate, explain."""
+    """A Detector's inference path for JSON columns, plus the checks that admit a model to serving."""
 
     def __init__(self, detector: Detector) -> None:
         schema = detector.schema_
@@ -50,55 +33,11 @@ class Scorer:
         self.detector = detector
         self.schema = schema
         self.preprocessor = detector.preprocessor_
-        self.calibration = detector.calibration_
+        self.path = detector.inference_
         self.threshold = float(detector.threshold_)
-        self.names = schema.names
-        self._names = np.asarray(self.names, dtype=object)
-        # (model inputs x columns): a categorical column's share is the sum over its one-hot group
-        self._groups = np.zeros((self.preprocessor.n_outputs, len(self.names)))
-        for j, name in enumerate(self.names):
-            self._groups[self.preprocessor.groups[name], j] = 1.0
-        self._known = {name: frozenset(b for b in buckets if b != UNKNOWN)
-                       for name, buckets in self.preprocessor.categorical.items()}
 
     def score(self, columns: dict[str, Any], top_k: int = 0) -> ScoreResult:
-        checked, report = self.schema.check_columns(columns)
-        x = self.preprocessor.transform(checked)
-        scores, contributions = self.detector.score_preprocessed(x)
-        cal = self.calibration
-        result = ScoreResult(scores=scores, p_values=cal.p_values(scores), is_anomaly=scores > self.threshold,
-                             severity=cal.severity(scores), checked=checked, model_input=x,
-                             missing=report.missing_values,
-                             unseen=report.unseen_categories)
-        if top_k > 0:
-            result.top_features, result.top_contributions = self._explain(contributions, top_k)
-        if report.missing_values or report.unseen_categories:
-            result.notes = self._notes(checked, report.missing_values, report.unseen_categories)
-        return result
-
-    def _explain(self, contributions: np.ndarray, top_k: int) -> tuple[list[list[str]], list[list[float]]]:
-        shares = np.maximum(contributions, 0.0) @ self._groups
-        total = shares.sum(1, keepdims=True)
-        shares = np.divide(shares, total, out=np.zeros_like(shares), where=total > 0)
-        k = max(1, min(int(top_k), shares.shape[1]))
-        order = np.argsort(-shares, axis=1, kind="stable")[:, :k]
-        return self._names[order].tolist(), np.take_along_axis(shares, order, axis=1).tolist()
-
-    def _notes(self, checked: dict[str, np.ndarray], missing: dict[str, int],
-               unseen: dict[str, int]) -> list[list[str]]:
-        """Per-row remarks that are not errors, as `Detector.score_frame` makes them."""
-        n = len(next(iter(checked.values())))
-        notes: list[list[str]] = [[] for _ in range(n)]
-        for name in unseen:
-            known = self._known[name]
-            for i, v in enumerate(checked[name].tolist()):
-                if v is not None and v not in known:
-                    notes[i].append(f"unseen category {v!r} in '{name}'")
-        for name in missing:
-            if name in self.preprocessor.numeric:
-                for i in np.flatnonzero(np.isnan(checked[name])).tolist():
-                    notes[i].append(f"missing '{name}' imputed")
-        return notes
+        return self.path.score(columns, top_k=top_k)
 
     # ------------------------------------------------------------------ smoke test
     def smoke_batch(self) -> dict[str, list[Any]]:
