@@ -21,7 +21,8 @@ or, when unset, the embedded ``./mlflow.db`` + ``./mlartifacts``. Every network 
 an incompatible model format raise ``ModelLoadError`` saying which and what to do.
 """
 
-from anomaly_ae.registry.connection import TrackingTarget, check_connection, quiet_mlflow_logs, tracking_target
+from anomaly_ae.registry.connection import (HttpBounds, TrackingTarget, check_connection, quiet_mlflow_logs,
+                                           tracking_target)
 from anomaly_ae.registry.store import (ModelRef, Promotion, PromotionRefused, VersionSummary, download_model,
                                        list_versions, load_model, promote, resolve_model)
 from anomaly_ae.registry.generators import log_generator_run

@@ -1,20 +1,15 @@
 """Where the tracking server is, how long we wait for it, and how its errors read to a user.
 
 Bounded network time. MLflow's HTTP client retries each request 7 times with exponential backoff
-and a 120 s timeout by default: a stopped or hung server stalls a caller for minutes. Unless the
-environment already sets them, importing this module sets
-
-    MLFLOW_HTTP_REQUEST_TIMEOUT=5             seconds per connect / read
-    MLFLOW_HTTP_REQUEST_MAX_RETRIES=2         3 attempts in all
-    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1      sleeps 0 s, then 2 s, between attempts
-    MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=0.2
-    MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER=false   a 503 with "Retry-After: 600" must not stall us
-
-so an unreachable server fails at once (connection refused) and a hung one within about 17 s.
-MLflow reads these variables on every request, so setting them here is enough; set them in the
-environment to choose other bounds. It also turns off MLflow's download progress bars and its
-"View run at" lines on stdout (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
-MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT), again only where the environment does not set them.
+and a 120 s timeout by default: a stopped or hung server stalls a caller for minutes. Every
+MLflow call this package makes runs inside `mlflow_errors(target, ...)`, which applies the
+target's `HttpBounds` for the duration of that call: by default a 5 s timeout per connect / read
+and 2 retries with 0 s then 2 s between attempts, never honouring a "Retry-After: 600", so an
+unreachable server fails at once (connection refused) and a hung one within about 17 s. The
+service passes tighter bounds (`tracking_target(..., bounds=...)`). MLflow reads its bounds only
+from `MLFLOW_HTTP_*` environment variables, on every request, and takes no per-call argument, so
+the call sets them and restores them afterwards, under a lock; a variable the user exported
+wins. MLflow's download progress bars and "View run at" lines are turned off the same way.
 
 The tracking URI is the one given, else MLFLOW_TRACKING_URI, else the embedded default: a SQLite
 tracking + registry database ``mlflow.db`` and an artifact folder ``mlartifacts/`` in the working
@@ -27,26 +22,56 @@ import contextlib
 import functools
 import os
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from anomaly_ae.exceptions import AnomalyAEError, RegistryError, RegistryUnavailableError
 
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
-    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
-}
-# Display only: no download progress bars or "View run at" lines on stdout (the CLI prints its own).
-QUIET_DEFAULTS = {
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-}
-for _key, _value in {**HTTP_DEFAULTS, **QUIET_DEFAULTS}.items():
-    os.environ.setdefault(_key, _value)
+
+@dataclass(frozen=True)
+class HttpBounds:
+    """How long one MLflow call may wait on the tracking server."""
+
+    timeout_s: float = 5.0  # per connect / read
+    max_retries: int = 2
+    backoff_factor: float = 1.0
+    backoff_jitter: float = 0.2
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": f"{max(1, round(self.timeout_s))}",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.max_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": f"{self.backoff_factor:g}",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": f"{self.backoff_jitter:g}",
+            "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",  # a 503 with "Retry-After: 600" must not stall us
+            # display only: no download progress bars or "View run at" lines (the CLI prints its own)
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        }
+
+
+DEFAULT_BOUNDS = HttpBounds()
+_USER_SET = frozenset(k for k in DEFAULT_BOUNDS.environment() if k in os.environ)  # exported by the user: theirs
+_bounds_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def bounded(bounds: HttpBounds) -> Iterator[None]:
+    """Apply `bounds` to the MLflow calls made inside the block (one block at a time per process)."""
+    with _bounds_lock:
+        saved = {k: os.environ.get(k) for k in bounds.environment()}
+        os.environ.update({k: v for k, v in bounds.environment().items() if k not in _USER_SET})
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
 
 EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
@@ -59,6 +84,7 @@ class TrackingTarget:
     uri: str
     artifact_location: str | None = None  # for experiments this package creates (embedded store only)
     embedded_db: Path | None = None       # set when this is the embedded default
+    bounds: HttpBounds = field(default=DEFAULT_BOUNDS, compare=False)
 
     def short(self) -> str:
         return f"the embedded store {self.embedded_db}" if self.embedded_db is not None else self.uri
@@ -78,21 +104,22 @@ class TrackingTarget:
         return f"MLflow tracking server {self.uri}"
 
 
-def tracking_target(tracking_uri: str | None = None, *, create: bool = False) -> TrackingTarget:
+def tracking_target(tracking_uri: str | None = None, *, create: bool = False,
+                    bounds: HttpBounds = DEFAULT_BOUNDS) -> TrackingTarget:
     """The explicit URI, else MLFLOW_TRACKING_URI, else the embedded SQLite store in the working directory.
 
     With ``create=False`` (loading models) a missing embedded database is an error instead of
     being created empty."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return TrackingTarget(uri=uri)
+        return TrackingTarget(uri=uri, bounds=bounds)
     db = (Path.cwd() / EMBEDDED_DB).resolve()
     if not create and not db.exists():
         raise RegistryError(
             f"no MLflow tracking server is configured and there is no embedded store {db}: set "
             "MLFLOW_TRACKING_URI (e.g. http://mlflow:5000) or run from the directory that holds mlflow.db")
     return TrackingTarget(uri=f"sqlite:///{db}", artifact_location=(db.parent / EMBEDDED_ARTIFACTS).as_uri(),
-                          embedded_db=db)
+                          embedded_db=db, bounds=bounds)
 
 
 @functools.lru_cache(maxsize=8)
@@ -144,8 +171,8 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-def translate(exc: BaseException, uri: str, action: str, *,
-              error: type[AnomalyAEError] = RegistryError) -> AnomalyAEError:
+def translate(exc: BaseException, uri: str, action: str, *, error: type[AnomalyAEError] = RegistryError,
+              bounds: HttpBounds = DEFAULT_BOUNDS) -> AnomalyAEError:
     """An MLflow / requests / OS error as one of this package's errors, with what to do about it.
 
     A server that cannot be reached is always RegistryUnavailableError (transient); anything else
@@ -155,10 +182,9 @@ def translate(exc: BaseException, uri: str, action: str, *,
         return exc
     reason = _unreachable_reason(exc)
     if reason is not None:
-        timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
         return RegistryUnavailableError(
             f"cannot reach the MLflow tracking server at {uri} while {action} ({reason}; "
-            f"{timeout} s timeout, {os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')} retries): check that the "
+            f"{bounds.timeout_s:g} s timeout, {bounds.max_retries} retries): check that the "
             "server is running and that MLFLOW_TRACKING_URI / --tracking-uri points at it, then retry")
     if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or isinstance(exc, OSError):
         return error(f"{action} failed: {_first_line(str(exc))}")
@@ -166,15 +192,18 @@ def translate(exc: BaseException, uri: str, action: str, *,
 
 
 @contextlib.contextmanager
-def mlflow_errors(uri: str, action: str, *, error: type[AnomalyAEError] = RegistryError) -> Iterator[None]:
-    """Turn whatever MLflow raises inside the block into one clear package error (no traceback in the CLI)."""
+def mlflow_errors(target: TrackingTarget, action: str, *, error: type[AnomalyAEError] = RegistryError
+                  ) -> Iterator[None]:
+    """Run the MLflow calls inside the block within the target's bounds, and turn whatever MLflow
+    raises into one clear package error (no traceback in the CLI)."""
     from mlflow.exceptions import MlflowException
     from requests import RequestException
 
     try:
-        yield
+        with bounded(target.bounds):
+            yield
     except (MlflowException, RequestException, OSError) as exc:
-        raise translate(exc, uri, action, error=error) from exc
+        raise translate(exc, target.uri, action, error=error, bounds=target.bounds) from exc
 
 
 def quiet_mlflow_logs() -> None:
@@ -191,6 +220,6 @@ def check_connection(tracking_uri: str | None = None) -> TrackingTarget:
     """Fail fast (before a long training) if the tracking server cannot be reached: one bounded request."""
     target = tracking_target(tracking_uri, create=True)
     if target.embedded_db is None:
-        with mlflow_errors(target.uri, "checking the connection"):
+        with mlflow_errors(target, "checking the connection"):
             client(target.uri).search_experiments(max_results=1)
     return target

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from anomaly_ae import __version__
+from anomaly_ae.version import __version__
 from anomaly_ae.registry.connection import client, mlflow_errors, tracking_target
 from anomaly_ae.registry.store import KIND_TAG, MANIFEST_TAG, PACKAGE_TAG, register_run_model, version_tags
 from anomaly_ae.registry.tracking import (TrackedRun, _experiment_id, _param_value, data_fingerprint,
@@ -50,7 +50,7 @@ def log_generator_run(generator: "Generator", X: pd.DataFrame | np.ndarray | Non
     target = tracking_target(tracking_uri, create=True)
     c = client(target.uri)
     fingerprint = data_fingerprint(X) if X is not None else None
-    with mlflow_errors(target.uri, f"starting a run in experiment {experiment!r}"):
+    with mlflow_errors(target, f"starting a run in experiment {experiment!r}"):
         experiment_id = _experiment_id(c, target, experiment)
         run = c.create_run(experiment_id, run_name=run_name, tags={
             "mlflow.source.name": "anomaly-ae generate train", "mlflow.source.type": "LOCAL",
@@ -61,7 +61,7 @@ def log_generator_run(generator: "Generator", X: pd.DataFrame | np.ndarray | Non
     with run_lifecycle(c, target, run_id), tempfile.TemporaryDirectory(prefix="anomaly_ae-run-") as tmp:
         tmp = Path(tmp)
         model_dir = Path(model_dir) if model_dir is not None else generator.save(tmp / "saved")
-        with mlflow_errors(target.uri, f"logging run {run_id}"):
+        with mlflow_errors(target, f"logging run {run_id}"):
             _log_values(c, run_id, generator, metrics, fingerprint, data_path, failures)
             _log_sample(c, run_id, generator, tmp)
             c.log_artifacts(run_id, str(model_dir), GENERATOR_ARTIFACT_PATH)

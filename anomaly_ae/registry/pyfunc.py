@@ -87,12 +87,13 @@ def signature(detector: "Detector", example: pd.DataFrame | np.ndarray):
 def pip_requirements() -> list[str]:
     """What ``mlflow models serve`` needs: this package (which pulls numpy, pandas, safetensors...),
     torch and mlflow, pinned to the versions that trained the model (local build tags dropped)."""
+    from importlib.metadata import version
+
     import mlflow
-    import torch
 
-    from anomaly_ae import __version__
+    from anomaly_ae.version import __version__
 
-    return [f"anomaly-ae=={__version__}", f"torch=={torch.__version__.split('+')[0]}",
+    return [f"anomaly-ae=={__version__}", f"torch=={version('torch').split('+')[0]}",
             f"mlflow=={mlflow.__version__}"]
 
 

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
-from anomaly_ae import __version__
+from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import DataError, ModelLoadError, RegistryError
 from anomaly_ae.persistence import FORMAT_VERSION, MANIFEST, REMOTE_SCHEMES, manifest_hashes, sha256
-from anomaly_ae.registry.connection import TrackingTarget, client, mlflow_errors, tracking_target
+from anomaly_ae.registry.connection import (DEFAULT_BOUNDS, HttpBounds, TrackingTarget, client, mlflow_errors,
+                                           tracking_target)
 from anomaly_ae.registry.pyfunc import DATA_DIR
 
 if TYPE_CHECKING:
@@ -81,12 +82,13 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 # ---------------------------------------------------------------------- resolving
-def resolve_model(uri: str, *, tracking_uri: str | None = None) -> ModelRef:
+def resolve_model(uri: str, *, tracking_uri: str | None = None, bounds: HttpBounds = DEFAULT_BOUNDS) -> ModelRef:
     """Which concrete version ``uri`` names now: one cheap registry request, bounded in time."""
-    return _resolve(str(uri), tracking_uri)[0]
+    return _resolve(str(uri), tracking_uri, bounds)[0]
 
 
-def _resolve(uri: str, tracking_uri: str | None) -> tuple[ModelRef, dict[str, str], TrackingTarget | None]:
+def _resolve(uri: str, tracking_uri: str | None, bounds: HttpBounds = DEFAULT_BOUNDS
+             ) -> tuple[ModelRef, dict[str, str], TrackingTarget | None]:
     if not is_remote(uri):
         path = Path(uri)
         try:
@@ -95,24 +97,24 @@ def _resolve(uri: str, tracking_uri: str | None) -> tuple[ModelRef, dict[str, st
             raise ModelLoadError(f"no saved model at {path}: expected a directory written by Detector.save "
                                  f"(with {MANIFEST}) or a models:/ or runs:/ URI") from None
         return ModelRef(uri, path.resolve().name, digest, None, None), {}, None
-    target = _load_target(uri, tracking_uri)
+    target = _load_target(uri, tracking_uri, bounds)
     c = client(target.uri)
     if uri.startswith("models:/"):
         name, version, alias = parse_models_uri(uri)
-        with mlflow_errors(target.uri, f"resolving {uri}", error=ModelLoadError):
+        with mlflow_errors(target, f"resolving {uri}", error=ModelLoadError):
             mv = _model_version(c, target, name, version, alias, uri, ModelLoadError)
         return ModelRef(uri, name, str(mv.version), alias, mv.run_id), dict(mv.tags or {}), target
     if uri.startswith("runs:/"):
         run_id = uri[len("runs:/"):].split("/", 1)[0]
-        with mlflow_errors(target.uri, f"resolving {uri}", error=ModelLoadError):
+        with mlflow_errors(target, f"resolving {uri}", error=ModelLoadError):
             run = c.get_run(run_id)
         return ModelRef(uri, None, None, None, run_id), dict(run.data.tags), target
     return ModelRef(uri, None, None, None, None), {}, target
 
 
-def _load_target(uri: str, tracking_uri: str | None) -> TrackingTarget:
+def _load_target(uri: str, tracking_uri: str | None, bounds: HttpBounds) -> TrackingTarget:
     try:
-        return tracking_target(tracking_uri)
+        return tracking_target(tracking_uri, bounds=bounds)
     except RegistryError as exc:
         raise ModelLoadError(f"cannot load {uri}: {exc}") from None
 
@@ -202,7 +204,7 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
 
     expected = _expected_manifest(ref, tags, kind)
     dst.mkdir(parents=True, exist_ok=True)
-    with mlflow_errors(target.uri, f"downloading {ref.pinned_uri}", error=ModelLoadError):
+    with mlflow_errors(target, f"downloading {ref.pinned_uri}", error=ModelLoadError):
         source = ref.pinned_uri
         if ref.name is not None:
             # MLflow resolves models:/ URIs against its *global* registry URI, whatever registry_uri
@@ -253,12 +255,13 @@ def _locate(local: Path, ref: ModelRef) -> Path:
                          "it was not logged by anomaly_ae")
 
 
-def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple["Detector", ModelRef]:
+def load_model(uri: str, *, tracking_uri: str | None = None,
+               bounds: HttpBounds = DEFAULT_BOUNDS) -> tuple["Detector", ModelRef]:
     """Resolve ``uri``, download exactly that version (not the alias again: no race with a moving
     alias), verify and load it. Returns the detector and what it was resolved to."""
     from anomaly_ae.detector import Detector
 
-    ref, tags, target = _resolve(str(uri), tracking_uri)
+    ref, tags, target = _resolve(str(uri), tracking_uri, bounds)
     if target is None:
         return Detector.load(Path(uri)), ref
     with tempfile.TemporaryDirectory(prefix="anomaly_ae-load-") as tmp:
@@ -297,7 +300,7 @@ def register_run_model(target: TrackingTarget, run_id: str, artifact_uri: str, n
 
     kind = tags.get(KIND_TAG, "detector")
     c = client(target.uri)
-    with mlflow_errors(target.uri, f"registering model {name!r}"):
+    with mlflow_errors(target, f"registering model {name!r}"):
         try:
             c.create_registered_model(name, tags={KIND_TAG: kind},
                                       description=_REGISTERED_MODEL_DESCRIPTIONS[kind].format(name=name))
@@ -348,7 +351,7 @@ def promote(name: str, version: str | int, alias: str = "champion", *, require_b
     target = tracking_target(tracking_uri)
     c = client(target.uri)
     uri = f"models:/{name}/{version}"
-    with mlflow_errors(target.uri, f"promoting {uri} to @{alias}"):
+    with mlflow_errors(target, f"promoting {uri} to @{alias}"):
         _model_version(c, target, name, version, None, uri, RegistryError)
         previous = _alias_version(c, name, alias)
         result = Promotion(name, version, alias, previous)
@@ -438,7 +441,7 @@ def list_versions(name: str, *, tracking_uri: str | None = None) -> list[Version
     target = tracking_target(tracking_uri)
     c = client(target.uri)
     uri = f"models:/{name}"
-    with mlflow_errors(target.uri, f"listing {uri}"):
+    with mlflow_errors(target, f"listing {uri}"):
         try:
             model = c.get_registered_model(name)
         except MlflowException as exc:

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from anomaly_ae import __version__
+from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
-from anomaly_ae.registry.connection import TrackingTarget, client, mlflow_errors, tracking_target
+from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, tracking_target
 from anomaly_ae.registry.pyfunc import save_pyfunc_model
 from anomaly_ae.registry.store import (MANIFEST_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef, _labelled,
                                        register_run_model, version_tags)
@@ -64,10 +64,10 @@ def run_lifecycle(c: Any, target: TrackingTarget, run_id: str) -> Iterator[None]
         yield
     except BaseException as exc:
         if not isinstance(exc, RegistryUnavailableError):  # don't wait on a dead server twice
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), bounded(target.bounds):
                 c.set_terminated(run_id, "FAILED")
         raise
-    with mlflow_errors(target.uri, f"finishing run {run_id}"):
+    with mlflow_errors(target, f"finishing run {run_id}"):
         c.set_terminated(run_id, "FINISHED")
 
 
@@ -109,7 +109,7 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
     target = tracking_target(tracking_uri, create=True)
     c = client(target.uri)
     fingerprint = data_fingerprint(X)
-    with mlflow_errors(target.uri, f"starting a run in experiment {experiment!r}"):
+    with mlflow_errors(target, f"starting a run in experiment {experiment!r}"):
         experiment_id = _experiment_id(c, target, experiment)
         run = c.create_run(experiment_id, run_name=run_name, tags={
             "mlflow.source.name": "anomaly-ae train", "mlflow.source.type": "LOCAL", PACKAGE_TAG: __version__,
@@ -119,7 +119,7 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
         tmp = Path(tmp)
         model_dir = Path(model_dir) if model_dir is not None else detector.save(tmp / "saved")
         metrics = _summary_metrics(detector, evaluation)
-        with mlflow_errors(target.uri, f"logging run {run_id}"):
+        with mlflow_errors(target, f"logging run {run_id}"):
             _log_values(c, run_id, detector, fingerprint, metrics, data_path)
             _log_plots_and_data(c, run_id, detector, fingerprint, evaluation, tmp, data_path)
             save_pyfunc_model(detector, model_dir, tmp / "pyfunc", X, run_id=run_id,
