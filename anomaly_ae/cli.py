@@ -12,13 +12,18 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from anomaly_ae.exceptions import AnomalyAEError
+from anomaly_ae.runtime import DEFAULT_THREADS, set_threads
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 app = typer.Typer(help="Anomaly detection with autoencoders trained on normal data.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -42,6 +47,8 @@ def _split_list(text: str | None) -> list[str]:
 
 def read_training_data(path: Path, drop_cols: list[str]) -> pd.DataFrame | np.ndarray:
     """Tables (CSV/Parquet) become DataFrames; .npy/.npz arrays (e.g. images) stay arrays."""
+    import numpy as np
+
     from anomaly_ae.data.io import read_table
     from anomaly_ae.exceptions import DataError
 
@@ -63,7 +70,8 @@ def train(
     data: Path = typer.Argument(..., help="Normal training data: CSV, Parquet, or .npy/.npz array."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Directory to save the model in (optional with --experiment/--register)."),
-    model: str = typer.Option("hybrid", help="hybrid (recommended), ae, dae, sae, vae, aae or pca."),
+    model: str = typer.Option("hybrid", help="Detector model: hybrid (recommended) or another name in "
+                                             "anomaly_ae.models.DETECTOR_MODELS (README lists them)."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels)."),
     epochs: int = typer.Option(200, help="Maximum training epochs (early stopping usually ends sooner)."),
@@ -72,7 +80,7 @@ def train(
     score: Optional[str] = typer.Option(None, help="Score type (recon, elbo, iwae, recon+latent)."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(1, help="torch CPU threads."),
+    threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     experiment: Optional[str] = typer.Option(None, help="Log the run to this MLflow experiment."),
     register: Optional[str] = typer.Option(None, help="Register the model as a new version of this MLflow model "
@@ -89,9 +97,10 @@ def train(
                                                          "synthetic rows to its rarest values first."),
 ) -> None:
     """Train a detector on normal data; save it, and/or log the run to MLflow and register the model."""
-    from anomaly_ae import Detector
+    from anomaly_ae.detector import Detector
     from anomaly_ae.exceptions import DataError
 
+    set_threads(threads)
     tracked = experiment is not None or register is not None
     if out is None and not tracked:
         raise DataError("say where the model goes: --out DIR, and/or --experiment NAME / --register NAME for MLflow")
@@ -115,7 +124,7 @@ def train(
     else:
         synthetic = None
     detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
-                        random_state=seed, device=device, n_threads=threads, verbose=progress).fit(
+                        random_state=seed, device=device, verbose=progress).fit(
                             X, synthetic=synthetic)
     if provenance is not None:
         detector.training_metadata_["augmentation"] = provenance
@@ -146,8 +155,10 @@ def score(
                                              "needs the 'spark' extra; writes a Parquet directory)."),
 ) -> None:
     """Score a file in chunks; writes score, p_value, is_anomaly, severity and top features per row."""
-    from anomaly_ae import Detector
+    import pandas as pd
+
     from anomaly_ae.data.io import AtomicTableWriter, iter_table_chunks
+    from anomaly_ae.detector import Detector
     from anomaly_ae.exceptions import DataError
 
     if engine == "spark":
@@ -194,7 +205,7 @@ def evaluate(
 ) -> None:
     """AUROC, AUPRC, FPR and recall at the calibrated threshold, with plots; or, without labels,
     detection rates on synthetic anomalies."""
-    from anomaly_ae import Detector
+    from anomaly_ae.detector import Detector
     from anomaly_ae.data.io import read_table
     from anomaly_ae.evaluation import evaluate_scores, plot_roc_pr, plot_score_histogram
     from anomaly_ae.exceptions import DataError

@@ -10,13 +10,17 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from anomaly_ae.exceptions import AnomalyAEError, DataError
+
+if TYPE_CHECKING:  # imported where used, so `anomaly-ae --help` does not load them
+    import numpy as np
+    import pandas as pd
 
 generate_app = typer.Typer(help="Train generators of normal data, sample from them, measure them.",
                            no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -59,7 +63,10 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
     generator, the SHA-256 of its saved form (and its registry version), its held-out quality and
     the row counts; store it in `Detector.training_metadata_`. `save_to` also saves the generator.
     """
-    from anomaly_ae import __version__
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_ae.version import __version__
     from anomaly_ae.augment.generator import GENERATORS, Generator
     from anomaly_ae.augment.quality import check_floors, summary
 
@@ -156,6 +163,9 @@ def synthetic_anomaly_report(detector: Any, normal: pd.DataFrame | np.ndarray, n
     The low-density kind decodes far-tail codes of the detector itself when it is a VAE/AAE;
     for other detectors a small VAE is trained on `normal` for it (a few seconds).
     """
+    import numpy as np
+    import pandas as pd
+
     from anomaly_ae.augment.generator import Generator
     from anomaly_ae.augment.perturb import KINDS, synthetic_anomalies
 
@@ -195,6 +205,8 @@ def _friendly(func: Callable) -> Callable:
 
 def _read(path: Path, drop_cols: str | None) -> tuple[pd.DataFrame | np.ndarray, np.ndarray | None]:
     """Tables as DataFrames; .npz image arrays as (X, y or None); .npy as (X, None)."""
+    import numpy as np
+
     from anomaly_ae.data.io import read_table
 
     drop = [c.strip() for c in (drop_cols or "").split(",") if c.strip()]
@@ -281,6 +293,8 @@ def train_command(
         None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI, else ./mlflow.db + ./mlartifacts."),
 ) -> None:
     """Train a generator of normal data, measure it on held-out rows; save it and/or log and register it."""
+    import numpy as np
+
     from anomaly_ae.augment.generator import Generator
     from anomaly_ae.augment.quality import check_floors
 
@@ -327,6 +341,8 @@ def sample_command(
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Draw synthetic normal rows, optionally all in one context."""
+    import numpy as np
+
     from anomaly_ae.augment.generator import Generator
     from anomaly_ae.augment.plots import save_sample_grid
     from anomaly_ae.data.io import write_table

@@ -15,15 +15,24 @@ Public API::
 Nothing here imports torch, PyOD or ``anomaly_ae.Detector`` at import time.
 """
 
-from .detectors import (ALL_DETECTORS, ANOMALY_AE_DETECTORS, PYOD_DETECTORS, available,
-                        make_detector)
-from .protocol import fit_scaler, load, split, split_indices, standardize, verify_fingerprints
-from .report import write_report
-from .runner import COLUMNS, BenchmarkError, evaluate, read_rows, run_benchmark
+from __future__ import annotations
 
-__all__ = [
-    "ALL_DETECTORS", "ANOMALY_AE_DETECTORS", "PYOD_DETECTORS", "COLUMNS", "BenchmarkError",
-    "available", "evaluate", "fit_scaler", "load", "make_detector", "read_rows",
-    "run_benchmark", "split", "split_indices", "standardize", "verify_fingerprints",
-    "write_report",
-]
+import importlib
+from typing import Any
+
+# name -> submodule; loaded on first use so `anomaly-ae --help` does not import numpy and pandas
+_EXPORTS = {
+    **dict.fromkeys(("ALL_DETECTORS", "ANOMALY_AE_DETECTORS", "PYOD_DETECTORS", "available", "make_detector"),
+                    "detectors"),
+    **dict.fromkeys(("fit_scaler", "load", "split", "split_indices", "standardize", "verify_fingerprints"),
+                    "protocol"),
+    "write_report": "report",
+    **dict.fromkeys(("COLUMNS", "BenchmarkError", "evaluate", "read_rows", "run_benchmark"), "runner"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

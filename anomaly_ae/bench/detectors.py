@@ -160,7 +160,7 @@ def make_detector(name: str, seed: int) -> BenchDetector:
     fam = family(name)
     if fam == AAE_FAMILY:
         def build(n_features: int, _name: str = name) -> Any:
-            from anomaly_ae import Detector  # lazy: written in parallel by another engineer
+            from anomaly_ae.detector import Detector
 
             if _name == "default":
                 return Detector(random_state=int(seed), verbose=False)

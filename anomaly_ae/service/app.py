@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI
 
-from anomaly_ae import __version__
+from anomaly_ae.version import __version__
 from anomaly_ae.service import metrics
 from anomaly_ae.service.auth import SCHEME, SECURITY_SCHEME, KeyRing
 from anomaly_ae.service.errors import install_error_handlers
