@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from anomaly_ae.exceptions import DataError
+from anomaly_ae.inference import model_input
 
 
 class LatentSpace:
@@ -60,7 +61,7 @@ class LatentSpace:
                 s = m.schema_.image
                 return m.preprocessor_.transform(checked).reshape(len(checked), s.channels, s.height, s.width), checked
             return m.preprocessor_.transform(checked[m.output_schema_.names]), checked
-        return m._to_model_input(m.preprocessor_.transform(checked), m.schema_), checked
+        return model_input(m.preprocessor_, m.schema_, checked), checked
 
     def _labels(self, X: Any, checked: Any, condition: Any, n: int) -> np.ndarray:
         """Condition labels (n, n_cond) for a CVAE: from `condition`, else from the rows themselves."""
