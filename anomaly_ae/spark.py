@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import pandas as pd
 
 from anomaly_ae.exceptions import DataError, ModelLoadError, SchemaError
+from anomaly_ae.runtime import set_threads
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame as SparkDataFrame, SparkSession

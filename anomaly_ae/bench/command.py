@@ -45,7 +45,6 @@ def benchmark(
     """Benchmark anomaly_ae detectors against PyOD on ADBench (one-class protocol)."""
     from rich.console import Console
 
-    from .protocol import verify_fingerprints
     from .report import write_report
     from .runner import (BenchmarkError, default_anchor, default_fingerprints, parse_list,
                          parse_seeds, run_benchmark)

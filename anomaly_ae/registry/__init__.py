@@ -29,7 +29,7 @@ from anomaly_ae.registry.generators import log_generator_run
 from anomaly_ae.registry.tracking import TrackedRun, data_fingerprint, log_training_run
 
 __all__ = [
-    "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
+    "HttpBounds", "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
     "check_connection", "data_fingerprint", "download_model", "list_versions", "load_model", "log_generator_run",
     "log_training_run", "promote",
     "quiet_mlflow_logs", "resolve_model", "tracking_target",
