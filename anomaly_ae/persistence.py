@@ -48,7 +48,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _json_bytes(payload: Any) -> bytes:
+def json_bytes(payload: Any) -> bytes:
     return json.dumps(payload, indent=1, sort_keys=True, allow_nan=False).encode()
 
 
@@ -75,16 +75,35 @@ def save_detector(detector: "Detector", path: Path) -> Path:
     state = {f"{prefix}.{k}": v.detach().cpu().contiguous()
              for prefix, m in modules.items() for k, v in m.state_dict().items()}
     contents = {
-        "config.json": _json_bytes(config),
-        "schema.json": _json_bytes(detector.schema_.to_dict()),
-        "preprocess.json": _json_bytes(detector.preprocessor_.to_dict()),
-        "calibration.json": _json_bytes(detector.calibration_.to_dict()),
+        "config.json": json_bytes(config),
+        "schema.json": json_bytes(detector.schema_.to_dict()),
+        "preprocess.json": json_bytes(detector.preprocessor_.to_dict()),
+        "calibration.json": json_bytes(detector.calibration_.to_dict()),
         "weights.safetensors": save_safetensors(state, metadata={"format": "anomaly_ae"}),
     }
-    manifest = {"format_version": FORMAT_VERSION, "anomaly_ae_version": __version__,
-                "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in contents.items()}}
-    contents[MANIFEST] = _json_bytes(manifest)
+    contents[MANIFEST] = manifest_bytes(contents)
     return write_directory(Path(path), contents, kind="model")
+
+
+def manifest_bytes(contents: dict[str, bytes], *, format_name: str | None = None,
+                   format_version: int = FORMAT_VERSION) -> bytes:
+    """manifest.json for a saved directory: the SHA-256 and size of every file (and the format:
+    None for detectors, whose manifests have none)."""
+    manifest = {"format_version": format_version, "anomaly_ae_version": __version__,
+                "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in contents.items()}}
+    if format_name is not None:
+        manifest = {"format": format_name, **manifest}
+    return json_bytes(manifest)
+
+
+def manifest_digest(path: Path) -> str:
+    """SHA-256 of a saved directory's manifest.json: it pins every file, so it names the model's content.
+    Raises ModelLoadError when the directory holds no saved model."""
+    try:
+        return sha256((Path(path) / MANIFEST).read_bytes())
+    except OSError:
+        raise ModelLoadError(f"no saved model at {path}: expected a directory written by Detector.save "
+                             f"(with {MANIFEST}) or a models:/ or runs:/ URI") from None
 
 
 def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Path:

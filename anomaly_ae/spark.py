@@ -17,7 +17,6 @@ Install with ``pip install 'anomaly-ae[spark]'`` (pyspark; Spark needs Java 17+)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -58,10 +57,9 @@ _shipped: dict[tuple[int, str], _ShippedModel] = {}  # (id of SparkContext, mani
 
 
 def _manifest_sha(model_dir: Path) -> str:
-    try:
-        return hashlib.sha256((model_dir / "manifest.json").read_bytes()).hexdigest()
-    except OSError:
-        raise ModelLoadError(f"no saved model at {model_dir}: expected a directory written by Detector.save") from None
+    from anomaly_ae.persistence import manifest_digest
+
+    return manifest_digest(model_dir)
 
 
 def _ship(spark: "SparkSession", model_dir: Path) -> _ShippedModel:

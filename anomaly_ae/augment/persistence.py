@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -23,7 +23,8 @@ from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
-from anomaly_ae.persistence import RETIRED_PARAMS, read_verified, resolve_model_path, sha256, write_directory
+from anomaly_ae.persistence import (RETIRED_PARAMS, json_bytes, manifest_bytes, read_verified, resolve_model_path, sha256,
+                                    write_directory)
 from anomaly_ae.runtime import resolve_device
 from anomaly_ae.training import History
 from anomaly_ae.version import __version__
@@ -35,10 +36,6 @@ FORMAT = "anomaly_ae.generator"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("config.json", "schema.json", "preprocess.json", "conditions.json", "quality.json", "weights.safetensors")
-
-
-def _json_bytes(payload: Any) -> bytes:
-    return json.dumps(payload, indent=1, sort_keys=True, allow_nan=False).encode()
 
 
 def generator_files(gen: "Generator") -> dict[str, bytes]:
@@ -56,16 +53,14 @@ def generator_files(gen: "Generator") -> dict[str, bytes]:
     }
     state = {k: v.detach().cpu().contiguous() for k, v in gen.module_.state_dict().items()}
     contents = {
-        "config.json": _json_bytes(config),
-        "schema.json": _json_bytes(gen.schema_.to_dict()),
-        "preprocess.json": _json_bytes(gen.preprocessor_.to_dict()),
-        "conditions.json": _json_bytes(gen.conditions_.to_dict()),
-        "quality.json": _json_bytes(gen.quality_),
+        "config.json": json_bytes(config),
+        "schema.json": json_bytes(gen.schema_.to_dict()),
+        "preprocess.json": json_bytes(gen.preprocessor_.to_dict()),
+        "conditions.json": json_bytes(gen.conditions_.to_dict()),
+        "quality.json": json_bytes(gen.quality_),
         "weights.safetensors": save_safetensors(state, metadata={"format": FORMAT}),
     }
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "anomaly_ae_version": __version__,
-                "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in contents.items()}}
-    contents[MANIFEST] = _json_bytes(manifest)
+    contents[MANIFEST] = manifest_bytes(contents, format_name=FORMAT, format_version=FORMAT_VERSION)
     return contents
 
 

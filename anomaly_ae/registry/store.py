@@ -21,7 +21,7 @@ import pandas as pd
 
 from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import DataError, ModelLoadError, RegistryError
-from anomaly_ae.persistence import FORMAT_VERSION, MANIFEST, REMOTE_SCHEMES, manifest_hashes, sha256
+from anomaly_ae.persistence import FORMAT_VERSION, MANIFEST, REMOTE_SCHEMES, manifest_digest, manifest_hashes
 from anomaly_ae.registry.connection import (DEFAULT_BOUNDS, HttpBounds, TrackingTarget, client, mlflow_errors,
                                            tracking_target)
 from anomaly_ae.registry.pyfunc import DATA_DIR
@@ -91,11 +91,7 @@ def _resolve(uri: str, tracking_uri: str | None, bounds: HttpBounds = DEFAULT_BO
              ) -> tuple[ModelRef, dict[str, str], TrackingTarget | None]:
     if not is_remote(uri):
         path = Path(uri)
-        try:
-            digest = sha256((path / MANIFEST).read_bytes())[:12]
-        except OSError:
-            raise ModelLoadError(f"no saved model at {path}: expected a directory written by Detector.save "
-                                 f"(with {MANIFEST}) or a models:/ or runs:/ URI") from None
+        digest = manifest_digest(path)[:12]
         return ModelRef(uri, path.resolve().name, digest, None, None), {}, None
     target = _load_target(uri, tracking_uri, bounds)
     c = client(target.uri)
@@ -213,7 +209,7 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
                                                          tracking_uri=target.uri, registry_uri=target.uri))
     model_dir = _locate(local, ref)
-    if expected is not None and sha256((model_dir / MANIFEST).read_bytes()) != expected:
+    if expected is not None and manifest_digest(model_dir) != expected:
         raise ModelLoadError(
             f"{ref.pinned_uri}: {MANIFEST} does not match the SHA-256 recorded when the model was registered "
             f"(tag {MANIFEST_TAG}): the artifacts were modified after registration; refusing to load them")
@@ -274,7 +270,7 @@ def version_tags(model_dir: Path, kind: str = "detector") -> dict[str, str]:
     manifest = json.loads((Path(model_dir) / MANIFEST).read_bytes())
     return {
         KIND_TAG: kind,
-        MANIFEST_TAG: sha256((Path(model_dir) / MANIFEST).read_bytes()),
+        MANIFEST_TAG: manifest_digest(model_dir),
         FILES_TAG: json.dumps(manifest_hashes(model_dir), sort_keys=True),
         FORMAT_TAG: str(manifest.get("format_version")),
         PACKAGE_TAG: str(manifest.get("anomaly_ae_version")),

@@ -19,6 +19,7 @@ import sys
 
 def main() -> int:
     from anomaly_ae import Detector, registry
+    from anomaly_ae.runtime import set_threads
     from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
     from anomaly_ae.exceptions import AnomalyAEError, RegistryUnavailableError
 
@@ -35,11 +36,12 @@ def main() -> int:
     except AnomalyAEError:
         pass  # no such model or alias yet (or no embedded store): create it
 
+    set_threads(1)
     rows = int(os.environ.get("TRAIN_ROWS", "5000"))
     normal = make_telemetry(rows, 0.0, seed=1).drop(columns=list(LABEL_COLUMNS))
     labelled = make_telemetry(max(500, rows // 2), 0.05, seed=2)
     detector = Detector(model=os.environ.get("MODEL_TYPE", "ae"), epochs=int(os.environ.get("EPOCHS", "100")),
-                        random_state=0, n_threads=1).fit(normal)
+                        random_state=0).fit(normal)
     run = registry.log_training_run(detector, normal, experiment="anomaly-ae-bootstrap", register=name,
                                     eval_data=labelled, label_col="is_anomaly", drop_cols=["anomaly_kind"],
                                     run_name="bootstrap")
