@@ -6,6 +6,7 @@ different batch shapes, hence the tight tolerances rather than exact equality ac
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -47,14 +48,8 @@ def test_scores_do_not_depend_on_row_order_or_company(detector, X):
     # the same row among other rows: a row's score is not computed from batch statistics
     row = X.iloc[[42]]
     others = X.iloc[900:1000]
-    mixed = detector.decision_function(pandas_concat(others.head(50), row, others.tail(50)))
+    mixed = detector.decision_function(pd.concat([others.head(50), row, others.tail(50)]))
     np.testing.assert_allclose(mixed[50], full[42], rtol=RTOL, atol=ATOL)
-
-
-def pandas_concat(*frames):
-    import pandas as pd
-
-    return pd.concat(frames)
 
 
 def test_scores_are_repeatable_and_ignore_the_global_torch_seed(detector, X):

@@ -6,6 +6,7 @@ fixed in advance, so the stopping rule can be checked epoch by epoch without pat
 
 import copy
 import math
+from typing import Callable
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ class ScriptedLoss(nn.Module):
         return torch.tensor(value)
 
 
-def snapshot_every_epoch(model: nn.Module) -> tuple[dict[int, dict[str, torch.Tensor]], callable]:
+def snapshot_every_epoch(model: nn.Module) -> tuple[dict[int, dict[str, torch.Tensor]], Callable]:
     states: dict[int, dict[str, torch.Tensor]] = {}
 
     def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
