@@ -6,9 +6,12 @@ bug shows a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -41,22 +44,48 @@ def friendly_errors(func: Callable) -> Callable:
     return wrapper
 
 
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT so `with` blocks clean up (temp files) on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+
+@contextlib.contextmanager
+def _clean_exit_on_signals(what: str = "nothing was written"):
+    """SIGTERM/SIGINT unwind the command (deleting partial outputs) and exit 143/130, no traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        for s in (signal.SIGTERM, signal.SIGINT):  # a second signal must not interrupt the clean-up
+            signal.signal(s, signal.SIG_IGN)
+        raise _Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Stopped as stopped:
+        console.print(f"stopped by {signal.Signals(stopped.args[0]).name}; {what}")
+        raise typer.Exit(code=stopped.exit_code) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _split_list(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
 def read_training_data(path: Path, drop_cols: list[str]) -> pd.DataFrame | np.ndarray:
     """Tables (CSV/Parquet) become DataFrames; .npy/.npz arrays (e.g. images) stay arrays."""
-    import numpy as np
-
-    from anomaly_ae.data.io import read_table
+    from anomaly_ae.data.io import read_array, read_table
     from anomaly_ae.exceptions import DataError
 
     if path.suffix in (".npy", ".npz"):
-        if not path.exists():
-            raise DataError(f"input file '{path}' does not exist")
-        loaded = np.load(path, allow_pickle=False)
-        return loaded["X"] if path.suffix == ".npz" else loaded
+        return read_array(path)
     frame = read_table(path)
     unknown = [c for c in drop_cols if c not in frame.columns]
     if unknown:
@@ -95,10 +124,17 @@ def train(
     augment_rows: int = typer.Option(1000, help="Synthetic rows to add with --augment."),
     balance_col: Optional[str] = typer.Option(None, help="With --augment: condition on this column and give the "
                                                          "synthetic rows to its rarest values first."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="Save the training state here so that a killed run "
+                                                             "can continue with --resume."),
+    checkpoint_every: int = typer.Option(1, help="Epochs between checkpoints (with --checkpoint-dir)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the training saved in --checkpoint-dir (same data "
+                                                        "and options); finished networks are not retrained."),
 ) -> None:
     """Train a detector on normal data; save it, and/or log the run to MLflow and register the model."""
     from anomaly_ae.detector import Detector
     from anomaly_ae.exceptions import DataError
+    from anomaly_ae.persistence import check_writable
+    from anomaly_ae.training import Checkpointing
 
     set_threads(threads)
     tracked = experiment is not None or register is not None
@@ -107,6 +143,14 @@ def train(
     if (eval_data is not None or label_col is not None) and not (tracked and eval_data and label_col):
         raise DataError("--eval DATA --label-col COL go together, with --experiment or --register "
                         "(the evaluation is logged to the run)")
+    if checkpoint_dir is None and resume:
+        raise DataError("--resume continues the training saved in --checkpoint-dir DIR; give that too")
+    if out is not None:  # an unwritable --out fails now, not after the training
+        check_writable(out)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = Checkpointing(checkpoint_dir, every=checkpoint_every, resume=resume)
+        checkpoint.prepare()
     X = read_training_data(data, _split_list(drop_cols))
     if tracked:  # an unreachable tracking server fails now, not after the training
         from anomaly_ae.registry import check_connection, quiet_mlflow_logs
@@ -123,9 +167,12 @@ def train(
                       "calibrated on real rows only")
     else:
         synthetic = None
-    detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
-                        random_state=seed, device=device, verbose=progress).fit(
-                            X, synthetic=synthetic)
+    kept = (f"the checkpoints in {checkpoint_dir} are kept: rerun with --resume to continue" if checkpoint_dir
+            else "no model was saved")
+    with _clean_exit_on_signals(kept):
+        detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
+                            score=score, random_state=seed, device=device, verbose=progress).fit(
+                                X, synthetic=synthetic, checkpoint=checkpoint)
     if provenance is not None:
         detector.training_metadata_["augmentation"] = provenance
     path = detector.save(out) if out is not None else None
@@ -140,6 +187,8 @@ def train(
                                tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_data,
                                label_col=label_col, drop_cols=_split_list(drop_cols))
         console.print(run.describe())
+    if checkpoint is not None:  # the model is saved or logged: the checkpoints have served
+        checkpoint.clear()
 
 
 @app.command()
@@ -155,10 +204,6 @@ def score(
                                              "needs the 'spark' extra; writes a Parquet directory)."),
 ) -> None:
     """Score a file in chunks; writes score, p_value, is_anomaly, severity and top features per row."""
-    import pandas as pd
-
-    from anomaly_ae.data.io import AtomicTableWriter, iter_table_chunks
-    from anomaly_ae.detector import Detector
     from anomaly_ae.exceptions import DataError
 
     if engine == "spark":
@@ -169,14 +214,30 @@ def score(
         return
     if engine != "local":
         raise DataError(f"unknown --engine {engine!r}; choose local or spark")
+    with _clean_exit_on_signals():
+        rows, flagged = _score_locally(model, data, output, top_k, chunk_rows, _split_list(keep_cols))
+    console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
+
+
+def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows: int,
+                   keep: list[str]) -> tuple[int, int]:
+    import pandas as pd
+
+    from anomaly_ae.data.io import AtomicTableWriter, iter_table_chunks
+    from anomaly_ae.exceptions import DataError
+
+    # The input is opened (header checked, first chunk read) before the model is loaded, so an
+    # unusable file fails in a moment, without loading torch or downloading a model.
+    chunks = iter_table_chunks(data, chunk_rows)
+    from anomaly_ae.detector import Detector
+
     detector = Detector.load(model)
-    keep = _split_list(keep_cols)
     # Pass-through columns that are not model features are set aside; any other extra column
     # is an error from the schema check rather than silently ignored.
     passthrough = [c for c in keep if c not in detector.schema_.names]
     rows = flagged = 0
     with AtomicTableWriter(output) as writer:
-        for chunk in iter_table_chunks(data, chunk_rows):
+        for chunk in chunks:
             missing = [c for c in keep if c not in chunk.columns]
             if missing:
                 raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
@@ -188,7 +249,7 @@ def score(
                 kept = chunk[keep].rename(columns=lambda c: f"input_{c}" if c in result.columns else c)
                 result = pd.concat([kept, result], axis=1)
             writer.write(result)
-    console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
+    return rows, flagged
 
 
 @app.command()

@@ -26,7 +26,7 @@ from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.progress import epoch_progress
 from anomaly_ae.runtime import resolve_device
 from anomaly_ae.scoring import ModelScorer, check_score_type
-from anomaly_ae.training import History, TrainConfig, train
+from anomaly_ae.training import Checkpointing, History, TrainConfig, train
 
 MIN_TRAINING_ROWS = 10
 
@@ -104,15 +104,22 @@ class Detector(BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None, *,
-            synthetic: pd.DataFrame | np.ndarray | None = None) -> "Detector":
+            synthetic: pd.DataFrame | np.ndarray | None = None,
+            checkpoint: Checkpointing | None = None) -> "Detector":
         """Learn normal behaviour from X (normal samples only; y is ignored).
 
         `synthetic`: extra normal rows (e.g. from a `Generator`). They are split like the real
         rows, for training and for the held-out loss that stops training early (so a context
         they add is learned, not ignored); the threshold is calibrated on held-out *real* rows
         only, so its false-positive rate is a real one.
+
+        `checkpoint`: save each network's training state there (`Checkpointing(dir, every,
+        resume)`); with `resume=True` a killed fit continues, finished networks are not
+        retrained, and the result is identical to an uninterrupted fit.
         """
         self._validate_params()
+        if checkpoint is not None:
+            checkpoint.prepare()
         schema = Schema.infer(X)
         checked, _ = schema.check(X)
         extra = None
@@ -147,7 +154,8 @@ class Detector(BaseEstimator):
         n_members = self._resolved("n_estimators")
         for i in range(n_members):
             member, history = self._fit_member(spec, x_train, x_stop, device, seed=self.random_state + i,
-                                               label=f"{self.model} {i + 1}/{n_members}")
+                                               label=f"{self.model} {i + 1}/{n_members}",
+                                               checkpoint=checkpoint, checkpoint_name=f"member{i}")
             members.append(member)
             histories.append(history)
         scorer = ModelScorer(members, score, device=device, n_samples=self.n_samples, seed=self.random_state)
@@ -190,7 +198,8 @@ class Detector(BaseEstimator):
         return int(value) if value is not None else getattr(DETECTOR_MODELS[self.model], name)
 
     def _fit_member(self, spec: dict[str, Any], x_train: np.ndarray, x_val: np.ndarray, device: torch.device,
-                    seed: int, label: str) -> tuple[torch.nn.Module, History]:
+                    seed: int, label: str, checkpoint: Checkpointing | None = None,
+                    checkpoint_name: str = "member") -> tuple[torch.nn.Module, History]:
         torch.manual_seed(seed)
         module = build_model(spec).to(device)
         t_train, t_val = torch.from_numpy(x_train).to(device), torch.from_numpy(x_val).to(device)
@@ -201,7 +210,8 @@ class Detector(BaseEstimator):
         config = TrainConfig(epochs=self.epochs, batch_size=batch_size, learning_rate=self.learning_rate,
                              weight_decay=self.weight_decay, patience=self.patience)
         with epoch_progress(self.epochs, label, enabled=self.verbose) as on_epoch:
-            history = train(module, t_train, t_val, config, seed=seed, on_epoch=on_epoch)
+            history = train(module, t_train, t_val, config, seed=seed, on_epoch=on_epoch,
+                            checkpoint=checkpoint, checkpoint_name=checkpoint_name)
         module.calibrate_score(t_val)
         return module, history
 

@@ -11,7 +11,10 @@ import hashlib
 import importlib
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +25,7 @@ from safetensors.torch import save as save_safetensors
 from anomaly_ae.calibration import Calibration
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.exceptions import ConfigurationError, ModelLoadError
 from anomaly_ae.models import build_model
 from anomaly_ae.runtime import resolve_device
 from anomaly_ae.scoring import ModelScorer
@@ -107,24 +110,116 @@ def manifest_digest(path: Path) -> str:
 
 
 def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Path:
-    """Write files into a sibling temp dir and rename it into place, so a crash never leaves half a
-    model; an existing saved {kind} is replaced, any other non-empty directory is refused."""
+    """Write files into a sibling staging dir and rename it into place, so a crash never leaves half a
+    model; an existing saved {kind} is replaced, any other non-empty directory is refused.
+
+    The swap is: NAME -> .NAME.old, staging -> NAME, delete .NAME.old. Whatever state a crash
+    leaves is repaired first (`recover_directory`), so the next write always succeeds.
+    """
+    recover_directory(path, kind=kind)
+    _refuse_foreign(path, kind)
+    staging = _make_staging(path)
+    try:
+        for name, data in contents.items():
+            (staging / name).write_bytes(data)
+        if path.exists():
+            old = _old(path)
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def check_writable(path: str | Path, *, kind: str = "model") -> Path:
+    """Fail now, not after a long training, if a {kind} cannot be saved at ``path``: the place
+    is another kind of directory, or its parent cannot be created or written."""
+    path = Path(path)
+    try:
+        recover_directory(path, kind=kind)
+        _refuse_foreign(path, kind)
+        _make_staging(path).rmdir()
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and exc.errno is None:  # ours: says what is in the way
+            raise
+        raise ConfigurationError(f"cannot save the {kind} to '{path}' ({exc.strerror or exc}); choose a "
+                                 "directory you can write to") from None
+    return path
+
+
+def recover_directory(path: Path, *, kind: str = "model") -> None:
+    """Repair what an interrupted `write_directory` can leave beside ``path``.
+
+    * ``.NAME.old`` while NAME is missing (killed between the two renames): if it holds a
+      complete, manifest-verified {kind}, it is the last good one and is moved back to NAME;
+      otherwise it is a half-deleted leftover and is removed.
+    * ``.NAME.old`` beside NAME (killed while deleting the replaced one): removed.
+    * staging dirs ``.NAME.<host>.<pid>.<random>`` whose writer is gone (and, from versions that
+      did not record the pid, ``.NAME.<random>`` untouched for an hour): removed.
+    """
+    from anomaly_ae.data.io import HOST_TAG, pid_alive
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = _old(path)
+    if old.is_symlink() or (old.exists() and not old.is_dir()):
+        raise FileExistsError(f"{old} is in the way of saving the {kind} to {path}; move it elsewhere")
+    if old.is_dir():
+        if not path.exists() and not path.is_symlink() and _complete(old):
+            os.replace(old, path)
+        else:
+            shutil.rmtree(old)
+    staging = re.compile(rf"\.{re.escape(path.name)}\.(?:([0-9a-f]{{8}})\.(\d+)\.)?[a-z0-9_]{{8}}")
+    for candidate in path.parent.iterdir():
+        match = staging.fullmatch(candidate.name)
+        if match is None or candidate.is_symlink() or not candidate.is_dir():
+            continue
+        host, pid = match.groups()
+        if host is None:
+            stale = time.time() - candidate.stat().st_mtime > LEGACY_STAGING_AGE_S
+        else:
+            stale = host == HOST_TAG and not pid_alive(int(pid))
+        if stale:
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+# Staging dirs from versions without a pid in the name are only removed when nobody wrote them for this long.
+LEGACY_STAGING_AGE_S = 3600.0
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _make_staging(path: Path) -> Path:
+    from anomaly_ae.data.io import HOST_TAG
+
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{HOST_TAG}.{os.getpid()}.", dir=path.parent))
+
+
+def _refuse_foreign(path: Path, kind: str) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FileExistsError(f"{path} exists and is not a directory; choose an empty or new directory for the {kind}")
     if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
         raise FileExistsError(f"{path} exists and is not a saved {kind}; choose an empty or new directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    for name, data in contents.items():
-        (staging / name).write_bytes(data)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        os.replace(path, old)
-        os.replace(staging, path)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(staging, path)
-    return path
+
+
+def _complete(directory: Path) -> bool:
+    """Whether every file the manifest lists is present with its recorded size and SHA-256."""
+    try:
+        entries = json.loads((directory / MANIFEST).read_bytes())["files"]
+        for name, entry in entries.items():
+            if "/" in name or name.startswith("."):
+                return False
+            data = (directory / name).read_bytes()
+            if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
+                return False
+        return bool(entries)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def manifest_hashes(path: Path) -> dict[str, str]:

@@ -28,7 +28,8 @@ FRAMEWORK_LAYERS = {
     "torch": ("models/", "augment/gan_training.py", "augment/generator.py", "augment/latent.py",
               "augment/persistence.py", "training.py", "scoring.py", "detector.py", "persistence.py",
               "runtime.py", "bench/runner.py"),
-    "safetensors": ("persistence.py", "augment/persistence.py"),
+    # weights files: saved models, and training checkpoints (training.py)
+    "safetensors": ("persistence.py", "augment/persistence.py", "training.py"),
 }
 
 

@@ -3,28 +3,41 @@
 Large inputs are streamed in chunks whose row index continues across chunks, so a schema error
 in the third chunk still names the row number the user sees in the file. Outputs are written to
 a temporary file and moved into place only when complete, so a crash never leaves a half-written
-result where a previous good one used to be.
+result where a previous good one used to be; the temporary file's name carries the writer's pid,
+so the next writer of the same output removes what a killed one left behind.
+
+Every read of a user's file is bounded: no CSV line may be longer than `max_line_bytes()` (a file
+without newlines would otherwise be buffered whole by the parser), and a whole-file read
+(`read_table`, `read_array`) is refused up front when the data cannot fit in the memory available.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import itertools
 import os
+import re
+import socket
+import time
 import uuid
+import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anomaly_ae.exceptions import DataError, SchemaError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Format = Literal["csv", "parquet"]
 
@@ -42,6 +55,130 @@ _CONTENT_HINTS: dict[Format, str] = {
 }
 _DISPLAY_NAMES: dict[Format, str] = {"csv": "CSV", "parquet": "Parquet"}
 
+MAX_LINE_BYTES_ENV = "ANOMALY_AE_MAX_LINE_BYTES"
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+
+def max_line_bytes() -> int:
+    """The longest CSV line (in bytes) any reader accepts: $ANOMALY_AE_MAX_LINE_BYTES, else 1 MiB."""
+    text = os.environ.get(MAX_LINE_BYTES_ENV)
+    if text is None:
+        return DEFAULT_MAX_LINE_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DataError(f"{MAX_LINE_BYTES_ENV}={text!r} is not a positive number of bytes; unset it or give "
+                        "e.g. 4194304 for 4 MiB")
+    return value
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the smaller of the system's MemAvailable and the
+    cgroup (container) limit minus usage; None when neither can be read."""
+    candidates = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        try:
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = int(Path(limit_file).read_text().strip())
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):  # "max" (no limit) or no such cgroup
+            continue
+        if limit < 1 << 60:  # cgroup v1 reports "no limit" as a huge number
+            candidates.append(max(0, limit - usage))
+        break
+    return min(candidates) if candidates else None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" or n == int(n) else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_fits_in_memory(path: Path, needed: int, what: str = "reading it") -> None:
+    """Refuse a whole-file read that needs more memory than is available, before allocating it."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise DataError(f"'{path}' is too big for this machine: {what} needs at least {_size(needed)} of memory but "
+                        f"only {_size(available)} is available; use a sample of the data (or, for scoring, "
+                        "`anomaly-ae score`, which reads in chunks) or a machine with more memory")
+
+
+class _LineBoundedReader(io.RawIOBase):
+    """A binary stream over a (possibly gzipped) file that fails as soon as a line is too long.
+
+    pandas' CSV parser buffers a whole line before it can split it, so a file without newlines
+    would be read into memory whole; this stops it at `limit` bytes with a DataError instead.
+    """
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__()
+        self.path, self.limit = path, limit
+        self._file = open(path, "rb")
+        self._source: BinaryIO = gzip.GzipFile(fileobj=self._file, mode="rb") \
+            if path.name.lower().endswith(".gz") else self._file
+        self._run = 0  # bytes of the current line read so far
+        self._lines = 0  # complete lines read so far
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._source.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._check(data)
+        return n
+
+    def _check(self, data: bytes) -> None:
+        start, last = 0, data.rfind(b"\n")
+        while start <= last:
+            end = data.find(b"\n", start)
+            self._fail_if(self._run + end - start)
+            self._lines, self._run, start = self._lines + 1, 0, end + 1
+            if last - start <= self.limit:  # no line in data[start:last] can be too long
+                self._lines += data.count(b"\n", start, last + 1)
+                start = last + 1
+        self._run += len(data) - start
+        self._fail_if(self._run)
+
+    def _fail_if(self, length: int) -> None:
+        if length <= self.limit:
+            return
+        line = "the first line" if self._lines == 0 else f"line {self._lines + 1}"
+        hint = "not a CSV with a header row?" if self._lines == 0 else "not a CSV with one record per line?"
+        raise DataError(f"{line} of '{self.path}' is longer than {_size(self.limit)}: {hint} Check that the file "
+                        "is comma-separated text; if its lines really are that long, raise the limit with "
+                        f"{MAX_LINE_BYTES_ENV}=BYTES")
+
+    def close(self) -> None:
+        try:
+            if self._source is not self._file:
+                self._source.close()
+        finally:
+            self._file.close()
+            super().close()
+
+
+def _open_csv(path: Path) -> io.BufferedReader:
+    return io.BufferedReader(_LineBoundedReader(path, max_line_bytes()), buffer_size=1 << 16)
+
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """Read a whole CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) file.
@@ -52,12 +189,16 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
     path, fmt = _check_input(path)
     if fmt == "csv":
         _check_columns(path, _csv_header(path), columns)
-        with _translated_errors(path, fmt):
-            frame = pd.read_csv(path, usecols=columns)
+        check_fits_in_memory(path, _csv_data_size(path))
+        with _translated_errors(path, fmt), _open_csv(path) as handle:
+            frame = pd.read_csv(handle, usecols=columns)
     else:
         with _translated_errors(path, fmt):
             parquet = pq.ParquetFile(path)
             _check_columns(path, parquet.schema_arrow.names, columns)
+            metadata = parquet.metadata
+            check_fits_in_memory(path, sum(metadata.row_group(i).total_byte_size
+                                           for i in range(metadata.num_row_groups)))
             frame = parquet.read(columns=columns).to_pandas()
     if len(frame) == 0:
         raise _no_rows(path)
@@ -96,7 +237,8 @@ def _globally_indexed(chunks: Iterator[pd.DataFrame], columns: list[str] | None)
 def _csv_chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
     _check_columns(path, _csv_header(path), columns)
     # A bad line surfaces only when the chunk holding it is parsed, so the loop is inside the guard.
-    with _translated_errors(path, "csv"), pd.read_csv(path, usecols=columns, chunksize=chunk_rows) as reader:
+    with _translated_errors(path, "csv"), _open_csv(path) as handle, \
+            pd.read_csv(handle, usecols=columns, chunksize=chunk_rows) as reader:
         yield from reader
 
 
@@ -116,6 +258,12 @@ class AtomicTableWriter:
     raises, the temporary file is deleted and an existing ``path`` is left as it was. Every chunk
     must have the columns of the first; Parquet also keeps the first chunk's column types. If no
     chunk is written, ``path`` becomes an empty table. ``rows_written`` counts the rows so far.
+
+    The temporary file is ``.<name>.<host>.<pid>.<random>.tmp``. A process killed while writing
+    (``kill -9``, power loss) cannot remove it, so entering the block also removes the temporary
+    files of the same output that an earlier writer on this host left: older than this run, and
+    written by a process that no longer exists. Signals are the caller's to handle (the CLI turns
+    SIGTERM/SIGINT into an exception, so the block exits and the temporary file is deleted).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -132,14 +280,22 @@ class AtomicTableWriter:
     def __enter__(self) -> "AtomicTableWriter":
         if self._tmp is not None:
             raise RuntimeError("an AtomicTableWriter can be used for one 'with' block only")
+        started = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Same directory so os.replace is a rename within one file system, hence atomic.
-        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        self._raw = open(self._tmp, "xb")
-        if self._format == "csv":
-            gzipped = self.path.name.lower().endswith(".gz")
-            binary = gzip.GzipFile(fileobj=self._raw, mode="wb") if gzipped else self._raw
-            self._text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        self._tmp = self.path.with_name(f".{self.path.name}.{HOST_TAG}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            self._raw = open(self._tmp, "xb")
+            if self._format == "csv":
+                gzipped = self.path.name.lower().endswith(".gz")
+                binary = gzip.GzipFile(fileobj=self._raw, mode="wb") if gzipped else self._raw
+                self._text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        except BaseException:  # e.g. a signal turned into an exception: __exit__ will not run
+            if self._raw is not None:
+                self._raw.close()
+            self._tmp.unlink(missing_ok=True)
+            raise
+        remove_stale_temp_files(self.path, before=started)
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
@@ -211,6 +367,50 @@ class AtomicTableWriter:
             self._raw = None
 
 
+# Which host wrote a temporary file: a pid means nothing on another machine sharing the disk.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a zombie counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists but belongs to someone else
+        return True
+    return True
+
+
+def temp_file_pattern(path: Path) -> re.Pattern[str]:
+    """Names of AtomicTableWriter's temporary files for ``path``: groups host tag and pid."""
+    return re.compile(rf"\.{re.escape(path.name)}\.([0-9a-f]{{8}})\.(\d+)\.[0-9a-f]{{32}}\.tmp")
+
+
+def remove_stale_temp_files(path: str | Path, before: float) -> list[Path]:
+    """Delete temporary files of ``path`` left by dead writers on this host, last modified before
+    ``before`` (a time.time()); returns what was removed. Anything else is left alone."""
+    path = Path(path)
+    pattern, removed = temp_file_pattern(path), []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for candidate in candidates:
+        match = pattern.fullmatch(candidate.name)
+        if match is None or match.group(1) != HOST_TAG or pid_alive(int(match.group(2))):
+            continue
+        try:
+            if candidate.is_file() and not candidate.is_symlink() and candidate.stat().st_mtime < before:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            continue  # gone already, or not ours to delete: never a reason to fail the write
+    return removed
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:
     """Write ``frame`` (without its index) to a CSV or Parquet file atomically."""
     with AtomicTableWriter(path) as writer:
@@ -240,8 +440,52 @@ def _check_input(path: str | Path) -> tuple[Path, Format]:
 
 
 def _csv_header(path: Path) -> list[str]:
-    with _translated_errors(path, "csv"):
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    with _translated_errors(path, "csv"), _open_csv(path) as handle:
+        return [str(c) for c in pd.read_csv(handle, nrows=0).columns]
+
+
+def _csv_data_size(path: Path) -> int:
+    """A lower bound of the bytes a parsed CSV takes in memory: its uncompressed size."""
+    size = path.stat().st_size
+    if path.name.lower().endswith(".gz") and size >= 18:
+        with open(path, "rb") as f:  # gzip's trailer: the uncompressed size modulo 2**32
+            f.seek(-4, os.SEEK_END)
+            size = max(size, int.from_bytes(f.read(4), "little"))
+    return size
+
+
+def read_array(path: str | Path, key: str = "X") -> "np.ndarray":
+    """An array from a ``.npy`` file, or the array ``key`` of a ``.npz`` file, never unpickled.
+
+    The size the array declares is checked against the memory available before it is read, and
+    a ``.npy`` is memory-mapped, so a huge or malformed file fails with a DataError, not a crash.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"input file '{path}' does not exist; check the path")
+    if not path.is_file():
+        raise DataError(f"input path '{path}' is not a file; give the path of a .npy or .npz file")
+    hint = "save it with numpy.save / numpy.savez (no object arrays)"
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            check_fits_in_memory(path, array.nbytes)
+            return np.asarray(array)
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if f"{key}.npy" not in names:
+                raise DataError(f"'{path}' has no array named {key!r} (it has "
+                                f"{', '.join(n.removesuffix('.npy') for n in names) or 'none'}); "
+                                f"save the training data as {key}: numpy.savez(path, {key}=array)")
+            check_fits_in_memory(path, archive.getinfo(f"{key}.npy").file_size)
+        with np.load(path, allow_pickle=False) as loaded:
+            return loaded[key]
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"could not read '{path}' as a {path.suffix} array ({str(exc).strip()}); {hint}") from exc
 
 
 def _check_columns(path: Path, available: list[str], wanted: list[str] | None) -> None:
