@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,9 @@ class Calibration:
             raise ValueError("calibration needs at least one held-out normal score")
         # The conformal quantile: the ceil((n+1)(1-a))-th smallest score. With too few held-out
         # rows for the target it is the largest one, and the achieved rate is reported.
-        k = min(n, math.ceil((n + 1) * (1.0 - target_fpr)))
+        # In exact arithmetic (the target as the decimal it was written as): in binary floating
+        # point an integer product can round up and skip to the next order statistic.
+        k = min(n, math.ceil((n + 1) * (1 - Fraction(repr(float(target_fpr))))))
         return cls(threshold=float(ref[k - 1]), target_fpr=float(target_fpr), reference_scores=ref)
 
     @property

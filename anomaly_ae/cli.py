@@ -24,6 +24,8 @@ from rich.table import Table
 from anomaly_ae.exceptions import AnomalyAEError
 from anomaly_ae.runtime import DEFAULT_THREADS, set_threads
 
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # as anomaly_ae.data.io (not imported here: it loads pandas)
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -79,14 +81,15 @@ def _split_list(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
-def read_training_data(path: Path, drop_cols: list[str]) -> pd.DataFrame | np.ndarray:
+def read_training_data(path: Path, drop_cols: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+                       ) -> pd.DataFrame | np.ndarray:
     """Tables (CSV/Parquet) become DataFrames; .npy/.npz arrays (e.g. images) stay arrays."""
     from anomaly_ae.data.io import read_array, read_table
     from anomaly_ae.exceptions import DataError
 
     if path.suffix in (".npy", ".npz"):
         return read_array(path)
-    frame = read_table(path)
+    frame = read_table(path, max_line_bytes=max_line_bytes)
     unknown = [c for c in drop_cols if c not in frame.columns]
     if unknown:
         raise DataError(f"--drop-cols names column(s) not in {path}: {', '.join(unknown)}")
@@ -110,6 +113,8 @@ def train(
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
+    max_line_bytes: int = typer.Option(DEFAULT_MAX_LINE_BYTES, min=1,
+                                       help="Longest CSV line accepted, in bytes (refuses files without newlines)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     experiment: Optional[str] = typer.Option(None, help="Log the run to this MLflow experiment."),
     register: Optional[str] = typer.Option(None, help="Register the model as a new version of this MLflow model "
@@ -151,7 +156,7 @@ def train(
     if checkpoint_dir is not None:
         checkpoint = Checkpointing(checkpoint_dir, every=checkpoint_every, resume=resume)
         checkpoint.prepare()
-    X = read_training_data(data, _split_list(drop_cols))
+    X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
     if tracked:  # an unreachable tracking server fails now, not after the training
         from anomaly_ae.registry import check_connection, quiet_mlflow_logs
 
@@ -199,6 +204,8 @@ def score(
     output: Path = typer.Option(..., "--output", "-o", help="Output CSV or Parquet (written atomically)."),
     top_k: int = typer.Option(3, help="Top contributing features per row (0 for none)."),
     chunk_rows: int = typer.Option(50_000, help="Rows per chunk: bounds memory on large files."),
+    max_line_bytes: int = typer.Option(DEFAULT_MAX_LINE_BYTES, min=1,
+                                       help="Longest CSV line accepted, in bytes (refuses files without newlines)."),
     keep_cols: Optional[str] = typer.Option(None, help="Comma-separated input columns to copy to the output."),
     engine: str = typer.Option("local", help="local (this process, in chunks) or spark (Parquet datasets, "
                                              "needs the 'spark' extra; writes a Parquet directory)."),
@@ -215,12 +222,12 @@ def score(
     if engine != "local":
         raise DataError(f"unknown --engine {engine!r}; choose local or spark")
     with _clean_exit_on_signals():
-        rows, flagged = _score_locally(model, data, output, top_k, chunk_rows, _split_list(keep_cols))
+        rows, flagged = _score_locally(model, data, output, top_k, chunk_rows, _split_list(keep_cols), max_line_bytes)
     console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
 
 
 def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows: int,
-                   keep: list[str]) -> tuple[int, int]:
+                   keep: list[str], max_line_bytes: int) -> tuple[int, int]:
     import pandas as pd
 
     from anomaly_ae.data.io import AtomicTableWriter, iter_table_chunks
@@ -228,7 +235,7 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
 
     # The input is opened (header checked, first chunk read) before the model is loaded, so an
     # unusable file fails in a moment, without loading torch or downloading a model.
-    chunks = iter_table_chunks(data, chunk_rows)
+    chunks = iter_table_chunks(data, chunk_rows, max_line_bytes=max_line_bytes)
     from anomaly_ae.detector import Detector
 
     detector = Detector.load(model)

@@ -4,7 +4,6 @@ memory available fails at once with one DataError line instead of exhausting mem
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import random
 import subprocess
@@ -17,7 +16,7 @@ from typer.testing import CliRunner
 
 from anomaly_ae.cli import app
 from anomaly_ae.data import io as dio
-from anomaly_ae.data.io import MAX_LINE_BYTES_ENV, iter_table_chunks, read_array, read_table, write_table
+from anomaly_ae.data.io import iter_table_chunks, read_array, read_table, write_table
 from anomaly_ae.exceptions import DataError
 
 runner = CliRunner()
@@ -59,7 +58,7 @@ def test_file_without_newlines_fails_fast_with_one_line_and_bounded_memory(fitte
     lines = output.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in output, output
     assert f"the first line of '{huge}' is longer than 1 MiB: not a CSV with a header row?" in lines[0]
-    assert MAX_LINE_BYTES_ENV in lines[0]  # says what to do if the lines really are that long
+    assert "--max-line-bytes" in lines[0]  # says what to do if the lines really are that long
     assert peak < 300, f"peak RSS {peak:.0f} MiB for a 512 MiB file"  # unbounded reading took ~5x the file
     assert not (tmp_path / "o.parquet").exists()
 
@@ -68,25 +67,29 @@ def test_file_without_newlines_fails_fast_with_one_line_and_bounded_memory(fitte
 
 
 @pytest.mark.parametrize("suffix", ["csv", "csv.gz"])
-def test_a_long_line_later_in_the_file_names_its_line(tmp_path, monkeypatch, suffix):
-    monkeypatch.setenv(MAX_LINE_BYTES_ENV, "200")
+def test_a_long_line_later_in_the_file_names_its_line(tmp_path, suffix):
     text = "a,b\n" + "1,2\n" * 5 + "3," + "4" * 300 + "\n" + "5,6\n" * 3
     path = tmp_path / f"long.{suffix}"
     path.write_bytes(gzip.compress(text.encode()) if suffix.endswith("gz") else text.encode())
     with pytest.raises(DataError, match=r"line 7 of .* is longer than 200 bytes: not a CSV with one record per line"):
-        read_table(path)
+        read_table(path, max_line_bytes=200)
     with pytest.raises(DataError, match="line 7 of"):
-        list(iter_table_chunks(path, chunk_rows=2))
-    monkeypatch.setenv(MAX_LINE_BYTES_ENV, "400")
-    assert len(read_table(path)) == 9
+        list(iter_table_chunks(path, chunk_rows=2, max_line_bytes=200))
+    assert len(read_table(path, max_line_bytes=400)) == 9
 
 
-def test_max_line_bytes_setting_is_checked(monkeypatch, tmp_path):
-    monkeypatch.setenv(MAX_LINE_BYTES_ENV, "lots")
+def test_the_cli_default_line_limit_is_the_library_default():
+    from anomaly_ae import cli
+    from anomaly_ae.data import io as table_io
+
+    assert cli.DEFAULT_MAX_LINE_BYTES == table_io.DEFAULT_MAX_LINE_BYTES
+
+
+def test_max_line_bytes_argument_is_checked(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a\n1\n")
-    with pytest.raises(DataError, match=f"{MAX_LINE_BYTES_ENV}='lots' is not a positive number"):
-        read_table(path)
+    with pytest.raises(ValueError, match="max_line_bytes must be a positive number of bytes"):
+        read_table(path, max_line_bytes=0)
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -55,11 +55,6 @@ def test_threshold_with_ties_and_negative_scores():
     assert cal.validation_fpr == pytest.approx(3 / 9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "calibration.py computes ceil((n+1)*(1.0-a)) in binary floating point: where the exact product "
-    "is an integer, float rounding can land just above it and ceil picks the next order statistic "
-    "(n=999, target_fpr=0.059: (1000)(0.941) = 941 exactly, the code takes the 942nd). Still valid "
-    "(more conservative), but not the documented quantile."))
 def test_threshold_rank_is_exact_when_the_product_is_an_integer():
     n = 999
     cal = Calibration.fit(np.arange(1.0, n + 1), 0.059)

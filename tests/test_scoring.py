@@ -79,7 +79,7 @@ def test_recon_score_is_the_mean_of_its_per_feature_contributions(telemetry_trai
     det = Detector(model=model, epochs=3, random_state=0, **extra).fit(telemetry_train.head(400))
     assert det.score_type_ == "recon"
     x = det.preprocessor_.transform(det.schema_.check(X.head(200))[0])
-    scores, contributions = det.score_preprocessed(x)
+    scores, contributions = det.scorer_.score(x)
     assert contributions.shape == (200, len(det.preprocessor_.feature_names))
     assert (contributions >= 0).all()  # squared errors
     # the score is averaged in float32 by the model, the contributions are returned as float64
@@ -90,7 +90,7 @@ def test_recon_score_is_the_mean_of_its_per_feature_contributions(telemetry_trai
 def test_explanations_group_contributions_by_input_column(fitted, X):
     det = fitted("ae")
     x = det.preprocessor_.transform(det.schema_.check(X.head(50))[0])
-    _, contributions = det.score_preprocessed(x)
+    _, contributions = det.scorer_.score(x)
     shares = det.explain(X.head(50), top_k=None)
     groups = det.preprocessor_.groups
     by_column = np.column_stack([contributions[:, groups[name]].sum(1) for name in det.schema_.names])

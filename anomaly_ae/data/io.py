@@ -6,7 +6,7 @@ a temporary file and moved into place only when complete, so a crash never leave
 result where a previous good one used to be; the temporary file's name carries the writer's pid,
 so the next writer of the same output removes what a killed one left behind.
 
-Every read of a user's file is bounded: no CSV line may be longer than `max_line_bytes()` (a file
+Every read of a user's file is bounded: no CSV line may be longer than `max_line_bytes` (a file
 without newlines would otherwise be buffered whole by the parser), and a whole-file read
 (`read_table`, `read_array`) is refused up front when the data cannot fit in the memory available.
 """
@@ -55,23 +55,8 @@ _CONTENT_HINTS: dict[Format, str] = {
 }
 _DISPLAY_NAMES: dict[Format, str] = {"csv": "CSV", "parquet": "Parquet"}
 
-MAX_LINE_BYTES_ENV = "ANOMALY_AE_MAX_LINE_BYTES"
+# The longest CSV line any reader accepts unless the caller says otherwise (CLI: --max-line-bytes).
 DEFAULT_MAX_LINE_BYTES = 1 << 20
-
-
-def max_line_bytes() -> int:
-    """The longest CSV line (in bytes) any reader accepts: $ANOMALY_AE_MAX_LINE_BYTES, else 1 MiB."""
-    text = os.environ.get(MAX_LINE_BYTES_ENV)
-    if text is None:
-        return DEFAULT_MAX_LINE_BYTES
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise DataError(f"{MAX_LINE_BYTES_ENV}={text!r} is not a positive number of bytes; unset it or give "
-                        "e.g. 4194304 for 4 MiB")
-    return value
 
 
 def available_memory() -> int | None:
@@ -165,7 +150,7 @@ class _LineBoundedReader(io.RawIOBase):
         hint = "not a CSV with a header row?" if self._lines == 0 else "not a CSV with one record per line?"
         raise DataError(f"{line} of '{self.path}' is longer than {_size(self.limit)}: {hint} Check that the file "
                         "is comma-separated text; if its lines really are that long, raise the limit with "
-                        f"{MAX_LINE_BYTES_ENV}=BYTES")
+                        "--max-line-bytes BYTES")
 
     def close(self) -> None:
         try:
@@ -176,11 +161,14 @@ class _LineBoundedReader(io.RawIOBase):
             super().close()
 
 
-def _open_csv(path: Path) -> io.BufferedReader:
-    return io.BufferedReader(_LineBoundedReader(path, max_line_bytes()), buffer_size=1 << 16)
+def _open_csv(path: Path, max_line_bytes: int) -> io.BufferedReader:
+    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be a positive number of bytes, got {max_line_bytes!r}")
+    return io.BufferedReader(_LineBoundedReader(path, max_line_bytes), buffer_size=1 << 16)
 
 
-def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, columns: list[str] | None = None, *,
+               max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> pd.DataFrame:
     """Read a whole CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) file.
 
     ``columns`` selects and orders columns; a missing one raises :class:`SchemaError`.
@@ -188,9 +176,9 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
     """
     path, fmt = _check_input(path)
     if fmt == "csv":
-        _check_columns(path, _csv_header(path), columns)
+        _check_columns(path, _csv_header(path, max_line_bytes), columns)
         check_fits_in_memory(path, _csv_data_size(path))
-        with _translated_errors(path, fmt), _open_csv(path) as handle:
+        with _translated_errors(path, fmt), _open_csv(path, max_line_bytes) as handle:
             frame = pd.read_csv(handle, usecols=columns)
     else:
         with _translated_errors(path, fmt):
@@ -205,8 +193,8 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
     return frame if columns is None else frame[columns]
 
 
-def iter_table_chunks(path: str | Path, chunk_rows: int = 50_000, *,
-                      columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+def iter_table_chunks(path: str | Path, chunk_rows: int = 50_000, *, columns: list[str] | None = None,
+                      max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[pd.DataFrame]:
     """Stream a CSV or Parquet file in chunks of ``chunk_rows`` rows (the last may be shorter).
 
     Memory stays bounded by the chunk size. Each chunk's index continues the previous one
@@ -217,7 +205,8 @@ def iter_table_chunks(path: str | Path, chunk_rows: int = 50_000, *,
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
     path, fmt = _check_input(path)
-    chunks = _csv_chunks(path, chunk_rows, columns) if fmt == "csv" else _parquet_chunks(path, chunk_rows, columns)
+    chunks = _csv_chunks(path, chunk_rows, columns, max_line_bytes) if fmt == "csv" else \
+        _parquet_chunks(path, chunk_rows, columns)
     # Reading the first chunk now makes a useless file fail before the caller opens any output.
     first = next(chunks, None)
     # pandas yields one empty chunk for a CSV with a header and no rows.
@@ -234,10 +223,11 @@ def _globally_indexed(chunks: Iterator[pd.DataFrame], columns: list[str] | None)
         yield chunk if columns is None else chunk[columns]
 
 
-def _csv_chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
-    _check_columns(path, _csv_header(path), columns)
+def _csv_chunks(path: Path, chunk_rows: int, columns: list[str] | None,
+                max_line_bytes: int) -> Iterator[pd.DataFrame]:
+    _check_columns(path, _csv_header(path, max_line_bytes), columns)
     # A bad line surfaces only when the chunk holding it is parsed, so the loop is inside the guard.
-    with _translated_errors(path, "csv"), _open_csv(path) as handle, \
+    with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle, \
             pd.read_csv(handle, usecols=columns, chunksize=chunk_rows) as reader:
         yield from reader
 
@@ -439,8 +429,8 @@ def _check_input(path: str | Path) -> tuple[Path, Format]:
     return path, fmt
 
 
-def _csv_header(path: Path) -> list[str]:
-    with _translated_errors(path, "csv"), _open_csv(path) as handle:
+def _csv_header(path: Path, max_line_bytes: int) -> list[str]:
+    with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle:
         return [str(c) for c in pd.read_csv(handle, nrows=0).columns]
 
 

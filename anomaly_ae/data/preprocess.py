@@ -49,13 +49,11 @@ class Preprocessor:
             values = data[col.name]
             if col.kind == "numeric":
                 arr = values.to_numpy(dtype=np.float64)
-                finite = arr[np.isfinite(arr)]
-                mean = float(finite.mean()) if finite.size else 0.0
-                std = float(finite.std()) if finite.size else 0.0
+                mean, std, median = _location_scale(arr[np.isfinite(arr)])
                 self.numeric[col.name] = {
                     "mean": mean,
-                    "scale": std if np.isfinite(std) and std > 0 else 1.0,
-                    "median": float(np.median(finite)) if finite.size else 0.0,
+                    "scale": std if std > 0 else 1.0,
+                    "median": median,
                     "missing_indicator": bool(col.allow_missing),
                 }
             else:
@@ -176,3 +174,19 @@ class Preprocessor:
         if pre.image_range is None:
             pre._layout(schema)
         return pre
+
+
+def _location_scale(finite: np.ndarray) -> tuple[float, float, float]:
+    """Mean, standard deviation and median of finite values. Values near the float64 limit make
+    the plain sums overflow (1e308 + 1e308); those are computed on values divided by their largest
+    magnitude instead, so every statistic stays finite (the plain path is kept otherwise: it is
+    what every saved model was fitted with)."""
+    if finite.size == 0:
+        return 0.0, 0.0, 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        stats = (float(finite.mean()), float(finite.std()), float(np.median(finite)))
+    if all(np.isfinite(stats)):
+        return stats
+    peak = float(np.abs(finite).max())
+    scaled = finite / peak
+    return float(scaled.mean()) * peak, float(scaled.std()) * peak, float(np.median(scaled)) * peak
