@@ -28,7 +28,10 @@ One process per seed computes, side by side on the protocol's split
            held-out rows (their own row dropped from the neighbours).
 
 Every row of the CSV is one (dataset, seed, method); rows are appended as they are computed and
-an existing (dataset, seed, method) is skipped, so an interrupted run resumes.
+an existing (dataset, seed, method) is skipped, so an interrupted run resumes. Per-row test and
+held-out scores are also saved to $ISSUE11_SCORES (default /tmp/issue11_scores, outside the repo)
+for issue11_combos.py; a dataset whose rows exist but whose scores file is missing is recomputed
+without writing rows again.
 """
 
 from __future__ import annotations
