@@ -1,6 +1,6 @@
 """Issue 11: can a diffusion-scheduled denoising autoencoder (DDAE) beat mean-5-NN?
 
-    nice -n 15 /work/main/.venv/bin/python benchmarks/experiments/issue11.py --seeds 0 \
+    nice -n 15 .venv/bin/python benchmarks/experiments/issue11.py --seeds 0 \
         [--datasets a,b] [--methods knn5,ddae,ddae_k] [--out benchmarks/results/experiments/issue11.csv]
 
 One process per seed computes, side by side on the protocol's split

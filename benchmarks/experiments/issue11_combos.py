@@ -1,6 +1,6 @@
 """Issue 11: score combinations evaluated afterwards from the per-row scores issue11.py kept.
 
-    /work/main/.venv/bin/python benchmarks/experiments/issue11_combos.py [--scores /tmp/issue11_scores]
+    .venv/bin/python benchmarks/experiments/issue11_combos.py [--scores /tmp/issue11_scores]
 
 Every rule is fixed in advance and uses only held-out NORMAL rows (the 20% of the training
 normals the networks never trained on) to put the terms on one scale; no labels, nothing per

@@ -1,7 +1,7 @@
 """Issue 11, the kNN cost side: how fast is exact mean-5-NN in-process, and what does a smaller
 reference set cost in AUROC?
 
-    nice -n 15 /work/main/.venv/bin/python benchmarks/experiments/issue11_knn_speed.py [--part speed|protos|both]
+    nice -n 15 .venv/bin/python benchmarks/experiments/issue11_knn_speed.py [--part speed|protos|both]
 
 speed:  1,000 query rows against 9,600 reference rows (standardised real data, protocol split
         seed 0: 9,600 of the training rows as reference, the first 1,000 test rows as queries),

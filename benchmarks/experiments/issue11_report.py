@@ -1,6 +1,6 @@
 """Summarise issue 11's results: benchmarks/results/experiments/issue11.csv -> issue11.md tables.
 
-    /work/main/.venv/bin/python benchmarks/experiments/issue11_report.py [--seeds 0,1,2]
+    .venv/bin/python benchmarks/experiments/issue11_report.py [--seeds 0,1,2]
 
 Per method: mean AUROC / AUPRC over datasets (seeds averaged per dataset first, over the seeds
 present for BOTH the method and knn5 on that dataset), wins / ties / losses vs knn5 per dataset
