@@ -50,7 +50,7 @@ from torch import nn
 
 from anomaly_ae.bench.protocol import dataset_name, load, split
 
-DATA = Path("/work/shared/data/adbench")
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench"  # ../shared beside the checkout
 OUT = Path(__file__).resolve().parents[1] / "results" / "experiments" / "issue11.csv"
 COLUMNS = ["dataset", "seed", "method", "auroc", "auprc", "fit_s", "score_s", "n_train", "n_test",
            "d", "epochs", "note"]

@@ -29,7 +29,7 @@ from anomaly_ae.bench.protocol import load, split
 
 sys.path.insert(0, "/tmp/hnsw_target")  # hnswlib built locally (not a project dependency)
 
-DATA = Path("/work/shared/data/adbench")
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "adbench"  # ../shared beside the checkout
 RES = Path(__file__).resolve().parents[1] / "results" / "experiments"
 
 
