@@ -25,7 +25,7 @@ from anomaly_ae.models import DETECTOR_MODELS, build_model
 from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.progress import epoch_progress
 from anomaly_ae.runtime import resolve_device
-from anomaly_ae.scoring import ModelScorer, check_score_type
+from anomaly_ae.scoring import NEIGHBOR_SCORE, ModelScorer, check_score_type
 from anomaly_ae.training import Checkpointing, History, TrainConfig, train
 
 MIN_TRAINING_ROWS = 10
@@ -146,10 +146,17 @@ class Detector(BaseEstimator):
             x_stop = np.concatenate([x_val, x_extra[extra_order[:n_extra_val]]])
 
         device = resolve_device(self.device)
-        spec = DETECTOR_MODELS[self.model].spec(self.get_params(), tuple(x.shape[1:]), len(x_train))
-        probe = build_model(spec)  # cheap: refuse a bad score type before any training
-        score = self.score or probe.score_types[0]
-        check_score_type(probe, score)
+        entry = DETECTOR_MODELS[self.model]
+        spec = entry.spec(self.get_params(), tuple(x.shape[1:]), len(x_train)) if entry.spec else None
+        if spec is not None:
+            probe = build_model(spec)  # cheap: refuse a bad score type before any training
+            score = self.score or probe.score_types[0]
+            check_score_type(probe, score)
+        elif self.score not in (None, NEIGHBOR_SCORE):
+            raise ValueError(f"score {self.score!r} is not available for model {self.model!r}; it scores by "
+                             f"{NEIGHBOR_SCORE!r} only")
+        else:
+            score = NEIGHBOR_SCORE
         members, histories = [], []
         n_members = self._resolved("n_estimators")
         for i in range(n_members):
@@ -167,6 +174,7 @@ class Detector(BaseEstimator):
             scorer.add_neighbors(neighbors, x_val)
         self.schema_, self.preprocessor_, self.model_spec_ = schema, pre, spec
         self.history_, self.score_type_, self.device_ = histories, score, device
+        self.input_shape_ = list(x.shape[1:])
         val_scores, _ = scorer.score(x_val)
         self._set_fitted(scorer, Calibration.fit(val_scores, self.target_fpr))
         # Free-form JSON facts about how this model came to be (e.g. augmentation provenance);
@@ -187,10 +195,12 @@ class Detector(BaseEstimator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
-        if self._resolved("n_estimators") < 1:
+        networks = DETECTOR_MODELS[self.model].spec is not None
+        if networks and self._resolved("n_estimators") < 1:
             raise ValueError(f"n_estimators must be >= 1, got {self.n_estimators}")
-        if self._resolved("neighbors") < 0:
-            raise ValueError(f"neighbors must be >= 0, got {self.neighbors}")
+        if self._resolved("neighbors") < (0 if networks else 1):
+            raise ValueError(f"neighbors must be >= {0 if networks else 1} for model {self.model!r}, "
+                             f"got {self.neighbors}")
 
     def _resolved(self, name: str) -> int:
         """n_estimators / neighbors with None resolved to the chosen model's default."""

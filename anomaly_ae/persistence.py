@@ -67,6 +67,7 @@ def save_detector(detector: "Detector", path: Path) -> Path:
         "model_spec": detector.model_spec_,
         "score_type": detector.score_type_,
         "n_members": len(detector.members_),
+        "input_shape": detector.input_shape_,
         "n_reference": None if detector.neighbors_ is None else int(detector.neighbors_.reference.shape[0]),
         "term_scales": detector.term_scales_,
         "training": [h.to_dict() for h in detector.history_],
@@ -289,7 +290,8 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
     device = resolve_device(detector.device)
     modules = {f"member{i}": build_model(spec) for i in range(n_members)}
     if config.get("n_reference"):
-        modules["neighbors"] = build_model({"family": "neighbors", "input_shape": spec["input_shape"],
+        input_shape = config.get("input_shape") or spec["input_shape"]  # older models: from the network spec
+        modules["neighbors"] = build_model({"family": "neighbors", "input_shape": input_shape,
                                             "n_reference": int(config["n_reference"]),
                                             "k": detector._resolved("neighbors")})
     expected = {f"{prefix}.{k}" for prefix, m in modules.items() for k in m.state_dict()}
@@ -308,6 +310,7 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
                          neighbors=modules.get("neighbors"), term_scales=config.get("term_scales", {}))
     detector.schema_, detector.preprocessor_, detector.model_spec_ = schema, preprocessor, spec
     detector.score_type_, detector.device_ = config["score_type"], device
+    detector.input_shape_ = config.get("input_shape") or spec["input_shape"]
     detector.history_ = [History(**h) for h in config.get("training", [])]
     detector.training_metadata_ = config.get("training_metadata", {})
     detector._set_fitted(scorer, calibration)

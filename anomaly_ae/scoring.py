@@ -17,6 +17,10 @@ from anomaly_ae.models.base import ScoredModule
 from anomaly_ae.models.neighbors import NearestNeighbors
 
 
+# The score of a detector that is the neighbour term alone (model "knn").
+NEIGHBOR_SCORE = "distance"
+
+
 def check_score_type(model: ScoredModule, score: str) -> None:
     if score not in model.score_types:
         raise ValueError(f"score {score!r} is not available for {type(model).__name__}; "
@@ -60,7 +64,8 @@ class ModelScorer:
 
     The members' scores are averaged. With a neighbour term, both terms are standardised by their
     `term_scales` (median and spread on held-out normals) and added, and each row's feature shares
-    blend the terms' own shares by how far each term lies above normal.
+    blend the terms' own shares by how far each term lies above normal. Without members the score
+    is the neighbour distance itself.
     """
 
     def __init__(self, members: Sequence[ScoredModule], score_type: str, *, device: torch.device,
@@ -87,13 +92,17 @@ class ModelScorer:
 
     def add_neighbors(self, neighbors: NearestNeighbors, x_val: np.ndarray) -> None:
         """Add the neighbour term, scaling both terms on held-out normal rows `x_val`."""
-        model_val, _ = self.member_scores(x_val)
         self.neighbors = neighbors
+        if not self.members:
+            return
+        model_val, _ = self.member_scores(x_val)
         knn_val, _ = self.neighbor_distances(x_val)
         self.term_scales = {"model": location_spread(model_val), "neighbors": location_spread(knn_val)}
 
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores (N,), per-feature contributions (N, F)) for preprocessed rows."""
+        if not self.members:
+            return self.neighbor_distances(x)
         model_scores, model_contrib = self.member_scores(x)
         if self.neighbors is None:
             return model_scores, model_contrib

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.metrics import roc_auc_score
 
 from anomaly_ae import Detector
@@ -59,6 +60,9 @@ def test_estimator_contract(telemetry_train):
     assert not hasattr(det, "threshold_")
     with pytest.raises(NotFittedError, match="not fitted"):
         det.decision_function(telemetry_train)
+    # code written for scikit-learn catches it too
+    with pytest.raises(SklearnNotFittedError, match="call fit"):
+        det.predict(telemetry_train)
     fitted = Detector(model="pca").fit(telemetry_train)
     assert isinstance(fitted, Detector)
     assert fitted.threshold_ == fitted.calibration_.threshold
@@ -202,3 +206,20 @@ def test_score_frame_keeps_the_input_index(fitted, telemetry_train):
     rows = telemetry_train.iloc[[5, 9]].copy()
     rows.index = pd.Index(["a", "b"])
     assert list(fitted("pca").score_frame(rows).index) == ["a", "b"]
+
+
+def test_knn_baseline_scores_by_neighbour_distance_alone(telemetry_train, telemetry_test, tmp_path):
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    det = Detector(model="knn", random_state=0).fit(telemetry_train)
+    assert det.members_ == [] and det.neighbors_.k == 5 and det.score_type_ == "distance"
+    scores = det.decision_function(X)
+    assert np.isfinite(scores).all() and (scores >= 0).all()
+    assert roc_auc_score(telemetry_test["is_anomaly"], scores) > 0.95
+    explained = det.explain(X.head(20), top_k=None)
+    np.testing.assert_allclose(explained.sum(axis=1), 1.0)
+    loaded = Detector.load(det.save(tmp_path / "knn"))
+    assert np.array_equal(loaded.decision_function(X), scores)
+    with pytest.raises(ValueError, match="neighbors must be >= 1"):
+        Detector(model="knn", neighbors=0).fit(telemetry_train)
+    with pytest.raises(ValueError, match="'distance' only"):
+        Detector(model="knn", score="elbo").fit(telemetry_train)

@@ -21,7 +21,7 @@ def benchmark(
                                  help="Comma-separated dataset names (file names without .npz); "
                                       "empty = all files in --data-dir."),
     detectors: str = typer.Option("", "--detectors",
-                                  help="Comma-separated, case-sensitive: anomaly_ae ae,dae,sae,vae,"
+                                  help="Comma-separated, case-sensitive: anomaly_ae ae,dae,sae,vae,knn,"
                                        "aae,pca,default; PyOD IForest,KNN,LOF,LUNAR,OCSVM,ECOD,PCA,"
                                        "AutoEncoder,VAE,DeepSVDD. Empty = all available."),
     rerun: str = typer.Option("", "--rerun",

@@ -30,7 +30,7 @@ from .protocol import fit_scaler
 AAE_FAMILY = "anomaly_ae"
 PYOD_FAMILY = "pyod"
 
-ANOMALY_AE_DETECTORS: tuple[str, ...] = ("ae", "dae", "sae", "vae", "aae", "pca", "default")
+ANOMALY_AE_DETECTORS: tuple[str, ...] = ("ae", "dae", "sae", "vae", "aae", "pca", "knn", "default")
 
 # name -> (module, class). Order = cheap first (also the column order in reports).
 _PYOD_CLASSES: dict[str, tuple[str, str]] = {

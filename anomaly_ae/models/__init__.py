@@ -50,11 +50,12 @@ SpecBuilder = Callable[[Mapping[str, Any], tuple[int, ...], int], dict[str, Any]
 class DetectorModel:
     """One value of `Detector(model=...)`: which module its networks are and how they are sized.
 
-    `spec(params, input_shape, n_train)` returns the module spec from the detector's parameters;
-    `n_estimators` and `neighbors` are the defaults used when those parameters are None."""
+    `spec(params, input_shape, n_train)` returns the module spec from the detector's parameters
+    (None: no network, the neighbour term alone); `n_estimators` and `neighbors` are the defaults
+    used when those parameters are None."""
 
     help: str
-    spec: SpecBuilder
+    spec: SpecBuilder | None
     n_estimators: int = 1
     neighbors: int = 0
 
@@ -103,5 +104,7 @@ DETECTOR_MODELS: dict[str, DetectorModel] = {
     "sae": DetectorModel("sparse autoencoder (L1 on the code, sparsity=)", _autoencoder(sparse=True)),
     "vae": DetectorModel("beta-VAE scored by negative ELBO ('recon', 'iwae' also)", _vae),
     "aae": DetectorModel("adversarial autoencoder: reconstruction + prior density of the code", _aae),
-    "pca": DetectorModel("PCA reconstruction error (the baseline)", _pca),
+    "pca": DetectorModel("PCA reconstruction error (a baseline)", _pca),
+    "knn": DetectorModel("mean distance to the 5 nearest training rows, standardised inputs (a baseline)", None,
+                         n_estimators=0, neighbors=5),
 }
