@@ -53,10 +53,12 @@ class Admission:
         if self.scoring >= self.max_scoring:
             raise overloaded("scoring requests")
         self.scoring += 1
+        metrics.SCORING_IN_FLIGHT.inc()
         try:
             return await anyio.to_thread.run_sync(work, *args, limiter=self.threads)
         finally:
             self.scoring -= 1
+            metrics.SCORING_IN_FLIGHT.dec()
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:

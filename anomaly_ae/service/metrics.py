@@ -35,6 +35,8 @@ HTTP_DURATION = Histogram("anomaly_ae_http_request_duration_seconds",
                           ["route", "method"], buckets=LATENCY_BUCKETS)
 HTTP_IN_FLIGHT = Gauge("anomaly_ae_http_requests_in_flight", "Requests being handled right now.",
                        multiprocess_mode="livesum")
+SCORING_IN_FLIGHT = Gauge("anomaly_ae_scoring_in_flight", "Scoring requests holding a scoring place (at most "
+                          "max_concurrency per worker): saturation.", multiprocess_mode="livesum")
 REQUESTS_REJECTED = Counter("anomaly_ae_requests_rejected_total",
                             "Scoring requests refused before scoring: overloaded (503) or no model loaded yet (503).",
                             ["reason"])
