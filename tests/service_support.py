@@ -57,6 +57,7 @@ class Service:
                 "--workers", str(workers)]
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
+        self.metrics_port = flags.get("metrics_port")
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
