@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 import orjson
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, TypeAdapter,
-                      ValidationError, ValidationInfo, WithJsonSchema, field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag,
+                      TypeAdapter, ValidationError, ValidationInfo, WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from anomaly_ae.exceptions import SchemaError
@@ -33,6 +33,14 @@ FLOAT_MAX = sys.float_info.max
 # are: the model's schema decides per column (and names the column and row when it refuses one).
 SCALAR_SCHEMA = {"type": ["number", "string", "boolean", "null"]}
 Cell = Annotated[Any, WithJsonSchema(SCALAR_SCHEMA)]
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's "integer" includes 18.0; a bool (an int to Python) is still refused."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 RowId = Union[StrictStr, StrictInt]
 REQUEST_FIELDS = ("records", "columns", "data", "ids", "explain", "top_k")
 
@@ -63,14 +71,14 @@ def build_request_model(max_rows: int, max_top_k: int, max_id_length: int) -> An
     """The request model for these limits: an annotated union of the two forms (a TypeAdapter input)."""
     ids_description = (f"Optional caller ids, one per sample (as many as there are samples, which JSON Schema cannot "
                        f"say), echoed back; strings of at most {max_id_length} characters or integers.")
-    Ids = Optional[list[Union[Annotated[StrictStr, Field(max_length=max_id_length)], StrictInt]]]
+    Ids = Optional[list[Union[Annotated[StrictStr, Field(max_length=max_id_length)], Integer]]]
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         ids: Ids = Field(None, max_length=max_rows, description=ids_description)
         explain: StrictBool = Field(False, description="Return each sample's top contributing features.")
-        top_k: StrictInt = Field(3, ge=1, le=max_top_k,
+        top_k: Integer = Field(3, ge=1, le=max_top_k,
                                  description="How many contributing features to return with explain=true.")
 
         def n_rows(self) -> int:
