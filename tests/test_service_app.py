@@ -171,6 +171,7 @@ BAD_BODIES = {
     "ids one short": (b'{"records": [{}, {}], "ids": ["a"]}', 422, "invalid_ids"),
     "ids not str or int": (b'{"records": [{}, {}], "ids": [1.5, 2]}', 422, "invalid_ids"),
     "id too long": (b'{"records": [{}], "ids": ["' + b"x" * 65 + b'"]}', 422, "invalid_ids"),
+    "id beyond 64 bits": (b'{"records": [{}], "ids": [' + str(2 ** 63).encode() + b"]}", 422, "invalid_ids"),
 }
 
 

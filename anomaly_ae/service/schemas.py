@@ -70,8 +70,10 @@ def _bad_rows(flags: list[bool]) -> list[int]:
 def build_request_model(max_rows: int, max_top_k: int, max_id_length: int) -> Any:
     """The request model for these limits: an annotated union of the two forms (a TypeAdapter input)."""
     ids_description = (f"Optional caller ids, one per sample (as many as there are samples, which JSON Schema cannot "
-                       f"say), echoed back; strings of at most {max_id_length} characters or integers.")
-    Ids = Optional[list[Union[Annotated[StrictStr, Field(max_length=max_id_length)], Integer]]]
+                       f"say), echoed back; strings of at most {max_id_length} characters or 64-bit integers.")
+    # integer ids within 64 bits: they are echoed back, and JSON's readers (orjson's writer too) stop there
+    Ids = Optional[list[Union[Annotated[StrictStr, Field(max_length=max_id_length)],
+                              Annotated[Integer, Field(ge=-2 ** 63, le=2 ** 63 - 1)]]]]
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
