@@ -21,7 +21,7 @@ from anomaly_ae.service.errors import install_error_handlers
 from anomaly_ae.service.limits import Admission
 from anomaly_ae.service.middleware import ObservabilityMiddleware
 from anomaly_ae.service.model_holder import ModelHolder, load, resolve
-from anomaly_ae.service.routes import metrics_router, router
+from anomaly_ae.service.routes import METRICS_PATH, router
 from anomaly_ae.service.schemas import ScoreRequestParser, model_request_schema
 from anomaly_ae.service.settings import ServiceSettings
 
@@ -57,8 +57,8 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
     app.state.admission = Admission(settings.max_concurrency, settings.max_body_reads)
     install_error_handlers(app)
     app.include_router(router)
-    if settings.metrics_port is None:
-        app.include_router(metrics_router)
+    if settings.metrics_port is not None:  # served on its own port by server.py, kept off this listener
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != METRICS_PATH]
     app.add_middleware(ObservabilityMiddleware)
     _document(app)
     return app

@@ -20,7 +20,7 @@ from anomaly_ae.service.schemas import ErrorResponse, ModelInfo, Readiness, Relo
 from anomaly_ae.service.score_handler import score_batch
 
 router = APIRouter()
-metrics_router = APIRouter()  # on the public listener unless settings.metrics_port moves it
+METRICS_PATH = "/metrics"  # on the public listener unless settings.metrics_port moves it (app.py)
 
 _WHY = {400: "Malformed JSON or headers", 401: "Missing or unknown API key", 403: "The key lacks the right",
         408: "The body did not arrive within body_timeout_s", 409: "The version was refused",
@@ -85,7 +85,7 @@ async def readyz(holder: HolderDep) -> Response:
     return _json({"status": "ready", "model": model.describe()})
 
 
-@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+@router.get(METRICS_PATH, summary="Prometheus metrics", response_class=Response,
                     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                                      "description": "Prometheus text exposition format"}, **_errors()})
 async def prometheus_metrics() -> Response:

@@ -73,7 +73,7 @@ def build_request_model(max_rows: int, max_top_k: int, max_id_length: int) -> An
                        f"say), echoed back; strings of at most {max_id_length} characters or 64-bit integers.")
     # integer ids within 64 bits: they are echoed back, and JSON's readers (orjson's writer too) stop there
     Ids = Optional[list[Union[Annotated[StrictStr, Field(max_length=max_id_length)],
-                              Annotated[Integer, Field(ge=-2 ** 63, le=2 ** 63 - 1)]]]]
+                              Annotated[StrictInt, Field(ge=-2 ** 63, le=2 ** 63 - 1), BeforeValidator(_integral)]]]]
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
