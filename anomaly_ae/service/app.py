@@ -57,8 +57,6 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
     app.state.admission = Admission(settings.max_concurrency, settings.max_body_reads)
     install_error_handlers(app)
     app.include_router(router)
-    if settings.metrics_port is not None:  # served on its own port by server.py, kept off this listener
-        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != METRICS_PATH]
     app.add_middleware(ObservabilityMiddleware)
     _document(app)
     return app
@@ -77,6 +75,8 @@ def _document(app: FastAPI) -> None:
         if "base" not in cache:
             base = build()
             base.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = SECURITY_SCHEME
+            if app.state.settings.metrics_port is not None:  # served on a port of its own
+                base["paths"].pop(METRICS_PATH, None)
             cache["base"] = base
         model = holder.current
         version = None if model is None else (model.version, id(model))

@@ -20,7 +20,7 @@ from anomaly_ae.service.schemas import ErrorResponse, ModelInfo, Readiness, Relo
 from anomaly_ae.service.score_handler import score_batch
 
 router = APIRouter()
-METRICS_PATH = "/metrics"  # on the public listener unless settings.metrics_port moves it (app.py)
+METRICS_PATH = "/metrics"
 
 _WHY = {400: "Malformed JSON or headers", 401: "Missing or unknown API key", 403: "The key lacks the right",
         408: "The body did not arrive within body_timeout_s", 409: "The version was refused",
@@ -85,9 +85,17 @@ async def readyz(holder: HolderDep) -> Response:
     return _json({"status": "ready", "model": model.describe()})
 
 
+async def metrics_on_this_listener(settings: SettingsDep) -> None:
+    """With settings.metrics_port, /metrics is served there (server.py) and is not found here (nor in
+    the OpenAPI document: app.py)."""
+    if settings.metrics_port is not None:
+        raise ApiError(404, "not_found", "Not Found")
+
+
 @router.get(METRICS_PATH, summary="Prometheus metrics", response_class=Response,
-                    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                                     "description": "Prometheus text exposition format"}, **_errors()})
+            dependencies=[Depends(metrics_on_this_listener)],
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text exposition format"}, **_errors()})
 async def prometheus_metrics() -> Response:
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
