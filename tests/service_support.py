@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -54,6 +57,7 @@ class Service:
                 "--workers", str(workers)]
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
+        self.metrics_port = flags.get("metrics_port")
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -112,3 +116,24 @@ def wait_for(predicate, timeout: float = 120.0, step: float = 0.2) -> bool:
             return True
         time.sleep(step)
     return False
+
+
+@contextlib.asynccontextmanager
+async def in_process(settings, **factory) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """(app, client): `create_app(settings, **factory)` with its lifespan running, called through
+    httpx's ASGI transport (no server, no sockets)."""
+    from anomaly_ae.service.app import create_app
+
+    app = create_app(settings, **factory)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service",
+                                     timeout=60) as client:
+            yield app, client
+
+
+async def until(predicate, timeout: float = 60.0, step: float = 0.02) -> None:
+    """Await (async) `predicate()` until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+        await asyncio.sleep(step)

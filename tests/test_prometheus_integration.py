@@ -192,28 +192,45 @@ def send_traffic(service: Service, columns: list[str]) -> dict:
     return sent
 
 
+def settled(service: Service, prom: Prometheus, rows_query: str) -> float:
+    """The service's rows-scored total once Prometheus has scraped all of it (earlier tests' traffic
+    included), and the time of that sample."""
+    total = metric_value(httpx.get(f"{service.url}/metrics", timeout=30).text, "anomaly_ae_rows_scored_total")
+    wait_until(lambda: prom.value(rows_query) == total, what="Prometheus to see every row scored so far")
+    return total
+
+
 def test_dashboard_queries_report_the_traffic_sent(stack):
     service, prom, detector = stack
-    columns = warm_up(service, detector)
     rows_query = render(panel_query("Rows scored (counter total)"))
+    settled(service, prom, rows_query)
+    before = prom.last_scrape()  # counters below count from this sample: earlier tests' traffic is in it
+    columns = warm_up(service, detector)
     warm_rows = len(SEVERITIES)
-    wait_until(lambda: prom.value(rows_query) == warm_rows, what="the warm-up to be scraped")
+    base_rows = settled(service, prom, rows_query)
     warm_anomalies = warm_rows - 1
     start = prom.last_scrape()  # a sample with the warm-up counted and nothing else
 
     sent = send_traffic(service, columns)
     assert sent["anomalies"] > 20, "the batches contain anomalies the model flags"
-    total_rows = warm_rows + sent["rows"]
-    wait_until(lambda: prom.value(rows_query) == total_rows, what="the last scrape to see every row")
-    time.sleep(3)  # a few more scrapes and rule evaluations after the traffic
+    wait_until(lambda: prom.value(rows_query) == base_rows + sent["rows"], what="the last scrape to see every row")
+    last = prom.last_scrape()
+    wait_until(lambda: prom.last_scrape() >= last + 3, what="a few more scrapes and rule evaluations")
     end = prom.last_scrape()
 
+    def increase(expr: str, label: str | None = None):
+        if label:
+            now, then = prom.by(expr, label, at=end), prom.by(expr, label, at=before)
+            return {k: v - then.get(k, 0.0) for k, v in now.items()}
+        return prom.value(expr, at=end) - (prom.value(expr, at=before) or 0.0)
+
     # counters: exact
-    assert prom.value(render(panel_query("Anomalies flagged (counter total)"))) == warm_anomalies + sent["anomalies"]
-    assert prom.value('sum(anomaly_ae_score_bucket{job="anomaly-ae", le="+Inf"})') == total_rows
-    assert prom.value('sum(anomaly_ae_p_value_count{job="anomaly-ae"})') == total_rows
-    requests = prom.by('sum by (status) (anomaly_ae_http_requests_total{job="anomaly-ae", route="/v1/score"})',
-                       "status")
+    total_rows = warm_rows + sent["rows"]
+    assert increase(render(panel_query("Anomalies flagged (counter total)"))) == warm_anomalies + sent["anomalies"]
+    assert increase('sum(anomaly_ae_score_bucket{job="anomaly-ae", le="+Inf"})') == total_rows
+    assert increase('sum(anomaly_ae_p_value_count{job="anomaly-ae"})') == total_rows
+    requests = increase('sum by (status) (anomaly_ae_http_requests_total{job="anomaly-ae", route="/v1/score"})',
+                        "status")
     assert requests == {"2xx": 1 + sent["score_requests"], "4xx": 2 + sent["invalid"] + sent["unauthenticated"]}
 
     # Range and rate panels over exactly the measured traffic: the window runs from the sample just
@@ -297,8 +314,12 @@ def test_drift_panel_follows_a_shifted_input(stack):
 
 
 def test_rules_load_and_evaluate_cleanly(stack):
-    _, prom, _ = stack
-    time.sleep(2)
+    service, prom, detector = stack
+    # traffic of this test's own for the recording rules to compute on
+    columns = list(detector.schema_.names)
+    frame = make_telemetry(200, anomaly_fraction=0.15, seed=13).drop(columns=list(LABEL_COLUMNS))[columns]
+    for start in range(0, len(frame), 50):
+        assert post(service, columns, frame.iloc[start:start + 50].to_numpy(dtype=object).tolist()).status_code == 200
     rules = _rules(prom)
     local = yaml.safe_load((PROM_DIR / "rules" / "anomaly-ae.rules.yml").read_text())["groups"]
     assert len(rules) == sum(len(g["rules"]) for g in local)
@@ -310,10 +331,11 @@ def test_rules_load_and_evaluate_cleanly(stack):
     firing = [a for a in httpx.get(f"{prom.url}/api/v1/alerts", timeout=30).json()["data"]["alerts"]
               if a["state"] == "firing"]
     assert not firing, firing
-    # the recording rules compute on real data
-    assert prom.value('anomaly_ae:http_requests:rate5m{route="/v1/score", status="2xx"}') > 0
-    ratio = prom.value("anomaly_ae:anomaly_ratio:rate15m")
-    assert ratio is not None and 0 < ratio < 1
+    # the recording rules compute on real data (this test's traffic, once scraped and evaluated)
+    wait_until(lambda: (prom.value('anomaly_ae:http_requests:rate5m{route="/v1/score", status="2xx"}') or 0) > 0,
+               what="the request-rate recording rule")
+    ratio = wait_until(lambda: prom.value("anomaly_ae:anomaly_ratio:rate15m"), what="the anomaly-ratio rule")
+    assert 0 < ratio < 1
 
 
 def _rules(prom: Prometheus) -> list[dict]:

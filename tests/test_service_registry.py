@@ -1,5 +1,6 @@
 """The service on a real MLflow registry: alias moves under load, refused versions, a hung and a killed
-registry. The module runs its own `mlflow server` (not the session-wide one) because it kills it."""
+registry. The module runs its own `mlflow server` (not the session-wide one) because it kills it; each
+test starts it again if an earlier one (in any order) left it dead."""
 
 from __future__ import annotations
 
@@ -24,35 +25,60 @@ pytestmark = pytest.mark.slow
 NAME = "svc-detector"
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    pytest.importorskip("mlflow")
-    pytest.importorskip("anomaly_ae.registry")
-    root = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    mlflow = Path(sys.executable).with_name("mlflow")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen([str(mlflow if mlflow.exists() else "mlflow"), "server", "--backend-store-uri",
-                                 f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", "mlflow-artifacts:/",
-                                 "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-                                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not healthy(uri):
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-2000:]
-            time.sleep(0.5)
-        yield uri, root, proc
-    finally:
+class Registry:
+    """This module's own `mlflow server` (SQLite store, served artifacts), which a test may kill:
+    `ensure_running` starts it again on the same port, store and artifacts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def ensure_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # in case a test left it stopped
+            return
+        mlflow = Path(sys.executable).with_name("mlflow")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(mlflow if mlflow.exists() else "mlflow"), "server", "--backend-store-uri",
+                 f"sqlite:///{self.root / 'mlflow.db'}", "--default-artifact-root", "mlflow-artifacts:/",
+                 "--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts"),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True)
+        assert wait_for(lambda: healthy(self.uri) or self.proc.poll() is not None, timeout=180, step=0.5)
+        assert healthy(self.uri), (self.root / "server.log").read_text()[-2000:]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
         for sig in (signal.SIGCONT, signal.SIGKILL):
             try:
-                os.killpg(proc.pid, sig)
+                os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
-        proc.wait(30)
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("anomaly_ae.registry")
+    server = Registry(tmp_path_factory.mktemp("registry"))
+    try:
+        server.ensure_running()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def registry(registry_server):
+    """(uri, root, process) of a running registry, whatever an earlier test did to it."""
+    registry_server.ensure_running()
+    return registry_server.uri, registry_server.root, registry_server.proc
 
 
 def register(uri: str, model_dir: Path, detector) -> str:
@@ -70,8 +96,9 @@ def promote(uri: str, version: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(registry, tmp_path_factory):
-    uri, _, _ = registry
+def served(registry_server, tmp_path_factory):
+    registry_server.ensure_running()
+    uri = registry_server.uri
     root = tmp_path_factory.mktemp("svc-models")
     first = register(uri, root / "m1", train_model(root / "m1", seed=1))
     promote(uri, first)
@@ -97,18 +124,29 @@ def failures(service, reason):
                         reason=reason)
 
 
-def test_serves_the_champion(served):
-    service, _, first = served
+def champion(uri: str) -> str:
+    from anomaly_ae.registry import resolve_model
+
+    return str(resolve_model(f"models:/{NAME}@champion", tracking_uri=uri).version)
+
+
+def test_serves_the_champion(served, registry):
+    service, _, _ = served
+    current = champion(registry[0])
+    assert wait_for(lambda: version(service) == current, timeout=60)
     info = httpx.get(f"{service.url}/v1/model", headers=SCORE).json()
-    assert (info["name"], info["version"], info["alias"]) == (NAME, first, "champion")
+    assert (info["name"], info["version"], info["alias"]) == (NAME, current, "champion")
     response = httpx.post(f"{service.url}/v1/score", json={"records": rows()}, headers=SCORE).json()
-    assert response["model"] == {"name": NAME, "version": first, "alias": "champion"}
+    assert response["model"] == {"name": NAME, "version": current, "alias": "champion"}
 
 
 def test_alias_move_under_concurrent_requests_fails_none(served, registry):
-    service, root, first = served
+    service, root, _ = served
     uri = registry[0]
-    second = register(uri, root / "m2", train_model(root / "m2", seed=3, random_state=1))
+    assert wait_for(lambda: version(service) == champion(uri), timeout=60)
+    first = version(service)
+    model_dir = root / f"m2-{first}"
+    second = register(uri, model_dir, train_model(model_dir, seed=3, random_state=1))
     body = {"records": rows(10)}
     stop = threading.Event()
     seen: list[list[tuple[int, str]]] = [[] for _ in range(4)]
@@ -123,10 +161,10 @@ def test_alias_move_under_concurrent_requests_fails_none(served, registry):
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        assert wait_for(lambda: all(len(out) >= 5 for out in seen), timeout=60)
         promote(uri, second)
         assert wait_for(lambda: version(service) == second)
-        time.sleep(1.0)
+        assert wait_for(lambda: all(sum(v == second for _, v in out) >= 5 for out in seen), timeout=60)
     finally:
         stop.set()
         for t in threads:
@@ -146,7 +184,9 @@ def test_bad_versions_are_refused(served, registry):
 
     service, root, _ = served
     uri, server_root, _ = registry
+    assert wait_for(lambda: version(service) == champion(uri), timeout=60)
     good = version(service)
+    smoke_failures, load_errors = failures(service, "smoke_test_failed"), failures(service, "load_error")
     # NaN weights: loads (hashes match) but fails the smoke batch
     broken = Detector.load(root / "m1")
     with torch.no_grad():
@@ -156,7 +196,7 @@ def test_bad_versions_are_refused(served, registry):
     # registered with a good detector's metrics (scoring the broken one fails), the broken one's files
     nan_version = register(uri, root / "nan", Detector.load(root / "m1"))
     promote(uri, nan_version)
-    assert wait_for(lambda: failures(service, "smoke_test_failed") >= 1)
+    assert wait_for(lambda: failures(service, "smoke_test_failed") > smoke_failures)
     assert version(service) == good
     # tampered after registration: the stored weights no longer match the manifest
     tampered_version = register(uri, root / "m3", train_model(root / "m3", seed=5, epochs=5))
@@ -168,7 +208,7 @@ def test_bad_versions_are_refused(served, registry):
     for path in weights:
         path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
     promote(uri, tampered_version)
-    assert wait_for(lambda: failures(service, "load_error") >= 1)
+    assert wait_for(lambda: failures(service, "load_error") > load_errors)
     assert version(service) == good
     r = httpx.post(f"{service.url}/v1/score", json={"records": rows()}, headers=SCORE)
     assert r.status_code == 200 and r.json()["model"]["version"] == good
@@ -176,10 +216,12 @@ def test_bad_versions_are_refused(served, registry):
     promote(uri, good)
 
 
-def _latencies(service, n=20):
+def _latencies(service, n=20, seconds=0.0):
+    """Latencies of `n` scoring requests, and of more until `seconds` have passed."""
     out = []
+    until = time.monotonic() + seconds
     with httpx.Client(base_url=service.url, timeout=30) as c:
-        for _ in range(n):
+        while len(out) < n or time.monotonic() < until:
             t0 = time.monotonic()
             r = c.post("/v1/score", json={"records": rows(3)}, headers=SCORE)
             assert r.status_code == 200
@@ -193,8 +235,8 @@ def test_hung_then_killed_registry_never_fails_or_slows_scoring(served, registry
     good = version(service)
     os.killpg(proc.pid, signal.SIGSTOP)  # hung: accepts connections, never answers
     try:
-        time.sleep(1.5)  # a poll is now stuck waiting on the registry
-        assert max(_latencies(service)) < 2.0
+        # scoring for 1.5 s, three poll intervals: polls are stuck waiting on the registry meanwhile
+        assert max(_latencies(service, seconds=1.5)) < 2.0
         assert httpx.get(f"{service.url}/readyz").status_code == 200
         t0 = time.monotonic()
         reload = httpx.post(f"{service.url}/v1/admin/reload", headers=ADMIN, timeout=60)
@@ -202,11 +244,11 @@ def test_hung_then_killed_registry_never_fails_or_slows_scoring(served, registry
         assert reload.json()["error"]["code"] in ("registry_timeout", "reload_in_progress")
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
-    os.killpg(proc.pid, signal.SIGKILL)  # killed: connections refused
+    unavailable = failures(service, "registry_unavailable")
+    os.killpg(proc.pid, signal.SIGKILL)  # killed: connections refused (the next test starts it again)
     proc.wait(30)
-    time.sleep(2.0)
+    assert wait_for(lambda: failures(service, "registry_unavailable") > unavailable, timeout=60)
     assert max(_latencies(service)) < 2.0
     assert httpx.get(f"{service.url}/readyz").status_code == 200 and version(service) == good
-    assert wait_for(lambda: failures(service, "registry_unavailable") >= 1, timeout=60)
     reload = httpx.post(f"{service.url}/v1/admin/reload", headers=ADMIN, timeout=60)
     assert reload.status_code == 503 and reload.headers["retry-after"]

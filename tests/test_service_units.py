@@ -199,3 +199,26 @@ def test_coalescing_transport_sends_each_response_once():
     t.write(b"HTTP/1.1 204 No Content\r\n\r\n")
     t.close()  # a held header block is flushed, never lost
     assert raw.writes[-1] == b"HTTP/1.1 204 No Content\r\n\r\n" and raw.closed and t.is_closing()
+
+
+def test_serve_with_workers_removes_the_temporary_folders_it_made(tmp_path, monkeypatch):
+    """`serve --workers 2` makes a control folder and a metrics folder; a clean exit removes both."""
+    import tempfile
+
+    import uvicorn
+
+    from anomaly_ae.service import server
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if not k.startswith(("ANOMALY_AE_", "PROMETHEUS_MULTIPROC"))})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = {}
+
+    def fake_uvicorn_run(*args, **kwargs):  # what the workers would be handed
+        made.update(control=os.environ["ANOMALY_AE_CONTROL_DIR"], metrics=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        assert all(os.path.isdir(path) for path in made.values())
+
+    monkeypatch.setattr(uvicorn, "run", fake_uvicorn_run)
+    server.run(ServiceSettings(model_uri=str(tmp_path / "model"), workers=2, api_keys=["k" * 16]))
+    assert set(made) == {"control", "metrics"} and all(p.startswith(str(tmp_path)) for p in made.values())
+    assert list(tmp_path.iterdir()) == []

@@ -24,6 +24,8 @@ def serve(
     max_rows: Optional[int] = typer.Option(None, help="Most rows per request (default 10000)."),
     max_body_bytes: Optional[int] = typer.Option(None, help="Largest request body (default 8 MiB)."),
     max_concurrency: Optional[int] = typer.Option(None, help="Scoring requests per worker before 503 (default 64)."),
+    metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port instead of the public one "
+                                                          "(default: on the public one)."),
     drift_max_features: Optional[int] = typer.Option(None, help="Inputs with drift metrics (default 30)."),
     log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error (default info)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log",
@@ -38,7 +40,7 @@ def serve(
 
     flags = dict(model_uri=model, host=host, port=port, workers=workers, poll_interval_s=poll_interval,
                  max_rows=max_rows, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
-                 drift_max_features=drift_max_features, log_level=log_level, access_log=access_log)
+                 metrics_port=metrics_port, drift_max_features=drift_max_features, log_level=log_level, access_log=access_log)
     try:
         settings = ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:

@@ -10,6 +10,7 @@ workers, prometheus_client's multiprocess mode is used: ``anomaly-ae serve`` poi
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Iterable
 
@@ -34,6 +35,8 @@ HTTP_DURATION = Histogram("anomaly_ae_http_request_duration_seconds",
                           ["route", "method"], buckets=LATENCY_BUCKETS)
 HTTP_IN_FLIGHT = Gauge("anomaly_ae_http_requests_in_flight", "Requests being handled right now.",
                        multiprocess_mode="livesum")
+SCORING_IN_FLIGHT = Gauge("anomaly_ae_scoring_in_flight", "Scoring requests holding a scoring place (at most "
+                          "max_concurrency per worker): saturation.", multiprocess_mode="livesum")
 REQUESTS_REJECTED = Counter("anomaly_ae_requests_rejected_total",
                             "Scoring requests refused before scoring: overloaded (503) or no model loaded yet (503).",
                             ["reason"])
@@ -100,13 +103,18 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text: this process's registry, or every worker's files in multiprocess mode."""
+def registry() -> CollectorRegistry:
+    """This process's registry, or one that merges every worker's files in multiprocess mode."""
     if multiprocess_dir():
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return merged
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of `registry()`."""
+    return generate_latest(registry()), CONTENT_TYPE_LATEST
 
 
 def mark_process_dead() -> None:
@@ -181,11 +189,17 @@ class DriftTracker:
         self.cat_missing = np.zeros(len(self.categorical))
         self.publish_every_s = publish_every_s
         self._published = 0.0
+        self._lock = threading.Lock()  # requests score in worker threads, several at once
 
     def update(self, columns: dict[str, np.ndarray], missing: dict[str, int], unseen: dict[str, int],
                model_input: np.ndarray | None = None) -> None:
         if not self.numeric and not self.categorical:
             return
+        with self._lock:
+            self._update(columns, missing, unseen, model_input)
+
+    def _update(self, columns: dict[str, np.ndarray], missing: dict[str, int], unseen: dict[str, int],
+                model_input: np.ndarray | None) -> None:
         n = len(next(iter(columns.values())))
         w = 1.0 - (1.0 - self.alpha) ** n  # weight of this batch after n single-row updates
         if self.numeric:

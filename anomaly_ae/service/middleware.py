@@ -1,10 +1,9 @@
-"""The one pure-ASGI middleware: request metrics, the scoring concurrency bound, and the last-resort 500.
+"""The one pure-ASGI middleware: request metrics and the last-resort 500.
 
 Pure ASGI (not BaseHTTPMiddleware) because it runs on every request and must add microseconds, not
-a task per request. Scoring requests beyond `max_concurrency` in this worker are answered 503 with
-Retry-After at once instead of queueing without limit. An exception nothing else handled (a bug) is
-logged by type and location only, never with its message or the payload, and answered with the
-JSON error shape.
+a task per request. (The scoring concurrency bound is limits.py's: it must apply after the body is
+read, which only the route knows.) An exception nothing else handled (a bug) is logged by type and
+location only, never with its message or the payload, and answered with the JSON error shape.
 """
 
 from __future__ import annotations
@@ -19,9 +18,7 @@ from anomaly_ae.service.errors import error_body
 
 log = logging.getLogger("anomaly_ae.service")
 
-SCORE_PATH = "/v1/score"
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
-_OVERLOADED = error_body(503, "overloaded", "too many scoring requests in flight; retry after a moment")
 _INTERNAL = error_body(500, "internal_error", "internal error; the request was not scored")
 
 
@@ -33,10 +30,8 @@ async def _send_json(send: Any, status: int, body: bytes, extra: list[tuple[byte
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: Any, max_concurrency: int) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.max_concurrency = max_concurrency
-        self.scoring = 0
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -45,12 +40,6 @@ class ObservabilityMiddleware:
             return
         started = time.perf_counter()
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
-        is_score = scope["path"] == SCORE_PATH
-        if is_score and self.scoring >= self.max_concurrency:
-            metrics.REQUESTS_REJECTED.labels("overloaded").inc()
-            await _send_json(send, 503, _OVERLOADED, [(b"retry-after", b"1")])
-            self._record(SCORE_PATH, method, 503, started)
-            return
         status = 500
         response_started = False
 
@@ -60,8 +49,6 @@ class ObservabilityMiddleware:
                 status, response_started = message["status"], True
             await send(message)
 
-        if is_score:
-            self.scoring += 1
         metrics.HTTP_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_and_watch)
@@ -73,8 +60,6 @@ class ObservabilityMiddleware:
             if not response_started:
                 await _send_json(send, 500, _INTERNAL)
         finally:
-            if is_score:
-                self.scoring -= 1
             metrics.HTTP_IN_FLIGHT.dec()
             route = scope.get("route")
             self._record(getattr(route, "path", "unmatched"), method, status, started)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -36,8 +37,11 @@ log = logging.getLogger("anomaly_ae.service")
 # Failures that say nothing about the version itself: retried at the next poll, never refused.
 TRANSIENT_ERRORS = tuple(t for t in (getattr(exceptions, "RegistryUnavailableError", None), ConnectionError,
                                      TimeoutError, OSError) if t is not None)
-MAX_STUCK_THREADS = 3
-RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker  # registry calls still running after their timeout; beyond this, skip polls
+MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyond this, skip polls
+RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker
+# An absolute file path in an error message (the registry downloads into temporary folders): a
+# caller is told the file's name, never where the server keeps it.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
 
 
 class ModelRefLike(Protocol):
@@ -133,6 +137,11 @@ def load(uri: str, bounds: HttpBounds = DEFAULT_BOUNDS) -> tuple[Any, Any]:
     from anomaly_ae.registry import load_model
 
     return load_model(uri, bounds=bounds)
+
+
+def without_paths(message: str) -> str:
+    """`message` with every absolute path cut to its last part (what the caller can act on)."""
+    return _ABSOLUTE_PATH.sub(r"\1", message)
 
 
 # ---------------------------------------------------------------------------- the holder
@@ -304,13 +313,14 @@ class ModelHolder:
         loaded.drift.publish()
 
     def _failed(self, trigger: str, reason: str, message: str) -> RefreshOutcome:
+        message = without_paths(message)
         metrics.RELOAD_FAILURES.labels(reason).inc()
         self.last_error = message
         log.warning("model refresh (%s) failed: %s", trigger, reason)
         return RefreshOutcome("failed", reason=reason, message=message)
 
     def _refuse(self, trigger: str, version: str, reason: str, message: str) -> RefreshOutcome:
-        message = f"refused version {version}: {message}"
+        message = f"refused version {version}: {without_paths(message)}"
         self._refused[version] = (reason, message)
         outcome = self._failed(trigger, reason, message)
         outcome.status, outcome.version = "refused", version

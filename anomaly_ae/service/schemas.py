@@ -1,47 +1,313 @@
-"""Request and response shapes: pydantic models that document the API, and the fast request parser.
+"""Request and response shapes: the one definition each, used both to validate and to document.
 
-The models below are what /docs and /openapi.json show. `parse_score_request` enforces the same
-shape on the raw JSON (parsed by orjson) without building pydantic objects for every row, which
-would cost more than scoring a 1-row request; the per-column types come from the model's own
-schema (`Schema.check_columns`), which no static model can express.
+`ScoreRequestParser` (one per app: the limits come from settings) holds the request model, two
+variants behind a callable discriminator (`records`, or `columns` + `data`; JSON Schema `oneOf`).
+It parses a body with orjson (which, unlike pydantic's parser, refuses NaN, Infinity and numbers
+beyond float range) and validates it with that model, mapping pydantic's errors to the service's
+stable error codes. Cell values stay plain JSON here: which types a column takes comes from the
+served model's schema, checked by `Schema.check_columns` with the column and rows named; when a
+model is loaded, `model_request_schema` writes those types into the OpenAPI document too.
+
+`ScoreResponse` is what /v1/score returns (score_handler.py serialises through it).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag,
+                      TypeAdapter, ValidationError, ValidationInfo, WithJsonSchema, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from anomaly_ae.exceptions import SchemaError
 from anomaly_ae.service.errors import ApiError
 
-Value = Optional[Union[StrictFloat, StrictInt, StrictStr, StrictBool]]
-RowId = Union[StrictStr, StrictInt]
-
 EXAMPLE_RECORD = {"mode": "day", "cpu_util_pct": 55.2, "mem_util_pct": 61.0, "requests_per_s": 790.0,
                   "latency_ms": 118.0, "error_rate_pct": 0.48, "disk_io_mb_s": 41.0, "net_in_mb_s": 79.5,
                   "temperature_c": 55.1}
+FLOAT_MAX = sys.float_info.max
+# A cell as documented before a model is loaded: any JSON scalar. Validation leaves cells as they
+# are: the model's schema decides per column (and names the column and row when it refuses one).
+SCALAR_SCHEMA = {"type": ["number", "string", "boolean", "null"]}
+Cell = Annotated[Any, WithJsonSchema(SCALAR_SCHEMA)]
 
 
-class ScoreRequest(BaseModel):
-    """Either `records` (one JSON object per sample) or `columns` + `data` (one array per sample)."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"records": [EXAMPLE_RECORD], "ids": ["host-17"], "explain": True, "top_k": 3},
-        {"columns": list(EXAMPLE_RECORD), "data": [list(EXAMPLE_RECORD.values())]},
-    ]})
-
-    records: Optional[list[dict[str, Value]]] = Field(
-        None, min_length=1, description="Samples as objects keyed by column name (see GET /v1/model for the schema).")
-    columns: Optional[list[StrictStr]] = Field(None, min_length=1, description="Column names for `data`.")
-    data: Optional[list[list[Value]]] = Field(None, min_length=1, description="Samples as arrays in `columns` order.")
-    ids: Optional[list[RowId]] = Field(None, description="Optional caller ids, one per sample, echoed back.")
-    explain: StrictBool = Field(False, description="Return each sample's top contributing features.")
-    top_k: StrictInt = Field(3, ge=1, description="How many contributing features to return with explain=true.")
+def _integral(value: Any) -> Any:
+    """JSON Schema's "integer" includes 18.0; a bool (an int to Python) is still refused."""
+    return int(value) if type(value) is float and value.is_integer() else value
 
 
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
+RowId = Union[StrictStr, StrictInt]
+REQUEST_FIELDS = ("records", "columns", "data", "ids", "explain", "top_k")
+
+
+@dataclass(frozen=True)
+class ParsedScoreRequest:
+    columns: dict[str, Any]
+    n_rows: int
+    ids: list[Any] | None
+    top_k: int  # 0 = no explanation
+
+
+def _request_form(body: Any) -> str | None:
+    """Which variant a body is: None (refused as invalid_body) unless exactly one form is present."""
+    if not isinstance(body, dict):
+        return None
+    records, columnar = "records" in body, "columns" in body or "data" in body
+    if records == columnar:
+        return None
+    return "records" if records else "columns"
+
+
+def _bad_rows(flags: list[bool]) -> list[int]:
+    return [i for i, bad in enumerate(flags) if bad][:5]
+
+
+def build_request_model(max_rows: int, max_top_k: int, max_id_length: int) -> Any:
+    """The request model for these limits: an annotated union of the two forms (a TypeAdapter input)."""
+    ids_description = (f"Optional caller ids, one per sample (as many as there are samples, which JSON Schema cannot "
+                       f"say), echoed back; strings of at most {max_id_length} characters or 64-bit integers.")
+    # integer ids within 64 bits: they are echoed back, and JSON's readers (orjson's writer too) stop there
+    Ids = Optional[list[Union[Annotated[StrictStr, Field(max_length=max_id_length)],
+                              Annotated[StrictInt, Field(ge=-2 ** 63, le=2 ** 63 - 1), BeforeValidator(_integral)]]]]
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        ids: Ids = Field(None, max_length=max_rows, description=ids_description)
+        explain: StrictBool = Field(False, description="Return each sample's top contributing features.")
+        top_k: Integer = Field(3, ge=1, le=max_top_k,
+                                 description="How many contributing features to return with explain=true.")
+
+        def n_rows(self) -> int:
+            raise NotImplementedError
+
+        @model_validator(mode="after")
+        def _one_id_per_sample(self) -> "Options":
+            if self.ids is not None and len(self.ids) != self.n_rows():
+                raise PydanticCustomError("invalid_ids", "'ids' must be a list with one id per sample ({n})",
+                                          {"n": self.n_rows(), "field": "ids"})
+            return self
+
+    class RecordsScoreRequest(Options):
+        """Samples as JSON objects keyed by column name (see GET /v1/model for the columns)."""
+
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+            {"records": [EXAMPLE_RECORD], "ids": ["host-17"], "explain": True, "top_k": 3}]})
+
+        records: list[dict[str, Cell]] = Field(min_length=1, max_length=max_rows,
+                                               description="Samples as objects keyed by column name.")
+
+        def n_rows(self) -> int:
+            return len(self.records)
+
+        def columns_of(self) -> dict[str, Any]:
+            records = self.records
+            if len(records) == 1:
+                return {name: [value] for name, value in records[0].items()}
+            columns = {}
+            for name in set(records[0]).union(*records[1:]):
+                values = [r.get(name, _ABSENT) for r in records]
+                if _ABSENT in values:
+                    rows = _bad_rows([v is _ABSENT for v in values])
+                    raise SchemaError(f"records in rows {rows} lack the field '{name}' that other records have; "
+                                      "every record needs every column", column=name, rows=rows,
+                                      reason="missing_column")
+                columns[name] = values
+            return columns
+
+    class ColumnarScoreRequest(Options):
+        """Samples as arrays, one value per name in `columns`, in that order."""
+
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+            {"columns": list(EXAMPLE_RECORD), "data": [list(EXAMPLE_RECORD.values())]}]})
+
+        columns: list[StrictStr] = Field(min_length=1, json_schema_extra={"uniqueItems": True},
+                                         description="Column names for `data`, each once.")
+        data: list[list[Cell]] = Field(min_length=1, max_length=max_rows,
+                                       description="Samples as arrays in `columns` order, each as long as "
+                                                   "`columns`.")
+
+        @field_validator("columns")
+        @classmethod
+        def _unique(cls, names: list[str]) -> list[str]:
+            if len(set(names)) != len(names):
+                dupes = sorted({n for n in names if names.count(n) > 1})
+                raise PydanticCustomError("duplicate_column", "duplicate column name(s): {names}",
+                                          {"names": ", ".join(dupes)[:200]})
+            return names
+
+        @field_validator("data")
+        @classmethod
+        def _not_ragged(cls, data: list[list[Any]], info: ValidationInfo) -> list[list[Any]]:
+            names = info.data.get("columns")
+            if names is not None:
+                width = len(names)
+                if set(map(len, data)) != {width}:
+                    rows = _bad_rows([len(r) != width for r in data])
+                    raise PydanticCustomError("invalid_row", "every row of 'data' must be an array of {width} "
+                                              "values, one per column; rows {rows} are not",
+                                              {"width": width, "rows": rows})
+            return data
+
+        def n_rows(self) -> int:
+            return len(self.data)
+
+        def columns_of(self) -> dict[str, Any]:
+            return dict(zip(self.columns, zip(*self.data)))
+
+    return Annotated[Union[Annotated[RecordsScoreRequest, Tag("records")],
+                           Annotated[ColumnarScoreRequest, Tag("columns")]],
+                     Discriminator(_request_form, custom_error_type="invalid_body",
+                                   custom_error_message="send either 'records' or 'columns' + 'data'")]
+
+
+_ABSENT = object()
+# When several errors are found, the one reported is the first of these (as a caller would fix them).
+_PRECEDENCE = ("invalid_body", "unknown_field", "invalid_field", "too_many_rows", "empty_batch", "duplicate_column",
+               "invalid_record", "invalid_row", "invalid_ids")
+
+
+class ScoreRequestParser:
+    """Body bytes -> `ParsedScoreRequest`, or an `ApiError` with the service's stable code."""
+
+    def __init__(self, max_rows: int, max_top_k: int, max_id_length: int) -> None:
+        self.max_rows, self.max_top_k, self.max_id_length = max_rows, max_top_k, max_id_length
+        self.adapter = TypeAdapter(build_request_model(max_rows, max_top_k, max_id_length))
+
+    def json_schema(self) -> dict[str, Any]:
+        """The request body's JSON Schema, with its variants under $defs."""
+        schema = self.adapter.json_schema(ref_template="#/components/schemas/{model}")
+        schema["description"] = ("Exactly one of `records` or `columns` + `data`. " +
+                                 "Options: `ids`, `explain`, `top_k`.")
+        return schema
+
+    def parse(self, body: bytes) -> ParsedScoreRequest:
+        if not body:
+            raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc}); note that NaN and Infinity are "
+                                                "not JSON: send null for a missing value") from None
+        try:
+            request = self.adapter.validate_python(payload)
+        except ValidationError as exc:
+            raise self._api_error(exc.errors(include_url=False)) from None
+        return ParsedScoreRequest(columns=request.columns_of(), n_rows=request.n_rows(), ids=request.ids,
+                                  top_k=request.top_k if request.explain else 0)
+
+    def _api_error(self, errors: list[dict[str, Any]]) -> ApiError:
+        mapped = [self._map(e) for e in errors]
+        mapped.sort(key=lambda m: _PRECEDENCE.index(m[0].code) if m[0].code in _PRECEDENCE else len(_PRECEDENCE))
+        error, row = mapped[0]
+        if row is not None:  # every bad row of the same kind, as the first five positions
+            rows = sorted({r for e, r in mapped if r is not None and e.code == error.code})[:5]
+            error.fields["rows"] = rows
+            error.message = error.message.format(rows=rows)
+        return error
+
+    def _map(self, error: dict[str, Any]) -> tuple[ApiError, int | None]:
+        """One pydantic error -> (ApiError, the row it is about or None)."""
+        kind, loc, context = error["type"], error["loc"][1:], error.get("ctx") or {}  # loc[0] is the variant tag
+        field = str(loc[0]) if loc else None
+        if kind == "invalid_body":
+            payload = error.get("input")
+            if not isinstance(payload, dict):
+                message = "the body must be a JSON object with 'records' or 'columns' and 'data'"
+            elif "records" in payload:
+                message = "send either 'records' or 'columns' + 'data', not both"
+            else:
+                message = "the body needs 'records' (a list of objects) or 'columns' and 'data'"
+            return ApiError(422, "invalid_body", message), None
+        if kind == "invalid_ids":  # the model validator's: at the top level
+            return ApiError(422, "invalid_ids", error["msg"], field="ids"), None
+        if field is None:  # nothing else is reported at the top level; a clear error all the same
+            return ApiError(422, "invalid_body", error["msg"]), None
+        if kind == "extra_forbidden":
+            return ApiError(422, "unknown_field", f"unknown field {field[:100]!r}; allowed: "
+                                                  f"{', '.join(REQUEST_FIELDS)}", field=field[:100]), None
+        if kind == "missing":
+            return ApiError(422, "invalid_body", "the columnar form needs both 'columns' and 'data'",
+                            field=field), None
+        if field == "explain":
+            return ApiError(422, "invalid_field", "'explain' must be true or false", field=field), None
+        if field == "top_k":
+            return ApiError(422, "invalid_field", f"'top_k' must be an integer from 1 to {self.max_top_k}",
+                            field=field), None
+        if field == "ids":
+            if kind == "too_long" and len(loc) == 1:
+                return ApiError(413, "too_many_rows", f"more than {self.max_rows} ids", field=field), None
+            return ApiError(422, "invalid_ids", f"each id must be a string of at most {self.max_id_length} characters "
+                                                "or an integer", field=field), None
+        if field == "columns":
+            if kind == "duplicate_column":
+                return ApiError(422, "duplicate_column", error["msg"], field=field), None
+            return ApiError(422, "invalid_field", "'columns' must be a non-empty list of column names",
+                            field=field), None
+        # records or data
+        if len(loc) == 1:
+            if kind == "too_short":
+                return ApiError(422, "empty_batch", f"'{field}' is empty; send at least one sample", field=field), None
+            if kind == "too_long":
+                return ApiError(413, "too_many_rows", f"{context.get('actual_length', 'too many')} rows is more than "
+                                                      f"this service accepts in one request ({self.max_rows}); "
+                                                      "split the batch", field=field), None
+            if kind == "invalid_row":
+                rows = context.get("rows") or []
+                return ApiError(422, "invalid_row", error["msg"], field=field, rows=rows), None
+            return ApiError(422, "invalid_field", f"'{field}' must be a list", field=field), None
+        row = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+        if field == "records":
+            return ApiError(422, "invalid_record", "every record must be a JSON object; rows {rows} are not",
+                            field=field), row
+        return ApiError(422, "invalid_row", "every row of 'data' must be an array of values, one per column; rows "
+                                            "{rows} are not", field=field), row
+
+
+def model_request_schema(parser: ScoreRequestParser, columns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request body's JSON Schema for one served model: `records` items and `data` rows take the
+    model's columns with the types each accepts. The columnar form is documented with the columns in
+    the model's order (JSON Schema cannot tie each value's type to a name sent in another array); the
+    service takes them in any order."""
+    names = [c["name"] for c in columns]
+    cells = {c["name"]: _cell_schema(c) for c in columns}
+    schema = parser.json_schema()
+    defs = schema["$defs"]
+    for name, variant in defs.items():
+        properties = dict(variant["properties"])
+        if "records" in properties:
+            properties["records"] = {**properties["records"], "items": {
+                "type": "object", "properties": cells, "required": names, "additionalProperties": False}}
+        else:
+            properties["columns"] = {**properties["columns"], "prefixItems": [{"const": n} for n in names],
+                                     "items": False, "minItems": len(names), "maxItems": len(names)}
+            properties["data"] = {**properties["data"], "items": {
+                "type": "array", "prefixItems": [cells[n] for n in names], "items": False,
+                "minItems": len(names), "maxItems": len(names)}}
+        defs[name] = {**variant, "properties": properties}
+    schema["$defs"] = defs
+    return schema
+
+
+def _cell_schema(column: dict[str, Any]) -> dict[str, Any]:
+    """What `Schema.check_columns` accepts for a column: numbers (within float range) for a numeric
+    one, text, numbers or booleans for a categorical one; null where training had missing values."""
+    if column["kind"] == "numeric":
+        types: list[str] = ["number"]
+        schema: dict[str, Any] = {"minimum": -FLOAT_MAX, "maximum": FLOAT_MAX}
+    else:
+        types, schema = ["string", "number", "boolean"], {}
+    if column.get("allow_missing"):
+        types.append("null")
+    return {"type": types if len(types) > 1 else types[0], **schema}
+
+
+# ---------------------------------------------------------------------------- responses
 class FeatureContribution(BaseModel):
     feature: str
     contribution: float = Field(description="Share of the sample's misfit (shares of all features sum to 1).")
@@ -104,111 +370,10 @@ class ReloadResponse(BaseModel):
     model: ModelRefOut
 
 
-# ---------------------------------------------------------------------------- the fast parser
-_FIELDS = frozenset(ScoreRequest.model_fields)
-_ABSENT = object()
+class Status(BaseModel):
+    status: Literal["ok"]
 
 
-@dataclass
-class ParsedScoreRequest:
-    columns: dict[str, Any]
-    n_rows: int
-    ids: list[Any] | None
-    top_k: int  # 0 = no explanation
-
-
-def parse_score_request(body: bytes, max_rows: int, max_top_k: int, max_id_length: int) -> ParsedScoreRequest:
-    if not body:
-        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc}); note that NaN and Infinity are not "
-                                            "JSON: send null for a missing value") from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, "invalid_body", "the body must be a JSON object with 'records' or 'columns' and 'data'")
-    unknown = [k for k in payload if k not in _FIELDS]
-    if unknown:
-        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(sorted(map(str, unknown)))[:200]}; "
-                                             f"allowed: {', '.join(sorted(_FIELDS))}", field=str(unknown[0])[:100])
-    explain = payload.get("explain", False)
-    if type(explain) is not bool:
-        raise ApiError(422, "invalid_field", "'explain' must be true or false", field="explain")
-    top_k = payload.get("top_k", 3)
-    if type(top_k) is not int or not 1 <= top_k <= max_top_k:
-        raise ApiError(422, "invalid_field", f"'top_k' must be an integer from 1 to {max_top_k}", field="top_k")
-    records, names, data = payload.get("records"), payload.get("columns"), payload.get("data")
-    if records is not None:
-        if names is not None or data is not None:
-            raise ApiError(422, "invalid_body", "send either 'records' or 'columns' + 'data', not both")
-        columns, n = _from_records(records, max_rows)
-    elif names is not None or data is not None:
-        columns, n = _from_columns(names, data, max_rows)
-    else:
-        raise ApiError(422, "invalid_body", "the body needs 'records' (a list of objects) or 'columns' and 'data'")
-    ids = payload.get("ids")
-    if ids is not None:
-        _check_ids(ids, n, max_id_length)
-    return ParsedScoreRequest(columns=columns, n_rows=n, ids=ids, top_k=top_k if explain else 0)
-
-
-def _check_batch(rows: Any, field: str, max_rows: int) -> None:
-    if not isinstance(rows, list):
-        raise ApiError(422, "invalid_field", f"'{field}' must be a list", field=field)
-    if not rows:
-        raise ApiError(422, "empty_batch", f"'{field}' is empty; send at least one sample", field=field)
-    if len(rows) > max_rows:
-        raise ApiError(413, "too_many_rows", f"{len(rows)} rows is more than this service accepts in one request "
-                                             f"({max_rows}); split the batch", field=field)
-
-
-def _bad_rows(flags: list[bool]) -> list[int]:
-    return [i for i, bad in enumerate(flags) if bad][:5]
-
-
-def _from_records(records: Any, max_rows: int) -> tuple[dict[str, Any], int]:
-    _check_batch(records, "records", max_rows)
-    if set(map(type, records)) != {dict}:
-        rows = _bad_rows([type(r) is not dict for r in records])
-        raise ApiError(422, "invalid_record", f"every record must be a JSON object; rows {rows} are not",
-                       field="records", rows=rows)
-    first = records[0]
-    if len(records) == 1:
-        return {name: [value] for name, value in first.items()}, 1
-    keys = set(first).union(*records[1:])
-    columns = {}
-    for name in keys:
-        values = [r.get(name, _ABSENT) for r in records]
-        if _ABSENT in values:
-            rows = _bad_rows([v is _ABSENT for v in values])
-            raise SchemaError(f"records in rows {rows} lack the field '{name}' that other records have; "
-                              "every record needs every column", column=name, rows=rows, reason="missing_column")
-        columns[name] = values
-    return columns, len(records)
-
-
-def _from_columns(names: Any, data: Any, max_rows: int) -> tuple[dict[str, Any], int]:
-    if names is None or data is None:
-        raise ApiError(422, "invalid_body", "the columnar form needs both 'columns' and 'data'",
-                       field="columns" if names is None else "data")
-    if not isinstance(names, list) or not names or set(map(type, names)) != {str}:
-        raise ApiError(422, "invalid_field", "'columns' must be a non-empty list of column names", field="columns")
-    if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ApiError(422, "duplicate_column", f"duplicate column name(s): {', '.join(dupes)[:200]}", field="columns")
-    _check_batch(data, "data", max_rows)
-    width = len(names)
-    if set(map(type, data)) != {list} or set(map(len, data)) != {width}:
-        rows = _bad_rows([type(r) is not list or len(r) != width for r in data])
-        raise ApiError(422, "invalid_row", f"every row of 'data' must be an array of {width} values, one per column; "
-                                           f"rows {rows} are not", field="data", rows=rows)
-    return dict(zip(names, zip(*data))), len(data)
-
-
-def _check_ids(ids: Any, n: int, max_length: int) -> None:
-    if not isinstance(ids, list) or len(ids) != n:
-        raise ApiError(422, "invalid_ids", f"'ids' must be a list with one id per sample ({n})", field="ids")
-    if not set(map(type, ids)) <= {str, int}:
-        raise ApiError(422, "invalid_ids", "each id must be a string or an integer", field="ids")
-    if any(len(i) > max_length for i in ids if type(i) is str):
-        raise ApiError(422, "invalid_ids", f"ids may be at most {max_length} characters", field="ids")
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    model: ModelRefOut

@@ -13,14 +13,16 @@ Two things measured on this project's 2-core machine decide the setup:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from anomaly_ae.exceptions import ConfigurationError
 from anomaly_ae.service.settings import ServiceSettings
@@ -96,17 +98,21 @@ def http_protocol() -> str:
     return f"{__name__}:{name}"
 
 
-def prepare_environment(settings: ServiceSettings) -> dict[str, str]:
-    """Environment every worker needs, set in this process before uvicorn spawns any worker."""
+def prepare_environment(settings: ServiceSettings, created: list[str] | None = None) -> dict[str, str]:
+    """Environment every worker needs, set in this process before uvicorn spawns any worker. The
+    temporary folders it makes are appended to `created` (the caller removes them on exit)."""
+    created = [] if created is None else created
     env = settings.to_env()
     threads = str(settings.torch_threads)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(name, os.environ.get(name, threads))
     if settings.workers > 1 and not settings.control_dir:
         env["ANOMALY_AE_CONTROL_DIR"] = tempfile.mkdtemp(prefix="anomaly-ae-control-")
+        created.append(env["ANOMALY_AE_CONTROL_DIR"])
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if settings.workers > 1 and not mp_dir:
         mp_dir = tempfile.mkdtemp(prefix="anomaly-ae-metrics-")
+        created.append(mp_dir)
     if mp_dir:
         path = Path(mp_dir)
         try:
@@ -135,11 +141,49 @@ def warn_if_open(settings: ServiceSettings) -> None:
         log.warning("no admin keys configured (ANOMALY_AE_ADMIN_KEYS): /v1/admin/reload is refused to everyone")
 
 
+@contextlib.contextmanager
+def temporary_folders() -> Iterator[list[str]]:
+    """A list to put temporary folders in; they are removed when the block ends, however it ends."""
+    created: list[str] = []
+    try:
+        yield created
+    finally:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def start_metrics_server(settings: ServiceSettings) -> None:
+    """/metrics on its own port, from a daemon thread of this process: the one process there is with
+    one worker, the supervisor with several (it reads every worker's files in multiprocess mode)."""
+    # Not through anomaly_ae.service.metrics: importing it here would define this process's own
+    # series, and with several workers the supervisor's model_ready=0 would drag the merged value to 0.
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    host = settings.metrics_host or settings.host
+    try:
+        start_http_server(settings.metrics_port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{settings.metrics_port}: "
+                                 f"{exc.strerror or exc}") from None
+    log.info("metrics on http://%s:%s/metrics", host, settings.metrics_port)
+
+
 def run(settings: ServiceSettings) -> None:
+    with temporary_folders() as created:
+        _run(settings, created)
+
+
+def _run(settings: ServiceSettings, created: list[str]) -> None:
     import uvicorn
 
-    prepare_environment(settings)
+    prepare_environment(settings, created)
     warn_if_open(settings)
+    if settings.metrics_port is not None:
+        start_metrics_server(settings)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["anomaly_ae"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                            "propagate": False}

@@ -32,11 +32,15 @@ class ServiceSettings(BaseSettings):
     # request limits
     max_rows: int = Field(10_000, ge=1, description="Most rows in one scoring request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body; larger is 413.")
-    max_concurrency: int = Field(64, ge=1, description="Scoring requests one worker admits at once; more get "
-                                                       "503 with Retry-After.")
+    max_concurrency: int = Field(64, ge=1, description="Scoring requests one worker scores at once (each in a "
+                                                       "worker thread); more get 503 with Retry-After.")
+    max_body_reads: int = Field(128, ge=1, description="Request bodies one worker reads at once; more get 503. "
+                                                       "Separate from max_concurrency so that slow clients never "
+                                                       "hold a scoring place; bounds memory at max_body_reads x "
+                                                       "max_body_bytes.")
     max_top_k: int = Field(20, ge=1, description="Largest top_k a request may ask for.")
     body_timeout_s: float = Field(30.0, gt=0.0, description="Longest wait for a request body; a client that "
-                                                            "sends it slower gets 408 and frees its slot.")
+                                                            "sends it slower gets 408.")
     max_id_length: int = Field(256, ge=1)
     # model lifecycle
     poll_interval_s: float = Field(30.0, ge=0.0, description="How often the alias is re-resolved; 0 = never.")
@@ -44,6 +48,10 @@ class ServiceSettings(BaseSettings):
     load_timeout_s: float = Field(120.0, gt=0.0, description="Bound on downloading + loading + smoke-testing "
                                                              "one version.")
     # metrics
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics on this port (on "
+                                                                       "metrics_host) instead of the public "
+                                                                       "listener.")
+    metrics_host: str | None = Field(None, description="Interface for metrics_port (default: host).")
     drift_max_features: int = Field(30, ge=0, description="Input columns that get per-feature drift metrics.")
     drift_window_rows: int = Field(1000, ge=1, description="Rows the rolling drift statistics average over "
                                                            "(exponentially weighted).")

@@ -1,0 +1,61 @@
+"""FastAPI dependencies: the settings, the model holder, the current model and a scoring body.
+
+Each is `async def`: FastAPI runs plain `def` dependencies in its thread pool, which would cost a
+thread hop on every request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from anomaly_ae.service import metrics
+from anomaly_ae.service.errors import ApiError
+from anomaly_ae.service.limits import Admission
+from anomaly_ae.service.model_holder import LoadedModel, ModelHolder
+from anomaly_ae.service.schemas import ScoreRequestParser
+from anomaly_ae.service.settings import ServiceSettings
+
+
+async def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+async def get_holder(request: Request) -> ModelHolder:
+    return request.app.state.holder
+
+
+async def get_admission(request: Request) -> Admission:
+    return request.app.state.admission
+
+
+async def get_parser(request: Request) -> ScoreRequestParser:
+    return request.app.state.parser
+
+
+async def get_current_model(holder: Annotated[ModelHolder, Depends(get_holder)]) -> LoadedModel:
+    """The model this request uses to the end (a reload swaps `holder.current`, never this object)."""
+    model = holder.current
+    if model is None:
+        metrics.REQUESTS_REJECTED.labels("not_ready").inc()
+        raise ApiError(503, "model_not_loaded", "no model is loaded yet; retry shortly", headers={"Retry-After": "5"})
+    return model
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+ParserDep = Annotated[ScoreRequestParser, Depends(get_parser)]
+CurrentModel = Annotated[LoadedModel, Depends(get_current_model)]
+
+
+async def read_score_body(request: Request, settings: SettingsDep, admission: AdmissionDep) -> bytes:
+    """A JSON body, read under the body-read bound (size, time and concurrent reads)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'")
+    return await admission.read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+
+
+ScoreBody = Annotated[bytes, Depends(read_score_body)]

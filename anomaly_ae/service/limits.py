@@ -1,0 +1,92 @@
+"""Per-worker admission: how many request bodies may be read at once, and how many requests may score.
+
+The two are bounded separately so that slow clients cannot starve scoring: a request's body is read
+(bounded in size by max_body_bytes and in time by body_timeout_s) while it holds only a body-read
+place, and it takes one of the `max_concurrency` scoring places only once the whole body is in.
+Either bound, when full, answers 503 `overloaded` with Retry-After at once instead of queueing.
+Scoring itself (parse, validate, score, build the response) runs in a worker thread through a
+dedicated anyio CapacityLimiter, so the event loop keeps answering /healthz and other requests
+while a large batch scores (torch releases the GIL in its kernels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, TypeVar
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+
+from anomaly_ae.service import metrics
+from anomaly_ae.service.errors import ApiError
+
+T = TypeVar("T")
+_timeout = getattr(asyncio, "timeout", None)
+
+
+def overloaded(what: str) -> ApiError:
+    metrics.REQUESTS_REJECTED.labels("overloaded").inc()
+    return ApiError(503, "overloaded", f"too many {what} in flight; retry after a moment", headers={"Retry-After": "1"})
+
+
+class Admission:
+    def __init__(self, max_scoring: int, max_body_reads: int) -> None:
+        self.max_scoring = max_scoring
+        self.scoring = 0  # requests holding a scoring place (only the event loop's thread changes it)
+        self.threads = anyio.CapacityLimiter(max_scoring)
+        self.body_reads = anyio.CapacityLimiter(max_body_reads)
+
+    async def read_body(self, request: Request, limit: int, timeout: float) -> bytes:
+        """The body, read while holding a body-read place (never a scoring place)."""
+        try:
+            self.body_reads.acquire_nowait()
+        except anyio.WouldBlock:
+            raise overloaded("request bodies") from None
+        try:
+            return await read_body(request, limit, timeout)
+        finally:
+            self.body_reads.release()
+
+    async def score(self, work: Callable[..., T], *args: Any) -> T:
+        """Run `work(*args)` in a worker thread holding a scoring place; 503 when all are taken."""
+        if self.scoring >= self.max_scoring:
+            raise overloaded("scoring requests")
+        self.scoring += 1
+        metrics.SCORING_IN_FLIGHT.inc()
+        try:
+            return await anyio.to_thread.run_sync(work, *args, limiter=self.threads)
+        finally:
+            self.scoring -= 1
+            metrics.SCORING_IN_FLIGHT.dec()
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refusing with 413 as soon as it is known to exceed `limit` (before reading it all),
+    and with 408 if it takes longer than `timeout`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "invalid_header", "Content-Length must be a non-negative integer")
+        if int(declared) > limit:
+            raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {limit}")
+    try:
+        if _timeout is not None:  # Python 3.11+: a deadline on this task, cheaper than wait_for's extra task
+            async with _timeout(timeout):
+                return await _receive(request, limit, declared is not None)
+        return await asyncio.wait_for(_receive(request, limit, declared is not None), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout:g}s",
+                       headers={"Connection": "close"}) from None
+
+
+async def _receive(request: Request, limit: int, declared: bool) -> bytes:
+    if declared:
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

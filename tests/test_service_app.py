@@ -1,0 +1,529 @@
+"""The scoring service's logic in process: `create_app` called through httpx's ASGI transport with its
+lifespan running (no server, no sockets), on real saved models in temporary folders.
+
+Auth, input validation and its error codes, the OpenAPI document, the body-read and scoring bounds,
+and the reload decisions (new, unchanged, refused, unreachable) are all decided here; the tests on
+real uvicorn processes (test_service.py) keep what only a real server shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import threading
+import time
+import warnings
+
+import httpx
+import numpy as np
+import pytest
+
+from service_support import ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, in_process, metric_value, train_model, until
+
+from anomaly_ae import Detector
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+from anomaly_ae.service import metrics
+from anomaly_ae.service.model_holder import resolve
+from anomaly_ae.service.schemas import ScoreResponse
+from anomaly_ae.service.settings import ServiceSettings
+
+pytestmark = pytest.mark.anyio
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app-models")
+    train_model(root / "v1", seed=1, n=1000, epochs=10)
+    train_model(root / "v2", seed=3, n=1000, epochs=10, random_state=1)
+    return root
+
+
+@pytest.fixture
+def served(models, tmp_path):
+    """A model directory of this test's own (a moved alias = a new manifest in it)."""
+    path = tmp_path / "served"
+    shutil.copytree(models / "v1", path)
+    return path
+
+
+def settings(model, **overrides) -> ServiceSettings:
+    values = dict(model_uri=str(model), api_keys=[SCORE_KEY], admin_keys=[ADMIN_KEY], poll_interval_s=0)
+    return ServiceSettings(**{**values, **overrides})
+
+
+async def ready(client: httpx.AsyncClient) -> None:
+    async def is_ready():
+        return (await client.get("/readyz")).status_code == 200
+    await until(is_ready)
+
+
+def rows(n: int, seed: int = 7) -> list[dict]:
+    frame = make_telemetry(n, anomaly_fraction=0.2, seed=seed).drop(columns=list(LABEL_COLUMNS))
+    return json.loads(frame.to_json(orient="records"))
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["status"] == status and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+# ---------------------------------------------------------------------------- auth
+ROUTES = [("POST", "/v1/score", "score"), ("GET", "/v1/model", "score"), ("POST", "/v1/admin/reload", "admin")]
+KEYS = {
+    "no key": ({}, None),
+    "not bearer": ({"Authorization": f"Basic {SCORE_KEY}"}, None),
+    "bearer without key": ({"Authorization": "Bearer"}, None),
+    "wrong key": ({"Authorization": "Bearer " + "x" * 26}, None),
+    "prefix of a key": ({"Authorization": f"Bearer {SCORE_KEY[:-1]}"}, None),
+    "scoring key": (SCORE, "score"),
+    "admin key": (ADMIN, "admin"),
+}
+
+
+async def test_auth_matrix(served):
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        body = {"records": rows(1)}
+        for method, path, right in ROUTES:
+            for name, (headers, key_right) in KEYS.items():
+                response = await client.request(method, path, json=body if path == "/v1/score" else None,
+                                                headers=headers)
+                if key_right is None:
+                    assert_error(response, 401, "unauthorized")
+                    assert response.headers["www-authenticate"] == "Bearer"
+                elif key_right == "score" and right == "admin":
+                    assert_error(response, 403, "forbidden")
+                else:
+                    assert response.status_code == 200, (method, path, name, response.text)
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+            assert (await client.get(path)).status_code == 200
+
+
+async def test_without_keys_every_route_is_open(served):
+    async with in_process(settings(served, api_keys=[], admin_keys=[])) as (_, client):
+        await ready(client)
+        assert (await client.post("/v1/score", json={"records": rows(1)})).status_code == 200
+        assert (await client.post("/v1/admin/reload")).status_code == 200
+
+
+# ---------------------------------------------------------------------------- scoring and bad input
+async def test_scores_match_the_library_and_the_response_model(models, served):
+    detector = Detector.load(models / "v1")
+    sent = rows(40)
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        response = await client.post("/v1/score", json={"records": sent, "ids": list(range(40)), "explain": True},
+                                     headers=SCORE)
+        columnar = await client.post("/v1/score", headers=SCORE, json={
+            "columns": list(sent[0])[::-1], "data": [list(r.values())[::-1] for r in sent]})
+    assert response.status_code == 200, response.text
+    ScoreResponse.model_validate_json(response.content)  # the documented shape
+    payload = response.json()
+    import pandas as pd
+
+    expected = detector.score_frame(pd.DataFrame(sent), top_k=3)
+    np.testing.assert_allclose([r["score"] for r in payload["results"]], expected["score"], rtol=1e-6)
+    assert [r["id"] for r in payload["results"]] == list(range(40))
+    assert [r["top_features"][0]["feature"] for r in payload["results"]] == expected["feature_1"].tolist()
+    assert payload["n_anomalies"] == int(expected["is_anomaly"].sum())
+    plain = columnar.json()["results"]
+    assert [r["score"] for r in plain] == [r["score"] for r in payload["results"]]
+    assert "id" not in plain[0] and "top_features" not in plain[0]
+
+
+BAD_BODIES = {
+    "not json": (b"{records: 1}", 400, "invalid_json"),
+    "truncated json": (b'{"records": [{"mode": "day"', 400, "invalid_json"),
+    "NaN literal": (b'{"records": [{"cpu_util_pct": NaN}]}', 400, "invalid_json"),
+    "Infinity literal": (b'{"columns": ["a"], "data": [[Infinity]]}', 400, "invalid_json"),
+    "number beyond float": (b'{"columns": ["a"], "data": [[1e999]]}', 400, "invalid_json"),
+    "empty body": (b"", 400, "invalid_json"),
+    "not an object": (b"[1, 2]", 422, "invalid_body"),
+    "no rows field": (b'{"explain": true}', 422, "invalid_body"),
+    "unknown top-level field": (b'{"records": [{}], "foo": 1}', 422, "unknown_field"),
+    "both forms": (b'{"records": [{}], "columns": ["a"], "data": [[1]]}', 422, "invalid_body"),
+    "empty batch": (b'{"records": []}', 422, "empty_batch"),
+    "empty data": (b'{"columns": ["a"], "data": []}', 422, "empty_batch"),
+    "records not a list": (b'{"records": {"a": 1}}', 422, "invalid_field"),
+    "record not an object": (b'{"records": [1]}', 422, "invalid_record"),
+    "columns without data": (b'{"columns": ["a"]}', 422, "invalid_body"),
+    "columns not strings": (b'{"columns": [1], "data": [[1]]}', 422, "invalid_field"),
+    "ragged rows": (b'{"columns": ["a", "b"], "data": [[1, 2], [1]]}', 422, "invalid_row"),
+    "row not an array": (b'{"columns": ["a"], "data": [[1], 2]}', 422, "invalid_row"),
+    "duplicate columns": (b'{"columns": ["a", "a"], "data": [[1, 2]]}', 422, "duplicate_column"),
+    "explain not bool": (b'{"records": [{}], "explain": "yes"}', 422, "invalid_field"),
+    "top_k too big": (b'{"records": [{}], "top_k": 21}', 422, "invalid_field"),
+    "top_k bool": (b'{"records": [{}], "top_k": true}', 422, "invalid_field"),
+    "too many rows": (b'{"records": [' + b", ".join([b"{}"] * 11) + b"]}", 413, "too_many_rows"),
+    "ids one short": (b'{"records": [{}, {}], "ids": ["a"]}', 422, "invalid_ids"),
+    "ids not str or int": (b'{"records": [{}, {}], "ids": [1.5, 2]}', 422, "invalid_ids"),
+    "id too long": (b'{"records": [{}], "ids": ["' + b"x" * 65 + b'"]}', 422, "invalid_ids"),
+    "id beyond 64 bits": (b'{"records": [{}], "ids": [' + str(2 ** 63).encode() + b"]}", 422, "invalid_ids"),
+}
+
+
+async def test_malformed_bodies_get_one_error_shape_and_their_code(served):
+    async with in_process(settings(served, max_rows=10, max_id_length=64)) as (_, client):
+        await ready(client)
+        for name, (body, status, code) in BAD_BODIES.items():
+            response = await client.post("/v1/score", content=body, headers={**SCORE, **JSON})
+            assert response.status_code == status, (name, response.text)
+            assert response.json()["error"]["code"] == code, (name, response.text)
+        ragged = (await client.post("/v1/score", content=BAD_BODIES["ragged rows"][0], headers={**SCORE, **JSON}))
+        assert ragged.json()["error"]["rows"] == [1]
+
+
+async def test_schema_violations_name_column_and_rows(served):
+    good = rows(3)
+    cases = {
+        "missing column": ([{k: v for k, v in r.items() if k != "latency_ms"} for r in good], "missing_column",
+                           "latency_ms", None),
+        "missing in one record": ([good[0], {k: v for k, v in good[1].items() if k != "latency_ms"}, good[2]],
+                                  "missing_column", "latency_ms", [1]),
+        "extra column": ([r | {"colour": "red"} for r in good], "extra_column", "colour", None),
+        "text in numeric": ([good[0], good[1] | {"cpu_util_pct": "high"}, good[2]], "dtype", "cpu_util_pct", [1]),
+        "bool in numeric": ([good[0] | {"temperature_c": True}, good[1], good[2]], "dtype", "temperature_c", [0]),
+        "null not allowed": ([good[0], good[1] | {"latency_ms": None}, good[2]], "missing_value", "latency_ms", [1]),
+        "object in categorical": ([good[0], good[1], good[2] | {"mode": {"a": 1}}], "dtype", "mode", [2]),
+        "list in numeric": ([good[0] | {"mem_util_pct": [1.0]}, good[1], good[2]], "dtype", "mem_util_pct", [0]),
+    }
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        for name, (records, code, column, bad_rows) in cases.items():
+            error = assert_error(await client.post("/v1/score", json={"records": records}, headers=SCORE), 422, code)
+            assert error["column"] == column, name
+            if bad_rows is not None:
+                assert error["rows"] == bad_rows, name
+
+
+async def test_extreme_values_score_finite_without_numpy_warnings(served):
+    row = rows(1)[0]
+    huge = {k: (1.7e308 if isinstance(v, float) else v) for k, v in row.items()}
+    tiny = {k: (-1.7e308 if isinstance(v, float) else v) for k, v in row.items()}
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a numpy overflow warning would now fail the request
+            response = await client.post("/v1/score", json={"records": [huge, tiny, row]}, headers=SCORE)
+    assert response.status_code == 200, response.text
+    assert all(math.isfinite(r["score"]) and r["is_anomaly"] for r in response.json()["results"][:2])
+
+
+async def test_content_type_and_size_limits(served):
+    body = json.dumps({"records": rows(2)}).encode()
+    async with in_process(settings(served, max_body_bytes=100_000)) as (_, client):
+        await ready(client)
+        assert_error(await client.post("/v1/score", content=body, headers={**SCORE, "Content-Type": "text/plain"}),
+                     415, "unsupported_media_type")
+        assert_error(await client.post("/v1/score", content=body, headers=SCORE), 415)
+        big = json.dumps({"records": [{"mode": "x" * 120_000}]}).encode()
+        assert_error(await client.post("/v1/score", content=big, headers={**SCORE, **JSON}), 413, "body_too_large")
+
+        async def chunked():  # no Content-Length: the limit applies while streaming
+            for _ in range(30):
+                yield b" " * 10_000
+        assert_error(await client.post("/v1/score", content=chunked(), headers={**SCORE, **JSON}), 413,
+                     "body_too_large")
+        assert_error(await client.post("/v1/score", content=body, headers={**SCORE, **JSON, "Content-Length": "x"}),
+                     400, "invalid_header")
+
+
+async def test_unknown_routes_and_methods_use_the_error_shape(served):
+    async with in_process(settings(served)) as (_, client):
+        assert_error(await client.get("/nope"), 404, "not_found")
+        assert_error(await client.get("/v1/score", headers=SCORE), 405, "method_not_allowed")
+        assert_error(await client.post("/v1/admin/reload?force=maybe", headers=ADMIN), 422, "invalid_parameter")
+
+
+async def test_before_a_model_loads_scoring_is_503_and_probes_say_so(served):
+    release = threading.Event()
+
+    def slow_loader(uri):
+        release.wait(30)
+        return Detector.load(uri), resolve(uri)
+
+    async with in_process(settings(served), loader=slow_loader) as (_, client):
+        try:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            assert_error(await client.get("/readyz"), 503, "not_ready")
+            response = await client.post("/v1/score", json={"records": rows(1)}, headers=SCORE)
+            assert_error(response, 503, "model_not_loaded")
+            assert response.headers["retry-after"] == "5"
+        finally:
+            release.set()
+        await ready(client)
+
+
+# ---------------------------------------------------------------------------- bounds on bodies and scoring
+class Stalled:
+    """A request body that sends its first bytes, then waits for `release` (a slow client)."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release, self.started = release, asyncio.Event()
+
+    async def __call__(self):
+        yield b'{"records": '
+        self.started.set()
+        await self.release.wait()
+        yield json.dumps(rows(1)).encode() + b"}"
+
+
+async def test_slow_bodies_hold_no_scoring_place(served):
+    """Requests whose bodies stall hold body-read places only: with one scoring place, requests whose
+    bodies have arrived still score; the body-read bound refuses one more slow body fast."""
+    async with in_process(settings(served, max_concurrency=1, max_body_reads=3)) as (app, client):
+        await ready(client)
+        bodies = [Stalled(asyncio.Event()) for _ in range(3)]
+        stalled = [asyncio.create_task(client.post("/v1/score", content=body(), headers={**SCORE, **JSON}))
+                   for body in bodies]
+        try:
+            for body in bodies:
+                await asyncio.wait_for(body.started.wait(), 30)
+            await until(lambda: _value(app.state.admission.body_reads.borrowed_tokens == 3))
+            for _ in range(3):
+                response = await client.post("/v1/score", json={"records": rows(2)}, headers=SCORE)
+                if response.status_code == 503:  # the bound on reading bodies, not on scoring
+                    assert response.json()["error"]["code"] == "overloaded"
+            started = time.monotonic()
+            extra = Stalled(asyncio.Event())
+            refused = await client.post("/v1/score", content=extra(), headers={**SCORE, **JSON})
+            assert_error(refused, 503, "overloaded")
+            assert refused.headers["retry-after"] == "1" and time.monotonic() - started < 2
+            for body, request in zip(bodies, stalled):  # one at a time: one scoring place
+                body.release.set()
+                assert (await request).status_code == 200
+        finally:
+            for body in bodies:
+                body.release.set()
+            await asyncio.gather(*stalled, return_exceptions=True)
+    # with free body-read places, slow bodies never stop a request whose body has arrived
+    async with in_process(settings(served, max_concurrency=1, max_body_reads=8)) as (_, client):
+        await ready(client)
+        bodies = [Stalled(asyncio.Event()) for _ in range(4)]
+        stalled = [asyncio.create_task(client.post("/v1/score", content=body(), headers={**SCORE, **JSON}))
+                   for body in bodies]
+        try:
+            for body in bodies:
+                await asyncio.wait_for(body.started.wait(), 30)
+            statuses = [(await client.post("/v1/score", json={"records": rows(2)}, headers=SCORE)).status_code
+                        for _ in range(5)]
+            assert statuses == [200] * 5
+            for body, request in zip(bodies, stalled):
+                body.release.set()
+                assert (await request).status_code == 200
+        finally:
+            for body in bodies:
+                body.release.set()
+            await asyncio.gather(*stalled, return_exceptions=True)
+
+
+async def _value(x):
+    return x
+
+
+async def test_a_body_that_never_arrives_times_out(served):
+    async with in_process(settings(served, body_timeout_s=0.3)) as (app, client):
+        await ready(client)
+        body = Stalled(asyncio.Event())
+        started = time.monotonic()
+        response = await client.post("/v1/score", content=body(), headers={**SCORE, **JSON})
+        assert_error(response, 408, "body_timeout")
+        assert 0.25 < time.monotonic() - started < 10
+        assert app.state.admission.body_reads.borrowed_tokens == 0
+
+
+async def test_scoring_beyond_max_concurrency_is_refused_fast_with_retry_after(served):
+    async with in_process(settings(served, max_concurrency=1)) as (app, client):
+        await ready(client)
+        model = app.state.holder.current
+        entered, release = threading.Event(), threading.Event()
+        score = model.scorer.score
+
+        def held(columns, top_k):  # scores only when released: the request holds its scoring place
+            entered.set()
+            release.wait(30)
+            return score(columns, top_k)
+
+        model.scorer.score = held
+        rejected_before = metric_value(metrics.render()[0].decode(), "anomaly_ae_requests_rejected_total",
+                                       reason="overloaded")
+        first = asyncio.create_task(client.post("/v1/score", json={"records": rows(2)}, headers=SCORE))
+        try:
+            await until(lambda: _value(entered.is_set()))
+            assert (await client.get("/healthz")).status_code == 200  # the event loop is free meanwhile
+            started = time.monotonic()
+            refused = await client.post("/v1/score", json={"records": rows(2)}, headers=SCORE)
+            assert time.monotonic() - started < 2
+            assert_error(refused, 503, "overloaded")
+            assert refused.headers["retry-after"] == "1"
+        finally:
+            release.set()
+        assert (await first).status_code == 200
+        after = metric_value(metrics.render()[0].decode(), "anomaly_ae_requests_rejected_total", reason="overloaded")
+        assert after - rejected_before == 1
+        assert app.state.admission.scoring == 0
+
+
+# ---------------------------------------------------------------------------- reload decisions
+async def reload(client: httpx.AsyncClient, force: bool = False) -> httpx.Response:
+    return await client.post("/v1/admin/reload" + ("?force=true" if force else ""), headers=ADMIN)
+
+
+async def version(client: httpx.AsyncClient) -> str:
+    return (await client.get("/readyz")).json()["model"]["version"]
+
+
+async def test_reload_loads_a_new_version_and_keeps_an_unchanged_one(models, served):
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        first = await version(client)
+        assert (await reload(client)).json()["status"] == "unchanged"
+        Detector.load(models / "v2").save(served)
+        response = await reload(client)
+        assert response.status_code == 200 and response.json()["status"] == "loaded"
+        assert (await version(client)) != first
+        assert (await reload(client, force=True)).json()["status"] == "loaded"
+
+
+async def test_broken_versions_are_refused_and_the_last_good_model_serves(models, served):
+    import torch
+
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        good = await version(client)
+        # loads, but its weights are NaN: refused by the smoke test
+        broken = Detector.load(models / "v1")
+        with torch.no_grad():
+            for p in broken.members_[0].parameters():
+                p.fill_(float("nan"))
+        broken.save(served)
+        assert_error(await reload(client), 409, "smoke_test_failed")
+        assert await version(client) == good
+        scored = await client.post("/v1/score", json={"records": rows(3)}, headers=SCORE)
+        assert scored.status_code == 200 and scored.json()["model"]["version"] == good
+        # a tampered file: Detector.load refuses it; the message names the file, not where it is
+        shutil.rmtree(served)
+        shutil.copytree(models / "v2", served)
+        weights = served / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+        error = assert_error(await reload(client), 409, "load_error")
+        assert "SHA-256" in error["message"] and str(served.parent) not in error["message"]
+        # a refused version is remembered, not retried, until forced
+        assert "not retried" in assert_error(await reload(client), 409, "load_error")["message"]
+        assert_error(await reload(client, force=True), 409, "load_error")
+        assert await version(client) == good
+        # the same version's intact files (same manifest, so the same version): only a forced reload retries it
+        shutil.rmtree(served)
+        shutil.copytree(models / "v2", served)
+        assert_error(await reload(client), 409, "load_error")
+        assert (await reload(client, force=True)).json()["status"] == "loaded"
+        assert await version(client) != good
+
+
+async def test_an_unreachable_registry_is_503_and_the_model_keeps_serving(served):
+    reachable = {"yes": True}
+
+    def resolver(uri):
+        if not reachable["yes"]:
+            raise ConnectionError("registry down")
+        return resolve(uri)
+
+    async with in_process(settings(served), resolver=resolver) as (_, client):
+        await ready(client)
+        reachable["yes"] = False
+        response = await reload(client)
+        assert_error(response, 503, "registry_unavailable")
+        assert response.headers["retry-after"] == "5"
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.post("/v1/score", json={"records": rows(2)}, headers=SCORE)).status_code == 200
+        reachable["yes"] = True
+        assert (await reload(client)).status_code == 200
+
+
+async def test_a_reload_during_a_reload_is_503_reload_in_progress(served):
+    loading, release = threading.Event(), threading.Event()
+    calls = {"n": 0}
+
+    def loader(uri):
+        calls["n"] += 1
+        if calls["n"] > 1:  # not the first load: hold it
+            loading.set()
+            release.wait(30)
+        return Detector.load(uri), resolve(uri)
+
+    async with in_process(settings(served), loader=loader) as (_, client):
+        await ready(client)
+        first = asyncio.create_task(reload(client, force=True))
+        try:
+            await until(lambda: _value(loading.is_set()))
+            assert_error(await reload(client), 503, "reload_in_progress")
+        finally:
+            release.set()
+        assert (await first).status_code == 200
+
+
+async def test_polling_picks_up_a_moved_version(models, served):
+    async with in_process(settings(served, poll_interval_s=0.1)) as (_, client):
+        await ready(client)
+        first = await version(client)
+        Detector.load(models / "v2").save(served)
+
+        async def moved():
+            return await version(client) != first
+        await until(moved)
+
+
+# ---------------------------------------------------------------------------- the OpenAPI document
+async def test_openapi_says_what_the_server_enforces(served):
+    async with in_process(settings(served, max_rows=50, max_top_k=7, max_id_length=32)) as (app, client):
+        generic = (await client.get("/openapi.json")).json()
+        await ready(client)
+        spec = (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    body = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in body["oneOf"]] == ["RecordsScoreRequest",
+                                                                       "ColumnarScoreRequest"]
+    records, columnar = schemas["RecordsScoreRequest"], schemas["ColumnarScoreRequest"]
+    for variant in (records, columnar):
+        assert variant["additionalProperties"] is False
+        assert variant["properties"]["top_k"]["maximum"] == 7
+        ids = variant["properties"]["ids"]["anyOf"][0]
+        assert ids["maxItems"] == 50 and ids["items"]["anyOf"][0]["maxLength"] == 32
+    assert records["properties"]["records"]["maxItems"] == 50
+    assert columnar["properties"]["data"]["maxItems"] == 50
+    assert columnar["properties"]["columns"]["uniqueItems"] is True
+    # with a model loaded, the body names its columns and what each takes
+    item = records["properties"]["records"]["items"]
+    names = [c["name"] for c in Detector.load(served).schema_.to_dict()["columns"]]
+    assert item["required"] == names and item["additionalProperties"] is False
+    assert item["properties"]["mode"]["type"] == ["string", "number", "boolean"]
+    assert item["properties"]["cpu_util_pct"]["type"] == "number"
+    row = columnar["properties"]["data"]["items"]
+    assert len(row["prefixItems"]) == len(names) and row["minItems"] == row["maxItems"] == len(names)
+    generic_item = generic["components"]["schemas"]["RecordsScoreRequest"]["properties"]["records"]["items"]
+    assert "required" not in generic_item
+    # every status a route answers is declared, each with the error shape
+    declared = {path: {m: set(op["responses"]) for m, op in ops.items()} for path, ops in spec["paths"].items()}
+    assert declared["/v1/score"]["post"] == {"200", "400", "401", "403", "408", "413", "415", "422", "500", "503"}
+    assert declared["/v1/admin/reload"]["post"] == {"200", "401", "403", "409", "422", "500", "503"}
+    assert declared["/v1/model"]["get"] == {"200", "401", "403", "500", "503"}
+    assert declared["/readyz"]["get"] == {"200", "500", "503"}
+
+
+async def test_metrics_leave_the_public_app_when_they_have_their_own_port(served):
+    async with in_process(settings(served, metrics_port=9999)) as (_, client):
+        assert_error(await client.get("/metrics"), 404, "not_found")
+        assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]
