@@ -8,7 +8,7 @@ Two things measured on this project's 2-core machine decide the setup:
   worker count, and writes each response in one send().
 - torch's default of one intra-op thread per core made two workers on two cores fight (1000-row
   throughput fell ~10x); each worker gets `torch_threads` (default 1) via OMP/MKL variables set
-  before any worker imports torch, and the detector's own `n_threads`.
+  before any worker imports torch, the one place the service sets its thread count.
 """
 
 from __future__ import annotations
