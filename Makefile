@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-serve clean
+.PHONY: venv demo test bench bench-serve bench-cli clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 # anomaly-ae serve vs mlflow models serve on one registered model (needs mlflow; installs hey via apt)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_bench.py --traps
+
+# anomaly-ae --help, this checkout vs the commit before the light package root (needs hyperfine)
+bench-cli: $(STAMP)
+	bash benchmarks/cli_help.sh
 
 clean:
 	rm -rf $(VENV) demo-output mlruns mlflow.db .pytest_cache
