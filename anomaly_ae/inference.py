@@ -89,12 +89,12 @@ class InferencePath:
               shares: bool = False) -> ScoreResult:
         """Validate and score `data`; `top_k > 0` adds each row's top contributing features,
         `shares=True` every column's share (for `Detector.explain`)."""
-        if isinstance(data, (pd.DataFrame, np.ndarray)):
-            checked, report = self.schema.check(data)
-            index = checked.index if isinstance(checked, pd.DataFrame) else pd.RangeIndex(len(checked))
-        else:
+        if isinstance(data, Mapping):
             checked, report = self.schema.check_columns(data)
             index = None
+        else:  # a DataFrame or an array; anything else is refused by the check, saying what it takes
+            checked, report = self.schema.check(data)
+            index = checked.index if isinstance(checked, pd.DataFrame) else pd.RangeIndex(len(checked))
         x = model_input(self.preprocessor, self.schema, checked)
         scores, contributions = self.scorer.score(x)
         bad = ~np.isfinite(scores)

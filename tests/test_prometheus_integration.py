@@ -331,10 +331,17 @@ def test_rules_load_and_evaluate_cleanly(stack):
     firing = [a for a in httpx.get(f"{prom.url}/api/v1/alerts", timeout=30).json()["data"]["alerts"]
               if a["state"] == "firing"]
     assert not firing, firing
-    # the recording rules compute on real data (this test's traffic, once scraped and evaluated)
-    wait_until(lambda: (prom.value('anomaly_ae:http_requests:rate5m{route="/v1/score", status="2xx"}') or 0) > 0,
+    # The recording rules compute on real data: rate() needs the counters to grow between two
+    # scrapes, so this test keeps scoring (its own traffic, whatever ran before) until they show it.
+    batches = [frame.iloc[start:start + 50].to_numpy(dtype=object).tolist() for start in range(0, len(frame), 50)]
+
+    def recorded(query: str) -> float | None:
+        assert post(service, columns, batches[int(time.monotonic()) % len(batches)]).status_code == 200
+        return prom.value(query) or None
+
+    wait_until(lambda: recorded('anomaly_ae:http_requests:rate5m{route="/v1/score", status="2xx"}'),
                what="the request-rate recording rule")
-    ratio = wait_until(lambda: prom.value("anomaly_ae:anomaly_ratio:rate15m"), what="the anomaly-ratio rule")
+    ratio = wait_until(lambda: recorded("anomaly_ae:anomaly_ratio:rate15m"), what="the anomaly-ratio rule")
     assert 0 < ratio < 1
 
 
