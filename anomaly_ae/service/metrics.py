@@ -19,6 +19,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
                                generate_latest, multiprocess)
 
 from anomaly_ae.calibration import SEVERITY_LEVELS
+from anomaly_ae.service.multiproc import forget_dead_processes
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Scores live on each model's own scale (mean squared standardised error for autoencoders);
@@ -105,7 +106,9 @@ def multiprocess_dir() -> str | None:
 
 def registry() -> CollectorRegistry:
     """This process's registry, or one that merges every worker's files in multiprocess mode."""
-    if multiprocess_dir():
+    directory = multiprocess_dir()
+    if directory:
+        forget_dead_processes(directory)  # a killed worker's gauges must not be merged in
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
         return merged
