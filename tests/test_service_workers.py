@@ -225,9 +225,12 @@ def test_a_killed_worker_leaves_no_gauges_behind(tmp_path, own_port):
     metrics_url = f"http://127.0.0.1:{flags['metrics_port']}/metrics" if own_port else f"{service.url}/metrics"
     scrape = 0 if own_port else 1  # a scrape through the app is a request in flight itself
     held = []
+
+    def metrics_text() -> str:
+        return httpx.get(metrics_url, timeout=10).text
+
     try:
         service.wait_ready()
-        metrics_text = lambda: httpx.get(metrics_url, timeout=10).text  # noqa: E731
         assert wait_for(lambda: len(_worker_pids(prom)) == 2 and metric_value(metrics_text(),
                                                                                "anomaly_ae_model_ready") == 1)
         old_pids = _worker_pids(prom)

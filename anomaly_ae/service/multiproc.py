@@ -65,7 +65,7 @@ def start_dead_process_reaper(directory: str | os.PathLike, interval_s: float = 
         while not stop.wait(interval_s):
             try:
                 forget_dead_processes(directory)
-            except Exception as exc:  # the reaper must outlive any surprise in one pass
+            except Exception as exc:  # noqa: BLE001 - the reaper must outlive any surprise in one pass
                 log.error("could not clear the metrics of dead workers: %s", type(exc).__name__)
 
     threading.Thread(target=loop, name="anomaly-ae-metrics-reaper", daemon=True).start()
