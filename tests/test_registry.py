@@ -315,6 +315,32 @@ def test_tampered_artifacts_are_refused(registered, mlflow_server_info, data, tm
     out = one_line_error(cli("score", "models:/tamper-test/1", data["eval"], "-o", tmp_path / "s.csv"))
     assert "modified after registration" in out
 
+    # promote downloads and verifies the version before it moves an alias: with or without the gate
+    with pytest.raises(registry.PromotionRefused, match="cannot be loaded .*modified after registration"):
+        registry.promote("tamper-test", "1", "champion", tracking_uri=uri)
+    gate = ["--require-better-than", "champion", "--eval", data["eval"], "--label-col", "is_anomaly",
+            "--drop-cols", "anomaly_kind"]
+    for extra in ([], gate):
+        out = one_line_error(cli("promote", "tamper-test", "--version", "1", "--alias", "champion",
+                                 "--tracking-uri", uri, *extra))
+        assert "refusing to promote tamper-test v1 to @champion: it cannot be loaded" in out, out
+        assert "manifest.json" in out and "modified after registration" in out, out
+        assert "@champion still points to no version" in out, out
+        assert "anomaly_ae-load-" not in out  # the download folder is not shown
+    with pytest.raises(ModelLoadError, match="has no alias @champion"):
+        registry.resolve_model("models:/tamper-test@champion", tracking_uri=uri)
+
+
+def test_a_saved_model_that_cannot_load_is_not_logged(registered, mlflow_server, data, tmp_path):
+    detector, _ = registered
+    path = detector.save(tmp_path / "m")
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ModelLoadError, match="refusing to log the model in m: it cannot be loaded .*SHA-256"):
+        _register_dir(detector, data["X"], path, "never-registered", mlflow_server)
+    with pytest.raises(ModelLoadError, match="no registered model named 'never-registered'"):
+        registry.resolve_model("models:/never-registered/1", tracking_uri=mlflow_server)
+
 
 def test_model_from_an_incompatible_format_version_is_refused(registered, mlflow_server, data, tmp_path, monkeypatch):
     detector, _ = registered
@@ -328,7 +354,15 @@ def test_model_from_an_incompatible_format_version_is_refused(registered, mlflow
     data_bytes = (path / "config.json").read_bytes()
     manifest["files"]["config.json"] = {"sha256": sha256(data_bytes), "bytes": len(data_bytes)}
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    with pytest.raises(ModelLoadError, match=r"refusing to log .*format 2"):
+        _register_dir(detector, data["X"], path, "future-format", mlflow_server)
+    # a newer anomaly_ae would register it (it can load it): simulate that one
+    from anomaly_ae.registry import tracking
+
+    monkeypatch.setattr(tracking, "_check_loads", lambda model_dir: None)
     _register_dir(detector, data["X"], path, "future-format", mlflow_server)
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
 
     with pytest.raises(ModelLoadError, match=r"detector format 2 by anomaly_ae 9\.0\.0; this is anomaly_ae"):
         Detector.load("models:/future-format/1")

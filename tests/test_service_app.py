@@ -398,12 +398,24 @@ async def test_reload_loads_a_new_version_and_keeps_an_unchanged_one(models, ser
         assert (await reload(client, force=True)).json()["status"] == "loaded"
 
 
-async def test_broken_versions_are_refused_and_the_last_good_model_serves(models, served):
+async def test_broken_versions_are_refused_and_the_last_good_model_serves(models, served, caplog):
+    import logging
+
     import torch
+
+    caplog.set_level(logging.WARNING, logger="anomaly_ae.service")
+
+    async def mismatch() -> float:
+        return metric_value((await client.get("/metrics")).text, "anomaly_ae_model_version_mismatch")
+
+    async def desired(version_: str) -> float:
+        return metric_value((await client.get("/metrics")).text, "anomaly_ae_model_desired_info", name="served",
+                            version=version_)
 
     async with in_process(settings(served)) as (_, client):
         await ready(client)
         good = await version(client)
+        assert await mismatch() == 0 and await desired(good) == 1
         # loads, but its weights are NaN: refused by the smoke test
         broken = Detector.load(models / "v1")
         with torch.no_grad():
@@ -412,6 +424,12 @@ async def test_broken_versions_are_refused_and_the_last_good_model_serves(models
         broken.save(served)
         assert_error(await reload(client), 409, "smoke_test_failed")
         assert await version(client) == good
+        # the refusal is visible: the log names the version and why, the gauges say the URI names another version
+        nan_version = resolve(str(served)).version
+        logged = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+        assert any(f"refused version {nan_version}" in m and "smoke_test_failed" in m and f"serving version {good}"
+                   in m for m in logged), logged
+        assert await mismatch() == 1 and await desired(nan_version) == 1 and await desired(good) == 0
         scored = await client.post("/v1/score", json={"records": rows(3)}, headers=SCORE)
         assert scored.status_code == 200 and scored.json()["model"]["version"] == good
         # a tampered file: Detector.load refuses it; the message names the file, not where it is
@@ -421,6 +439,12 @@ async def test_broken_versions_are_refused_and_the_last_good_model_serves(models
         weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
         error = assert_error(await reload(client), 409, "load_error")
         assert "SHA-256" in error["message"] and str(served.parent) not in error["message"]
+        line = caplog.records[-1].getMessage()
+        assert "load_error" in line and "weights.safetensors" in line and "SHA-256" in line, line
+        assert str(served.parent) not in line
+        # still refused at the next lookup: the mismatch stays until the alias moves or a version loads
+        assert_error(await reload(client), 409, "load_error")
+        assert await mismatch() == 1
         # a refused version is remembered, not retried, until forced
         assert "not retried" in assert_error(await reload(client), 409, "load_error")["message"]
         assert_error(await reload(client, force=True), 409, "load_error")
@@ -431,6 +455,7 @@ async def test_broken_versions_are_refused_and_the_last_good_model_serves(models
         assert_error(await reload(client), 409, "load_error")
         assert (await reload(client, force=True)).json()["status"] == "loaded"
         assert await version(client) != good
+        assert await mismatch() == 0 and await desired(await version(client)) == 1
 
 
 async def test_an_unreachable_registry_is_503_and_the_model_keeps_serving(served):

@@ -207,13 +207,28 @@ def test_bad_versions_are_refused(served, registry):
     assert weights
     for path in weights:
         path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
-    promote(uri, tampered_version)
+    # `anomaly-ae promote` verifies a version first and refuses this one; an alias moved some other way
+    # (the MLflow UI, its client) reaches the service, which refuses it and says so
+    from anomaly_ae.registry import PromotionRefused
+
+    with pytest.raises(PromotionRefused, match="cannot be loaded"):
+        promote(uri, tampered_version)
+    assert champion(uri) == nan_version  # unchanged
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(NAME, "champion",
+                                                                                       tampered_version)
     assert wait_for(lambda: failures(service, "load_error") > load_errors)
+    text = httpx.get(f"{service.url}/metrics").text
+    assert metric_value(text, "anomaly_ae_model_version_mismatch") == 1
+    assert metric_value(text, "anomaly_ae_model_desired_info", name=NAME, version=tampered_version) == 1
     assert version(service) == good
     r = httpx.post(f"{service.url}/v1/score", json={"records": rows()}, headers=SCORE)
     assert r.status_code == 200 and r.json()["model"]["version"] == good
     # back to a good version
     promote(uri, good)
+    assert wait_for(lambda: metric_value(httpx.get(f"{service.url}/metrics").text,
+                                         "anomaly_ae_model_version_mismatch") == 0, timeout=60)
 
 
 def _latencies(service, n=20, seconds=0.0):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_support import ADMIN, SCORE, Service, metric_value, train_model, wait_for
+from service_support import ADMIN, SCORE, Service, free_port, metric_value, train_model, wait_for
 
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 
@@ -187,3 +187,81 @@ def one_id_per_sample(case):
         ids, n = body["ids"] or [0], len(body.get("records") or body.get("data") or [])
         body["ids"] = [ids[i % len(ids)] for i in range(n)]
     return case
+
+
+# ---------------------------------------------------------------------------- a worker killed outright
+def _model_info(text: str) -> dict[str, float]:
+    """version -> value of every anomaly_ae_model_info sample."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("anomaly_ae_model_info{"):
+            head, _, value = line.rpartition(" ")
+            labels = dict(part.split("=", 1) for part in head.partition("{")[2].rstrip("}").split(","))
+            found[labels["version"].strip('"')] = float(value)
+    return found
+
+
+def _worker_pids(prom: Path) -> set[int]:
+    return {int(path.stem.rsplit("_", 1)[1]) for path in prom.glob("gauge_livemin_*.db")}
+
+
+@pytest.mark.parametrize("own_port", [False, True], ids=["public-port", "metrics-port"])
+def test_a_killed_worker_leaves_no_gauges_behind(tmp_path, own_port):
+    """SIGKILL gives a worker no chance to remove its live gauges: the service must notice it died,
+    or model_info keeps the old version at 1 next to the new one and in-flight stays too high. With
+    --metrics-port the supervisor serves the merged metrics (and the scrape is not a request)."""
+    import os
+    import signal
+    import socket
+
+    train_model(tmp_path / "v1", seed=1)
+    train_model(tmp_path / "v2", seed=2, random_state=1)
+    model = tmp_path / "model"
+    shutil.copytree(tmp_path / "v1", model)
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    flags = {"metrics_port": free_port()} if own_port else {}
+    service = Service(model, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(prom)}, log=tmp_path / "log", **flags)
+    metrics_url = f"http://127.0.0.1:{flags['metrics_port']}/metrics" if own_port else f"{service.url}/metrics"
+    scrape = 0 if own_port else 1  # a scrape through the app is a request in flight itself
+    held = []
+
+    def metrics_text() -> str:
+        return httpx.get(metrics_url, timeout=10).text
+
+    try:
+        service.wait_ready()
+        assert wait_for(lambda: len(_worker_pids(prom)) == 2 and metric_value(metrics_text(),
+                                                                               "anomaly_ae_model_ready") == 1)
+        old_pids = _worker_pids(prom)
+        (v1,) = [v for v, value in _model_info(metrics_text()).items() if value == 1]
+        # requests held in flight (headers sent, body never): whichever worker took them is killed below
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", service.port))
+            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\nAuthorization: Bearer " + SCORE["Authorization"].split()[1].encode()
+                         + b"\r\n\r\n{")
+            held.append(sock)
+        assert wait_for(lambda: metric_value(metrics_text(), "anomaly_ae_http_requests_in_flight") == 4 + scrape,
+                        timeout=30)
+        # the model changes; the workers do not poll (interval 0), so only a restarted worker loads it
+        shutil.rmtree(model)
+        shutil.copytree(tmp_path / "v2", model)
+        for pid in old_pids:
+            os.kill(pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            pids = _worker_pids(prom)
+            return len(pids - old_pids) == 2 and metric_value(metrics_text(), "anomaly_ae_model_ready") == 1
+
+        assert wait_for(replaced, timeout=180), service.output()[-3000:]
+        text = metrics_text()
+        info = _model_info(text)
+        served = [v for v, value in info.items() if value > 0]
+        assert len(served) == 1 and served[0] != v1 and sum(info.values()) == 1, info
+        assert metric_value(text, "anomaly_ae_http_requests_in_flight") == scrape
+        assert "ended without shutting down" in service.output()
+    finally:
+        for sock in held:
+            sock.close()
+        service.stop()

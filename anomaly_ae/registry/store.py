@@ -12,6 +12,7 @@ safetensors. So a swapped weights file is caught by the manifest, and a swapped 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,8 +352,16 @@ def promote(name: str, version: str | int, alias: str = "champion", *, require_b
         _model_version(c, target, name, version, None, uri, RegistryError)
         previous = _alias_version(c, name, alias)
         result = Promotion(name, version, alias, previous)
+        # an alias must never point at a version no service can load: download, verify and load it first
+        try:
+            loaded = _load_any(uri, target)
+        except ModelLoadError as exc:
+            raise PromotionRefused(
+                f"refusing to promote {name} v{version} to @{alias}: it cannot be loaded ({_without_paths(str(exc))}); "
+                f"@{alias} still points to {'v' + previous if previous else 'no version'}") from None
         if require_better_than is not None:
-            result = _gate(c, target, result, require_better_than, metric, eval_data, label_col, drop_cols)
+            result = _gate(c, target, result, require_better_than, metric, eval_data, label_col, drop_cols,
+                           loaded={version: loaded})
         c.set_registered_model_alias(name, alias, version)
     return result
 
@@ -368,8 +377,28 @@ def _alias_version(c: Any, name: str, alias: str) -> str | None:
         raise
 
 
+def _load_any(uri: str, target: TrackingTarget) -> Any:
+    """Download, verify and load the detector or generator `uri` names (what its kind tag says)."""
+    ref, tags, _ = _resolve(uri, target.uri, target.bounds)
+    if tags.get(KIND_TAG, "detector") != "generator":
+        return load_model(uri, tracking_uri=target.uri, bounds=target.bounds)[0]
+    from anomaly_ae.augment.generator import Generator
+
+    with tempfile.TemporaryDirectory(prefix="anomaly_ae-load-") as tmp:
+        return Generator.load(_download(ref, tags, target, Path(tmp), kind="generator"))
+
+
+# An absolute path in an error message (downloads go to a temporary folder that is gone by then).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
+
+
+def _without_paths(message: str) -> str:
+    return _ABSOLUTE_PATH.sub(r"\1", message)
+
+
 def _gate(c: Any, target: TrackingTarget, result: Promotion, baseline_alias: str, metric: str,
-          eval_data: pd.DataFrame | Path | str | None, label_col: str | None, drop_cols: Sequence[str]) -> Promotion:
+          eval_data: pd.DataFrame | Path | str | None, label_col: str | None, drop_cols: Sequence[str],
+          loaded: dict[str, Any] | None = None) -> Promotion:
     from dataclasses import replace
 
     from anomaly_ae.evaluation import evaluate_scores
@@ -387,7 +416,8 @@ def _gate(c: Any, target: TrackingTarget, result: Promotion, baseline_alias: str
     X, labels, source = _labelled(eval_data, label_col, drop_cols)
     scores = {}
     for version in (result.version, baseline):
-        detector, _ = load_model(f"models:/{result.name}/{version}", tracking_uri=target.uri)
+        detector = (loaded or {}).get(version) or load_model(f"models:/{result.name}/{version}",
+                                                             tracking_uri=target.uri)[0]
         report = evaluate_scores(detector.decision_function(X), labels, detector.threshold_)
         scores[version] = float(getattr(report, metric))
     result = replace(result, metric=metric, score=scores[result.version], baseline_version=baseline,

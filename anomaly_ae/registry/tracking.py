@@ -100,6 +100,8 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
     message that says what to do.
     """
     detector._check_fitted()
+    if model_dir is not None:
+        _check_loads(Path(model_dir))
     evaluation = None
     if eval_data is not None:
         if not label_col:
@@ -134,6 +136,18 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
                                         description=_description(detector, metrics, fingerprint, data_path, run_id))
     return TrackedRun(run_id, experiment_id, experiment, target, f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}",
                       registered, metrics)
+
+
+def _check_loads(model_dir: Path) -> None:
+    """Refuse to log a saved model that cannot be loaded back (tampered, truncated, another format): a
+    registered version must be one every reader accepts. Nothing is logged when it fails."""
+    from anomaly_ae.detector import Detector
+    from anomaly_ae.exceptions import ModelLoadError
+
+    try:
+        Detector.load(model_dir)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"refusing to log the model in {model_dir.name}: it cannot be loaded ({exc})") from None
 
 
 def _experiment_id(c: Any, target: TrackingTarget, name: str) -> str:

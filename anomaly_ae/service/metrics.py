@@ -19,6 +19,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry,
                                generate_latest, multiprocess)
 
 from anomaly_ae.calibration import SEVERITY_LEVELS
+from anomaly_ae.service.multiproc import forget_dead_processes
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Scores live on each model's own scale (mean squared standardised error for autoencoders);
@@ -53,6 +54,12 @@ P_VALUES = Histogram("anomaly_ae_p_value", "Conformal p-values of scored rows.",
 # ---------------------------------------------------------------------------- model lifecycle
 MODEL_INFO = Gauge("anomaly_ae_model_info", "1 for the model version a worker serves (several during a rollout).",
                    ["name", "version", "alias", "model_type"], multiprocess_mode="livemax")
+MODEL_DESIRED_INFO = Gauge("anomaly_ae_model_desired_info",
+                           "1 for the version the model URI (e.g. its alias) resolved to at the last registry lookup, "
+                           "served or not.", ["name", "version"], multiprocess_mode="livemax")
+MODEL_VERSION_MISMATCH = Gauge("anomaly_ae_model_version_mismatch",
+                               "1 while the model URI resolves to a version other than the one served (refused, "
+                               "failing to load, or still loading); 0 when they agree.", multiprocess_mode="livemax")
 MODEL_THRESHOLD = Gauge("anomaly_ae_model_threshold", "Score threshold of the served model.",
                         multiprocess_mode="mostrecent")
 MODEL_LOADED_AT = Gauge("anomaly_ae_model_load_timestamp_seconds", "Unix time the served model was loaded.",
@@ -105,7 +112,9 @@ def multiprocess_dir() -> str | None:
 
 def registry() -> CollectorRegistry:
     """This process's registry, or one that merges every worker's files in multiprocess mode."""
-    if multiprocess_dir():
+    directory = multiprocess_dir()
+    if directory:
+        forget_dead_processes(directory)  # a killed worker's gauges must not be merged in
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
         return merged
@@ -160,6 +169,14 @@ def set_model(previous: tuple[str, str, str, str] | None, current: tuple[str, st
     MODEL_THRESHOLD.set(threshold)
     MODEL_LOADED_AT.set(loaded_at)
     MODEL_READY.set(1)
+
+
+def set_desired(previous: tuple[str, str] | None, current: tuple[str, str], mismatch: bool) -> None:
+    """The version the URI resolves to (name, version), and whether it differs from the served one."""
+    if previous is not None and previous != current:
+        MODEL_DESIRED_INFO.labels(*previous).set(0)
+    MODEL_DESIRED_INFO.labels(*current).set(1)
+    MODEL_VERSION_MISMATCH.set(1 if mismatch else 0)
 
 
 class DriftTracker:

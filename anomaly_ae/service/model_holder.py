@@ -42,6 +42,8 @@ RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin relo
 # An absolute file path in an error message (the registry downloads into temporary folders): a
 # caller is told the file's name, never where the server keeps it.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
+# Credentials in a URL (https://user:token@host): never logged or returned.
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^/\s@]+@")
 
 
 class ModelRefLike(Protocol):
@@ -141,7 +143,7 @@ def load(uri: str, bounds: HttpBounds = DEFAULT_BOUNDS) -> tuple[Any, Any]:
 
 def without_paths(message: str) -> str:
     """`message` with every absolute path cut to its last part (what the caller can act on)."""
-    return _ABSOLUTE_PATH.sub(r"\1", message)
+    return _ABSOLUTE_PATH.sub(r"\1", _URL_CREDENTIALS.sub(r"\1***@", message))
 
 
 # ---------------------------------------------------------------------------- the holder
@@ -157,6 +159,7 @@ class ModelHolder:
         self._resolver = resolver or functools.partial(resolve, bounds=bounds)
         self._loader = loader or functools.partial(load, bounds=bounds)
         self._refused: dict[str, tuple[str, str]] = {}  # version -> (reason, message)
+        self._desired: tuple[str, str] | None = None  # (name, version) the URI resolved to last
         self._lock = asyncio.Lock()
         self._stuck: list[threading.Thread] = []
         self._tasks: list[asyncio.Task] = []
@@ -260,6 +263,7 @@ class ModelHolder:
                                     "good model")
             version = version_of(ref)
             current = self.current
+            self._set_desired((str(ref.name or ""), version))
             if current is not None and current.version == version and not force:
                 return RefreshOutcome("unchanged", version=version)
             if version in self._refused and not force:
@@ -288,6 +292,8 @@ class ModelHolder:
                                     "the last good model")
             self._swap(loaded, time.perf_counter() - started)
             self.last_error = None
+            if self._desired is not None:
+                self._set_desired(self._desired)
             log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.version,
                      loaded.ref.alias, loaded.load_seconds)
             return RefreshOutcome("loaded", version=loaded.version)
@@ -312,11 +318,19 @@ class ModelHolder:
                           loaded.loaded_at)
         loaded.drift.publish()
 
+    def _set_desired(self, desired: tuple[str, str]) -> None:
+        """Publish the version the URI names now next to the served one (model_version_mismatch)."""
+        current = self.current
+        metrics.set_desired(self._desired, desired, mismatch=current is None or current.version != desired[1])
+        self._desired = desired
+
     def _failed(self, trigger: str, reason: str, message: str) -> RefreshOutcome:
         message = without_paths(message)
         metrics.RELOAD_FAILURES.labels(reason).inc()
         self.last_error = message
-        log.warning("model refresh (%s) failed: %s", trigger, reason)
+        serving = f"version {self.current.version}" if self.current is not None else "no model"
+        log.warning("model refresh (%s) of %s failed: %s: %s (serving %s)", trigger, self.uri_for_log, reason,
+                    message, serving)
         return RefreshOutcome("failed", reason=reason, message=message)
 
     def _refuse(self, trigger: str, version: str, reason: str, message: str) -> RefreshOutcome:
@@ -325,6 +339,11 @@ class ModelHolder:
         outcome = self._failed(trigger, reason, message)
         outcome.status, outcome.version = "refused", version
         return outcome
+
+    @property
+    def uri_for_log(self) -> str:
+        """The model URI as logs may show it: no credentials, a local directory by its name only."""
+        return without_paths(self.uri)
 
     # -------------------------------------------------------------- threads with a time limit
     def _too_many_stuck(self) -> bool:

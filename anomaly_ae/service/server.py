@@ -159,9 +159,17 @@ def start_metrics_server(settings: ServiceSettings) -> None:
     # series, and with several workers the supervisor's model_ready=0 would drag the merged value to 0.
     from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
 
+    from anomaly_ae.service.multiproc import forget_dead_processes
+
     registry = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        class Merged(CollectorRegistry):  # a killed worker's gauges must not be merged in
+            def collect(self):  # type: ignore[override]
+                forget_dead_processes(directory)
+                return super().collect()
+
+        registry = Merged()
         multiprocess.MultiProcessCollector(registry)
     host = settings.metrics_host or settings.host
     try:
@@ -184,6 +192,11 @@ def _run(settings: ServiceSettings, created: list[str]) -> None:
     warn_if_open(settings)
     if settings.metrics_port is not None:
         start_metrics_server(settings)
+    if settings.workers > 1 and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # uvicorn restarts a killed worker without a hook to learn its pid: watch the metrics files
+        from anomaly_ae.service.multiproc import start_dead_process_reaper
+
+        start_dead_process_reaper(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["anomaly_ae"] = {"handlers": ["default"], "level": settings.log_level.upper(),
                                            "propagate": False}
