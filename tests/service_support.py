@@ -137,3 +137,13 @@ async def until(predicate, timeout: float = 60.0, step: float = 0.02) -> None:
     while not await predicate():
         assert time.monotonic() < deadline, f"condition not met within {timeout}s"
         await asyncio.sleep(step)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["status"] == status and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error

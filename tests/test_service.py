@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service_support import ADMIN_KEY, SCORE, SCORE_KEY, Service, free_port, metric_value, train_model, wait_for
+from service_support import (ADMIN_KEY, SCORE, SCORE_KEY, Service, assert_error, free_port, metric_value, train_model,
+                             wait_for)
 
 from anomaly_ae import Detector
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
@@ -86,16 +87,6 @@ def records(frame: pd.DataFrame) -> list[dict]:
 
 def score(client: httpx.Client, body, headers=SCORE, **kwargs) -> httpx.Response:
     return client.post("/v1/score", json=body, headers=headers, **kwargs)
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["status"] == status and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 # ---------------------------------------------------------------------------- scoring

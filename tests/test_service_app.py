@@ -20,7 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service_support import ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, in_process, metric_value, train_model, until
+from service_support import (ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, assert_error, in_process, metric_value, train_model,
+                             until)
 
 from anomaly_ae import Detector
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
@@ -68,16 +69,6 @@ async def ready(client: httpx.AsyncClient) -> None:
 def rows(n: int, seed: int = 7) -> list[dict]:
     frame = make_telemetry(n, anomaly_fraction=0.2, seed=seed).drop(columns=list(LABEL_COLUMNS))
     return json.loads(frame.to_json(orient="records"))
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["status"] == status and error["message"]
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 # ---------------------------------------------------------------------------- auth

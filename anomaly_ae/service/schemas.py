@@ -83,9 +83,7 @@ def build_request_model(max_rows: int, max_top_k: int, max_id_length: int) -> An
         top_k: Integer = Field(3, ge=1, le=max_top_k,
                                  description="How many contributing features to return with explain=true.")
 
-        def n_rows(self) -> int:
-            raise NotImplementedError
-
+        # each form below defines n_rows(): how many samples it carries
         @model_validator(mode="after")
         def _one_id_per_sample(self) -> "Options":
             if self.ids is not None and len(self.ids) != self.n_rows():
