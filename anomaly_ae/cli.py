@@ -66,7 +66,9 @@ def _clean_exit_on_signals(what: str = "nothing was written"):
             signal.signal(s, signal.SIG_IGN)
         raise _Stopped(signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # A signal the process was started ignoring (nohup, a background job) stays ignored.
+    watched = [s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, stop) for s in watched}
     try:
         yield
     except _Stopped as stopped:

@@ -69,7 +69,8 @@ def test_sigterm_mid_write_removes_the_temporary_file(scoring_job, tmp_path):
 
 
 def test_sigint_mid_write_exits_130_and_removes_the_temporary_file(scoring_job, tmp_path):
-    """In-process (the handler runs in the main thread, the signal comes from a watcher thread)."""
+    """In-process (the handler runs in the main thread, the signal comes from a watcher thread), with
+    SIGINT handled as in an interactive shell (a runner started in the background inherits it ignored)."""
     from typer.testing import CliRunner
 
     from anomaly_ae.cli import app
@@ -80,15 +81,35 @@ def test_sigint_mid_write_exits_130_and_removes_the_temporary_file(scoring_job, 
         _wait_for(lambda: _temp_files(output), 60, "the temporary output")
         os.kill(os.getpid(), signal.SIGINT)
 
-    watcher = threading.Thread(target=interrupt_when_writing, daemon=True)
-    watcher.start()
-    result = CliRunner().invoke(app, ["score", str(scoring_job / "model"), str(scoring_job / "big.csv"),
-                                      "-o", str(output), "--chunk-rows", "50"])
-    watcher.join(timeout=60)
-    assert result.exit_code == 130, result.output
-    assert "stopped by SIGINT" in result.output
-    assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher = threading.Thread(target=interrupt_when_writing, daemon=True)
+        watcher.start()
+        result = CliRunner().invoke(app, ["score", str(scoring_job / "model"), str(scoring_job / "big.csv"),
+                                          "-o", str(output), "--chunk-rows", "50"])
+        watcher.join(timeout=60)
+        assert result.exit_code == 130, result.output
+        assert "stopped by SIGINT" in result.output
+        assert list(tmp_path.iterdir()) == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def test_an_ignored_sigint_stays_ignored(scoring_job, tmp_path):
+    """A command started with SIGINT ignored (nohup, a background job) does not take it over."""
+    from typer.testing import CliRunner
+
+    from anomaly_ae.cli import app
+
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        result = CliRunner().invoke(app, ["score", str(scoring_job / "model"), str(scoring_job / "big.csv"),
+                                          "-o", str(tmp_path / "scores.csv"), "--chunk-rows", "5000"])
+        assert result.exit_code == 0, result.output
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_kill_9_leaves_a_temp_file_that_the_next_run_removes(scoring_job, tmp_path):
