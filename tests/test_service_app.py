@@ -9,6 +9,7 @@ real uvicorn processes (test_service.py) keep what only a real server shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import shutil
@@ -277,12 +278,7 @@ async def test_slow_bodies_hold_no_scoring_place(served):
     bodies have arrived still score; the body-read bound refuses one more slow body fast."""
     async with in_process(settings(served, max_concurrency=1, max_body_reads=3)) as (app, client):
         await ready(client)
-        bodies = [Stalled(asyncio.Event()) for _ in range(3)]
-        stalled = [asyncio.create_task(client.post("/v1/score", content=body(), headers={**SCORE, **JSON}))
-                   for body in bodies]
-        try:
-            for body in bodies:
-                await asyncio.wait_for(body.started.wait(), 30)
+        async with stalled_requests(client, 3) as (bodies, stalled):
             await until(lambda: _value(app.state.admission.body_reads.borrowed_tokens == 3))
             for _ in range(3):
                 response = await client.post("/v1/score", json={"records": rows(2)}, headers=SCORE)
@@ -296,29 +292,32 @@ async def test_slow_bodies_hold_no_scoring_place(served):
             for body, request in zip(bodies, stalled):  # one at a time: one scoring place
                 body.release.set()
                 assert (await request).status_code == 200
-        finally:
-            for body in bodies:
-                body.release.set()
-            await asyncio.gather(*stalled, return_exceptions=True)
     # with free body-read places, slow bodies never stop a request whose body has arrived
     async with in_process(settings(served, max_concurrency=1, max_body_reads=8)) as (_, client):
         await ready(client)
-        bodies = [Stalled(asyncio.Event()) for _ in range(4)]
-        stalled = [asyncio.create_task(client.post("/v1/score", content=body(), headers={**SCORE, **JSON}))
-                   for body in bodies]
-        try:
-            for body in bodies:
-                await asyncio.wait_for(body.started.wait(), 30)
+        async with stalled_requests(client, 4) as (bodies, stalled):
             statuses = [(await client.post("/v1/score", json={"records": rows(2)}, headers=SCORE)).status_code
                         for _ in range(5)]
             assert statuses == [200] * 5
             for body, request in zip(bodies, stalled):
                 body.release.set()
                 assert (await request).status_code == 200
-        finally:
-            for body in bodies:
-                body.release.set()
-            await asyncio.gather(*stalled, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def stalled_requests(client: httpx.AsyncClient, n: int):
+    """n score requests whose bodies have started and then stall until released (always released on exit)."""
+    bodies = [Stalled(asyncio.Event()) for _ in range(n)]
+    stalled = [asyncio.create_task(client.post("/v1/score", content=body(), headers={**SCORE, **JSON}))
+               for body in bodies]
+    try:
+        for body in bodies:
+            await asyncio.wait_for(body.started.wait(), 30)
+        yield bodies, stalled
+    finally:
+        for body in bodies:
+            body.release.set()
+        await asyncio.gather(*stalled, return_exceptions=True)
 
 
 async def _value(x):
