@@ -13,8 +13,9 @@ from anomaly_ae.version import __version__
 if TYPE_CHECKING:
     from anomaly_ae.augment.generator import Generator
     from anomaly_ae.detector import Detector
+    from anomaly_ae.series_detector import SeriesDetector
 
-__all__ = ["Detector", "Generator", "__version__"]
+__all__ = ["Detector", "Generator", "SeriesDetector", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from anomaly_ae.detector import Detector
 
         return Detector
+    if name == "SeriesDetector":
+        from anomaly_ae.series_detector import SeriesDetector
+
+        return SeriesDetector
     if name == "Generator":
         from anomaly_ae.augment.generator import Generator
 

@@ -74,3 +74,37 @@ class Calibration:
     def from_dict(cls, payload: dict[str, Any]) -> "Calibration":
         return cls(threshold=float(payload["threshold"]), target_fpr=float(payload["target_fpr"]),
                    reference_scores=np.asarray(payload["reference_scores"], dtype=np.float64))
+
+
+@dataclass
+class AlertRule:
+    """When flagged steps become an alert, as monitoring teams expect: at least `min_steps` of the
+    last `within` steps above the threshold (k-of-n, which debounces single-step noise), then no
+    new alert for `cooldown` steps (one page per incident, not one per step; cf. Merlion's
+    AggregateAlarms). Applied to one series at a time, steps in time order."""
+
+    min_steps: int = 3
+    within: int = 5
+    cooldown: int = 12
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.within:
+            raise ValueError(f"alert rule needs 1 <= min_steps <= within, got {self.min_steps} of {self.within}")
+        if self.cooldown < 0:
+            raise ValueError(f"alert cooldown must be >= 0 steps, got {self.cooldown}")
+
+    def apply(self, flags: np.ndarray) -> np.ndarray:
+        """Bool per step: an alert fires at this step."""
+        flags = np.asarray(flags, dtype=np.int64)
+        counts = np.convolve(flags, np.ones(self.within, dtype=np.int64))[: len(flags)]
+        ready = np.flatnonzero(counts >= self.min_steps)
+        alerts = np.zeros(len(flags), dtype=bool)
+        quiet_until = -1
+        for t in ready.tolist():  # sparse: only steps where the k-of-n condition holds
+            if t > quiet_until:
+                alerts[t] = True
+                quiet_until = t + self.cooldown
+        return alerts
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min_steps": self.min_steps, "within": self.within, "cooldown": self.cooldown}

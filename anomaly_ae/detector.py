@@ -7,7 +7,7 @@ scikit-learn's contract (parameters stored untouched, `fit` returns self, learne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from anomaly_ae.data.schema import Schema
 from anomaly_ae.estimators import require_fitted
 from anomaly_ae.exceptions import DataError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input
-from anomaly_ae.models import DETECTOR_MODELS, build_model
+from anomaly_ae.models import DETECTOR_MODELS, DetectorModel, build_model
 from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.progress import epoch_progress
 from anomaly_ae.runtime import resolve_device
@@ -64,6 +64,9 @@ class Detector(BaseEstimator):
     random_state : seed for the split, initialisation, training and sampled scores.
     verbose : show a progress bar while training.
     """
+
+    # The values of `model` this estimator accepts (SeriesDetector has its own table).
+    _models: ClassVar[dict[str, DetectorModel]] = DETECTOR_MODELS
 
     def __init__(self, model: str = "hybrid", *, latent_dim: int | None = None,
                  hidden_dims: Sequence[int] | None = None, score: str | None = None, n_estimators: int | None = None,
@@ -145,9 +148,22 @@ class Detector(BaseEstimator):
             x_train = np.concatenate([x_train, x_extra[extra_order[n_extra_val:]]])
             x_stop = np.concatenate([x_val, x_extra[extra_order[:n_extra_val]]])
 
+        scorer = self._fit_scorer(x_train, x_stop, x_val, rng, checkpoint)
+        self.schema_, self.preprocessor_ = schema, pre
+        val_scores, _ = scorer.score(x_val)
+        self._set_fitted(scorer, Calibration.fit(val_scores, self.target_fpr))
+        # Free-form JSON facts about how this model came to be (e.g. augmentation provenance);
+        # saved with the model, never used for scoring.
+        self.training_metadata_: dict[str, Any] = {}
+        return self
+
+    def _fit_scorer(self, x_train: np.ndarray, x_stop: np.ndarray, x_val: np.ndarray, rng: np.random.Generator,
+                    checkpoint: Checkpointing | None = None) -> ModelScorer:
+        """Train the networks (or fit them in closed form) and the neighbour term on model-input rows;
+        sets model_spec_, history_, score_type_, device_ and input_shape_."""
         device = resolve_device(self.device)
-        entry = DETECTOR_MODELS[self.model]
-        spec = entry.spec(self.get_params(), tuple(x.shape[1:]), len(x_train)) if entry.spec else None
+        entry = self._models[self.model]
+        spec = entry.spec(self.get_params(), tuple(x_train.shape[1:]), len(x_train)) if entry.spec else None
         if spec is not None:
             probe = build_model(spec)  # cheap: refuse a bad score type before any training
             score = self.score or probe.score_types[0]
@@ -172,15 +188,9 @@ class Detector(BaseEstimator):
             neighbors = NearestNeighbors(tuple(x_train.shape[1:]), len(keep), k).to(device)
             neighbors.set_reference(torch.from_numpy(x_train[keep]).to(device))
             scorer.add_neighbors(neighbors, x_val)
-        self.schema_, self.preprocessor_, self.model_spec_ = schema, pre, spec
-        self.history_, self.score_type_, self.device_ = histories, score, device
-        self.input_shape_ = list(x.shape[1:])
-        val_scores, _ = scorer.score(x_val)
-        self._set_fitted(scorer, Calibration.fit(val_scores, self.target_fpr))
-        # Free-form JSON facts about how this model came to be (e.g. augmentation provenance);
-        # saved with the model, never used for scoring.
-        self.training_metadata_: dict[str, Any] = {}
-        return self
+        self.model_spec_, self.history_, self.score_type_, self.device_ = spec, histories, score, device
+        self.input_shape_ = list(x_train.shape[1:])
+        return scorer
 
     def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
         """The fitted state that scoring reads (shared by fit and load)."""
@@ -189,13 +199,13 @@ class Detector(BaseEstimator):
         self.n_features_in_ = len(self.inference_.feature_names)
 
     def _validate_params(self) -> None:
-        if self.model not in DETECTOR_MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(DETECTOR_MODELS)}")
+        if self.model not in self._models:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(self._models)}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
-        networks = DETECTOR_MODELS[self.model].spec is not None
+        networks = self._models[self.model].spec is not None
         if networks and self._resolved("n_estimators") < 1:
             raise ValueError(f"n_estimators must be >= 1, got {self.n_estimators}")
         if self._resolved("neighbors") < (0 if networks else 1):
@@ -205,7 +215,7 @@ class Detector(BaseEstimator):
     def _resolved(self, name: str) -> int:
         """n_estimators / neighbors with None resolved to the chosen model's default."""
         value = getattr(self, name)
-        return int(value) if value is not None else getattr(DETECTOR_MODELS[self.model], name)
+        return int(value) if value is not None else getattr(self._models[self.model], name)
 
     def _fit_member(self, spec: dict[str, Any], x_train: np.ndarray, x_val: np.ndarray, device: torch.device,
                     seed: int, label: str, checkpoint: Checkpointing | None = None,

@@ -19,9 +19,10 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-from anomaly_ae.calibration import Calibration
+from anomaly_ae.calibration import AlertRule, Calibration
 from anomaly_ae.data.preprocess import UNKNOWN, Preprocessor
 from anomaly_ae.data.schema import Schema
+from anomaly_ae.data.windows import SeriesFraming, SeriesLayout
 from anomaly_ae.exceptions import ScoringError
 
 Columns = Mapping[str, Sequence[Any]]
@@ -48,6 +49,7 @@ class ScoreResult:
     model_input: np.ndarray | None = None
     missing: dict[str, int] = field(default_factory=dict)  # column -> rows with a missing value
     unseen: dict[str, int] = field(default_factory=dict)  # column -> rows with an unseen category
+    alerts: np.ndarray | None = None  # series models: bool per row, the alert rule fires here
 
     def frame(self, top_k: int = 3) -> pd.DataFrame:
         """score, p_value, is_anomaly, severity, feature_i / contribution_i (top_k > 0) and notes."""
@@ -59,19 +61,30 @@ class ScoreResult:
             for i in range(names.shape[1]):
                 out[f"feature_{i + 1}"] = names[:, i]
                 out[f"contribution_{i + 1}"] = shares[:, i]
+        if self.alerts is not None:
+            out["alert"] = self.alerts
         out["notes"] = ["; ".join(n) for n in self.notes] if self.notes is not None else [""] * len(self.scores)
         return pd.DataFrame(out, index=index)
 
 
 class InferencePath:
-    """A fitted model's scoring, from raw input to an actionable result."""
+    """A fitted model's scoring, from raw input to an actionable result.
+
+    Series models add `framing` (time order, gaps, the window before each row), whether their module
+    takes windows as (window, metrics) or flattened (`sequence`), and an `alert_rule`. Each row is
+    then scored by the window that ends at it, and its contributions are summed over the window's
+    steps, so explanations name input columns as for rows."""
 
     def __init__(self, schema: Schema, preprocessor: Preprocessor, scorer: RowScorer,
-                 calibration: Calibration) -> None:
+                 calibration: Calibration, *, framing: SeriesFraming | None = None, sequence: bool = False,
+                 alert_rule: AlertRule | None = None) -> None:
         self.schema = schema
         self.preprocessor = preprocessor
         self.scorer = scorer
         self.calibration = calibration
+        self.framing = framing
+        self.sequence = sequence
+        self.alert_rule = alert_rule
         self.feature_names = _feature_names(schema)
         self._names = np.asarray(self.feature_names, dtype=object)
         # (model inputs x input columns): a categorical column's share sums over its one-hot group
@@ -89,6 +102,9 @@ class InferencePath:
               shares: bool = False) -> ScoreResult:
         """Validate and score `data`; `top_k > 0` adds each row's top contributing features,
         `shares=True` every column's share (for `Detector.explain`)."""
+        layout = None
+        if self.framing is not None:
+            data, layout = self.framing.split(data)
         if isinstance(data, Mapping):
             checked, report = self.schema.check_columns(data)
             index = None
@@ -96,7 +112,10 @@ class InferencePath:
             checked, report = self.schema.check(data)
             index = checked.index if isinstance(checked, pd.DataFrame) else pd.RangeIndex(len(checked))
         x = model_input(self.preprocessor, self.schema, checked)
-        scores, contributions = self.scorer.score(x)
+        if layout is None:
+            scores, contributions = self.scorer.score(x)
+        else:
+            scores, contributions = self.score_windows(x, layout)
         bad = ~np.isfinite(scores)
         if bad.any():
             rows = np.flatnonzero(bad)[:5].tolist()
@@ -117,7 +136,35 @@ class InferencePath:
                 result.top_contributions = np.take_along_axis(share_matrix, order, axis=1).tolist()
         if report.missing_values or report.unseen_categories:
             result.notes = self.notes(checked, report.missing_values, report.unseen_categories)
+        if layout is not None:
+            result.alerts = self.alerts(result.is_anomaly, layout)
+            if any(layout.notes):
+                result.notes = [a + b for a, b in zip(layout.notes, result.notes or [[]] * len(scores))]
         return result
+
+    def score_windows(self, x: np.ndarray, layout: SeriesLayout, chunk: int = 2048
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Score each row by the window ending at it, in chunks so the (rows, window, features)
+        copies stay small; contributions summed over the window's steps."""
+        assert self.framing is not None
+        window = layout.windows(self.framing.window)
+        scores, contributions = [], []
+        for start in range(0, max(len(window), 1), chunk):
+            part = x[window[start:start + chunk]]  # (n, window, features)
+            if not self.sequence:
+                part = part.reshape(len(part), -1)
+            s, c = self.scorer.score(part)
+            scores.append(s)
+            contributions.append(c.reshape(len(part), self.framing.window, -1).sum(1))
+        return np.concatenate(scores), np.concatenate(contributions)
+
+    def alerts(self, flags: np.ndarray, layout: SeriesLayout) -> np.ndarray:
+        """The alert rule over each series' flagged steps, in time order."""
+        alerts = np.zeros(len(flags), dtype=bool)
+        if self.alert_rule is not None:
+            for rows in layout.order:
+                alerts[rows] = self.alert_rule.apply(flags[rows])
+        return alerts
 
     def shares(self, contributions: np.ndarray) -> np.ndarray:
         """Each input column's share of a row's misfit (rows sum to 1, or 0 for a perfect fit)."""

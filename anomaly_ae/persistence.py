@@ -22,9 +22,10 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from anomaly_ae.calibration import Calibration
+from anomaly_ae.calibration import AlertRule, Calibration
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
+from anomaly_ae.data.windows import SeriesFraming
 from anomaly_ae.exceptions import ConfigurationError, ModelLoadError
 from anomaly_ae.models import build_model
 from anomaly_ae.runtime import resolve_device
@@ -43,6 +44,9 @@ REMOTE_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 # when such a URI is loaded (as fsspec finds protocol implementations), so this module never
 # imports MLflow code and the layers keep one direction.
 REMOTE_RESOLVER = "anomaly_ae.registry.store:download_model"
+# The class each kind of saved detector loads as, found by name at load time (a series model loaded
+# through `Detector.load`, e.g. by the registry or the service, comes back as a SeriesDetector).
+KIND_CLASSES = {"detector": "anomaly_ae.detector:Detector", "series": "anomaly_ae.series_detector:SeriesDetector"}
 # Parameters older versions saved that no longer exist; ignored when loading.
 RETIRED_PARAMS = frozenset({"n_threads"})
 
@@ -72,7 +76,13 @@ def save_detector(detector: "Detector", path: Path) -> Path:
         "term_scales": detector.term_scales_,
         "training": [h.to_dict() for h in detector.history_],
         "training_metadata": detector.training_metadata_,
+        "kind": "detector",
     }
+    framing = getattr(detector, "framing_", None)
+    if framing is not None:
+        config["kind"] = "series"
+        config["series"] = {"framing": framing.to_dict(), "alert_rule": detector.alert_rule_.to_dict(),
+                            "alert_stats": detector.alert_stats_}
     modules = {f"member{i}": m for i, m in enumerate(detector.members_)}
     if detector.neighbors_ is not None:
         modules["neighbors"] = detector.neighbors_
@@ -279,6 +289,7 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
         schema = Schema.from_dict(json.loads(contents["schema.json"]))
         preprocessor = Preprocessor.from_dict(json.loads(contents["preprocess.json"]), schema)
         calibration = Calibration.from_dict(json.loads(contents["calibration.json"]))
+        cls = _class_for(config.get("kind", "detector"), cls, path)
         detector = cls(**{k: v for k, v in config["params"].items() if k not in RETIRED_PARAMS})
         spec, n_members = config["model_spec"], int(config["n_members"])
     except (ValueError, KeyError, TypeError) as exc:
@@ -313,8 +324,28 @@ def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
     detector.input_shape_ = config.get("input_shape") or spec["input_shape"]
     detector.history_ = [History(**h) for h in config.get("training", [])]
     detector.training_metadata_ = config.get("training_metadata", {})
+    if "series" in config:
+        try:
+            detector.framing_ = SeriesFraming.from_dict(config["series"]["framing"])
+            detector.alert_rule_ = AlertRule(**config["series"]["alert_rule"])
+            detector.alert_stats_ = config["series"].get("alert_stats", {})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{path} has a malformed series section in config.json ({exc}); re-save the model") from None
     detector._set_fitted(scorer, calibration)
     return detector
+
+
+def _class_for(kind: str, requested: type["Detector"], path: Path) -> type["Detector"]:
+    """The class a saved `kind` loads as: that kind's class, when it is the requested one or a subclass."""
+    if kind not in KIND_CLASSES:
+        raise ModelLoadError(f"{path} holds a kind of model this version does not know ({kind!r}); "
+                             "load it with the anomaly_ae version that saved it")
+    module_name, name = KIND_CLASSES[kind].split(":")
+    saved = getattr(importlib.import_module(module_name), name)
+    if issubclass(saved, requested):
+        return saved
+    raise ModelLoadError(f"{path} holds a {saved.__name__}, not a {requested.__name__}; load it with "
+                         f"{saved.__name__}.load")
 
 
 def resolve_model_path(path_or_uri: str | Path, kind: str = "detector") -> Path:

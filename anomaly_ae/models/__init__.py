@@ -21,6 +21,7 @@ from anomaly_ae.models.gan import GAN
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
 from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.models.pca import PCA
+from anomaly_ae.models.sequence import RecurrentAE, TemporalConvAE
 from anomaly_ae.models.vae import VAE
 
 MODEL_FAMILIES: dict[str, type[nn.Module]] = {
@@ -31,6 +32,8 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "neighbors": NearestNeighbors,
     "cvae": ConditionalVAE,
     "gan": GAN,
+    "tcn": TemporalConvAE,
+    "gru": RecurrentAE,
 }
 
 
@@ -58,6 +61,7 @@ class DetectorModel:
     spec: SpecBuilder | None
     n_estimators: int = 1
     neighbors: int = 0
+    sequence: bool = False  # series models: the module takes (window, metrics), not flattened windows
 
 
 def _network_spec(family: str, params: Mapping[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -106,5 +110,33 @@ DETECTOR_MODELS: dict[str, DetectorModel] = {
     "aae": DetectorModel("adversarial autoencoder: reconstruction + prior density of the code", _aae),
     "pca": DetectorModel("PCA reconstruction error (a baseline)", _pca),
     "knn": DetectorModel("mean distance to the 5 nearest training rows, standardised inputs (a baseline)", None,
+                         n_estimators=0, neighbors=5),
+}
+
+
+def _sequence(family: str, hidden: tuple[int, int], latent: int) -> SpecBuilder:
+    """Sizes from the number of metrics: hidden channels = metrics within `hidden`; a code of
+    `latent` channels (per quarter step for the conv model, per window for the recurrent one)."""
+    def spec(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) -> dict[str, Any]:
+        window, metrics = input_shape
+        width = list(params["hidden_dims"]) if params["hidden_dims"] is not None else [
+            int(min(max(metrics, hidden[0]), hidden[1]))]
+        return {"family": family, "input_shape": [int(window), int(metrics)],
+                "latent_dim": int(params["latent_dim"] or latent), "hidden_dims": [int(h) for h in width]}
+    return spec
+
+
+# `SeriesDetector(model=...)`: the dense families see each window flattened; "tcn" and "gru" see
+# (window, metrics). The default is chosen by the time-series benchmark (benchmarks/results/timeseries_*.md).
+SERIES_MODELS: dict[str, DetectorModel] = {
+    "tcn": DetectorModel("temporal convolutional autoencoder over windows", _sequence("tcn", (32, 128), 8),
+                         sequence=True),
+    "gru": DetectorModel("recurrent (GRU) autoencoder over windows", _sequence("gru", (32, 128), 16),
+                         sequence=True),
+    "ae": DetectorModel("dense autoencoder over flattened windows", _autoencoder()),
+    "vae": DetectorModel("beta-VAE over flattened windows, scored by negative ELBO", _vae),
+    "aae": DetectorModel("adversarial autoencoder over flattened windows", _aae),
+    "pca": DetectorModel("PCA reconstruction error of flattened windows (a baseline)", _pca),
+    "knn": DetectorModel("mean distance to the 5 nearest training windows (a baseline)", None,
                          n_estimators=0, neighbors=5),
 }

@@ -1,0 +1,246 @@
+"""Metric streams as windows: where each row sits in its series' time grid, and the window before it.
+
+A series frame has rows in time order, an optional time column (timestamps) and an optional
+series column (a host, a sensor: windows never cross series). `SeriesFraming` checks the order,
+places every row on a regular grid of the training step, fills short gaps by carrying the last
+row forward and restarts the series after long ones, and returns, for every input row, the
+indices of the `window` grid steps ending at it. Scores are causal: a row's window holds only it
+and rows before it, so scoring history offline gives what a live stream would have got.
+
+No torch here: windows are index arrays into the preprocessed rows (`SeriesLayout.windows`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from anomaly_ae.exceptions import DataError
+
+# A series id we record for notes about unseen series; beyond this many, new ids are not remembered.
+MAX_KNOWN_SERIES = 10_000
+ONE_SERIES = "__series__"
+
+
+@dataclass
+class SeriesLayout:
+    """The grid of one input: `source[g]` is the input row that grid step g shows (a filled step shows
+    the last real row before it), `segment_start[g]` the first grid step of its run without long gaps,
+    `position[i]` the grid step of input row i."""
+
+    source: np.ndarray
+    segment_start: np.ndarray
+    position: np.ndarray
+    series: np.ndarray  # (N,) series id per input row (object)
+    order: list[np.ndarray]  # per series: its input rows in time order
+    notes: list[list[str]] = field(default_factory=list)
+
+    def windows(self, window: int) -> np.ndarray:
+        """(N, window) input-row indices of each row's window, oldest first; steps before the start
+        of a segment repeat its first row."""
+        offsets = np.arange(1 - window, 1)
+        steps = np.maximum(self.position[:, None] + offsets[None, :], self.segment_start[self.position][:, None])
+        return self.source[steps]
+
+    def history(self) -> np.ndarray:
+        """(N,) how many grid steps of the row's segment lie at or before it (itself included)."""
+        return self.position - self.segment_start[self.position] + 1
+
+
+class SeriesFraming:
+    """The learned time layout of a series model: column names, step, window and known series."""
+
+    def __init__(self, window: int, time_col: str | None = None, series_col: str | None = None,
+                 max_gap: int = 3, step_seconds: float | None = None, known_series: Sequence[str] = ()) -> None:
+        self.window = int(window)
+        self.time_col = time_col
+        self.series_col = series_col
+        self.max_gap = int(max_gap)
+        self.step_seconds = step_seconds
+        self.known_series = list(known_series)
+        self._known = frozenset(self.known_series)
+
+    # ------------------------------------------------------------------ fitting
+    def learn(self, data: Any) -> "SeriesFraming":
+        """Learn the sampling step and the series ids from the training history."""
+        times, series = self._time_and_series(data)
+        if times is not None:
+            diffs = []
+            for rows in _group_rows(series):
+                t = times[rows]
+                d = np.diff(t.astype("datetime64[ns]").astype(np.int64)) / 1e9
+                diffs.append(d[d > 0])
+            positive = np.concatenate(diffs) if diffs else np.array([])
+            if not len(positive):
+                raise DataError(f"'{self.time_col}' needs at least two distinct timestamps per series to learn "
+                                "the sampling step")
+            self.step_seconds = float(np.median(positive))
+        self.known_series = sorted({str(s) for s in series})[:MAX_KNOWN_SERIES]
+        self._known = frozenset(self.known_series)
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def split(self, data: Any) -> tuple[Any, SeriesLayout]:
+        """(the metric columns only, in the form given, and the layout of the rows in time)."""
+        times, series = self._time_and_series(data)
+        metrics = self._drop_keys(data)
+        n = len(series)
+        source, segment_start, position = [], [], np.empty(n, dtype=np.int64)
+        notes: list[list[str]] = [[] for _ in range(n)]
+        order = _group_rows(series)
+        for rows in order:
+            name = series[rows[0]]
+            steps = self._steps(times, rows, name)
+            if self.series_col is not None and name not in self._known and len(self._known) < MAX_KNOWN_SERIES:
+                for row in rows.tolist():
+                    notes[row].append(f"series {name!r} was not in the training data; scored with the shared model")
+            start = len(source)
+            for j, row in enumerate(rows):
+                missing = 0 if j == 0 else int(steps[j] - steps[j - 1] - 1)
+                if missing > self.max_gap:
+                    start = len(source)
+                    notes[row].append(f"gap of {missing} steps before this row (more than max_gap={self.max_gap}): "
+                                      "the window restarts here")
+                elif missing > 0:
+                    notes[row].append(f"gap of {missing} steps before this row filled with the last value")
+                    source.extend([rows[j - 1]] * missing)
+                    segment_start.extend([start] * missing)
+                position[row] = len(source)
+                source.append(row)
+                segment_start.append(start)
+        layout = SeriesLayout(np.asarray(source, dtype=np.int64), np.asarray(segment_start, dtype=np.int64),
+                              position, series, order, notes)
+        history = layout.history()
+        for row in np.flatnonzero(history < self.window).tolist():
+            notes[row].append(f"warm-up: {int(history[row])} of {self.window} steps of history")
+        return metrics, layout
+
+    def _steps(self, times: np.ndarray | None, rows: np.ndarray, name: str) -> np.ndarray:
+        """Grid step of each row of one series; refuses unsorted, duplicate or too fine timestamps."""
+        if times is None:
+            return np.arange(len(rows))
+        t = times[rows].astype("datetime64[ns]").astype(np.int64) / 1e9
+        what = f" of series {name!r}" if self.series_col is not None else ""
+        d = np.diff(t)
+        if (d < 0).any():
+            i = int(np.flatnonzero(d < 0)[0])
+            raise DataError(f"timestamps in '{self.time_col}'{what} are not in time order at row {int(rows[i + 1])}; "
+                            f"sort the rows by '{self.time_col}' first")
+        if (d == 0).any():
+            i = int(np.flatnonzero(d == 0)[0])
+            raise DataError(f"duplicate timestamp in '{self.time_col}'{what} at row {int(rows[i + 1])}; "
+                            "keep one row per time step (e.g. drop_duplicates or aggregate)")
+        assert self.step_seconds is not None
+        steps = np.rint((t - t[0]) / self.step_seconds).astype(np.int64)
+        if (np.diff(steps) == 0).any():
+            i = int(np.flatnonzero(np.diff(steps) == 0)[0])
+            raise DataError(f"rows{what} at row {int(rows[i + 1])} are closer together than the model's step of "
+                            f"{_duration(self.step_seconds)}; resample to that step (e.g. "
+                            f"df.resample('{int(self.step_seconds)}s', on='{self.time_col}').mean())")
+        return steps
+
+    # ------------------------------------------------------------------ columns
+    def _time_and_series(self, data: Any) -> tuple[np.ndarray | None, np.ndarray]:
+        n = _n_rows(data)
+        times = None
+        if self.time_col is not None:
+            raw = self._column(data, self.time_col)
+            try:
+                parsed = pd.to_datetime(pd.Series(raw), utc=True, format="mixed") if len(raw) else pd.Series([])
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"'{self.time_col}' holds values that are not timestamps ({exc}); send ISO 8601 "
+                                "text such as 2026-01-05T10:00:00Z") from None
+            if parsed.isna().any():
+                row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+                raise DataError(f"'{self.time_col}' is missing at row {row}; every row needs a timestamp")
+            times = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+        if self.series_col is not None:
+            raw = self._column(data, self.series_col)
+            series = np.asarray([None if v is None else str(v) for v in raw], dtype=object)
+            if any(v is None for v in series):
+                raise DataError(f"'{self.series_col}' is missing for some rows; every row needs a series id")
+        else:
+            series = np.full(n, ONE_SERIES, dtype=object)
+        return times, series
+
+    def _column(self, data: Any, name: str) -> Sequence[Any]:
+        if isinstance(data, pd.DataFrame):
+            if name not in data.columns:
+                raise DataError(f"column '{name}' is missing; the model was trained with it as its "
+                                f"{'time' if name == self.time_col else 'series'} column")
+            return data[name].tolist() if name == self.series_col else data[name]
+        if isinstance(data, Mapping):
+            if name not in data:
+                raise DataError(f"column '{name}' is missing; the model was trained with it as its "
+                                f"{'time' if name == self.time_col else 'series'} column")
+            return list(data[name])
+        raise DataError(f"a model trained with the column '{name}' needs a table with named columns, "
+                        f"not a bare {type(data).__name__}")
+
+    def _drop_keys(self, data: Any) -> Any:
+        keys = [c for c in (self.time_col, self.series_col) if c is not None]
+        if not keys:
+            return data
+        if isinstance(data, pd.DataFrame):
+            return data.drop(columns=keys)
+        return {k: v for k, v in data.items() if k not in keys}
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "time_col": self.time_col, "series_col": self.series_col,
+                "max_gap": self.max_gap, "step_seconds": self.step_seconds, "known_series": self.known_series}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> "SeriesFraming":
+        return cls(**payload)
+
+
+def dominant_period(x: np.ndarray, low: int = 8, high: int = 128) -> int | None:
+    """The lag of the first autocorrelation peak of the rows' first principal direction, within
+    [low, high]; None when there is no clear peak (TSB-AD's `find_length` uses the same idea)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 3 * low:
+        return None
+    centred = x - x.mean(0)
+    if x.shape[1] > 1:
+        _, _, vt = np.linalg.svd(centred[: min(len(x), 20_000)], full_matrices=False)
+        signal = centred @ vt[0]
+    else:
+        signal = centred[:, 0]
+    if signal.std() == 0:
+        return None
+    n = len(signal)
+    spectrum = np.fft.rfft(signal - signal.mean(), 2 * n)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum))[:n]
+    acf = acf / acf[0]
+    high = min(high, n // 3)
+    lags = np.arange(low, high)
+    if len(lags) < 3:
+        return None
+    local = acf[lags]
+    peaks = [i for i in range(1, len(lags) - 1) if local[i] > local[i - 1] and local[i] >= local[i + 1]
+             and local[i] > 0.2]
+    return int(lags[peaks[0]]) if peaks else None
+
+
+def _group_rows(series: np.ndarray) -> list[np.ndarray]:
+    """Input rows of each series, in input order, series in order of first appearance."""
+    if len(series) == 0:
+        return []
+    codes, first = pd.factorize(pd.Series(series), sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.split(order, bounds)
+
+
+def _n_rows(data: Any) -> int:
+    if isinstance(data, Mapping):
+        return len(next(iter(data.values()))) if data else 0
+    return len(data)
+
+
+def _duration(seconds: float) -> str:
+    return str(pd.Timedelta(seconds=seconds))

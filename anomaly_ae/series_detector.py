@@ -1,0 +1,186 @@
+"""SeriesDetector: a Detector for metric streams, scoring each row by the window of steps ending at it.
+
+The estimator contract, outputs, persistence and every adapter are the Detector's: fitting
+differs in two places. Rows are framed in time (`data.windows.SeriesFraming`: order, gaps, one
+window per row, never across series), and the held-out rows that stop training and calibrate the
+threshold are the **contiguous tail** of each series, never random rows: neighbouring windows
+share all but one step, so random held-out windows would be near-copies of training ones and the
+threshold would be set too low.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+
+from anomaly_ae.calibration import AlertRule, Calibration
+from anomaly_ae.data.preprocess import Preprocessor
+from anomaly_ae.data.schema import Schema
+from anomaly_ae.data.windows import SeriesFraming, SeriesLayout, dominant_period
+from anomaly_ae.detector import Detector, _take
+from anomaly_ae.exceptions import DataError
+from anomaly_ae.inference import InferencePath, model_input
+from anomaly_ae.models import SERIES_MODELS, DetectorModel
+from anomaly_ae.scoring import ModelScorer
+from anomaly_ae.training import Checkpointing
+
+# window="auto": the dominant period of the training history within these bounds, else the fallback.
+AUTO_WINDOW_BOUNDS = (16, 128)
+DEFAULT_WINDOW = 32
+
+
+class SeriesDetector(Detector):
+    """Anomaly detector for metric streams (rows in time order, one or many series).
+
+    Parameters beyond `Detector`'s
+    ------------------------------
+    model : "tcn" (temporal convolutional AE) | "gru" (recurrent AE) | "ae" | "vae" (windowed
+        beta-VAE, negative ELBO) | "aae" | "pca" | "knn" (`anomaly_ae.models.SERIES_MODELS`).
+    window : steps per window (a row's score uses it and the window - 1 rows before it); "auto"
+        takes the dominant period of the training history within [16, 128], else 32.
+    time_col : timestamp column; rows are placed on the training step's grid, gaps of at most
+        `max_gap` steps are filled with the last value, longer ones restart the window (noted).
+    series_col : the entity column (host, sensor): one model learns all series, windows never
+        cross them, and each series' tail is held out for calibration.
+    alert_min_steps, alert_within, alert_cooldown : the alert rule: an alert fires when at least
+        `alert_min_steps` of the last `alert_within` steps are above the threshold, then stays
+        quiet for `alert_cooldown` steps.
+    """
+
+    _models: ClassVar[dict[str, DetectorModel]] = SERIES_MODELS
+
+    def __init__(self, model: str = "pca", *, window: int | str = DEFAULT_WINDOW, time_col: str | None = None,
+                 series_col: str | None = None, max_gap: int = 3, alert_min_steps: int = 3,
+                 alert_within: int = 5, alert_cooldown: int = 12,
+                 latent_dim: int | None = None, hidden_dims: Sequence[int] | None = None, score: str | None = None,
+                 n_estimators: int | None = None, epochs: int = 100, batch_size: int | None = None,
+                 learning_rate: float = 1e-3, weight_decay: float = 0.0, patience: int = 10,
+                 validation_fraction: float = 0.2, target_fpr: float = 0.01, beta: float = 1.0,
+                 corruption: str = "gaussian", noise: float = 0.2, sparsity: float = 1e-2,
+                 adversarial_weight: float = 0.1, latent_weight: float = 0.1, n_samples: int = 16,
+                 variance_kept: float = 0.9, neighbors: int | None = None, max_reference: int = 10_000,
+                 max_categories: int = 50, device: str = "auto", random_state: int = 0, verbose: bool = False) -> None:
+        super().__init__(model, latent_dim=latent_dim, hidden_dims=hidden_dims, score=score,
+                         n_estimators=n_estimators, epochs=epochs, batch_size=batch_size,
+                         learning_rate=learning_rate, weight_decay=weight_decay, patience=patience,
+                         validation_fraction=validation_fraction, target_fpr=target_fpr, beta=beta,
+                         corruption=corruption, noise=noise, sparsity=sparsity,
+                         adversarial_weight=adversarial_weight, latent_weight=latent_weight, n_samples=n_samples,
+                         variance_kept=variance_kept, neighbors=neighbors, max_reference=max_reference,
+                         max_categories=max_categories, device=device, random_state=random_state, verbose=verbose)
+        self.window = window
+        self.time_col = time_col
+        self.series_col = series_col
+        self.max_gap = max_gap
+        self.alert_min_steps = alert_min_steps
+        self.alert_within = alert_within
+        self.alert_cooldown = alert_cooldown
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None, *,
+            checkpoint: Checkpointing | None = None) -> "SeriesDetector":
+        """Learn normal behaviour from the history X (normal rows only, in time order; y is ignored)."""
+        self._validate_params()
+        alert_rule = AlertRule(int(self.alert_min_steps), int(self.alert_within), int(self.alert_cooldown))
+        if checkpoint is not None:
+            checkpoint.prepare()
+        if isinstance(X, np.ndarray) and X.ndim != 2:
+            raise DataError(f"expected a DataFrame or a 2-D array (steps x metrics), got shape {X.shape}")
+        framing = SeriesFraming(1, self.time_col, self.series_col, self.max_gap).learn(X)
+        metrics, layout = framing.split(X)
+        schema = Schema.infer(metrics)
+        checked, _ = schema.check(metrics)
+        train_rows, val_rows, stop_rows = self._split(layout)
+        pre = Preprocessor(self.max_categories).fit(_take(checked, train_rows), schema)
+        x = model_input(pre, schema, checked)
+        framing.window = self._resolve_window(x[train_rows])
+        windows = layout.windows(framing.window)
+        sequence = self._models[self.model].sequence
+
+        def window_input(rows: np.ndarray) -> np.ndarray:
+            part = x[windows[rows]]
+            return part if sequence else part.reshape(len(part), -1)
+
+        x_val = window_input(val_rows)
+        rng = np.random.default_rng(self.random_state)
+        scorer = self._fit_scorer(window_input(train_rows), window_input(stop_rows), x_val, rng, checkpoint)
+        self.schema_, self.preprocessor_, self.framing_, self.alert_rule_ = schema, pre, framing, alert_rule
+        val_scores, _ = scorer.score(x_val)
+        calibration = Calibration.fit(val_scores, self.target_fpr)
+        self._set_fitted(scorer, calibration)
+        self.alert_stats_ = self._alert_stats(val_scores > calibration.threshold, layout, val_rows)
+        self.training_metadata_: dict[str, Any] = {}
+        return self
+
+    def _split(self, layout: SeriesLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per series: the head trains; the tail's rows calibrate, after skipping window - 1 rows
+        (with a window of at most 128 steps) whose windows would reach into the head's. Early
+        stopping watches the whole tail."""
+        train, val, stop = [], [], []
+        for rows in layout.order:
+            n_tail = int(round(len(rows) * self.validation_fraction))
+            if len(rows) - n_tail < 2 or n_tail < 2:
+                continue  # too short to split: left out of both (see the check below)
+            head, tail = rows[: len(rows) - n_tail], rows[len(rows) - n_tail:]
+            skip = min(self._window_guess() - 1, len(tail) // 2)
+            train.append(head)
+            stop.append(tail)
+            val.append(tail[skip:])
+        n_train = sum(map(len, train))
+        n_val = sum(map(len, val))
+        if n_train < 10 or n_val < 2:
+            raise DataError(f"need a longer normal history: {n_train} steps to train and {n_val} to calibrate "
+                            f"after holding out the last {self.validation_fraction:.0%} of each series; send at "
+                            "least a few hundred steps per series")
+        return np.concatenate(train), np.concatenate(val), np.concatenate(stop)
+
+    def _window_guess(self) -> int:
+        return AUTO_WINDOW_BOUNDS[1] if self.window == "auto" else int(self.window)
+
+    def _resolve_window(self, x_train: np.ndarray) -> int:
+        if self.window != "auto":
+            return int(self.window)
+        period = dominant_period(x_train, *AUTO_WINDOW_BOUNDS)
+        return period if period is not None else DEFAULT_WINDOW
+
+    def _alert_stats(self, flags: np.ndarray, layout: SeriesLayout, val_rows: np.ndarray) -> dict[str, Any]:
+        """How often the threshold and the alert rule fire on held-out normal history."""
+        held = np.zeros(len(layout.position), dtype=bool)
+        held[val_rows] = True
+        step_flags = np.zeros(len(layout.position), dtype=bool)
+        step_flags[val_rows] = flags
+        alerts = 0
+        for rows in layout.order:
+            kept = rows[held[rows]]
+            alerts += int(self.alert_rule_.apply(step_flags[kept]).sum())
+        steps = int(held.sum())
+        stats: dict[str, Any] = {"held_out_steps": steps, "flagged_steps": int(flags.sum()), "alerts": alerts,
+                                 "alerts_per_1000_steps": 1000.0 * alerts / steps}
+        if self.framing_.step_seconds:
+            days = steps * self.framing_.step_seconds / 86_400
+            stats["alerts_per_day"] = alerts / days
+        return stats
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if self.window != "auto" and (not isinstance(self.window, (int, np.integer)) or self.window < 1):
+            raise ValueError(f"window must be a positive number of steps or 'auto', got {self.window!r}")
+        if int(self.max_gap) < 0:
+            raise ValueError(f"max_gap must be >= 0 steps, got {self.max_gap}")
+
+    def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
+        self.scorer_, self.calibration_, self.threshold_ = scorer, calibration, calibration.threshold
+        self.window_ = self.framing_.window
+        self.inference_ = InferencePath(self.schema_, self.preprocessor_, scorer, calibration,
+                                        framing=self.framing_, sequence=self._models[self.model].sequence,
+                                        alert_rule=self.alert_rule_)
+        self.n_features_in_ = len(self.inference_.feature_names)
+
+    # ------------------------------------------------------------------ scoring
+    def alerts(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """1 where the alert rule fires (k of n steps flagged, then a cooldown), per series in time order."""
+        result = self._inference(X)
+        assert result.alerts is not None
+        return result.alerts.astype(np.int64)

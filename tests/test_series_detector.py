@@ -1,0 +1,181 @@
+"""SeriesDetector: windows in time, causality, series kept apart, bad input, calibration, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from anomaly_ae import Detector, SeriesDetector
+from anomaly_ae.calibration import AlertRule
+from anomaly_ae.data.windows import dominant_period
+from anomaly_ae.exceptions import DataError, ModelLoadError, SchemaError
+
+PERIOD = 48
+
+
+def wave(n: int, seed: int, phase: float = 0.0) -> np.ndarray:
+    """Two coupled metrics with a daily-like cycle and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) + phase
+    base = np.sin(2 * np.pi * t / PERIOD)
+    return np.column_stack([base + 0.1 * rng.normal(size=n), 0.8 * base + 0.1 * rng.normal(size=n)])
+
+
+def frame(n: int, hosts: tuple[str, ...] = ("a", "b"), seed: int = 0) -> pd.DataFrame:
+    parts = []
+    for i, host in enumerate(hosts):
+        x = wave(n, seed + i, phase=7 * i)
+        parts.append(pd.DataFrame({"ts": pd.date_range("2026-01-05", periods=n, freq="5min"), "host": host,
+                                   "cpu": x[:, 0], "load": x[:, 1]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> SeriesDetector:
+    return SeriesDetector("pca", window=16, time_col="ts", series_col="host", random_state=0).fit(frame(1500))
+
+
+def test_estimator_contract():
+    det = SeriesDetector("tcn", window=24, time_col="ts")
+    params = det.get_params()
+    assert params["window"] == 24 and params["time_col"] == "ts" and params["model"] == "tcn"
+    copy = clone(det).set_params(window=8)
+    assert copy.window == 8 and det.window == 24
+    with pytest.raises(ValueError, match="unknown model"):
+        SeriesDetector("hybrid").fit(wave(200, 0))
+    with pytest.raises(ValueError, match="window"):
+        SeriesDetector("pca", window=0).fit(wave(200, 0))
+
+
+def test_scores_are_causal_and_in_input_order(fitted):
+    test = frame(300, seed=5)
+    full = fitted.decision_function(test)
+    assert full.shape == (len(test),) and np.isfinite(full).all()
+    # the score at t uses rows up to t only: cutting the future off changes nothing before it
+    cut = test.groupby("host").head(200)
+    np.testing.assert_allclose(fitted.decision_function(cut), full[cut.index.to_numpy()], rtol=1e-6)
+    # shuffling the series' interleaving (each series still in time order) keeps every row's score
+    interleaved = test.iloc[np.argsort(test.groupby("host").cumcount().to_numpy(), kind="stable")]
+    np.testing.assert_allclose(fitted.decision_function(interleaved), full[interleaved.index.to_numpy()], rtol=1e-6)
+
+
+def test_windows_never_cross_series(fitted):
+    test = frame(200, seed=6)
+    alone = fitted.decision_function(test[test.host == "b"])
+    np.testing.assert_allclose(fitted.decision_function(test)[test.host.to_numpy() == "b"], alone, rtol=1e-6)
+
+
+def test_warm_up_rows_get_finite_scores_and_a_note(fitted):
+    out = fitted.score_frame(frame(40, seed=7))
+    assert np.isfinite(out["score"]).all()
+    first = out.groupby(frame(40, seed=7)["host"]).head(15)
+    assert first["notes"].str.contains("warm-up").all()
+    assert not out.iloc[20:40]["notes"].str.contains("warm-up").any()
+
+
+def test_detects_a_stuck_metric_that_stays_in_range(fitted):
+    test = frame(600, seed=8)
+    rows = test.index[(test.host == "a")][300:360]
+    test.loc[rows, "cpu"] = 0.2  # frozen inside the normal range
+    scores = fitted.decision_function(test)
+    flags = fitted.predict(test)
+    assert flags[rows[16:]].mean() > 0.8
+    # normal: rows whose window (16 steps) holds no frozen value
+    affected = test.index[(test.host == "a")][300:360 + 15].to_numpy()
+    normal = np.setdiff1d(np.arange(len(test)), affected)
+    assert flags[normal].mean() < 0.05
+    assert scores[rows[16:]].min() > np.quantile(scores[normal], 0.99)
+    # a level shift in one metric: the explanation names it
+    shifted = frame(600, seed=8)
+    shifted.loc[rows, "load"] += 2.0
+    top = fitted.explain(shifted, top_k=1).loc[rows[16:]]
+    assert (top["feature_1"] == "load").mean() > 0.8
+
+
+def test_calibration_on_the_contiguous_tail_holds_on_fresh_normal_data(fitted):
+    fresh = frame(3000, seed=11)
+    assert fitted.predict(fresh).mean() < 0.04  # target 1%; windows overlap, so the check is loose
+    assert fitted.alert_stats_["held_out_steps"] > 0 and "alerts_per_day" in fitted.alert_stats_
+    p = fitted.p_values(fresh)
+    assert ((p > 0) & (p <= 1)).all()
+
+
+def test_bad_time_input_gets_clear_errors_and_notes(fitted):
+    test = frame(100, seed=9)
+    with pytest.raises(DataError, match="not in time order"):
+        fitted.decision_function(test.iloc[::-1])
+    dup = pd.concat([test.iloc[:5], test.iloc[4:5], test.iloc[5:]])
+    with pytest.raises(DataError, match="duplicate timestamp"):
+        fitted.decision_function(dup)
+    fine = test[test.host == "a"].copy()
+    fine["ts"] = pd.date_range("2026-01-05", periods=len(fine), freq="1min")
+    with pytest.raises(DataError, match="resample"):
+        fitted.decision_function(fine)
+    with pytest.raises(DataError, match="'ts' is missing"):
+        fitted.decision_function(test.drop(columns=["ts"]))
+    with pytest.raises(SchemaError, match="missing column"):
+        fitted.decision_function(test.drop(columns=["load"]))
+    with pytest.raises(DataError, match="needs a table"):
+        fitted.decision_function(test[["cpu", "load"]].to_numpy())
+    # short gaps are filled and noted; long ones restart the window
+    gappy = test[test.host == "a"].drop(index=test.index[(test.host == "a")][[30, 31, 60, 61, 62, 63, 64, 65]])
+    out = fitted.score_frame(gappy)
+    assert np.isfinite(out["score"]).all()
+    assert out["notes"].str.contains("gap of 2 steps before this row filled").sum() == 1
+    assert out["notes"].str.contains("gap of 6 steps .* restarts", regex=True).sum() == 1
+    # a series never seen in training: scored, noted
+    other = test[test.host == "a"].assign(host="zzz")
+    notes = fitted.score_frame(other)["notes"]
+    assert notes.str.contains("series 'zzz' was not in the training data").all()
+
+
+def test_array_input_is_one_series_in_row_order():
+    x = wave(1200, 0)
+    det = SeriesDetector("knn", window=8, random_state=0).fit(x[:1000])
+    scores = det.decision_function(x)
+    assert scores.shape == (1200,) and np.isfinite(scores).all()
+    np.testing.assert_allclose(det.decision_function(x[:600]), scores[:600], rtol=1e-6)
+    with pytest.raises(DataError, match="longer normal history"):
+        SeriesDetector("pca", window=8).fit(x[:6])
+
+
+@pytest.mark.parametrize("model", ["tcn", "gru", "vae", "aae", "ae"])
+def test_every_family_fits_scores_and_explains(model):
+    x = wave(700, 1)
+    det = SeriesDetector(model, window=12, epochs=3, random_state=0).fit(x[:500])
+    out = det.score_frame(x, top_k=2)
+    assert np.isfinite(out["score"]).all() and out["is_anomaly"].dtype == bool
+    shares = det.explain(x[:50], top_k=None)
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_save_load_round_trip_and_kinds(fitted, tmp_path):
+    test = frame(120, seed=10)
+    fitted.save(tmp_path / "m")
+    loaded = SeriesDetector.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.decision_function(test), fitted.decision_function(test))
+    assert loaded.window_ == 16 and loaded.alert_stats_ == fitted.alert_stats_
+    # loaded through the row detector's loader (as the registry and the service do): still a series model
+    assert isinstance(Detector.load(tmp_path / "m"), SeriesDetector)
+    Detector("pca").fit(wave(300, 0)).save(tmp_path / "rows")
+    with pytest.raises(ModelLoadError, match="holds a Detector"):
+        SeriesDetector.load(tmp_path / "rows")
+
+
+def test_alert_rule_k_of_n_and_cooldown():
+    rule = AlertRule(min_steps=2, within=3, cooldown=4)
+    flags = np.array([1, 0, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1])
+    alerts = rule.apply(flags)
+    assert np.flatnonzero(alerts).tolist() == [5, 10, 18]
+    assert not AlertRule(3, 5, 0).apply(np.array([1, 0, 0, 0, 1, 0, 0, 0, 1])).any()
+    with pytest.raises(ValueError):
+        AlertRule(min_steps=4, within=3)
+
+
+def test_auto_window_finds_the_period():
+    assert abs(dominant_period(wave(2000, 3)) - PERIOD) <= 1
+    assert dominant_period(np.random.default_rng(0).normal(size=(2000, 2))) is None
+    det = SeriesDetector("pca", window="auto").fit(wave(2000, 3))
+    assert abs(det.window_ - PERIOD) <= 1
