@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from typing import TYPE_CHECKING
 
@@ -104,8 +104,14 @@ def train(
     data: Path = typer.Argument(..., help="Normal training data: CSV, Parquet, or .npy/.npz array."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Directory to save the model in (optional with --experiment/--register)."),
-    model: str = typer.Option("hybrid", help="Detector model: hybrid (recommended) or another name in "
-                                             "anomaly_ae.models.DETECTOR_MODELS (README lists them)."),
+    model: Optional[str] = typer.Option(None, help="Model: for rows hybrid (the default) or another name in "
+                                                   "anomaly_ae.models.DETECTOR_MODELS; for series (with --time-col, "
+                                                   "--series-col or --window) a name in SERIES_MODELS (README lists them)."),
+    time_col: Optional[str] = typer.Option(None, help="Timestamp column: train a series model over windows in time."),
+    series_col: Optional[str] = typer.Option(None, help="Series id column (host, sensor): one model for all series, "
+                                                        "windows never cross them."),
+    window: Optional[str] = typer.Option(None, help="Steps per window of a series model, or 'auto' (the history's "
+                                                    "dominant period); default 32."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels)."),
     epochs: int = typer.Option(200, help="Maximum training epochs (early stopping usually ends sooner)."),
@@ -177,9 +183,25 @@ def train(
     kept = (f"the checkpoints in {checkpoint_dir} are kept: rerun with --resume to continue" if checkpoint_dir
             else "no model was saved")
     with _clean_exit_on_signals(kept):
-        detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
-                            score=score, random_state=seed, device=device, verbose=progress).fit(
-                                X, synthetic=synthetic, checkpoint=checkpoint)
+        if time_col is None and series_col is None and window is None:
+            model = model or "hybrid"
+            detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
+                                score=score, random_state=seed, device=device, verbose=progress).fit(
+                                    X, synthetic=synthetic, checkpoint=checkpoint)
+        else:
+            from anomaly_ae.series_detector import DEFAULT_SERIES_MODEL, SeriesDetector
+
+            if synthetic is not None:
+                raise DataError("--augment adds independent rows; it does not apply to series models")
+            model = model or DEFAULT_SERIES_MODEL
+            detector = SeriesDetector(model=model, window=_window(window), time_col=time_col, series_col=series_col,
+                                      target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
+                                      random_state=seed, device=device, verbose=progress).fit(X, checkpoint=checkpoint)
+            stats = detector.alert_stats_
+            per_day = f"{stats['alerts_per_day']:.2f} per day" if "alerts_per_day" in stats else \
+                f"{stats['alerts_per_1000_steps']:.2f} per 1000 steps"
+            console.print(f"window {detector.window_} steps; on held-out normal history the alert rule fired "
+                          f"{stats['alerts']} times in {stats['held_out_steps']} steps ({per_day})")
     if provenance is not None:
         detector.training_metadata_["augmentation"] = provenance
     path = detector.save(out) if out is not None else None
@@ -196,6 +218,20 @@ def train(
         console.print(run.describe())
     if checkpoint is not None:  # the model is saved or logged: the checkpoints have served
         checkpoint.clear()
+
+
+def _window(text: str | None) -> int | str:
+    from anomaly_ae.exceptions import DataError
+    from anomaly_ae.series_detector import DEFAULT_WINDOW
+
+    if text is None:
+        return DEFAULT_WINDOW
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"--window takes a number of steps or 'auto', got {text!r}") from None
 
 
 @app.command()
@@ -228,6 +264,23 @@ def score(
     console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
 
 
+def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int) -> tuple[Any, Any]:
+    """Score one chunk of a series file with the rows before it, so every row's window is the one a
+    single pass would have seen; returns the chunk's rows and the context for the next chunk."""
+    import pandas as pd
+
+    framing = detector.framing_
+    frame = chunk if context is None else pd.concat([context, chunk], ignore_index=True)
+    result = detector.score_frame(frame, top_k=top_k).iloc[len(frame) - len(chunk):]
+    result.index = chunk.index
+    keep = framing.window - 1
+    if framing.series_col is None:
+        context = frame.iloc[len(frame) - keep:] if keep else frame.iloc[:0]
+    else:
+        context = frame.groupby(framing.series_col, sort=False).tail(keep) if keep else frame.iloc[:0]
+    return result, context
+
+
 def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows: int,
                    keep: list[str], max_line_bytes: int) -> tuple[int, int]:
     import pandas as pd
@@ -243,14 +296,21 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
     detector = Detector.load(model)
     # Pass-through columns that are not model features are set aside; any other extra column
     # is an error from the schema check rather than silently ignored.
-    passthrough = [c for c in keep if c not in detector.schema_.names]
+    framing = getattr(detector, "framing_", None)
+    own = [c for c in (framing.time_col, framing.series_col) if c] if framing is not None else []
+    passthrough = [c for c in keep if c not in detector.schema_.names and c not in own]
     rows = flagged = 0
+    context = None  # series models: each series' last window - 1 rows, carried into the next chunk
     with AtomicTableWriter(output) as writer:
         for chunk in chunks:
             missing = [c for c in keep if c not in chunk.columns]
             if missing:
                 raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
-            result = detector.score_frame(chunk.drop(columns=passthrough), top_k=top_k)
+            features = chunk.drop(columns=passthrough)
+            if framing is None:
+                result = detector.score_frame(features, top_k=top_k)
+            else:
+                result, context = _score_with_context(detector, features, context, top_k)
             rows += len(result)
             flagged += int(result["is_anomaly"].sum())
             if keep:
@@ -297,6 +357,9 @@ def evaluate(
         raise DataError(f"label column '{label_col}' is not in {data}; columns are {', '.join(frame.columns)}")
     labels = frame[label_col].to_numpy()
     X = frame.drop(columns=[label_col, *_split_list(drop_cols)])
+    if getattr(detector, "framing_", None) is not None:
+        _evaluate_series(detector, X, labels, out_dir)
+        return
     scores = detector.decision_function(X)
     report = evaluate_scores(scores, labels, detector.threshold_)
     table = Table(title=f"evaluation of {model} on {data}")
@@ -311,6 +374,44 @@ def evaluate(
         plot_roc_pr(scores, labels, out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(report.to_dict(), indent=1))
         console.print(f"plots and metrics.json written to {out_dir}")
+
+
+# One PNG per series, for at most this many series (the first ones in the file).
+MAX_SERIES_PLOTS = 20
+
+
+def _evaluate_series(detector: Any, X: Any, labels: Any, out_dir: Path | None) -> None:
+    """Row metrics plus event-level ones (per flagged step and per alert), one plot per series."""
+    import numpy as np
+
+    from anomaly_ae.evaluation import evaluate_scores, event_metrics, plot_series
+
+    framing = detector.framing_
+    result = detector.inference_.score(X)
+    series = X[framing.series_col].astype(str).to_numpy() if framing.series_col else None
+    metrics: dict[str, Any] = {"rows": evaluate_scores(result.scores, labels, detector.threshold_).to_dict(),
+                               "events_by_flagged_step": event_metrics(result.is_anomaly, labels, series).to_dict(),
+                               "events_by_alert": event_metrics(result.alerts, labels, series).to_dict()}
+    table = Table(title="series evaluation")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for group, values in metrics.items():
+        for key, value in values.items():
+            table.add_row(f"{group}.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if out_dir is None:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = detector.schema_.names
+    numeric = [n for n in names if n in detector.preprocessor_.numeric]
+    ids = series if series is not None else np.zeros(len(X), dtype=object)
+    for i, name in enumerate(list(dict.fromkeys(ids.tolist()))[:MAX_SERIES_PLOTS]):
+        rows = np.flatnonzero(ids == name)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) if series is not None else "series"
+        plot_series(X.iloc[rows][numeric].to_numpy(dtype=float), numeric, result.scores[rows], detector.threshold_,
+                    labels[rows], out_dir / f"series_{i:03d}_{safe}.png", title=str(name))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    console.print(f"plots (one per series) and metrics.json written to {out_dir}")
 
 
 @app.command()

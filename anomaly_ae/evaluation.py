@@ -107,3 +107,86 @@ def plot_loss_curves(train_loss: list[float], val_loss: list[float], path: Path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class EventReport:
+    """Incident-level quality for series: a labelled range counts as found when a flagged step falls
+    in it; a run of flagged steps that touches no labelled range is one false alarm."""
+
+    n_events: int
+    events_found: int
+    event_recall: float
+    flagged_runs: int
+    false_alarm_runs: int
+    event_precision: float
+    event_f1: float
+    mean_delay_steps: float | None  # from a found range's start to its first flagged step
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, end) of each run of True."""
+    padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(np.int8)))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def event_metrics(flags: np.ndarray, labels: np.ndarray, series: np.ndarray | None = None) -> EventReport:
+    """Event precision/recall over series (rows of each series in time order)."""
+    flags, labels = np.asarray(flags, dtype=bool), np.asarray(labels).astype(int) == 1
+    series = np.zeros(len(flags), dtype=np.int64) if series is None else np.asarray(series)
+    n_events = found = n_runs = false_runs = 0
+    delays: list[int] = []
+    for name in dict.fromkeys(series.tolist()):
+        rows = np.flatnonzero(series == name)
+        f, y = flags[rows], labels[rows]
+        for start, end in runs(y):
+            n_events += 1
+            hits = np.flatnonzero(f[start:end + 1])
+            if len(hits):
+                found += 1
+                delays.append(int(hits[0]))
+        for start, end in runs(f):
+            n_runs += 1
+            false_runs += int(not y[start:end + 1].any())
+    recall = found / n_events if n_events else float("nan")
+    precision = (n_runs - false_runs) / n_runs if n_runs else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if n_events and precision + recall > 0 else 0.0
+    return EventReport(n_events, found, recall, n_runs, false_runs, precision, f1,
+                       float(np.mean(delays)) if delays else None)
+
+
+def plot_series(values: "np.ndarray", names: list[str], scores: np.ndarray, threshold: float, labels: np.ndarray | None,
+                path: Path, title: str = "") -> Path:
+    """One series: its metrics (standardised, stacked), its score against the threshold, labelled ranges shaded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True, height_ratios=[3, 2])
+    steps = np.arange(len(scores))
+    values = np.asarray(values, dtype=np.float64)
+    spread = np.nanstd(values, axis=0)
+    z = (values - np.nanmean(values, axis=0)) / np.where(spread > 0, spread, 1.0)
+    for j, name in enumerate(names[:8]):  # more than 8 lines is unreadable
+        top.plot(steps, z[:, j] + 4 * j, linewidth=0.7, label=name)
+    top.set_ylabel("metrics (standardised, offset)")
+    top.legend(loc="upper left", fontsize=7, ncol=4)
+    bottom.plot(steps, scores, color="black", linewidth=0.8, label="score")
+    bottom.axhline(threshold, color="tab:red", linestyle="--", label="threshold")
+    bottom.set_yscale("log" if np.all(scores > 0) else "linear")
+    bottom.set_ylabel("anomaly score")
+    bottom.set_xlabel("step")
+    if labels is not None:
+        for start, end in runs(np.asarray(labels).astype(int) == 1):
+            for ax in (top, bottom):
+                ax.axvspan(start, end + 1, color="tab:red", alpha=0.15, linewidth=0)
+    bottom.legend(loc="upper left", fontsize=7)
+    top.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

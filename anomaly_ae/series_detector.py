@@ -29,6 +29,9 @@ from anomaly_ae.training import Checkpointing
 # window="auto": the dominant period of the training history within these bounds, else the fallback.
 AUTO_WINDOW_BOUNDS = (16, 128)
 DEFAULT_WINDOW = 32
+# The model `anomaly-ae train --time-col ...` uses when none is named; chosen by the time-series
+# benchmark (benchmarks/results/timeseries_msl.md).
+DEFAULT_SERIES_MODEL = "pca"
 
 
 class SeriesDetector(Detector):
@@ -51,7 +54,7 @@ class SeriesDetector(Detector):
 
     _models: ClassVar[dict[str, DetectorModel]] = SERIES_MODELS
 
-    def __init__(self, model: str = "pca", *, window: int | str = DEFAULT_WINDOW, time_col: str | None = None,
+    def __init__(self, model: str = DEFAULT_SERIES_MODEL, *, window: int | str = DEFAULT_WINDOW, time_col: str | None = None,
                  series_col: str | None = None, max_gap: int = 3, alert_min_steps: int = 3,
                  alert_within: int = 5, alert_cooldown: int = 12,
                  latent_dim: int | None = None, hidden_dims: Sequence[int] | None = None, score: str | None = None,

@@ -179,3 +179,16 @@ def test_auto_window_finds_the_period():
     assert dominant_period(np.random.default_rng(0).normal(size=(2000, 2))) is None
     det = SeriesDetector("pca", window="auto").fit(wave(2000, 3))
     assert abs(det.window_ - PERIOD) <= 1
+
+
+def test_event_metrics_count_found_ranges_and_false_alarm_runs():
+    from anomaly_ae.evaluation import event_metrics
+
+    labels = np.array([0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0])
+    flags = np.array([0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0])
+    report = event_metrics(flags, labels)
+    assert (report.n_events, report.events_found, report.flagged_runs, report.false_alarm_runs) == (2, 1, 2, 1)
+    assert report.event_recall == 0.5 and report.event_precision == 0.5 and report.mean_delay_steps == 1.0
+    # ranges never join across series
+    split = event_metrics(np.array([1, 1, 1, 1]), np.array([0, 1, 1, 0]), np.array(["a", "a", "b", "b"]))
+    assert (split.n_events, split.flagged_runs, split.false_alarm_runs) == (2, 2, 0)
