@@ -50,6 +50,7 @@ class ScoreResult:
     missing: dict[str, int] = field(default_factory=dict)  # column -> rows with a missing value
     unseen: dict[str, int] = field(default_factory=dict)  # column -> rows with an unseen category
     alerts: np.ndarray | None = None  # series models: bool per row, the alert rule fires here
+    step_shares: np.ndarray | None = None  # series models: (N, window, input columns) shares, when asked
 
     def frame(self, top_k: int = 3) -> pd.DataFrame:
         """score, p_value, is_anomaly, severity, feature_i / contribution_i (top_k > 0) and notes."""
@@ -99,9 +100,10 @@ class InferencePath:
 
     # ------------------------------------------------------------------ the path
     def score(self, data: pd.DataFrame | np.ndarray | Columns, *, top_k: int = 0,
-              shares: bool = False) -> ScoreResult:
+              shares: bool = False, step_shares: bool = False) -> ScoreResult:
         """Validate and score `data`; `top_k > 0` adds each row's top contributing features,
-        `shares=True` every column's share (for `Detector.explain`)."""
+        `shares=True` every column's share (for `Detector.explain`), `step_shares=True` (series
+        models) every (step of the window, column)'s share."""
         layout = None
         if self.framing is not None:
             data, layout = self.framing.split(data)
@@ -112,10 +114,11 @@ class InferencePath:
             checked, report = self.schema.check(data)
             index = checked.index if isinstance(checked, pd.DataFrame) else pd.RangeIndex(len(checked))
         x = model_input(self.preprocessor, self.schema, checked)
+        steps = None
         if layout is None:
             scores, contributions = self.scorer.score(x)
         else:
-            scores, contributions = self.score_windows(x, layout)
+            scores, contributions, steps = self.score_windows(x, layout, keep_steps=step_shares)
         bad = ~np.isfinite(scores)
         if bad.any():
             rows = np.flatnonzero(bad)[:5].tolist()
@@ -136,27 +139,38 @@ class InferencePath:
                 result.top_contributions = np.take_along_axis(share_matrix, order, axis=1).tolist()
         if report.missing_values or report.unseen_categories:
             result.notes = self.notes(checked, report.missing_values, report.unseen_categories)
+        if steps is not None:
+            mapped = np.maximum(steps, 0.0)
+            if self._groups is not None:
+                mapped = mapped @ self._groups
+            total = mapped.sum((1, 2), keepdims=True)
+            result.step_shares = np.divide(mapped, total, out=np.zeros_like(mapped), where=total > 0)
         if layout is not None:
             result.alerts = self.alerts(result.is_anomaly, layout)
             if any(layout.notes):
                 result.notes = [a + b for a, b in zip(layout.notes, result.notes or [[]] * len(scores))]
         return result
 
-    def score_windows(self, x: np.ndarray, layout: SeriesLayout, chunk: int = 2048
-                      ) -> tuple[np.ndarray, np.ndarray]:
+    def score_windows(self, x: np.ndarray, layout: SeriesLayout, chunk: int = 2048, keep_steps: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Score each row by the window ending at it, in chunks so the (rows, window, features)
-        copies stay small; contributions summed over the window's steps."""
+        copies stay small; contributions summed over the window's steps (and, with `keep_steps`,
+        also returned per step)."""
         assert self.framing is not None
         window = layout.windows(self.framing.window)
-        scores, contributions = [], []
+        scores, contributions, steps = [], [], []
         for start in range(0, max(len(window), 1), chunk):
             part = x[window[start:start + chunk]]  # (n, window, features)
             if not self.sequence:
                 part = part.reshape(len(part), -1)
             s, c = self.scorer.score(part)
             scores.append(s)
-            contributions.append(c.reshape(len(part), self.framing.window, -1).sum(1))
-        return np.concatenate(scores), np.concatenate(contributions)
+            per_step = c.reshape(len(part), self.framing.window, -1)
+            contributions.append(per_step.sum(1))
+            if keep_steps:
+                steps.append(per_step)
+        return (np.concatenate(scores), np.concatenate(contributions),
+                np.concatenate(steps) if keep_steps else None)
 
     def alerts(self, flags: np.ndarray, layout: SeriesLayout) -> np.ndarray:
         """The alert rule over each series' flagged steps, in time order."""

@@ -182,6 +182,13 @@ class SeriesDetector(Detector):
         self.n_features_in_ = len(self.inference_.feature_names)
 
     # ------------------------------------------------------------------ scoring
+    def explain_steps(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """(rows, window, input columns): each row's misfit shared out over the steps of its window
+        (oldest first) and the columns; each row sums to 1 (0 for a perfect fit)."""
+        result = self._inference(X, step_shares=True)
+        assert result.step_shares is not None
+        return result.step_shares
+
     def alerts(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """1 where the alert rule fires (k of n steps flagged, then a cooldown), per series in time order."""
         result = self._inference(X)

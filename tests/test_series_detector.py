@@ -92,6 +92,14 @@ def test_detects_a_stuck_metric_that_stays_in_range(fitted):
     shifted.loc[rows, "load"] += 2.0
     top = fitted.explain(shifted, top_k=1).loc[rows[16:]]
     assert (top["feature_1"] == "load").mean() > 0.8
+    # per step: a spike in the newest step of a window carries most of that row's misfit
+    spiked = frame(200, seed=8)
+    last = spiked.index[spiked.host == "a"][150]
+    spiked.loc[last, "cpu"] += 6.0
+    steps = fitted.explain_steps(spiked)
+    assert steps.shape == (len(spiked), 16, 2)
+    np.testing.assert_allclose(steps.sum(axis=(1, 2)), 1.0, atol=1e-6)
+    assert steps[last, -1, 0] > 0.5
 
 
 def test_calibration_on_the_contiguous_tail_holds_on_fresh_normal_data(fitted):
