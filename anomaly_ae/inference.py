@@ -50,6 +50,7 @@ class ScoreResult:
     missing: dict[str, int] = field(default_factory=dict)  # column -> rows with a missing value
     unseen: dict[str, int] = field(default_factory=dict)  # column -> rows with an unseen category
     alerts: np.ndarray | None = None  # series models: bool per row, the alert rule fires here
+    layout: SeriesLayout | None = None  # series models: each row's place in its series' time grid
 
     def frame(self, top_k: int = 3) -> pd.DataFrame:
         """score, p_value, is_anomaly, severity, feature_i / contribution_i (top_k > 0) and notes."""
@@ -137,6 +138,7 @@ class InferencePath:
         if report.missing_values or report.unseen_categories:
             result.notes = self.notes(checked, report.missing_values, report.unseen_categories)
         if layout is not None:
+            result.layout = layout
             result.alerts = self.alerts(result.is_anomaly, layout)
             if any(layout.notes):
                 result.notes = [a + b for a, b in zip(layout.notes, result.notes or [[]] * len(scores))]

@@ -82,12 +82,14 @@ class NewRows:
 def select_new_rows(path: InferencePath, data: Any, result: ScoreResult, score_last: int | None) -> NewRows:
     """The last `score_last` rows of each series in `data` (all rows when None), and their alerts.
 
-    `result` is `path.score(data)`; `data` is split in time again here (the layout is not part of a
-    `ScoreResult`), which costs a fraction of scoring it."""
+    `result` is `path.score(data)`: its `layout` says where each row sits in its series (`data` is
+    split in time again only when the result has none)."""
     framing = path.framing
     if framing is None:
         raise ValueError("select_new_rows applies to series models")
-    _, layout = framing.split(data)
+    layout = getattr(result, "layout", None)
+    if layout is None:
+        _, layout = framing.split(data)
     contract = StreamContract.of(path)
     flags = np.asarray(result.is_anomaly, dtype=bool)
     history = layout.history()
