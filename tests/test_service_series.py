@@ -312,3 +312,40 @@ async def test_series_requests_concurrently_with_a_reload(series_model, stream, 
         reload = client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         responses = await asyncio.gather(*requests, reload)
     assert [r.status_code for r in responses] == [200] * 7
+
+
+# ---------------------------------------------------------------------------- the example client
+async def test_the_example_stream_client_replays_a_stream_as_scored_offline(series_model, stream):
+    """deployment/examples/stream_client.py, three time steps per request, against the app (the client is
+    synchronous: it runs in a thread and its requests go through the in-process ASGI client): every row
+    comes back once, scored and alerted as in the offline pass."""
+    import importlib.util
+
+    from service_support import REPO
+
+    spec = importlib.util.spec_from_file_location("stream_client", REPO / "deployment/examples/stream_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    offline = Detector.load(series_model).score_frame(stream)
+    in_time = stream.sort_values(["ts", "host"], kind="stable")
+    async with in_process(settings(series_model)) as (_, http):
+        await ready(http)
+        loop = asyncio.get_running_loop()
+
+        def transport(method, path, body):
+            call = http.request(method, path, json=body, headers=SCORE)
+            response = asyncio.run_coroutine_threadsafe(call, loop).result(60)
+            return response.status_code, dict(response.headers), response.json()
+
+        def replay():
+            client = module.StreamClient(transport=transport)
+            assert client.context_rows == WINDOW - 1 + 5 - 1
+            return [pair for batch in module.ticks(records(in_time), "ts", 3) for pair in client.push(batch)]
+
+        got = await asyncio.to_thread(replay)
+    assert [row["ts"] for row, _ in got] == in_time["ts"].tolist()
+    results = [result for _, result in got]
+    expected = offline.loc[in_time.index]
+    np.testing.assert_allclose([r["score"] for r in results], expected["score"], rtol=1e-5)
+    assert [r["alert"] for r in results] == expected["alert"].tolist()
+    assert [r["page"] for r in results] == expected["alert"].tolist()  # cooldown 0: every alert pages
