@@ -366,7 +366,8 @@ def _default_session() -> "SparkSession":
 
 def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, output_path: str | Path,
                              top_k: int = 3, *, keep_cols: Sequence[str] | None = None,
-                             spark: "SparkSession | None" = None) -> SparkScoreSummary:
+                             spark: "SparkSession | None" = None, time_col: str | None = None,
+                             series_col: str | None = None) -> SparkScoreSummary:
     """Score a Parquet file or dataset directory with Spark; write a Parquet dataset directory.
 
     ``input_path``/``output_path`` are local paths or any URI Spark reads (``s3a://``, ``hdfs://``).
@@ -375,7 +376,8 @@ def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, outp
     written next to its destination and moved into place only when complete (an existing output is
     replaced); a remote one is written by Spark's committer in overwrite mode. Returns the row and
     anomaly counts (read back from the written output). ``spark`` defaults to the active session,
-    else a new ``local[*]`` one.
+    else a new ``local[*]`` one. ``time_col`` / ``series_col``: a series model's columns in the input
+    when they are not named as in training (see ``score_dataframe``).
     """
     input_path, output_path = str(input_path), str(output_path)
     if input_path.endswith((".csv", ".csv.gz")):
@@ -388,7 +390,8 @@ def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, outp
         frame = spark.read.parquet(input_path)
     except Exception as exc:  # AnalysisException and friends: say what, not a JVM stack trace
         raise DataError(f"Spark could not read Parquet from {input_path}: {str(exc).splitlines()[0][:300]}") from None
-    scored = score_dataframe(frame, model_uri, top_k=top_k, keep_cols=keep_cols)
+    scored = score_dataframe(frame, model_uri, top_k=top_k, keep_cols=keep_cols, time_col=time_col,
+                             series_col=series_col)
     if _is_local(output_path):
         destination = _local_path(output_path).absolute()
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -277,3 +277,18 @@ def test_a_model_without_series_column_scores_one_series(spark, series_incoming,
                               keep_cols=["row_id", "host"]).toPandas()
     alone = by_host[by_host.host == "host-1"].sort_values("row_id").reset_index(drop=True)
     _same(alone.drop(columns=["row_id", "host"]), result.drop(columns=["row_id"]))
+
+
+def test_series_parquet_scores_equal_single_process(spark, series_model_dir, series_incoming, tmp_path):
+    """score_parquet_with_spark (what `anomaly-ae score --engine spark` runs) with a series model."""
+    from anomaly_ae import SeriesDetector
+
+    part = series_incoming[series_incoming.host != "host-2"].reset_index(drop=True)
+    part.to_parquet(tmp_path / "in.parquet", index=False)
+    summary = score_parquet_with_spark(str(series_model_dir), str(tmp_path / "in.parquet"), str(tmp_path / "out"),
+                                       keep_cols=["row_id"], spark=spark)
+    expected = SeriesDetector.load(series_model_dir).score_frame(part.drop(columns="row_id")).reset_index(drop=True)
+    result = pd.read_parquet(tmp_path / "out").sort_values("row_id").reset_index(drop=True)
+    assert summary.rows == len(part) and summary.anomalies == int(expected["is_anomaly"].sum())
+    assert result["row_id"].tolist() == part["row_id"].tolist()
+    _same(result.drop(columns=["row_id"]), expected)
