@@ -51,6 +51,7 @@ class ScoreResult:
     unseen: dict[str, int] = field(default_factory=dict)  # column -> rows with an unseen category
     alerts: np.ndarray | None = None  # series models: bool per row, the alert rule fires here
     step_shares: np.ndarray | None = None  # series models: (N, window, input columns) shares, when asked
+    layout: SeriesLayout | None = None  # series models: each row's place in its series' time grid
 
     def frame(self, top_k: int = 3) -> pd.DataFrame:
         """score, p_value, is_anomaly, severity, feature_i / contribution_i (top_k > 0) and notes."""
@@ -146,6 +147,7 @@ class InferencePath:
             total = mapped.sum((1, 2), keepdims=True)
             result.step_shares = np.divide(mapped, total, out=np.zeros_like(mapped), where=total > 0)
         if layout is not None:
+            result.layout = layout
             result.alerts = self.alerts(result.is_anomaly, layout)
             if any(layout.notes):
                 result.notes = [a + b for a, b in zip(layout.notes, result.notes or [[]] * len(scores))]

@@ -12,6 +12,15 @@ Python worker loads the directory with ``Detector.load`` (hash-checked, never un
 time it needs it and keeps it for later batches, so a model is loaded once per executor worker, not
 once per batch. Executors need ``anomaly_ae`` (and torch) installed, not MLflow or access to it.
 
+Series models (``SeriesDetector``) score each row by the window of steps ending at it within its
+series, so their rows cannot be scored in arbitrary batches: ``score_dataframe`` groups the rows by
+the series column (``applyInPandas``; one group for a model without one), sorts each group by the
+time column and scores it in one call, which gives exactly the scores of ``SeriesDetector`` on the
+same series in one process. A whole series is then in one executor's memory at once.
+
+    scored = score_dataframe(spark.read.parquet("s3a://bucket/metrics/"), "models:/metrics@champion",
+                             time_col="ts", series_col="host")
+
 Install with ``pip install 'anomaly-ae[spark]'`` (pyspark; Spark needs Java 17+).
 """
 
@@ -130,6 +139,36 @@ def _executor_detector(name: str, fallback: str, sha: str) -> "Detector":
         return detector
 
 
+def _score_series(group: pd.DataFrame, *, name: str, fallback: str, sha: str, features: list[str],
+                  inputs: list[tuple[str, str]], time_source: str, keep: list[tuple[str, str]], top_k: int,
+                  columns: list[str]) -> pd.DataFrame:
+    """One series (all its rows), sorted by time and scored in one call, as in a single process."""
+    detector = _executor_detector(name, fallback, sha)
+    if group.empty:
+        return pd.DataFrame({c: [] for c in columns})
+    group = group.iloc[_time_order(group[time_source])].reset_index(drop=True)
+    frame = pd.DataFrame({model_col: group[source] for model_col, source in inputs})
+    for feature in features:
+        frame[feature] = group[feature]
+    scored = detector.score_frame(frame, top_k=top_k).reset_index(drop=True)
+    scored["is_anomaly"] = scored["is_anomaly"].astype(bool)
+    scored["alert"] = scored["alert"].astype(bool)
+    for output, source in keep:
+        scored[output] = group[source]
+    return scored[columns]
+
+
+def _time_order(values: pd.Series) -> Any:
+    """Row order by time: timestamps, ISO 8601 text or numbers (a sequence number); stable for ties, which
+    the model then refuses as duplicate timestamps."""
+    if not (pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_numeric_dtype(values)):
+        try:
+            values = pd.to_datetime(values, utc=True, format="mixed")
+        except (ValueError, TypeError):
+            return slice(None)  # left as it is: the model says what is wrong with the column
+    return values.argsort(kind="stable").to_numpy()
+
+
 def _score_batches(batches: Iterator[pd.DataFrame], *, name: str, fallback: str, sha: str,
                    features: list[str], keep: list[tuple[str, str]], top_k: int,
                    columns: list[str]) -> Iterator[pd.DataFrame]:
@@ -149,12 +188,15 @@ def _score_batches(batches: Iterator[pd.DataFrame], *, name: str, fallback: str,
 
 
 def output_columns(detector: "Detector", top_k: int) -> list[tuple[str, str]]:
-    """(name, Spark SQL type) of the columns ``Detector.score_frame(X, top_k)`` returns, in order."""
+    """(name, Spark SQL type) of the columns ``Detector.score_frame(X, top_k)`` returns, in order (a series
+    model adds ``alert``)."""
     columns = [("score", "double"), ("p_value", "double"), ("is_anomaly", "boolean"), ("severity", "string")]
     if top_k > 0:
         k = max(1, min(int(top_k), len(detector.feature_names_)))
         for i in range(1, k + 1):
             columns += [(f"feature_{i}", "string"), (f"contribution_{i}", "double")]
+    if getattr(detector, "framing_", None) is not None:
+        columns.append(("alert", "boolean"))
     return columns + [("notes", "string")]
 
 
@@ -182,7 +224,8 @@ def _plan_keep(input_columns: Sequence[str], keep_cols: Sequence[str] | None,
 
 
 def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int = 3,
-                    keep_cols: Sequence[str] | None = None) -> "SparkDataFrame":
+                    keep_cols: Sequence[str] | None = None, time_col: str | None = None,
+                    series_col: str | None = None) -> "SparkDataFrame":
     """Score a Spark DataFrame with a saved or registered model; lazy, like any transformation.
 
     ``model_uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a local model
@@ -193,11 +236,24 @@ def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int =
     column named like an output column becomes ``input_<name>``. Row order within each partition is
     preserved. Missing model columns raise ``SchemaError``; bad values raise it on the executors
     when the job runs, with the message ``Detector.score_frame`` gives.
+
+    Series models: ``time_col`` and ``series_col`` name the input's time and series columns (default:
+    the names the model was trained with). Rows are grouped by series, each series is sorted by time
+    and scored whole (one series at a time in an executor's memory), so every score equals
+    ``SeriesDetector.score_frame`` on that series; the output adds ``alert`` and comes out series by
+    series in time order. A model trained without a time column scores rows in their order, which a
+    shuffle does not keep: pass ``time_col`` (a timestamp or a sequence number) to order them. Row
+    models take neither option.
     """
     from pyspark.sql import SparkSession
 
     spark = df.sparkSession if hasattr(df, "sparkSession") else SparkSession.getActiveSession()
     model_dir, detector = _materialize(model_uri)
+    if getattr(detector, "framing_", None) is not None:
+        return _score_series_dataframe(spark, df, model_uri, model_dir, detector, top_k=top_k, keep_cols=keep_cols,
+                                       time_col=time_col, series_col=series_col)
+    if time_col is not None or series_col is not None:
+        raise DataError(f"time_col and series_col apply to series models; {model_uri} scores each row on its own")
     features = list(detector.schema_.names)
     input_columns = list(df.columns)
     absent = [c for c in features if c not in input_columns]
@@ -222,6 +278,49 @@ def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int =
                               top_k=top_k, columns=columns)
 
     return df.select(*[f"`{c}`" for c in needed]).mapInPandas(score, schema=schema)
+
+
+def _score_series_dataframe(spark: "SparkSession", df: "SparkDataFrame", model_uri: str | Path, model_dir: Path,
+                            detector: "Detector", *, top_k: int, keep_cols: Sequence[str] | None,
+                            time_col: str | None, series_col: str | None) -> "SparkDataFrame":
+    framing = detector.framing_
+    time_source = time_col or framing.time_col
+    series_source = series_col or framing.series_col
+    if time_source is None:
+        raise DataError(f"{model_uri} was trained without a time column and scores rows in their order, which Spark "
+                        "does not keep across a shuffle; pass time_col= a column that orders them (a timestamp or a "
+                        "sequence number)")
+    # (model column, input column) of the keys the model reads besides its metrics
+    inputs = [(model_col, source) for model_col, source in ((framing.time_col, time_source),
+                                                            (framing.series_col, series_source))
+              if model_col is not None]
+    features = list(detector.schema_.names)
+    input_columns = list(df.columns)
+    required = [*dict.fromkeys([*features, time_source, *([series_source] if series_source else [])])]
+    absent = [c for c in required if c not in input_columns]
+    if absent:
+        raise SchemaError(f"the input lacks column(s) the model needs: {', '.join(absent)}; it has "
+                          f"{', '.join(input_columns)}", column=absent[0], reason="missing_column")
+    if len(set(input_columns)) != len(input_columns):
+        raise DataError("the input has duplicate column names; rename them before scoring")
+    top_k = max(0, int(top_k))
+    outputs = output_columns(detector, top_k)
+    keep = _plan_keep(input_columns, keep_cols, [name for name, _ in outputs])
+    types = {f.name: _spark_type(f.dataType) for f in df.schema.fields}
+    schema = ", ".join(f"`{name}` {kind}" for name, kind in [*[(o, types[s]) for o, s in keep], *outputs])
+    columns = [o for o, _ in keep] + [name for name, _ in outputs]
+    shipped = _ship(spark, model_dir)
+    name, fallback, sha = shipped.name, shipped.local_path, shipped.manifest_sha256
+    needed = list(dict.fromkeys([*required, *(source for _, source in keep)]))
+
+    def score(group: pd.DataFrame) -> pd.DataFrame:
+        # Only strings, lists and ints are captured here: the Detector never travels through pickle.
+        return _score_series(group, name=name, fallback=fallback, sha=sha, features=features, inputs=inputs,
+                             time_source=time_source, keep=keep, top_k=top_k, columns=columns)
+
+    selected = df.select(*[f"`{c}`" for c in needed])
+    grouped = selected.groupBy(f"`{series_source}`") if series_source else selected.groupBy()
+    return grouped.applyInPandas(score, schema=schema)
 
 
 @dataclass(frozen=True)
@@ -267,7 +366,8 @@ def _default_session() -> "SparkSession":
 
 def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, output_path: str | Path,
                              top_k: int = 3, *, keep_cols: Sequence[str] | None = None,
-                             spark: "SparkSession | None" = None) -> SparkScoreSummary:
+                             spark: "SparkSession | None" = None, time_col: str | None = None,
+                             series_col: str | None = None) -> SparkScoreSummary:
     """Score a Parquet file or dataset directory with Spark; write a Parquet dataset directory.
 
     ``input_path``/``output_path`` are local paths or any URI Spark reads (``s3a://``, ``hdfs://``).
@@ -276,7 +376,8 @@ def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, outp
     written next to its destination and moved into place only when complete (an existing output is
     replaced); a remote one is written by Spark's committer in overwrite mode. Returns the row and
     anomaly counts (read back from the written output). ``spark`` defaults to the active session,
-    else a new ``local[*]`` one.
+    else a new ``local[*]`` one. ``time_col`` / ``series_col``: a series model's columns in the input
+    when they are not named as in training (see ``score_dataframe``).
     """
     input_path, output_path = str(input_path), str(output_path)
     if input_path.endswith((".csv", ".csv.gz")):
@@ -289,7 +390,8 @@ def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, outp
         frame = spark.read.parquet(input_path)
     except Exception as exc:  # AnalysisException and friends: say what, not a JVM stack trace
         raise DataError(f"Spark could not read Parquet from {input_path}: {str(exc).splitlines()[0][:300]}") from None
-    scored = score_dataframe(frame, model_uri, top_k=top_k, keep_cols=keep_cols)
+    scored = score_dataframe(frame, model_uri, top_k=top_k, keep_cols=keep_cols, time_col=time_col,
+                             series_col=series_col)
     if _is_local(output_path):
         destination = _local_path(output_path).absolute()
         destination.parent.mkdir(parents=True, exist_ok=True)

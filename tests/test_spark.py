@@ -201,3 +201,94 @@ def test_cli_score_engine_spark(spark, model_dir, incoming, tmp_path):
     missing = CliRunner().invoke(app, ["score", str(model_dir), str(tmp_path / "nope.parquet"), "-o",
                                        str(tmp_path / "out2"), "--engine", "spark"])
     assert missing.exit_code == 2 and "does not exist" in missing.output and "Traceback" not in missing.output
+
+
+# ---------------------------------------------------------------------------- series models
+@pytest.fixture(scope="module")
+def series_model_dir(tmp_path_factory):
+    from anomaly_ae import SeriesDetector
+    from anomaly_ae.data.synthetic_series import SERIES_LABEL_COLUMNS, make_series_telemetry
+
+    history = make_series_telemetry(300, 3, seed=0, anomalies=False).drop(columns=list(SERIES_LABEL_COLUMNS))
+    path = tmp_path_factory.mktemp("spark-series-model") / "model"
+    SeriesDetector("pca", window=8, time_col="ts", series_col="host", random_state=0).fit(history).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def series_incoming():
+    from anomaly_ae.data.synthetic_series import SERIES_LABEL_COLUMNS, make_series_telemetry
+
+    frame = make_series_telemetry(1500, 3, seed=1).drop(columns=list(SERIES_LABEL_COLUMNS))
+    frame = frame.groupby("host").nth(slice(600, 900)).reset_index(drop=True)  # 300 steps of each of 3 hosts
+    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
+    return frame
+
+
+def test_series_scores_equal_single_process(spark, series_model_dir, series_incoming):
+    """Rows shuffled over partitions, the time column renamed: grouped by host, sorted by time and scored per
+    series, every row's score, flag, alert and notes equal SeriesDetector.score_frame in one process."""
+    from anomaly_ae import SeriesDetector
+
+    detector = SeriesDetector.load(series_model_dir)
+    expected = detector.score_frame(series_incoming.drop(columns=["row_id"]), top_k=2).reset_index(drop=True)
+    assert expected["alert"].any() and expected["notes"].str.contains("warm-up").any()
+    np.testing.assert_allclose(expected["score"], detector.decision_function(series_incoming.drop(columns="row_id")))
+    shuffled = series_incoming.sample(frac=1.0, random_state=0).rename(columns={"ts": "time"})
+    sdf = spark.createDataFrame(shuffled).repartition(3)
+
+    scored = score_dataframe(sdf, str(series_model_dir), top_k=2, time_col="time", series_col="host")
+
+    names = [n for n, _ in output_columns(detector, 2)]
+    assert names[-2:] == ["alert", "notes"]
+    assert scored.columns == [*shuffled.columns, *names]
+    result = scored.toPandas()
+    # each series comes out whole and in time order
+    for _, rows in result.groupby("host", sort=False):
+        assert rows["time"].is_monotonic_increasing
+    result = result.sort_values("row_id").reset_index(drop=True)
+    assert result["row_id"].tolist() == series_incoming["row_id"].tolist()
+    _same(result[names], expected, rtol=1e-6)
+
+
+def test_series_model_refusals_on_the_driver(spark, series_model_dir, model_dir, series_incoming):
+    sdf = spark.createDataFrame(series_incoming)
+    with pytest.raises(SchemaError, match="time"):
+        score_dataframe(sdf, str(series_model_dir), time_col="time")  # no such column
+    with pytest.raises(SchemaError, match="host"):
+        score_dataframe(sdf.drop("host"), str(series_model_dir))
+    with pytest.raises(DataError, match="apply to series models"):
+        score_dataframe(spark.createDataFrame(make_telemetry(50, seed=3)), str(model_dir), time_col="ts")
+
+
+def test_a_model_without_series_column_scores_one_series(spark, series_incoming, tmp_path):
+    """One series: every row in one group, sorted by time; a series column given anyway splits the rows
+    into series of their own, each scored like that series alone."""
+    from anomaly_ae import SeriesDetector
+
+    one = series_incoming[series_incoming.host == "host-1"].drop(columns=["host"]).reset_index(drop=True)
+    path = tmp_path / "one-series"
+    SeriesDetector("pca", window=8, time_col="ts", random_state=0).fit(one.drop(columns="row_id").head(250)).save(path)
+    detector = SeriesDetector.load(path)
+    result = score_dataframe(spark.createDataFrame(one.sample(frac=1.0, random_state=1)), str(path),
+                             keep_cols=["row_id"]).toPandas().sort_values("row_id").reset_index(drop=True)
+    _same(result.drop(columns=["row_id"]), detector.score_frame(one.drop(columns="row_id")).reset_index(drop=True))
+    by_host = score_dataframe(spark.createDataFrame(series_incoming), str(path), series_col="host",
+                              keep_cols=["row_id", "host"]).toPandas()
+    alone = by_host[by_host.host == "host-1"].sort_values("row_id").reset_index(drop=True)
+    _same(alone.drop(columns=["row_id", "host"]), result.drop(columns=["row_id"]))
+
+
+def test_series_parquet_scores_equal_single_process(spark, series_model_dir, series_incoming, tmp_path):
+    """score_parquet_with_spark (what `anomaly-ae score --engine spark` runs) with a series model."""
+    from anomaly_ae import SeriesDetector
+
+    part = series_incoming[series_incoming.host != "host-2"].reset_index(drop=True)
+    part.to_parquet(tmp_path / "in.parquet", index=False)
+    summary = score_parquet_with_spark(str(series_model_dir), str(tmp_path / "in.parquet"), str(tmp_path / "out"),
+                                       keep_cols=["row_id"], spark=spark)
+    expected = SeriesDetector.load(series_model_dir).score_frame(part.drop(columns="row_id")).reset_index(drop=True)
+    result = pd.read_parquet(tmp_path / "out").sort_values("row_id").reset_index(drop=True)
+    assert summary.rows == len(part) and summary.anomalies == int(expected["is_anomaly"].sum())
+    assert result["row_id"].tolist() == part["row_id"].tolist()
+    _same(result.drop(columns=["row_id"]), expected)

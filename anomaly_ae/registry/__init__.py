@@ -11,7 +11,10 @@ The scoring service uses only:
     download_model(uri, dst=None) -> Path     the verified saved-model directory
 
 Generators are logged and registered the same way (``log_generator_run``), tagged
-``anomaly_ae.kind=generator``, and loaded with ``Generator.load("models:/NAME@ALIAS")``.
+``anomaly_ae.kind=generator``, and loaded with ``Generator.load("models:/NAME@ALIAS")``. Series
+detectors (``SeriesDetector``) go through ``log_training_run`` like any detector, tagged
+``anomaly_ae.kind=series``; ``Detector.load`` and ``load_model`` return them as ``SeriesDetector``.
+One registered name holds one kind.
 
 URIs: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/model``,
 ``mlflow-artifacts:/...`` or a local directory. The tracking server is ``MLFLOW_TRACKING_URI``

@@ -8,7 +8,9 @@ so it works with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``.
 
 ``predict(df)`` returns the ``Detector.score_frame`` columns (score, p_value, is_anomaly,
 severity, feature_k / contribution_k, notes); the parameter ``top_k`` (default 3) sets how many
-contributing features are reported.
+contributing features are reported. A series model (``SeriesDetector``) takes its time and series
+columns too (they are in the signature: datetime or string, string or integer as in training),
+scores each row by the window ending at it within its series, and adds ``alert``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,26 @@ def _load_pyfunc(data_path: str, model_config: Any = None) -> DetectorPyfunc:
     return DetectorPyfunc(Detector.load(Path(data_path)))
 
 
+def _key_columns(detector: "Detector") -> list[str]:
+    """A series model's time and series columns (the ones it has), which its input carries besides the schema's."""
+    framing = getattr(detector, "framing_", None)
+    if framing is None:
+        return []
+    return [c for c in (framing.time_col, framing.series_col) if c is not None]
+
+
+def _key_type(values: pd.Series) -> str:
+    """The MLflow column type of a time or series column, as the training data held it."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return "datetime"
+    if pd.api.types.is_integer_dtype(values):
+        return "long"
+    return "string"
+
+
 def input_example(detector: "Detector", X: pd.DataFrame | np.ndarray) -> pd.DataFrame | np.ndarray:
-    """The first rows of the training data in the dtypes the signature declares."""
+    """The first rows of the training data in the dtypes the signature declares (a series model's time
+    and series columns first, as they were)."""
     schema = detector.schema_
     if schema.image is not None:
         s = schema.image
@@ -57,6 +77,14 @@ def input_example(detector: "Detector", X: pd.DataFrame | np.ndarray) -> pd.Data
         pd.DataFrame(np.asarray(X)[:EXAMPLE_ROWS], columns=schema.names)
     frame = frame.reset_index(drop=True)
     out = {}
+    for name in _key_columns(detector):
+        values = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(values):  # MLflow's datetime type is timezone-naive
+            out[name] = values.dt.tz_convert(None) if values.dt.tz is not None else values
+        elif pd.api.types.is_integer_dtype(values):
+            out[name] = values.astype(np.int64)
+        else:
+            out[name] = pd.Series([None if pd.isna(v) else str(v) for v in values], dtype=object)
     for col in schema.columns:
         values = frame[col.name]
         if col.kind == "numeric":
@@ -78,7 +106,9 @@ def signature(detector: "Detector", example: pd.DataFrame | np.ndarray):
         s = schema.image
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, s.channels, s.height, s.width))])
     else:
-        inputs = Schema([ColSpec("double" if c.kind == "numeric" else "string", c.name) for c in schema.columns])
+        keys = [ColSpec(_key_type(example[name]), name) for name in _key_columns(detector)]
+        inputs = Schema(keys + [ColSpec("double" if c.kind == "numeric" else "string", c.name)
+                                for c in schema.columns])
     outputs = infer_signature(model_output=detector.score_frame(example, top_k=DEFAULT_TOP_K)).outputs
     params = ParamSchema([ParamSpec("top_k", "long", DEFAULT_TOP_K)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)

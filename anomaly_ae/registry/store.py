@@ -35,7 +35,10 @@ MANIFEST_TAG = "anomaly_ae.manifest_sha256"
 FILES_TAG = "anomaly_ae.manifest"
 FORMAT_TAG = "anomaly_ae.format_version"
 PACKAGE_TAG = "anomaly_ae.version"
-KIND_TAG = "anomaly_ae.kind"  # detector or generator; versions registered without it are detectors
+KIND_TAG = "anomaly_ae.kind"  # detector, series or generator; versions registered without it are detectors
+# Kinds that `Detector.load` reads (a series model comes back as a SeriesDetector), and how messages name each.
+DETECTOR_KINDS = ("detector", "series")
+KIND_NAMES = {"detector": "detector", "series": "series detector", "generator": "generator"}
 GATE_METRICS = ("auroc", "auprc")  # higher is better for both
 
 
@@ -219,10 +222,11 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
 
 def _expected_manifest(ref: ModelRef, tags: dict[str, str], kind: str = "detector") -> str | None:
     registered_kind = tags.get(KIND_TAG, "detector")
-    if registered_kind != kind:
+    if registered_kind != kind and not (registered_kind in DETECTOR_KINDS and kind in DETECTOR_KINDS):
         loader = "Generator.load / `anomaly-ae generate sample`" if registered_kind == "generator" else \
             "Detector.load / `anomaly-ae score`"
-        raise ModelLoadError(f"{ref.pinned_uri} is a registered {registered_kind}, not a {kind}; load it with {loader}")
+        raise ModelLoadError(f"{ref.pinned_uri} is a registered {KIND_NAMES.get(registered_kind, registered_kind)}, "
+                             f"not a {KIND_NAMES.get(kind, kind)}; load it with {loader}")
     fmt, expected_format = tags.get(FORMAT_TAG), _format_version(kind)
     if fmt is not None and fmt != str(expected_format):
         raise ModelLoadError(
@@ -266,9 +270,13 @@ def load_model(uri: str, *, tracking_uri: str | None = None,
 
 
 # ---------------------------------------------------------------------- registering
-def version_tags(model_dir: Path, kind: str = "detector") -> dict[str, str]:
-    """The trust tags of a saved model: kind, manifest hash, per-file hashes, format and package version."""
+def version_tags(model_dir: Path, kind: str | None = None) -> dict[str, str]:
+    """The trust tags of a saved model: kind, manifest hash, per-file hashes, format and package version.
+
+    `kind` None: what the saved detector's config.json says ("detector" or "series")."""
     manifest = json.loads((Path(model_dir) / MANIFEST).read_bytes())
+    if kind is None:
+        kind = saved_kind(model_dir)
     return {
         KIND_TAG: kind,
         MANIFEST_TAG: manifest_digest(model_dir),
@@ -278,10 +286,24 @@ def version_tags(model_dir: Path, kind: str = "detector") -> dict[str, str]:
     }
 
 
+def saved_kind(model_dir: Path) -> str:
+    """"detector" or "series": the kind a saved detector's config.json records (older models: detector)."""
+    try:
+        kind = json.loads((Path(model_dir) / "config.json").read_bytes()).get("kind", "detector")
+    except (OSError, ValueError, AttributeError):
+        return "detector"
+    return kind if kind in DETECTOR_KINDS else "detector"
+
+
 _REGISTERED_MODEL_DESCRIPTIONS = {
     "detector": "Anomaly detectors trained with anomaly_ae on normal data. Load a version with "
                 "anomaly_ae.Detector.load('models:/{name}@champion') (hash-checked, never unpickles) or "
                 "mlflow.pyfunc.load_model('models:/{name}@champion').predict(df).",
+    "series": "Series anomaly detectors (metric streams scored by windows in time, per series) trained with "
+              "anomaly_ae on normal history. Load a version with "
+              "anomaly_ae.Detector.load('models:/{name}@champion') (a SeriesDetector; hash-checked, never "
+              "unpickles) or mlflow.pyfunc.load_model('models:/{name}@champion').predict(df) with the time and "
+              "series columns in df.",
     "generator": "Generators of normal data trained with anomaly_ae. Load a version with "
                  "anomaly_ae.Generator.load('models:/{name}@champion') (hash-checked, never unpickles), or "
                  "`anomaly-ae generate sample models:/{name}@champion -n 1000 -o rows.parquet`.",
@@ -292,7 +314,8 @@ def register_run_model(target: TrackingTarget, run_id: str, artifact_uri: str, n
                        tags: dict[str, str], description: str, artifact_path: str = MODEL_ARTIFACT_PATH) -> ModelRef:
     """Register ``<run artifacts>/<artifact_path>`` as a new version of ``name`` (created if needed).
 
-    One registered model holds one kind: a detector is never registered under a generator's name."""
+    One registered model holds one kind: a detector is never registered under a generator's name, nor a
+    series detector (which takes time and series columns) under a row detector's."""
     from mlflow.exceptions import MlflowException
 
     kind = tags.get(KIND_TAG, "detector")
@@ -306,7 +329,9 @@ def register_run_model(target: TrackingTarget, run_id: str, artifact_uri: str, n
                 raise
             existing = c.get_registered_model(name).tags.get(KIND_TAG, "detector")
             if existing != kind:
-                raise RegistryError(f"models:/{name} holds {existing}s; register this {kind} under another name")
+                raise RegistryError(f"models:/{name} holds {KIND_NAMES.get(existing, existing)}s; register this "
+                                    f"{KIND_NAMES.get(kind, kind)} under another name (a service or job that "
+                                    f"loads models:/{name} sends the input of its kind)")
         mv = c.create_model_version(name, source=f"{artifact_uri}/{artifact_path}", run_id=run_id,
                                     tags=tags, description=description)
     return ModelRef(f"models:/{name}/{mv.version}", name, str(mv.version), None, run_id)

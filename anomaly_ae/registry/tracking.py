@@ -3,9 +3,12 @@
 The run holds: every ``get_params()`` value; per-epoch train/validation loss as step metrics;
 training time; the calibration (threshold, target and achieved validation FPR) and quantiles of
 the validation-normal scores; the data fingerprint (rows, columns, SHA-256 of the content) and
-schema; plots (loss curves, score histogram with the threshold, and ROC/PR + AUROC/AUPRC when
+schema; for a series model (``SeriesDetector``) its framing (window, time and series columns,
+step, series count) as parameters and ``data/series.json``, and how often its alert rule fired on
+the held-out tail of the normal history as ``holdout_*`` metrics; plots (loss curves, score histogram with the threshold, and ROC/PR + AUROC/AUPRC when
 labelled evaluation data is given); and the model as an MLflow pyfunc whose data is the saved
-model directory (JSON + safetensors + manifest). Tracking lives here, not in ``Detector``: it only
+model directory (JSON + safetensors + manifest). The run and the registered version are tagged
+``anomaly_ae.kind`` = ``detector`` or ``series``. Tracking lives here, not in ``Detector``: it only
 reads the fitted attributes (``history_``, ``calibration_``, ``schema_``, ``get_params()``).
 """
 
@@ -27,13 +30,17 @@ from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
 from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, tracking_target
 from anomaly_ae.registry.pyfunc import save_pyfunc_model
-from anomaly_ae.registry.store import (MANIFEST_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef, _labelled,
-                                       register_run_model, version_tags)
+from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef,
+                                       _labelled, register_run_model, saved_kind, version_tags)
 
 if TYPE_CHECKING:
     from anomaly_ae.detector import Detector
 
 SCORE_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "max": 1.0}
+# SeriesDetector.alert_stats_ key -> run metric: the alert rule on the held-out tail of the normal history
+HOLDOUT_METRICS = {"held_out_steps": "holdout_steps", "flagged_steps": "holdout_flagged_steps",
+                   "alerts": "holdout_alerts", "alerts_per_1000_steps": "holdout_alerts_per_1000_steps",
+                   "alerts_per_day": "holdout_alerts_per_day"}
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 
 
@@ -96,12 +103,17 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
 
     ``model_dir`` is the directory ``detector.save`` wrote (saved to a temporary one if omitted).
     ``eval_data`` (a labelled table or its path, with ``label_col``; ``drop_cols`` are ignored)
-    adds AUROC/AUPRC and ROC/PR plots. Raises RegistryError / RegistryUnavailableError with a
+    adds AUROC/AUPRC and ROC/PR plots (for a series model: row-level, over a table that keeps its time and
+    series columns, each series in time order). Raises RegistryError / RegistryUnavailableError with a
     message that says what to do.
     """
     detector._check_fitted()
     if model_dir is not None:
         _check_loads(Path(model_dir))
+        if saved_kind(Path(model_dir)) != detector_kind(detector):
+            raise RegistryError(f"the model saved in {Path(model_dir).name} is a {saved_kind(Path(model_dir))} model "
+                                f"but the detector is a {detector_kind(detector)} one; pass the directory this "
+                                "detector was saved to")
     evaluation = None
     if eval_data is not None:
         if not label_col:
@@ -111,11 +123,12 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
     target = tracking_target(tracking_uri, create=True)
     c = client(target.uri)
     fingerprint = data_fingerprint(X)
+    kind = detector_kind(detector)
     with mlflow_errors(target, f"starting a run in experiment {experiment!r}"):
         experiment_id = _experiment_id(c, target, experiment)
         run = c.create_run(experiment_id, run_name=run_name, tags={
             "mlflow.source.name": "anomaly-ae train", "mlflow.source.type": "LOCAL", PACKAGE_TAG: __version__,
-            "model_type": detector.model, "score_type": detector.score_type_})
+            KIND_TAG: kind, "model_type": detector.model, "score_type": detector.score_type_})
     run_id = run.info.run_id
     with run_lifecycle(c, target, run_id), tempfile.TemporaryDirectory(prefix="anomaly_ae-run-") as tmp:
         tmp = Path(tmp)
@@ -136,6 +149,17 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
                                         description=_description(detector, metrics, fingerprint, data_path, run_id))
     return TrackedRun(run_id, experiment_id, experiment, target, f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}",
                       registered, metrics)
+
+
+def detector_kind(detector: "Detector") -> str:
+    """"series" for a model that scores windows in time (it has a framing), else "detector"."""
+    return "series" if getattr(detector, "framing_", None) is not None else "detector"
+
+
+def _series_params(detector: "Detector") -> dict[str, str]:
+    framing = detector.framing_
+    return {"window_steps": str(framing.window), "step_seconds": str(framing.step_seconds),
+            "n_series": str(len(framing.known_series)), "max_gap_steps": str(framing.max_gap)}
 
 
 def _check_loads(model_dir: Path) -> None:
@@ -186,6 +210,9 @@ def _summary_metrics(detector: "Detector", evaluation: tuple[np.ndarray, np.ndar
         "val_score_mean": float(ref.mean()),
     }
     metrics.update({f"val_score_{k}": float(np.quantile(ref, q)) for k, q in SCORE_QUANTILES.items()})
+    if detector_kind(detector) == "series":
+        stats = detector.alert_stats_
+        metrics.update({name: float(stats[key]) for key, name in HOLDOUT_METRICS.items() if key in stats})
     if evaluation is not None:
         from anomaly_ae.evaluation import evaluate_scores
 
@@ -210,6 +237,8 @@ def _log_values(c: Any, run_id: str, detector: "Detector", fingerprint: dict[str
                    "data_sha256": fingerprint["sha256"]})
     if data_path is not None:
         params["data_path"] = _param_value(data_path)
+    if detector_kind(detector) == "series":
+        params.update(_series_params(detector))
     augmentation = detector.training_metadata_.get("augmentation")
     if augmentation:
         params.update({"augment_generator": str(augmentation["generator"]),
@@ -244,6 +273,10 @@ def _log_plots_and_data(c: Any, run_id: str, detector: "Detector", fingerprint: 
     (data / "fingerprint.json").write_text(json.dumps(
         {**fingerprint, "path": None if data_path is None else str(data_path),
          "column_names": detector.schema_.names}, indent=1))
+    if detector_kind(detector) == "series":
+        (data / "series.json").write_text(json.dumps({"framing": detector.framing_.to_dict(),
+                                                      "alert_rule": detector.alert_rule_.to_dict(),
+                                                      "alert_stats": detector.alert_stats_}, indent=1))
     if detector.training_metadata_:
         (data / "training_metadata.json").write_text(json.dumps(detector.training_metadata_, indent=1))
     c.log_artifacts(run_id, str(plots), "plots")
@@ -254,7 +287,11 @@ def _version_summary_tags(detector: "Detector", metrics: dict[str, float],
                           fingerprint: dict[str, Any]) -> dict[str, str]:
     tags = {"model_type": detector.model, "score_type": detector.score_type_,
             "data_rows": str(fingerprint["rows"]), "data_sha256": fingerprint["sha256"]}
-    for key in ("threshold", "target_fpr", "validation_fpr", "auroc", "auprc"):
+    if detector_kind(detector) == "series":
+        framing = detector.framing_
+        tags.update({"window": str(framing.window), "time_col": str(framing.time_col),
+                     "series_col": str(framing.series_col), "step_seconds": str(framing.step_seconds)})
+    for key in ("threshold", "target_fpr", "validation_fpr", "auroc", "auprc", "holdout_alerts_per_day"):
         if key in metrics:
             tags[key] = f"{metrics[key]:.6g}"
     return tags
@@ -267,6 +304,14 @@ def _description(detector: "Detector", metrics: dict[str, float], fingerprint: d
             f"on {fingerprint['rows']} normal rows x {fingerprint['columns']} columns{source} "
             f"(sha256 {fingerprint['sha256'][:12]}). Threshold {metrics['threshold']:.6g} calibrated to a "
             f"{metrics['target_fpr']:g} false-positive rate (validation FPR {metrics['validation_fpr']:.4f}).")
+    if detector_kind(detector) == "series":
+        framing = detector.framing_
+        step = f"{framing.step_seconds:g} s" if framing.step_seconds else "one row"
+        text += (f" A series model: each row is scored by the window of {framing.window} steps of {step} ending at "
+                 f"it, per series ({framing.series_col or 'one series'}, time column {framing.time_col or 'row order'}"
+                 f", {len(framing.known_series)} series in training).")
+        if "holdout_alerts_per_day" in metrics:
+            text += f" Alerts on held-out normal history: {metrics['holdout_alerts_per_day']:.3g} per day."
     if "auroc" in metrics:
         text += f" On the labelled evaluation data: AUROC {metrics['auroc']:.4f}, AUPRC {metrics['auprc']:.4f}."
     return text + f" Run {run_id}."

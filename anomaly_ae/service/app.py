@@ -31,7 +31,11 @@ DESCRIPTION = """Scores samples with a registered anomaly_ae model.
 Send `Authorization: Bearer <key>`. `GET /v1/model` returns the input schema; `POST /v1/score` takes
 `{"records": [{...}]}` or `{"columns": [...], "data": [[...]]}`. Every error has the same JSON shape:
 `{"error": {"status", "code", "message", "column"?, "rows"?, "field"?}}`. Once a model is loaded, this
-document describes its columns in the request body."""
+document describes its columns in the request body.
+
+Series models score each row by the window of steps ending at it, per series: send each series' new rows
+after the `context_rows` rows before them (`GET /v1/model` → `series`) with `"score_last": N` (the number of
+new rows per series); only the new rows come back, with their `alert` flags."""
 
 
 def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[str], Any] = resolve,
@@ -87,8 +91,10 @@ def _document(app: FastAPI) -> None:
         model = holder.current
         version = None if model is None else (model.version, id(model))
         if cache.get("version", ()) != version or "schema" not in cache:
+            contract = None if model is None else model.scorer.contract
             request = (parser.json_schema() if model is None else
-                       model_request_schema(parser, model.scorer.detector.schema_.to_dict()["columns"]))
+                       model_request_schema(parser, model.scorer.detector.schema_.to_dict()["columns"],
+                                            None if contract is None else contract.to_dict()))
             schema = copy.deepcopy(cache["base"])
             schema["components"].setdefault("schemas", {}).update(request.pop("$defs"))
             schema["paths"]["/v1/score"]["post"]["requestBody"] = {

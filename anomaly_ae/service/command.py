@@ -27,6 +27,9 @@ def serve(
     metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port instead of the public one "
                                                           "(default: on the public one)."),
     drift_max_features: Optional[int] = typer.Option(None, help="Inputs with drift metrics (default 30)."),
+    metrics_series_labels: Optional[int] = typer.Option(None, help="Series models: per-series metrics for at most "
+                                                                    "this many training series, the rest as "
+                                                                    "series=other (default 0: none)."),
     log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error (default info)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log",
                                               help="uvicorn's per-request access log (default off)."),
@@ -40,7 +43,8 @@ def serve(
 
     flags = dict(model_uri=model, host=host, port=port, workers=workers, poll_interval_s=poll_interval,
                  max_rows=max_rows, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
-                 metrics_port=metrics_port, drift_max_features=drift_max_features, log_level=log_level, access_log=access_log)
+                 metrics_port=metrics_port, drift_max_features=drift_max_features,
+                 metrics_series_labels=metrics_series_labels, log_level=log_level, access_log=access_log)
     try:
         settings = ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:

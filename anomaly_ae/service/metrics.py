@@ -1,7 +1,9 @@
 """Every Prometheus metric of the scoring service, defined once, and the helpers that record them.
 
 Names carry the ``anomaly_ae_`` prefix and base units; label values are bounded (route templates,
-status classes, fixed reason codes, at most ``drift_max_features`` feature names). With several
+status classes, fixed reason codes, at most ``drift_max_features`` feature names, and for series
+models a ``series`` label only when the operator opts in: at most ``metrics_series_labels`` series
+of the model's training data, every other series under ``series="other"``). With several
 workers, prometheus_client's multiprocess mode is used: ``anomaly-ae serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory before any worker imports this module, and
 ``/metrics`` merges every worker's files. Gauges therefore declare how workers combine.
@@ -51,6 +53,20 @@ ANOMALIES = Counter("anomaly_ae_anomalies_total", "Rows flagged as anomalous, by
 SCORES = Histogram("anomaly_ae_score", "Anomaly scores of scored rows (on the model's own scale; compare with "
                    "anomaly_ae_model_threshold).", buckets=SCORE_BUCKETS)
 P_VALUES = Histogram("anomaly_ae_p_value", "Conformal p-values of scored rows.", buckets=P_VALUE_BUCKETS)
+# ---------------------------------------------------------------------------- series models
+CONTEXT_ROWS = Counter("anomaly_ae_context_rows_total", "Rows sent to series models as context: scored to complete "
+                       "the windows of new rows, not returned (not in rows_scored_total).")
+ALERTS = Counter("anomaly_ae_alerts_total", "Alerts (series models' alert rule: k of n steps flagged, then a "
+                 "cooldown) among returned rows.")
+UNSEEN_SERIES_ROWS = Counter("anomaly_ae_unseen_series_rows_total", "Returned rows of series that were not in the "
+                             "model's training data (scored with the shared model).")
+SERIES_ROWS = Counter("anomaly_ae_series_rows_scored_total", "Rows scored per series (only with "
+                      "metrics_series_labels > 0; series beyond that cap count as series=\"other\").", ["series"])
+SERIES_ANOMALIES = Counter("anomaly_ae_series_anomalies_total", "Rows flagged as anomalous per series (only with "
+                           "metrics_series_labels > 0; beyond the cap: series=\"other\").", ["series"])
+SERIES_ALERTS = Counter("anomaly_ae_series_alerts_total", "Alerts per series (only with metrics_series_labels > 0; "
+                        "beyond the cap: series=\"other\").", ["series"])
+OTHER_SERIES = "other"
 # ---------------------------------------------------------------------------- model lifecycle
 MODEL_INFO = Gauge("anomaly_ae_model_info", "1 for the model version a worker serves (several during a rollout).",
                    ["name", "version", "alias", "model_type"], multiprocess_mode="livemax")
@@ -159,6 +175,50 @@ def record_scores(scores: np.ndarray, p_values: np.ndarray, severity: np.ndarray
         levels, counts = np.unique(flagged.astype(str), return_counts=True)
         for level, count in zip(levels.tolist(), counts.tolist()):
             ANOMALIES.labels(level).inc(count)
+
+
+class SeriesMetrics:
+    """What a series model's scored rows add to the metrics, with a bounded `series` label.
+
+    Per-series counters only when `max_labels` > 0: the first `max_labels` series of the model's
+    training data (sorted, as the model keeps them) get their own label, every other series
+    (including any not seen in training) counts under "other", so the label takes at most
+    max_labels + 1 values whatever clients send, the same in every worker."""
+
+    def __init__(self, known_series: list[str], max_labels: int, has_series_col: bool,
+                 max_known: int | None = None) -> None:
+        self.known = frozenset(known_series)
+        # beyond the model's cap on remembered series an id is unknown, not unseen (as the model's notes say)
+        self.count_unseen = has_series_col and (max_known is None or len(known_series) < max_known)
+        self.labelled = {name: name for name in known_series[:max_labels]} if max_labels > 0 else None
+        if self.labelled is not None:
+            for value in [*self.labelled, OTHER_SERIES]:  # exported at 0 from the start
+                for counter in (SERIES_ROWS, SERIES_ANOMALIES, SERIES_ALERTS):
+                    counter.labels(value)
+
+    def record(self, series: np.ndarray, flagged: np.ndarray, alerts: np.ndarray, n_context: int) -> None:
+        if n_context:
+            CONTEXT_ROWS.inc(n_context)
+        n_alerts = int(np.count_nonzero(alerts))
+        if n_alerts:
+            ALERTS.inc(n_alerts)
+        if self.count_unseen:
+            unseen = sum(1 for s in series.tolist() if s not in self.known)
+            if unseen:
+                UNSEEN_SERIES_ROWS.inc(unseen)
+        if self.labelled is None or not len(series):
+            return
+        labels = np.asarray([self.labelled.get(s, OTHER_SERIES) for s in series.tolist()], dtype=object)
+        values, codes = np.unique(labels.astype(str), return_inverse=True)
+        rows = np.bincount(codes, minlength=len(values))
+        anomalies = np.bincount(codes, weights=flagged.astype(np.float64), minlength=len(values))
+        fired = np.bincount(codes, weights=alerts.astype(np.float64), minlength=len(values))
+        for i, value in enumerate(values.tolist()):
+            SERIES_ROWS.labels(value).inc(int(rows[i]))
+            if anomalies[i]:
+                SERIES_ANOMALIES.labels(value).inc(int(anomalies[i]))
+            if fired[i]:
+                SERIES_ALERTS.labels(value).inc(int(fired[i]))
 
 
 def set_model(previous: tuple[str, str, str, str] | None, current: tuple[str, str, str, str], threshold: float,

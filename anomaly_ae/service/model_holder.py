@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from anomaly_ae import exceptions
+from anomaly_ae.data.windows import MAX_KNOWN_SERIES
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.persistence import REMOTE_SCHEMES
 from anomaly_ae.registry.connection import DEFAULT_BOUNDS, HttpBounds
@@ -72,6 +73,7 @@ class LoadedModel:
     loaded_at: float
     load_seconds: float
     drift: metrics.DriftTracker
+    series_metrics: metrics.SeriesMetrics | None = None  # series models only
 
     @property
     def version(self) -> str:
@@ -307,8 +309,13 @@ class ModelHolder:
         drift = metrics.DriftTracker(pre.numeric, pre.categorical, detector.schema_.names,
                                      self.settings.drift_max_features, self.settings.drift_window_rows,
                                      input_columns=pre.groups)
+        series_metrics = None
+        if scorer.contract is not None:
+            framing = detector.inference_.framing
+            series_metrics = metrics.SeriesMetrics(list(framing.known_series), self.settings.metrics_series_labels,
+                                                   framing.series_col is not None, MAX_KNOWN_SERIES)
         return LoadedModel(scorer=scorer, ref=ref, model_type=str(detector.model), loaded_at=time.time(),
-                           load_seconds=time.perf_counter() - started, drift=drift)
+                           load_seconds=time.perf_counter() - started, drift=drift, series_metrics=series_metrics)
 
     def _swap(self, loaded: LoadedModel, seconds: float) -> None:
         previous = self.current

@@ -41,15 +41,21 @@ def _json(payload: Any, status: int = 200) -> Response:
              responses=_errors(400, 401, 403, 408, 413, 415, 422, 503), openapi_extra=SECURITY,
              summary="Score a batch of samples")
 async def score(model: CurrentModel, body: ScoreBody, admission: AdmissionDep, parser: ParserDep) -> Response:
-    """Score samples sent as `records` or as `columns` + `data`; optionally explain each score."""
+    """Score samples sent as `records` or as `columns` + `data`; optionally explain each score. A series model
+    takes its time and series columns too; with `score_last: N` the last N rows of each series are new and
+    only they are returned (the rows before them complete their windows), each with its `row` and `alert`."""
     return Response(await admission.score(score_batch, model, body, parser), media_type="application/json")
 
 
 @router.get("/v1/model", dependencies=[Depends(require_score)], response_model=ModelInfo,
             responses=_errors(401, 403, 503), openapi_extra=SECURITY, summary="The served model and its input schema")
 async def model_info(model: CurrentModel, settings: SettingsDep) -> Response:
-    detector = model.scorer.detector
+    """Name, version, schema and threshold; for a series model (`kind` series) also `series`: the window,
+    the time and series columns, the step and `context_rows`, the rows of each series to send before
+    its new ones."""
+    detector, contract = model.scorer.detector, model.scorer.contract
     return _json({**model.describe(), "uri": settings.model_uri, "model_type": model.model_type,
+                  "kind": model.scorer.kind, "series": None if contract is None else contract.to_dict(),
                   "score_type": detector.score_type_, "threshold": model.scorer.threshold,
                   "target_fpr": float(detector.calibration_.target_fpr), "schema": detector.schema_.to_dict(),
                   "loaded_at": dt.datetime.fromtimestamp(model.loaded_at, dt.timezone.utc).isoformat(),

@@ -9,6 +9,11 @@ served model's schema, checked by `Schema.check_columns` with the column and row
 model is loaded, `model_request_schema` writes those types into the OpenAPI document too.
 
 `ScoreResponse` is what /v1/score returns (score_handler.py serialises through it).
+
+Series models (`SeriesDetector`) take the same two forms with their time and series columns among
+the columns, and the option `score_last` (N): the last N rows of each series are new and are the
+only ones returned; the rows before them are context that completes the windows of the new rows
+(see `anomaly_ae.series_stream` and docs/serving.md, "Series models").
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ def _integral(value: Any) -> Any:
 
 Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 RowId = Union[StrictStr, StrictInt]
-REQUEST_FIELDS = ("records", "columns", "data", "ids", "explain", "top_k")
+REQUEST_FIELDS = ("records", "columns", "data", "ids", "explain", "top_k", "score_last")
+SCORE_LAST = "score_last"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class ParsedScoreRequest:
     n_rows: int
     ids: list[Any] | None
     top_k: int  # 0 = no explanation
+    score_last: int | None = None  # series models: the last N rows of each series are new (None: all rows)
 
 
 def _request_form(body: Any) -> str | None:
@@ -82,6 +89,12 @@ def build_request_model(max_rows: int, max_top_k: int, max_id_length: int) -> An
         explain: StrictBool = Field(False, description="Return each sample's top contributing features.")
         top_k: Integer = Field(3, ge=1, le=max_top_k,
                                  description="How many contributing features to return with explain=true.")
+        score_last: Optional[Annotated[StrictInt, Field(ge=1, le=max_rows), BeforeValidator(_integral)]] = Field(
+            None,
+            description="Series models only: the last N rows of each series (in time order) are new and are the "
+                        "only ones scored into the response; the rows before them are context that completes "
+                        "their windows (send the `context_rows` that GET /v1/model gives). Absent or null: every "
+                        "row is returned.")
 
         # each form below defines n_rows(): how many samples it carries
         @model_validator(mode="after")
@@ -181,7 +194,7 @@ class ScoreRequestParser:
         """The request body's JSON Schema, with its variants under $defs."""
         schema = self.adapter.json_schema(ref_template="#/components/schemas/{model}")
         schema["description"] = ("Exactly one of `records` or `columns` + `data`. " +
-                                 "Options: `ids`, `explain`, `top_k`.")
+                                 "Options: `ids`, `explain`, `top_k`; `score_last` for series models.")
         return schema
 
     def parse(self, body: bytes) -> ParsedScoreRequest:
@@ -197,7 +210,7 @@ class ScoreRequestParser:
         except ValidationError as exc:
             raise self._api_error(exc.errors(include_url=False)) from None
         return ParsedScoreRequest(columns=request.columns_of(), n_rows=request.n_rows(), ids=request.ids,
-                                  top_k=request.top_k if request.explain else 0)
+                                  top_k=request.top_k if request.explain else 0, score_last=request.score_last)
 
     def _api_error(self, errors: list[dict[str, Any]]) -> ApiError:
         mapped = [self._map(e) for e in errors]
@@ -237,6 +250,10 @@ class ScoreRequestParser:
         if field == "top_k":
             return ApiError(422, "invalid_field", f"'top_k' must be an integer from 1 to {self.max_top_k}",
                             field=field), None
+        if field == SCORE_LAST:
+            return ApiError(422, "invalid_field", f"'score_last' must be an integer from 1 to {self.max_rows} (or "
+                                                  "null): how many of the last rows of each series are new",
+                            field=field), None
         if field == "ids":
             if kind == "too_long" and len(loc) == 1:
                 return ApiError(413, "too_many_rows", f"more than {self.max_rows} ids", field=field), None
@@ -267,17 +284,34 @@ class ScoreRequestParser:
                                             "{rows} are not", field=field), row
 
 
-def model_request_schema(parser: ScoreRequestParser, columns: list[dict[str, Any]]) -> dict[str, Any]:
+def model_request_schema(parser: ScoreRequestParser, columns: list[dict[str, Any]],
+                         series: dict[str, Any] | None = None) -> dict[str, Any]:
     """The request body's JSON Schema for one served model: `records` items and `data` rows take the
     model's columns with the types each accepts. The columnar form is documented with the columns in
     the model's order (JSON Schema cannot tie each value's type to a name sent in another array); the
-    service takes them in any order."""
+    service takes them in any order.
+
+    `series` (a series model's `StreamContract.to_dict()`): its time column (ISO 8601 text) and series
+    column (text or integer) come first, and `score_last` is offered; a row model has no `score_last`."""
     names = [c["name"] for c in columns]
     cells = {c["name"]: _cell_schema(c) for c in columns}
+    if series is not None:
+        keys = {}
+        if series.get("time_col") is not None:
+            keys[series["time_col"]] = {"type": "string", "description": "Timestamp as ISO 8601 text (e.g. "
+                                                                       "2026-01-05T10:00:00Z); each series in "
+                                                                       "time order."}
+        if series.get("series_col") is not None:
+            keys[series["series_col"]] = {"type": ["string", "integer"], "minimum": -2 ** 63,
+                                          "maximum": 2 ** 63 - 1, "description": "Series id (e.g. a host)."}
+        names = [*keys, *names]
+        cells = {**keys, **cells}
     schema = parser.json_schema()
     defs = schema["$defs"]
     for name, variant in defs.items():
         properties = dict(variant["properties"])
+        if series is None:
+            properties.pop(SCORE_LAST, None)
         if "records" in properties:
             properties["records"] = {**properties["records"], "items": {
                 "type": "object", "properties": cells, "required": names, "additionalProperties": False}}
@@ -313,13 +347,19 @@ class FeatureContribution(BaseModel):
 
 class ScoredSample(BaseModel):
     id: Optional[RowId] = Field(None, description="The caller's id, when ids were sent.")
+    row: Optional[int] = Field(None, description="Series models: the row's position in the request (0-based), as "
+                                                 "only the new rows are returned.")
     score: float = Field(description="Anomaly score: higher is more anomalous.")
     p_value: float = Field(description="Conformal p-value: share of held-out normal samples scoring at least as "
                                        "high.")
     is_anomaly: bool = Field(description="score > the model's threshold.")
     severity: Literal["normal", "low", "medium", "high", "critical"]
     top_features: Optional[list[FeatureContribution]] = Field(None, description="With explain=true.")
-    notes: list[str] = Field(description="Remarks that are not errors: unseen categories, imputed values.")
+    alert: Optional[bool] = Field(None, description="Series models: the alert rule fires at this row (at least "
+                                                    "min_steps of the last `within` steps flagged, then a cooldown).")
+    notes: list[str] = Field(description="Remarks that are not errors: unseen categories, imputed values; for "
+                                         "series models also warm-up (less history than the window), gaps and "
+                                         "series not seen in training.")
 
 
 class ModelRefOut(BaseModel):
@@ -331,9 +371,33 @@ class ModelRefOut(BaseModel):
 class ScoreResponse(BaseModel):
     model: ModelRefOut
     threshold: float
-    n_rows: int
+    n_rows: int = Field(description="Rows returned (series models with score_last: the new rows).")
     n_anomalies: int
+    n_alerts: Optional[int] = Field(None, description="Series models: alerts among the returned rows.")
+    n_context_rows: Optional[int] = Field(None, description="Series models: rows sent as context only (scored to "
+                                                            "complete windows, not returned).")
     results: list[ScoredSample]
+
+
+class AlertRuleInfo(BaseModel):
+    min_steps: int
+    within: int
+    cooldown: int
+
+
+class SeriesInfo(BaseModel):
+    """What a stream client needs to send a series model the right rows."""
+
+    window: int = Field(description="Steps in the window that scores a row (the row and the window - 1 before it).")
+    context_rows: int = Field(description="Rows of each series to send before its new rows: window - 1 for exact "
+                                          "scores, plus within - 1 for the alert rule's k-of-n.")
+    time_col: Optional[str] = Field(description="Timestamp column (ISO 8601 text); null: rows are in time order.")
+    series_col: Optional[str] = Field(description="Series id column; null: one series.")
+    step_seconds: Optional[float] = Field(description="The sampling step learned in training.")
+    max_gap: int = Field(description="Gaps of at most this many steps are filled with the last value; longer ones "
+                                     "restart the window (noted).")
+    alert_rule: AlertRuleInfo
+    n_known_series: int = Field(description="Series in the training data (others are scored, with a note).")
 
 
 class ModelInfo(BaseModel):
@@ -342,6 +406,9 @@ class ModelInfo(BaseModel):
     alias: Optional[str]
     uri: str
     model_type: str
+    kind: Literal["detector", "series"] = Field(description="series: rows are scored by windows in time, per "
+                                                            "series (see `series`).")
+    series: Optional[SeriesInfo] = Field(None, description="Series models: the stream contract.")
     score_type: str
     threshold: float
     target_fpr: float

@@ -8,17 +8,26 @@ explained rows), and for 10,000 rows it would hold the GIL long enough to stall 
 
 The scorer is reached only through `model.scorer` (an object with `score(columns, top_k)` returning
 a result with scores, p_values, is_anomaly, severity, top_features, top_contributions, notes,
-checked, model_input, missing and unseen), so the scoring path can change behind that one seam.
+checked, model_input, missing and unseen; for series models also `contract`, `select` and
+`subset_report`), so the scoring path can change behind that one seam.
+
+Series models: every row of the request is scored (the context completes the windows of the new
+rows), and only the rows `select` picks (the last `score_last` of each series, or all) are returned
+and counted in the metrics (scores, anomalies, drift), each with its position in the request
+(`row`) and its `alert`; context rows are counted apart (`context_rows_total`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import orjson
 
 from anomaly_ae.service import metrics
+from anomaly_ae.service.errors import ApiError
 from anomaly_ae.service.model_holder import LoadedModel
-from anomaly_ae.service.schemas import ScoreRequestParser
+from anomaly_ae.service.schemas import SCORE_LAST, ScoreRequestParser
 
 # Rows serialised per orjson call: one call holds the GIL throughout, and for 10,000 explained rows
 # that was 16-40 ms of an event loop that could not answer; in chunks the loop gets its turns.
@@ -28,24 +37,64 @@ ROWS_PER_CHUNK = 1000
 def score_batch(model: LoadedModel, body: bytes, parser: ScoreRequestParser) -> bytes:
     """Body bytes -> response JSON bytes; raises ApiError or the package's errors for bad input."""
     request = parser.parse(body)
+    scorer = model.scorer
+    series = getattr(scorer, "contract", None) is not None
+    if request.score_last is not None and not series:
+        raise ApiError(422, "invalid_field", "'score_last' applies to series models; this model scores each row on "
+                                             "its own, so send only the rows to score", field=SCORE_LAST)
     # Finite values near the float limit overflow when standardised (then clipped): not a problem
     # to report, and numpy's warning would otherwise reach the service log.
     with np.errstate(over="ignore"):
-        result = model.scorer.score(request.columns, request.top_k)
-        metrics.record_scores(result.scores, result.p_values, result.severity)
-        model.drift.update(result.checked, result.missing, result.unseen, result.model_input)
+        result = scorer.score(request.columns, request.top_k)
+        if not series:
+            metrics.record_scores(result.scores, result.p_values, result.severity)
+            model.drift.update(result.checked, result.missing, result.unseen, result.model_input)
+            return _response(model, result, request.ids, None)
+        picked = scorer.select(request.columns, result, request.score_last)
+        rows = picked.rows
+        metrics.record_scores(result.scores[rows], result.p_values[rows], result.severity[rows])
+        if model.series_metrics is not None:
+            model.series_metrics.record(picked.series, result.is_anomaly[rows], picked.alerts, picked.n_context)
+        if picked.n_context:
+            checked, missing, unseen = scorer.subset_report(result, rows)
+            model.drift.update(checked, missing, unseen, result.model_input[rows])
+        else:
+            model.drift.update(result.checked, result.missing, result.unseen, result.model_input)
+    return _response(model, result, request.ids, picked)
 
-    scores, p_values = result.scores.tolist(), result.p_values.tolist()
-    flags, severity = result.is_anomaly.tolist(), result.severity.tolist()
-    notes = result.notes or [[]] * len(scores)
+
+def _response(model: LoadedModel, result: Any, ids: list[Any] | None, picked: Any) -> bytes:
+    scores, p_values = result.scores, result.p_values
+    flags, severity = result.is_anomaly, result.severity
+    notes = result.notes
+    top_features, top_contributions = result.top_features, result.top_contributions
+    if picked is not None and len(picked.rows) != len(scores):  # the new rows of a series request
+        index = picked.rows.tolist()
+        scores, p_values, flags, severity = scores[picked.rows], p_values[picked.rows], flags[picked.rows], \
+            severity[picked.rows]
+        notes = None if notes is None else [notes[i] for i in index]
+        if top_features is not None:
+            top_features = [top_features[i] for i in index]
+            top_contributions = [top_contributions[i] for i in index]
+        if ids is not None:
+            ids = [ids[i] for i in index]
+    scores, p_values = scores.tolist(), p_values.tolist()
+    flags, severity = flags.tolist(), severity.tolist()
+    notes = notes or [[]] * len(scores)
     rows = [{"score": s, "p_value": p, "is_anomaly": a, "severity": v, "notes": n}
             for s, p, a, v, n in zip(scores, p_values, flags, severity, notes)]
-    if result.top_features is not None:
-        for row, names, shares in zip(rows, result.top_features, result.top_contributions):
+    if top_features is not None:
+        for row, names, shares in zip(rows, top_features, top_contributions):
             row["top_features"] = [{"feature": f, "contribution": c} for f, c in zip(names, shares)]
-    if request.ids is not None:
-        rows = [{"id": i, **row} for i, row in zip(request.ids, rows)]
-    head = orjson.dumps({"model": model.describe(), "threshold": model.scorer.threshold, "n_rows": len(rows),
-                         "n_anomalies": sum(flags)})
+    head: dict[str, Any] = {"model": model.describe(), "threshold": model.scorer.threshold, "n_rows": len(rows),
+                            "n_anomalies": sum(flags)}
+    if picked is not None:
+        for row, position, alert in zip(rows, picked.rows.tolist(), picked.alerts.tolist()):
+            row["row"] = position
+            row["alert"] = alert
+        head.update(n_alerts=int(np.count_nonzero(picked.alerts)), n_context_rows=picked.n_context)
+    if ids is not None:
+        rows = [{"id": i, **row} for i, row in zip(ids, rows)]
+    encoded = orjson.dumps(head)
     chunks = [orjson.dumps(rows[i:i + ROWS_PER_CHUNK])[1:-1] for i in range(0, len(rows), ROWS_PER_CHUNK)]
-    return head[:-1] + b',"results":[' + b",".join(chunks) + b"]}"
+    return encoded[:-1] + b',"results":[' + b",".join(chunks) + b"]}"

@@ -5,6 +5,11 @@ about JSON types, no pandas on the hot path) and then runs the same transform, s
 calibration, explanations and notes as every other adapter. `smoke_test` scores a small batch
 built from the training reference as JSON columns and as a DataFrame and refuses a model whose
 scores are not finite or disagree, so the two validators can never silently drift apart.
+
+A series model (`SeriesDetector`) takes its time column (ISO 8601 text) and series column (text or
+integers) among the columns, checked here as strictly as `check_columns` checks the metrics;
+`select` picks the rows a request asked for (`score_last`) and their alerts
+(`anomaly_ae.series_stream`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anomaly_ae.data.preprocess import UNKNOWN
 from anomaly_ae.detector import Detector
-from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.exceptions import ModelLoadError, SchemaError
 from anomaly_ae.inference import ScoreResult
+from anomaly_ae.series_stream import NewRows, StreamContract, select_new_rows
+
+SMOKE_SERIES = "__smoke__"
 
 
 class SmokeTestError(ModelLoadError):
@@ -35,9 +44,62 @@ class Scorer:
         self.preprocessor = detector.preprocessor_
         self.path = detector.inference_
         self.threshold = float(detector.threshold_)
+        # series models: what a stream client must send (None for a row model)
+        self.contract = StreamContract.of(self.path) if self.path.framing is not None else None
+
+    @property
+    def kind(self) -> str:
+        return "detector" if self.contract is None else "series"
 
     def score(self, columns: dict[str, Any], top_k: int = 0) -> ScoreResult:
+        if self.contract is not None:
+            self._check_keys(columns)
         return self.path.score(columns, top_k=top_k)
+
+    def select(self, columns: dict[str, Any], result: ScoreResult, score_last: int | None) -> NewRows:
+        """Series models: the last `score_last` rows of each series (all when None) and their alerts."""
+        return select_new_rows(self.path, columns, result, score_last)
+
+    def _check_keys(self, columns: dict[str, Any]) -> None:
+        """The time column holds text (ISO 8601), the series column text or integers; none is missing."""
+        contract = self.contract
+        assert contract is not None
+        for name, what in ((contract.time_col, "time"), (contract.series_col, "series")):
+            if name is None:
+                continue
+            if name not in columns:
+                raise SchemaError(f"column '{name}' is missing; the model was trained with it as its {what} column",
+                                  column=name, reason="missing_column")
+            values = columns[name]
+            if what == "time":
+                bad = [i for i, v in enumerate(values) if type(v) is not str]
+                expected = "timestamps as ISO 8601 text (e.g. 2026-01-05T10:00:00Z)"
+            else:
+                bad = [i for i, v in enumerate(values) if type(v) not in (str, int)]
+                expected = "series ids as text or integers"
+            if bad:
+                nulls = all(values[i] is None for i in bad)
+                raise SchemaError(f"column '{name}' {'is null' if nulls else 'has values of the wrong type'} in rows "
+                                  f"{bad[:5]}; send {expected}", column=name, rows=bad[:5],
+                                  reason="missing_value" if nulls else "dtype")
+
+    def subset_report(self, result: ScoreResult, rows: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, int],
+                                                                            dict[str, int]]:
+        """(checked columns, missing counts, unseen-category counts) of some rows of a scored request: what
+        the drift metrics see of a series request (its new rows, not the context sent again and again)."""
+        checked = {name: values[rows] for name, values in result.checked.items()}
+        missing, unseen = {}, {}
+        for name in result.missing:
+            values = checked[name]
+            count = int(np.isnan(values).sum()) if values.dtype.kind == "f" else sum(v is None for v in values)
+            if count:
+                missing[name] = count
+        for name in result.unseen:
+            known = {b for b in self.preprocessor.categorical[name] if b != UNKNOWN}
+            count = sum(v is not None and v not in known for v in checked[name])
+            if count:
+                unseen[name] = count
+        return checked, missing, unseen
 
     # ------------------------------------------------------------------ smoke test
     def smoke_batch(self) -> dict[str, list[Any]]:
@@ -57,6 +119,15 @@ class Scorer:
                 if col.allow_missing:
                     values[3] = None
             columns[col.name] = values
+        contract = self.contract
+        if contract is not None:  # one series on the training step, in time order
+            if contract.time_col is not None:
+                start = pd.Timestamp("2026-01-05T00:00:00Z")
+                step = pd.Timedelta(seconds=contract.step_seconds or 60.0)
+                columns[contract.time_col] = [(start + i * step).isoformat() for i in range(n)]
+            if contract.series_col is not None:
+                known = self.path.framing.known_series  # type: ignore[union-attr]
+                columns[contract.series_col] = [known[0] if known else SMOKE_SERIES] * n
         return columns
 
     def smoke_test(self) -> None:
@@ -65,8 +136,9 @@ class Scorer:
         columns = self.smoke_batch()
         try:
             result = self.score(columns, top_k=3)
-            frame = pd.DataFrame({name: pd.Series(values, dtype=object if name in self.preprocessor.categorical
-                                                  else np.float64) for name, values in columns.items()})
+            numeric = self.preprocessor.numeric
+            frame = pd.DataFrame({name: pd.Series(values, dtype=np.float64 if name in numeric else object)
+                                  for name, values in columns.items()})
             expected = self.detector.decision_function(frame)
         except Exception as exc:  # any failure to score refuses the model
             raise SmokeTestError(f"the model failed to score a smoke batch: {type(exc).__name__}: {exc}") from None

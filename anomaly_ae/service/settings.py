@@ -55,6 +55,10 @@ class ServiceSettings(BaseSettings):
     drift_max_features: int = Field(30, ge=0, description="Input columns that get per-feature drift metrics.")
     drift_window_rows: int = Field(1000, ge=1, description="Rows the rolling drift statistics average over "
                                                            "(exponentially weighted).")
+    metrics_series_labels: int = Field(0, ge=0, le=1000, description="Series models: per-series counters "
+                                       "(rows, anomalies, alerts) for at most this many series of the model's "
+                                       "training data (sorted); every other series counts under series=\"other\". "
+                                       "0: no per-series label (the default: a label per host is unbounded).")
     # process
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (1: more threads per "
                                                     "worker fight the other workers for the cores).")

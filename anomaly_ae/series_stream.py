@@ -1,0 +1,112 @@
+"""Scoring a metric stream with no state on the scorer: what a client sends, which rows are new.
+
+A series model scores each row by the window of `window` steps ending at it, so a stream processor
+that scores live rows one request at a time sends, per series, its new rows together with the rows
+before them, and asks for the new ones back (the service's `score_last`). `StreamContract` says how
+much context that takes; `select_new_rows` picks the new rows out of a scored request and applies
+the alert rule to them.
+
+What equals an offline pass (`SeriesDetector.score_frame` over the whole history):
+
+- score, p-value, flag, severity and notes of a new row, when at least `window - 1` rows of its
+  series precede it in the request (or all the rows the series has);
+- its alert's k-of-n part (`alert_rule.min_steps` of the last `alert_rule.within` steps flagged),
+  when `context_rows = window - 1 + within - 1` rows precede the new rows (or all the series has).
+  Context rows whose window reaches back before the request are then not counted as flagged:
+  their scores come from a cut window. A request with fewer context rows than `context_rows` is
+  taken to hold the start of its series (a client sends what it has), and every row counts, as
+  offline.
+- The alert's cooldown sees the alerts inside the request only: after an alert that a client got
+  in an earlier response, a later one may fire sooner than the cooldown in an offline pass (a
+  client that wants one page per incident across requests keeps the time of its last alert per
+  series; the example client does).
+
+No torch and no framework here: index arithmetic on the layout `SeriesFraming.split` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from anomaly_ae.calibration import AlertRule
+from anomaly_ae.inference import InferencePath, ScoreResult
+
+
+@dataclass(frozen=True)
+class StreamContract:
+    """What a client of a series model needs to know to send the right rows."""
+
+    window: int
+    time_col: str | None
+    series_col: str | None
+    step_seconds: float | None
+    max_gap: int
+    alert_rule: AlertRule
+    n_known_series: int
+
+    @property
+    def context_rows(self) -> int:
+        """Rows of a series to send before its new rows: a full window for the scores, plus the
+        steps before the new rows that the alert rule counts."""
+        return self.window - 1 + self.alert_rule.within - 1
+
+    @classmethod
+    def of(cls, path: InferencePath) -> "StreamContract":
+        framing = path.framing
+        if framing is None:
+            raise ValueError("a row model has no stream contract: each row is scored alone")
+        rule = path.alert_rule or AlertRule(1, 1, 0)
+        return cls(window=int(framing.window), time_col=framing.time_col, series_col=framing.series_col,
+                   step_seconds=framing.step_seconds, max_gap=int(framing.max_gap), alert_rule=rule,
+                   n_known_series=len(framing.known_series))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "context_rows": self.context_rows, "time_col": self.time_col,
+                "series_col": self.series_col, "step_seconds": self.step_seconds, "max_gap": self.max_gap,
+                "alert_rule": self.alert_rule.to_dict(), "n_known_series": self.n_known_series}
+
+
+@dataclass
+class NewRows:
+    """The rows of a scored request to return, in input order."""
+
+    rows: np.ndarray      # input positions
+    alerts: np.ndarray    # bool per returned row
+    series: np.ndarray    # series id per returned row (object; "__series__" for a model without a series column)
+    n_context: int        # rows sent as context only
+
+
+def select_new_rows(path: InferencePath, data: Any, result: ScoreResult, score_last: int | None) -> NewRows:
+    """The last `score_last` rows of each series in `data` (all rows when None), and their alerts.
+
+    `result` is `path.score(data)`: its `layout` says where each row sits in its series (`data` is
+    split in time again only when the result has none)."""
+    framing = path.framing
+    if framing is None:
+        raise ValueError("select_new_rows applies to series models")
+    layout = getattr(result, "layout", None)
+    if layout is None:
+        _, layout = framing.split(data)
+    contract = StreamContract.of(path)
+    flags = np.asarray(result.is_anomaly, dtype=bool)
+    history = layout.history()
+    segment = layout.segment_start[layout.position]
+    alerts = np.zeros(len(flags), dtype=bool)
+    new: list[np.ndarray] = []
+    n_context = 0
+    for rows in layout.order:  # one series, in time order (the framing refuses any other order)
+        n_new = len(rows) if score_last is None else min(int(score_last), len(rows))
+        before = len(rows) - n_new
+        counted = flags[rows].copy()
+        if before >= contract.context_rows:
+            # the client cut older history: rows whose window reaches back before the request scored
+            # on a cut window and are not counted (a restart after a long gap is real and counts)
+            counted[(history[rows] < contract.window) & (segment[rows] == segment[rows[0]])] = False
+        alerts[rows] = contract.alert_rule.apply(counted) if path.alert_rule is not None else False
+        new.append(rows[before:])
+        n_context += before
+    picked = np.sort(np.concatenate(new)) if new else np.zeros(0, dtype=np.int64)
+    return NewRows(rows=picked, alerts=alerts[picked], series=layout.series[picked], n_context=n_context)
