@@ -227,6 +227,7 @@ def test_without_keys_serve_warns_loudly_and_is_open(services, incoming):
     assert httpx.post(f"{service.url}/v1/score", json={"records": records(incoming.head(1))}).status_code == 200
 
 
+@pytest.mark.serial
 def test_healthz_answers_while_a_large_batch_scores(services):
     """Scoring runs in a worker thread: while one worker scores a 10,000-row explained batch, its event
     loop answers /healthz within 50 ms, probe after probe."""
