@@ -84,7 +84,9 @@ def report_msl(df: pd.DataFrame) -> str:
              "Fit on rows [0, train_rows), every row scored; TSB-AD 1.5's `get_metrics`, "
              "`slidingWindow = find_length_rank(X[:, :1], rank=1)`. Mean over seeds per series, "
              "then over series. \"own thr.\": the method's threshold from its training-row scores "
-             "(no labels); FAR = false alarms / normal rows.\n",
+             "(no labels); FAR = false alarms / normal rows. `*_unsup`: TSB-AD's own protocol (fitted on "
+             "the whole series, no threshold), only to tie this run to the reference figures; "
+             "benchmarks/timeseries/README.md discusses the gaps.\n",
              "## This run: the 14 `eva` series\n", table(summary(ps[ps.group == "eva"], MSL_COLUMNS)),
              "\n## Reference, not this run (TIMESERIES.md)\n", MSL_REFERENCE]
     if (ps.group == "tuning").any():
