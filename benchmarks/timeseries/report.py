@@ -134,8 +134,8 @@ def report_nab(df: pd.DataFrame) -> str:
     parts = ["# Time-series benchmark: NAB\n",
              "The first 15% of each series is the normal history (fit), the rest is scored; a row is "
              "positive inside a labelled window. Mean over seeds per series, then over the series of "
-             "each category that have a labelled row after the history (artificialNoAnomaly has "
-             "none: only its false-alarm rate is shown).\n"]
+             "each category that have a labelled row after the history (artificialNoAnomaly and "
+             "ec2_cpu_utilization_c6585a have none: only their false-alarm rate is shown).\n"]
     for metric in ("VUS-PR", "AUC-PR", "thr_far"):
         wide = ps.pivot_table(index="method", columns="group", values=metric, aggfunc="mean")
         wide = wide.dropna(axis=1, how="all")
