@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-serve bench-cli clean
+.PHONY: venv demo test bench bench-serve bench-cli bench-ts-env bench-ts clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,5 +37,25 @@ bench-serve: $(STAMP)
 bench-cli: $(STAMP)
 	bash benchmarks/cli_help.sh
 
+# Time-series benchmark (benchmarks/timeseries/README.md). Its own venv: TSB-AD's metrics are
+# installed there without their dependencies (TSB-AD pins numpy<2), never into .venv.
+BENCH_VENV := .venv-bench
+TS := benchmarks/timeseries
+TS_METHODS ?= random window_pca tsbad_pca tsbad_kmeansad tsbad_iforest
+TS_SEEDS ?= 0 1 2
+
+$(BENCH_VENV)/.installed: pyproject.toml $(TS)/setup_env.sh
+	PY=$(PY) VENV=$(BENCH_VENV) TORCH=$(TORCH) bash $(TS)/setup_env.sh
+	touch $@
+
+bench-ts-env: $(BENCH_VENV)/.installed
+
+# Resumable: rows already in benchmarks/results/timeseries_<suite>.csv are skipped.
+bench-ts: $(BENCH_VENV)/.installed
+	for suite in msl skab nab; do \
+	  $(BENCH_VENV)/bin/python $(TS)/run.py --suite $$suite --methods $(TS_METHODS) --seeds $(TS_SEEDS) \
+	  && $(BENCH_VENV)/bin/python $(TS)/report.py --suite $$suite || exit 1; \
+	done
+
 clean:
-	rm -rf $(VENV) demo-output mlruns mlflow.db .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) demo-output mlruns mlflow.db .pytest_cache
