@@ -96,7 +96,7 @@ class SeriesDetector(Detector):
         schema = Schema.infer(metrics)
         checked, _ = schema.check(metrics)
         train_rows, val_rows, stop_rows = self._split(layout)
-        pre = Preprocessor(self.max_categories).fit(_take(checked, train_rows), schema)
+        pre = Preprocessor(self.max_categories, flags_as_indicators=True).fit(_take(checked, train_rows), schema)
         x = model_input(pre, schema, checked)
         framing.window = self._resolve_window(x[train_rows])
         windows = layout.windows(framing.window)

@@ -200,3 +200,15 @@ def test_event_metrics_count_found_ranges_and_false_alarm_runs():
     # ranges never join across series
     split = event_metrics(np.array([1, 1, 1, 1]), np.array([0, 1, 1, 0]), np.array(["a", "a", "b", "b"]))
     assert (split.n_events, split.flagged_runs, split.false_alarm_runs) == (2, 2, 0)
+
+
+def test_on_off_flags_stay_indicators_in_series_models():
+    """A rarely set 0/1 flag is left as 0/1 (like a one-hot category), not divided by its tiny
+    standard deviation, so one toggle does not outweigh the metrics of a whole window."""
+    x = wave(600, 2)
+    flag = np.zeros(600)
+    flag[[100, 300]] = 1.0
+    det = SeriesDetector("pca", window=8).fit(np.column_stack([x, flag]))
+    params = det.preprocessor_.numeric["x2"]
+    assert (params["mean"], params["scale"]) == (0.0, 1.0)
+    assert det.preprocessor_.numeric["x0"]["scale"] != 1.0  # real metrics are still standardised

@@ -29,10 +29,16 @@ class Preprocessor:
     - categorical: one indicator per training category (the ``max_categories`` most frequent), plus
       an ``__unknown__`` bucket for anything else and a ``__missing__`` bucket where allowed.
     - images: scaled to [0, 1] with the training minimum and maximum.
+
+    ``flags_as_indicators=True`` (series models) leaves numeric columns whose training values are
+    all 0 or 1 as they are, like the one-hot indicators of categorical columns: standardising a
+    flag that is rarely set divides it by a tiny standard deviation, and then every toggle of an
+    on/off state outweighs the metrics in a window's error.
     """
 
-    def __init__(self, max_categories: int = 50) -> None:
+    def __init__(self, max_categories: int = 50, flags_as_indicators: bool = False) -> None:
         self.max_categories = max_categories
+        self.flags_as_indicators = flags_as_indicators
         self.numeric: dict[str, dict[str, float]] = {}
         self.categorical: dict[str, list[str]] = {}
         self.image_range: tuple[float, float] | None = None
@@ -49,7 +55,10 @@ class Preprocessor:
             values = data[col.name]
             if col.kind == "numeric":
                 arr = values.to_numpy(dtype=np.float64)
-                mean, std, median = _location_scale(arr[np.isfinite(arr)])
+                finite = arr[np.isfinite(arr)]
+                mean, std, median = _location_scale(finite)
+                if self.flags_as_indicators and finite.size and np.isin(finite, (0.0, 1.0)).all():
+                    mean, std = 0.0, 1.0
                 self.numeric[col.name] = {
                     "mean": mean,
                     "scale": std if std > 0 else 1.0,
