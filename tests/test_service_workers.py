@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
 import shutil
 import subprocess
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_support import ADMIN, SCORE, Service, free_port, metric_value, train_model, wait_for
+from service_support import ADMIN, SCORE, Service, free_port, fuzz_openapi, metric_value, train_model, wait_for
 
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 
@@ -124,69 +123,11 @@ def test_an_admin_reload_reaches_every_worker(two_workers):
 # ---------------------------------------------------------------------------- fuzzing the OpenAPI schema
 def test_openapi_fuzz_passes_every_check(two_workers):
     """schemathesis generates valid and invalid requests (bodies, query strings, headers) for every
-    operation in /openapi.json and runs all its checks on every response: no 5xx, only declared
-    statuses, responses matching their schemas, valid data accepted and invalid data refused; and
-    every scored row has a finite score. The document describes the served model's columns, so
-    generated "valid" bodies are valid for the model too."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis.errors import Unsatisfiable
-    from schemathesis import GenerationMode
-
-    from schemathesis.config import SchemathesisConfig
-    from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
-
+    operation in /openapi.json and runs all its checks on every response (see `fuzz_openapi`)."""
     service, _ = two_workers
-    # 413 is how the service refuses a batch over max_rows (the schema's maxItems): a rejection too
-    config = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
-        "expected-statuses": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]}}})
-    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json", config=config)
-
-    def finite_scores(ctx, response, case):
-        if response.status_code == 200 and case.path == "/v1/score":
-            for row in response.json()["results"]:
-                assert row["score"] is not None and math.isfinite(row["score"]), row
-                assert math.isfinite(row["p_value"]), row
-
-    errors, calls = [], 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            strategy = operation.as_strategy(generation_mode=mode)
-            if mode is GenerationMode.POSITIVE and operation.path == "/v1/score":
-                strategy = strategy.map(one_id_per_sample)
-
-            @given(strategy)
-            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                      database=None)
-            def run(case):
-                nonlocal calls
-                calls += 1
-                # a real key in place of the generated one; a case that leaves the header out on purpose
-                # (a negative one) is sent without it
-                sends_key = any(name.lower() == "authorization" for name in (case.headers or {}))
-                headers = ADMIN if sends_key else None
-                case.call_and_validate(headers=headers, additional_checks=[finite_scores], timeout=30)
-
-            try:
-                run()
-            except Unsatisfiable:  # no parameters and no body: nothing to make invalid
-                assert mode is GenerationMode.NEGATIVE
-            except Exception as exc:  # report every operation's failure, not just the first
-                errors.append(f"{mode.value} {operation.method.upper()} {operation.path}: {type(exc).__name__}: "
-                              f"{str(exc)[:1500]}")
+    calls, errors = fuzz_openapi(service.url, max_examples=25)
     assert not errors, "\n".join(errors)
     assert calls > 100
-
-
-def one_id_per_sample(case):
-    """`ids` must hold one id per sample, which JSON Schema cannot say (the document says it in
-    words): a generated valid body's ids are repeated or cut to its number of samples."""
-    body = case.body
-    if isinstance(body, dict) and isinstance(body.get("ids"), list):
-        ids, n = body["ids"] or [0], len(body.get("records") or body.get("data") or [])
-        body["ids"] = [ids[i % len(ids)] for i in range(n)]
-    return case
 
 
 # ---------------------------------------------------------------------------- a worker killed outright
