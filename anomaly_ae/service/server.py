@@ -9,6 +9,11 @@ Two things measured on this project's 2-core machine decide the setup:
 - torch's default of one intra-op thread per core made two workers on two cores fight (1000-row
   throughput fell ~10x); each worker gets `torch_threads` (default 1) via OMP/MKL variables set
   before any worker imports torch, the one place the service sets its thread count.
+
+And one thing found by the reliability suite: uvicorn's httptools protocol puts no bound on a
+request's head (the request line and headers), so one unauthenticated client could make a worker
+buffer a 64 MiB header (measured: accepted, RSS +64 MiB). The protocol here answers 431 and closes
+the connection once a head passes MAX_HEADER_BYTES; h11 gets the same bound.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import orjson
 
 from anomaly_ae.exceptions import ConfigurationError
 from anomaly_ae.service.settings import ServiceSettings
@@ -69,14 +76,43 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+MAX_HEADER_BYTES = 64 * 1024  # a request line and headers larger than this are refused with 431
+_HEADERS_TOO_LARGE = orjson.dumps({"error": {"status": 431, "code": "headers_too_large", "message":
+                                             f"the request line and headers exceed {MAX_HEADER_BYTES} bytes"}})
+HEADERS_TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                              b"connection: close\r\ncontent-length: " + str(len(_HEADERS_TOO_LARGE)).encode()
+                              + b"\r\n\r\n" + _HEADERS_TOO_LARGE)
+
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+        """TCP_NODELAY, one send() per response, and a bound on the request head (MAX_HEADER_BYTES)."""
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             _set_nodelay(transport)
             super().connection_made(transport)
             self.transport = CoalescingTransport(self.transport)
+            self._in_head, self._head_bytes = True, 0
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return
+            if self._in_head:  # counted per chunk: a head is held to MAX_HEADER_BYTES + one read
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head, self._head_bytes = True, 0
 except ImportError:  # pragma: no cover - httptools is a dependency
     NoDelayHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
@@ -205,6 +241,7 @@ def _run(settings: ServiceSettings, created: list[str]) -> None:
                                    http=http_protocol() if settings.tcp_nodelay else "httptools",
                                    timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
                                    proxy_headers=False, server_header=False,
+                                   h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                                    # a worker imports torch before it is ready: slow on a busy machine
                                    timeout_worker_healthcheck=60)
     options["loop"] = settings.event_loop
