@@ -367,6 +367,39 @@ async def test_scoring_beyond_max_concurrency_is_refused_fast_with_retry_after(s
         assert app.state.admission.scoring == 0
 
 
+async def test_admitted_requests_beyond_scoring_threads_wait_for_a_thread(served):
+    """Only `scoring_threads` admitted requests work at once; the others wait without a thread. With a
+    thread per request (32 per worker), 64 concurrent 10,000-row requests starved the event loop of
+    the GIL: liveness probes over 1 s in the reliability suite."""
+    async with in_process(settings(served, max_concurrency=8, scoring_threads=2)) as (app, client):
+        await ready(client)
+        model = app.state.holder.current
+        score, release, lock = model.scorer.score, threading.Event(), threading.Lock()
+        inside, most = [0], [0]
+
+        def held(columns, top_k):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            release.wait(30)
+            with lock:
+                inside[0] -= 1
+            return score(columns, top_k)
+
+        model.scorer.score = held
+        requests = [asyncio.create_task(client.post("/v1/score", json={"records": rows(2)}, headers=SCORE))
+                    for _ in range(6)]
+        try:
+            await until(lambda: _value(app.state.admission.scoring == 6))  # all six admitted
+            await asyncio.sleep(0.3)
+            assert inside[0] == 2
+            assert (await client.get("/healthz")).status_code == 200
+        finally:
+            release.set()
+        assert [(await r).status_code for r in requests] == [200] * 6
+        assert most[0] == 2 and app.state.admission.scoring == 0
+
+
 # ---------------------------------------------------------------------------- reload decisions
 async def reload(client: httpx.AsyncClient, force: bool = False) -> httpx.Response:
     return await client.post("/v1/admin/reload" + ("?force=true" if force else ""), headers=ADMIN)
