@@ -501,26 +501,58 @@ async def test_an_unreachable_registry_is_503_and_the_model_keeps_serving(served
         assert (await reload(client)).status_code == 200
 
 
-async def test_a_reload_during_a_reload_is_503_reload_in_progress(served):
+@contextlib.contextmanager
+def held_loads(after: int = 1):
+    """A loader whose loads after the first `after` wait for `release` (set on exit); `loading` is set
+    while one waits."""
     loading, release = threading.Event(), threading.Event()
     calls = {"n": 0}
 
     def loader(uri):
         calls["n"] += 1
-        if calls["n"] > 1:  # not the first load: hold it
+        if calls["n"] > after:
             loading.set()
             release.wait(30)
         return Detector.load(uri), resolve(uri)
 
-    async with in_process(settings(served), loader=loader) as (_, client):
-        await ready(client)
-        first = asyncio.create_task(reload(client, force=True))
-        try:
+    try:
+        yield loader, loading, release
+    finally:
+        release.set()
+
+
+async def test_a_reload_during_a_long_reload_is_503_reload_in_progress(served, monkeypatch):
+    from anomaly_ae.service import model_holder
+
+    monkeypatch.setattr(model_holder, "ADMIN_WAIT_S", 0.3)
+    with held_loads() as (loader, loading, release):
+        async with in_process(settings(served), loader=loader) as (_, client):
+            await ready(client)
+            first = asyncio.create_task(reload(client, force=True))
             await until(lambda: _value(loading.is_set()))
-            assert_error(await reload(client), 503, "reload_in_progress")
-        finally:
+            started = time.monotonic()
+            assert_error(await reload(client), 503, "reload_in_progress")  # after waiting ADMIN_WAIT_S
+            assert 0.25 < time.monotonic() - started < 10
             release.set()
-        assert (await first).status_code == 200
+            assert (await first).status_code == 200
+
+
+async def test_a_reload_during_a_short_reload_waits_for_it(served):
+    """A reload right after another (with several workers, the one another worker's admin call passed
+    on, or a poll) waits for the running one and then makes its own: found by schemathesis in the
+    reliability suite, where back-to-back admin reloads against two workers got 503."""
+    with held_loads() as (loader, loading, release):
+        async with in_process(settings(served), loader=loader) as (_, client):
+            await ready(client)
+            first = asyncio.create_task(reload(client, force=True))
+            await until(lambda: _value(loading.is_set()))
+            second = asyncio.create_task(reload(client, force=True))
+            await asyncio.sleep(0.3)
+            assert not second.done()  # waiting, not refused
+            release.set()
+            assert (await first).status_code == 200
+            response = await second
+            assert response.status_code == 200 and response.json()["status"] == "loaded"
 
 
 async def test_polling_picks_up_a_moved_version(models, served):

@@ -38,6 +38,9 @@ log = logging.getLogger("anomaly_ae.service")
 TRANSIENT_ERRORS = tuple(t for t in (getattr(exceptions, "RegistryUnavailableError", None), ConnectionError,
                                      TimeoutError, OSError) if t is not None)
 MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyond this, skip polls
+# An admin reload that finds another refresh running (a poll, or with several workers the reload
+# another worker's admin call passed on) waits this long for it rather than answering 503 at once.
+ADMIN_WAIT_S = 5.0
 RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker
 # An absolute file path in an error message (the registry downloads into temporary folders): a
 # caller is told the file's name, never where the server keeps it.
@@ -161,6 +164,7 @@ class ModelHolder:
         self._refused: dict[str, tuple[str, str]] = {}  # version -> (reason, message)
         self._desired: tuple[str, str] | None = None  # (name, version) the URI resolved to last
         self._lock = asyncio.Lock()
+        self._last_outcome: RefreshOutcome | None = None
         self._stuck: list[threading.Thread] = []
         self._tasks: list[asyncio.Task] = []
         self._signal_seen = 0
@@ -240,63 +244,86 @@ class ModelHolder:
 
     # -------------------------------------------------------------- one refresh
     async def refresh(self, trigger: str, force: bool = False) -> RefreshOutcome:
-        """Resolve the URI; load, smoke-test and swap in the version it points to if it is new."""
-        if self._lock.locked() or self._too_many_stuck():
-            return RefreshOutcome("busy", reason="reload_in_progress",
-                                  message="a reload or registry call is still running; try again shortly")
-        async with self._lock:
-            self.last_checked = time.time()
-            try:
-                ref = await self._in_thread(self._resolver, self.uri, timeout=self.settings.registry_timeout_s)
-            except asyncio.TimeoutError:
-                return self._failed(trigger, "registry_timeout", f"the registry did not answer within "
-                                    f"{self.settings.registry_timeout_s:g}s; still serving the last good model")
-            except TRANSIENT_ERRORS as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not reach the registry ({type(exc).__name__}); still serving the last "
-                                    "good model")
-            except exceptions.AnomalyAEError as exc:
-                return self._failed(trigger, "model_not_found", str(exc))
-            except Exception as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not reach the registry ({type(exc).__name__}); still serving the last "
-                                    "good model")
-            version = version_of(ref)
-            current = self.current
-            self._set_desired((str(ref.name or ""), version))
-            if current is not None and current.version == version and not force:
-                return RefreshOutcome("unchanged", version=version)
-            if version in self._refused and not force:
-                reason, message = self._refused[version]
-                return RefreshOutcome("refused", version=version, reason=reason,
-                                      message=f"{message} (not retried until it changes; reload with force=true "
-                                              "to retry)")
-            metrics.RELOAD_ATTEMPTS.labels(trigger).inc()
-            started = time.perf_counter()
-            try:
-                loaded = await self._in_thread(self._load_and_check, timeout=self.settings.load_timeout_s)
-            except asyncio.TimeoutError:
-                return self._failed(trigger, "load_timeout", f"loading version {version} took longer than "
-                                    f"{self.settings.load_timeout_s:g}s; still serving the last good model")
-            except SmokeTestError as exc:
-                return self._refuse(trigger, version, "smoke_test_failed", str(exc))
-            except TRANSIENT_ERRORS as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not download version {version} ({type(exc).__name__}); still serving "
-                                    "the last good model")
-            except ModelLoadError as exc:
-                return self._refuse(trigger, version, "load_error", str(exc))
-            except Exception as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not download version {version} ({type(exc).__name__}); still serving "
-                                    "the last good model")
-            self._swap(loaded, time.perf_counter() - started)
-            self.last_error = None
-            if self._desired is not None:
-                self._set_desired(self._desired)
-            log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.version,
-                     loaded.ref.alias, loaded.load_seconds)
-            return RefreshOutcome("loaded", version=loaded.version)
+        """Resolve the URI; load, smoke-test and swap in the version it points to if it is new.
+
+        One refresh runs at a time. A poll that finds one running skips its turn. An admin reload
+        waits for it (up to ADMIN_WAIT_S) and then makes its own, unless the one it waited for has
+        just failed to reach the registry: that answer is returned rather than asking again at once.
+        """
+        busy = RefreshOutcome("busy", reason="reload_in_progress",
+                              message="a reload or registry call is still running; try again shortly")
+        if self._too_many_stuck():
+            return busy
+        waited = self._lock.locked()
+        if waited and trigger != "admin":
+            return busy
+        try:
+            await asyncio.wait_for(self._lock.acquire(), ADMIN_WAIT_S)
+        except asyncio.TimeoutError:
+            return busy
+        try:
+            previous = self._last_outcome
+            if waited and previous is not None and previous.reason in ("registry_timeout", "registry_unavailable"):
+                return previous
+            self._last_outcome = outcome = await self._refresh(trigger, force)
+            return outcome
+        finally:
+            self._lock.release()
+
+    async def _refresh(self, trigger: str, force: bool) -> RefreshOutcome:
+        """One refresh, holding the lock."""
+        self.last_checked = time.time()
+        try:
+            ref = await self._in_thread(self._resolver, self.uri, timeout=self.settings.registry_timeout_s)
+        except asyncio.TimeoutError:
+            return self._failed(trigger, "registry_timeout", f"the registry did not answer within "
+                                f"{self.settings.registry_timeout_s:g}s; still serving the last good model")
+        except TRANSIENT_ERRORS as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not reach the registry ({type(exc).__name__}); still serving the last "
+                                "good model")
+        except exceptions.AnomalyAEError as exc:
+            return self._failed(trigger, "model_not_found", str(exc))
+        except Exception as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not reach the registry ({type(exc).__name__}); still serving the last "
+                                "good model")
+        version = version_of(ref)
+        current = self.current
+        self._set_desired((str(ref.name or ""), version))
+        if current is not None and current.version == version and not force:
+            return RefreshOutcome("unchanged", version=version)
+        if version in self._refused and not force:
+            reason, message = self._refused[version]
+            return RefreshOutcome("refused", version=version, reason=reason,
+                                  message=f"{message} (not retried until it changes; reload with force=true "
+                                          "to retry)")
+        metrics.RELOAD_ATTEMPTS.labels(trigger).inc()
+        started = time.perf_counter()
+        try:
+            loaded = await self._in_thread(self._load_and_check, timeout=self.settings.load_timeout_s)
+        except asyncio.TimeoutError:
+            return self._failed(trigger, "load_timeout", f"loading version {version} took longer than "
+                                f"{self.settings.load_timeout_s:g}s; still serving the last good model")
+        except SmokeTestError as exc:
+            return self._refuse(trigger, version, "smoke_test_failed", str(exc))
+        except TRANSIENT_ERRORS as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not download version {version} ({type(exc).__name__}); still serving "
+                                "the last good model")
+        except ModelLoadError as exc:
+            return self._refuse(trigger, version, "load_error", str(exc))
+        except Exception as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not download version {version} ({type(exc).__name__}); still serving "
+                                "the last good model")
+        self._swap(loaded, time.perf_counter() - started)
+        self.last_error = None
+        if self._desired is not None:
+            self._set_desired(self._desired)
+        log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.version,
+                 loaded.ref.alias, loaded.load_seconds)
+        return RefreshOutcome("loaded", version=loaded.version)
 
     def _load_and_check(self) -> LoadedModel:
         started = time.perf_counter()
