@@ -555,6 +555,48 @@ async def test_a_reload_during_a_short_reload_waits_for_it(served):
             assert response.status_code == 200 and response.json()["status"] == "loaded"
 
 
+async def test_a_worker_started_while_another_serves_accepts_only_once_its_model_loads(served, tmp_path):
+    """With several workers, a worker that starts while another one serves (uvicorn replacing a killed
+    worker) finishes its start-up, and so accepts connections, only once its model is loaded: the
+    reliability suite's replacement worker answered 503 model_not_loaded while loading. A worker with
+    no serving sibling (the first start) answers probes at once, as with one worker."""
+    import os
+    import subprocess
+    import sys
+
+    from anomaly_ae.service.app import create_app
+
+    control = tmp_path / "control"
+    control.mkdir()
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with held_loads(after=0) as (loader, loading, release):
+            app = create_app(settings(served, workers=2, control_dir=str(control)), loader=loader)
+            lifespan = app.router.lifespan_context(app)
+            startup = asyncio.create_task(lifespan.__aenter__())
+            await until(lambda: _value(loading.is_set()))
+            await asyncio.sleep(0.2)
+            assert startup.done()  # no sibling serves yet: started at once, loading in the background
+            await lifespan.__aexit__(None, None, None)
+        (control / f"serving-{sibling.pid}").touch()
+        with held_loads(after=0) as (loader, loading, release):
+            app = create_app(settings(served, workers=2, control_dir=str(control)), loader=loader)
+            lifespan = app.router.lifespan_context(app)
+            startup = asyncio.create_task(lifespan.__aenter__())
+            await until(lambda: _value(loading.is_set()))
+            await asyncio.sleep(0.3)
+            assert not startup.done()  # the sibling serves meanwhile
+            release.set()
+            await asyncio.wait_for(startup, 30)
+            assert app.state.holder.current is not None
+            assert (control / f"serving-{os.getpid()}").exists()
+            await lifespan.__aexit__(None, None, None)
+        assert not (control / f"serving-{os.getpid()}").exists()
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
 async def test_polling_picks_up_a_moved_version(models, served):
     async with in_process(settings(served, poll_interval_s=0.1)) as (_, client):
         await ready(client)

@@ -48,6 +48,8 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
         gc.collect()
         gc.freeze()
         holder.start()
+        if settings.workers > 1:  # a replacement worker accepts connections only once it can score
+            await holder.wait_for_model_while_others_serve()
         try:
             yield
         finally:

@@ -29,6 +29,7 @@ from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.persistence import REMOTE_SCHEMES
 from anomaly_ae.registry.connection import DEFAULT_BOUNDS, HttpBounds
 from anomaly_ae.service import metrics
+from anomaly_ae.service.multiproc import process_alive
 from anomaly_ae.service.scorer import Scorer, SmokeTestError
 from anomaly_ae.service.settings import ServiceSettings
 
@@ -42,6 +43,7 @@ MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyon
 # another worker's admin call passed on) waits this long for it rather than answering 503 at once.
 ADMIN_WAIT_S = 5.0
 RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker
+SERVING_PREFIX = "serving-"  # in settings.control_dir: serving-PID, written by a worker once it has a model
 # An absolute file path in an error message (the registry downloads into temporary folders): a
 # caller is told the file's name, never where the server keeps it.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
@@ -177,7 +179,36 @@ class ModelHolder:
             self._signal_seen = self._signal_stamp()
             self._tasks.append(loop.create_task(self._watch_reload_requests(), name="anomaly-ae-reload-requests"))
 
+    async def wait_for_model_while_others_serve(self) -> None:
+        """With several workers: a worker started while another one serves (a replacement for one that
+        died, or a rolling restart) returns only once its own model is loaded, so it accepts no
+        connection before then (the others take them all); otherwise at once. Measured before: a worker
+        replaced under load answered 503 model_not_loaded to the requests it accepted while loading."""
+        if self._others_serving() and self.current is None:
+            log.info("another worker is serving: loading the model before accepting connections")
+            while self.current is None and self._others_serving():
+                await asyncio.sleep(0.1)
+
+    def _serving_marker(self, pid: int | None = None) -> Path | None:
+        if not self.settings.control_dir:
+            return None
+        return Path(self.settings.control_dir) / f"{SERVING_PREFIX}{os.getpid() if pid is None else pid}"
+
+    def _others_serving(self) -> bool:
+        if not self.settings.control_dir:
+            return False
+        try:
+            names = os.listdir(self.settings.control_dir)
+        except OSError:
+            return False
+        pids = {int(n[len(SERVING_PREFIX):]) for n in names if n.startswith(SERVING_PREFIX)
+                and n[len(SERVING_PREFIX):].isdigit()}
+        return any(pid != os.getpid() and process_alive(pid) for pid in pids)
+
     async def stop(self) -> None:
+        marker = self._serving_marker()
+        if marker is not None:
+            marker.unlink(missing_ok=True)
         for task in self._tasks:
             task.cancel()
             try:
@@ -340,6 +371,12 @@ class ModelHolder:
     def _swap(self, loaded: LoadedModel, seconds: float) -> None:
         previous = self.current
         self.current = loaded  # one reference assignment: requests see the old or the new model, never a mix
+        marker = self._serving_marker()
+        if previous is None and marker is not None:
+            try:
+                marker.touch()
+            except OSError as exc:
+                log.warning("could not mark this worker as serving in the control folder: %s", type(exc).__name__)
         metrics.MODEL_LOAD_DURATION.observe(seconds)
         metrics.set_model(previous.labels if previous else None, loaded.labels, loaded.scorer.threshold,
                           loaded.loaded_at)
