@@ -206,3 +206,36 @@ def test_a_killed_worker_leaves_no_gauges_behind(tmp_path, own_port):
         for sock in held:
             sock.close()
         service.stop()
+
+
+def test_a_worker_killed_while_being_health_checked_is_replaced_at_once(tmp_path):
+    """uvicorn's supervisor pings each worker over a pipe and waits up to 60 s for the answer; it kept
+    its copy of the worker's end, so a worker that died during a ping was replaced only after 60 s
+    (the reliability suite's worker kill under load). A stopped worker holds the supervisor in a ping;
+    killed then, it is replaced within seconds, and the replacement serves before it accepts."""
+    import os
+    import signal
+
+    train_model(tmp_path / "model", seed=1)
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    service = Service(tmp_path / "model", workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(prom)},
+                      log=tmp_path / "log")
+    try:
+        service.wait_ready()
+        assert wait_for(lambda: len(_worker_pids(prom)) == 2, timeout=120)
+        victim = min(_worker_pids(prom))
+        os.kill(victim, signal.SIGSTOP)  # the supervisor's next ping of it waits for an answer
+        time.sleep(2)
+        os.kill(victim, signal.SIGKILL)
+        started = time.monotonic()
+        assert wait_for(lambda: len(_worker_pids(prom) - {victim}) == 2, timeout=120), service.output()[-2000:]
+        assert time.monotonic() - started < 30, "the supervisor waited out its health-check timeout"
+        # the replacement starts (accepts) only after it has loaded its model
+        waiting = "another worker is serving: loading the model before accepting connections"
+        assert wait_for(lambda: waiting in service.output() and "Application startup complete" in
+                        service.output().rpartition(waiting)[2], timeout=120), service.output()[-3000:]
+        replacement = service.output().rpartition(waiting)[2]
+        assert replacement.index("serving model") < replacement.index("Application startup complete")
+    finally:
+        service.stop()
