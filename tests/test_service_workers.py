@@ -239,3 +239,37 @@ def test_a_worker_killed_while_being_health_checked_is_replaced_at_once(tmp_path
         assert replacement.index("serving model") < replacement.index("Application startup complete")
     finally:
         service.stop()
+
+
+def test_after_sigterm_new_connections_are_refused_while_a_request_in_flight_finishes(tmp_path):
+    """On SIGTERM the workers stop accepting and finish their requests, but uvicorn's supervisor kept
+    the listening socket open until they had exited: new connections then waited unanswered in the
+    backlog for the whole graceful shutdown and were reset at the end (the reliability suite's SIGTERM
+    check). Now they are refused at once, while the request in flight still gets its answer."""
+    import signal
+    import socket
+
+    train_model(tmp_path / "model", seed=1)
+    service = Service(tmp_path / "model", workers=2, log=tmp_path / "log")
+    try:
+        service.wait_ready()
+        assert wait_for(lambda: service.output().count("serving model") >= 2, timeout=120)
+        rows = json.loads(make_telemetry(3, seed=2).drop(columns=list(LABEL_COLUMNS)).to_json(orient="records"))
+        body = json.dumps({"records": rows}).encode()
+        held = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+        held.sendall(f"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: {SCORE['Authorization']}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:-1])
+        assert wait_for(lambda: metric_value(httpx.get(f"{service.url}/metrics").text,
+                                             "anomaly_ae_http_requests_in_flight") == 2, timeout=30)
+        service.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # the supervisor acts on signals every 0.5 s
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{service.url}/healthz", timeout=5)
+        assert time.monotonic() - started < 2
+        held.sendall(body[-1:])
+        reply = held.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert service.proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        service.stop()

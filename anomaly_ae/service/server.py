@@ -251,6 +251,7 @@ def _run(settings: ServiceSettings, created: list[str]) -> None:
         uvicorn.run(create_app(settings), **options)
     else:
         notice_dead_workers_during_health_checks()
+        refuse_new_connections_when_stopping()
         uvicorn.run("anomaly_ae.service.app:app_from_env", factory=True, workers=settings.workers, **options)
 
 
@@ -276,3 +277,27 @@ def notice_dead_workers_during_health_checks() -> None:
 
     start_and_close_child_end.closes_child_end = True  # type: ignore[attr-defined]
     process.start = start_and_close_child_end
+
+
+def refuse_new_connections_when_stopping() -> None:
+    """On SIGTERM each uvicorn worker stops accepting and finishes its requests in flight, but the
+    multi-worker supervisor keeps its copy of the listening socket open until every worker has exited:
+    new connections then sit unanswered in the kernel's backlog for the whole graceful shutdown (up to
+    graceful_timeout_s) and are reset at the end (measured by the reliability suite). Closing the
+    supervisor's copy when it starts stopping the workers lets them be refused at once, so clients and
+    load balancers go elsewhere straight away."""
+    from uvicorn.supervisors import multiprocess
+
+    supervisor = getattr(multiprocess, "Multiprocess", None)
+    terminate_all = getattr(supervisor, "terminate_all", None)
+    if terminate_all is None or getattr(terminate_all, "closes_listeners", False):
+        return
+
+    def close_listeners_and_terminate_all(self: Any) -> None:
+        for sock in getattr(self, "sockets", []):
+            with contextlib.suppress(OSError):
+                sock.close()
+        terminate_all(self)
+
+    close_listeners_and_terminate_all.closes_listeners = True  # type: ignore[attr-defined]
+    supervisor.terminate_all = close_listeners_and_terminate_all
