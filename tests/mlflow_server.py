@@ -12,6 +12,7 @@ Fixtures:
     database path, log file), for tests that inspect or tamper with what the server stored.
 
 Use: ``def test_x(mlflow_server, monkeypatch): monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)``.
+Outside pytest (benchmarks/reliability.py): ``start_server(folder)`` and ``stop_server(process)``.
 Nothing here imports mlflow, so collecting tests stays fast.
 """
 
@@ -61,10 +62,13 @@ def healthy(uri: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def mlflow_server_info(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_server(root: Path, port: int | None = None,
+                 timeout_s: float = STARTUP_TIMEOUT_S) -> tuple[MlflowServer, subprocess.Popen]:
+    """Start `mlflow server` with its store, artifacts and log in `root` (on `port`, default a free
+    one) in its own process group and wait until /health answers; RuntimeError (with the log's tail)
+    if it exits or is not healthy within `timeout_s`. Stop it with `stop_server`. Also used by
+    benchmarks/reliability.py."""
+    port = port or free_port()
     info = MlflowServer(uri=f"http://127.0.0.1:{port}", artifacts=root / "artifacts", db=root / "mlflow.db",
                         log=root / "server.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -74,26 +78,37 @@ def mlflow_server_info(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlf
                "--default-artifact-root", "mlflow-artifacts:/", "--serve-artifacts",
                "--artifacts-destination", str(info.artifacts), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]
-    with open(info.log, "wb") as log:
+    with open(info.log, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
                                    start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not healthy(info.uri):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_server(process)
+            tail = info.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"mlflow server did not become healthy at {info.uri} "
+                               f"(exit code {process.poll()}); log tail:\n{tail}")
+        time.sleep(0.5)
+    return info, process
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_info(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not healthy(info.uri):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = info.log.read_text(errors="replace")[-3000:]
-                pytest.fail(f"mlflow server did not become healthy at {info.uri} "
-                            f"(exit code {process.poll()}); log tail:\n{tail}")
-            time.sleep(0.5)
+        info, process = start_server(tmp_path_factory.mktemp("mlflow-server"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
         yield info
     finally:
-        _stop(process)
+        stop_server(process)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it runs uvicorn workers), then SIGKILL whatever is left."""
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (it runs uvicorn workers), then SIGKILL whatever is left
+    (SIGCONT first, in case it was stopped)."""
     # uvicorn stops at once on SIGTERM, but the `mlflow server` wrapper can linger ~20 s: do not wait for it.
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGCONT, 0), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:

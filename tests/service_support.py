@@ -147,3 +147,74 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def one_id_per_sample(case):
+    """`ids` must hold one id per sample, which JSON Schema cannot say (the document says it in
+    words): a generated valid body's ids are repeated or cut to its number of samples."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("ids"), list):
+        ids, n = body["ids"] or [0], len(body.get("records") or body.get("data") or [])
+        body["ids"] = [ids[i % len(ids)] for i in range(n)]
+    return case
+
+
+def fuzz_openapi(url: str, max_examples: int = 25) -> tuple[int, list[str]]:
+    """schemathesis against the service at `url`: valid and invalid requests (bodies, query strings,
+    headers) generated for every operation in /openapi.json, each response run through all of
+    schemathesis' checks (no 5xx, only declared statuses, responses matching their schemas, valid
+    data accepted and invalid data refused) and through one more: every scored row has a finite
+    score. The document describes the served model's columns, so generated "valid" bodies are valid
+    for the model too. Returns (requests sent, one line per failing operation and mode); hypothesis
+    stops an operation at its first failure, after shrinking it. Derandomised: the same cases each run."""
+    import math
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.config import SchemathesisConfig
+    from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
+
+    # 413 is how the service refuses a batch over max_rows (the schema's maxItems): a rejection too
+    config = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
+        "expected-statuses": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]}}})
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
+
+    def finite_scores(ctx, response, case):
+        if response.status_code == 200 and case.path == "/v1/score":
+            for row in response.json()["results"]:
+                assert row["score"] is not None and math.isfinite(row["score"]), row
+                assert math.isfinite(row["p_value"]), row
+
+    errors, calls = [], 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            strategy = operation.as_strategy(generation_mode=mode)
+            if mode is GenerationMode.POSITIVE and operation.path == "/v1/score":
+                strategy = strategy.map(one_id_per_sample)
+
+            @given(strategy)
+            @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
+                      derandomize=True, database=None)
+            def run(case):
+                nonlocal calls
+                calls += 1
+                # a real key in place of the generated one; a case that leaves the header out on purpose
+                # (a negative one) is sent without it
+                sends_key = any(name.lower() == "authorization" for name in (case.headers or {}))
+                headers = ADMIN if sends_key else None
+                case.call_and_validate(headers=headers, additional_checks=[finite_scores], timeout=30)
+
+            try:
+                run()
+            except Unsatisfiable:  # no parameters and no body: nothing to make invalid
+                if mode is not GenerationMode.NEGATIVE:
+                    errors.append(f"{mode.value} {operation.method.upper()} {operation.path}: no case generated")
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # report every operation's failure (a FailureGroup is a BaseExceptionGroup)
+                errors.append(f"{mode.value} {operation.method.upper()} {operation.path}: {type(exc).__name__}: "
+                              f"{str(exc)[:1500]}")
+    return calls, errors

@@ -540,6 +540,10 @@ def test_dashboard_structure():
         refs = [t["refId"] for t in panel["targets"]]
         assert len(refs) == len(set(refs)) and all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
         assert panel.get("description"), f"{panel['title']} says what it shows"
+    # the version the alias names next to the one served, and how many targets differ (issue 14)
+    exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in panels}
+    assert any("anomaly_ae_model_desired_info" in e and "anomaly_ae_model_info" in e for e in exprs.values())
+    assert any("anomaly_ae_model_version_mismatch" in e for e in exprs.values())
     heatmaps = [p for p in panels if p["type"] == "heatmap"]
     assert {"Score distribution", "p-value distribution"} <= {p["title"] for p in heatmaps}
     for panel in heatmaps:

@@ -187,6 +187,28 @@ def test_oversized_body_is_refused_before_it_is_read(services):
     assert reply.startswith("HTTP/1.1 413") and '"body_too_large"' in reply
 
 
+def test_oversized_headers_are_refused_with_431(services):
+    """uvicorn's httptools parser buffers a header of any size (a 64 MiB one was accepted); the service
+    answers 431 once the request line and headers pass 64 KiB, before any authentication, and closes
+    the connection. A large but reasonable header (32 KiB) still goes through."""
+    port = services["api"].port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 32 * 1024 + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent, reply = 0, b""
+        with contextlib.suppress(OSError):  # the server closes while we still send
+            while sent < 16 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        with contextlib.suppress(OSError):
+            reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 431") and b'"headers_too_large"' in reply, reply[:200]
+    assert sent < 16 * 1024 * 1024  # cut off long before the client gave up
+    assert httpx.get(f"{services['api'].url}/healthz").status_code == 200
+
+
 # ---------------------------------------------------------------------------- metrics
 def test_metrics_count_exactly_and_pass_promtool(services, incoming):
     with httpx.Client(base_url=services["api"].url, timeout=30) as client:

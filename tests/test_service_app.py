@@ -367,6 +367,39 @@ async def test_scoring_beyond_max_concurrency_is_refused_fast_with_retry_after(s
         assert app.state.admission.scoring == 0
 
 
+async def test_admitted_requests_beyond_scoring_threads_wait_for_a_thread(served):
+    """Only `scoring_threads` admitted requests work at once; the others wait without a thread. With a
+    thread per request (32 per worker), 64 concurrent 10,000-row requests starved the event loop of
+    the GIL: liveness probes over 1 s in the reliability suite."""
+    async with in_process(settings(served, max_concurrency=8, scoring_threads=2)) as (app, client):
+        await ready(client)
+        model = app.state.holder.current
+        score, release, lock = model.scorer.score, threading.Event(), threading.Lock()
+        inside, most = [0], [0]
+
+        def held(columns, top_k):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            release.wait(30)
+            with lock:
+                inside[0] -= 1
+            return score(columns, top_k)
+
+        model.scorer.score = held
+        requests = [asyncio.create_task(client.post("/v1/score", json={"records": rows(2)}, headers=SCORE))
+                    for _ in range(6)]
+        try:
+            await until(lambda: _value(app.state.admission.scoring == 6))  # all six admitted
+            await asyncio.sleep(0.3)
+            assert inside[0] == 2
+            assert (await client.get("/healthz")).status_code == 200
+        finally:
+            release.set()
+        assert [(await r).status_code for r in requests] == [200] * 6
+        assert most[0] == 2 and app.state.admission.scoring == 0
+
+
 # ---------------------------------------------------------------------------- reload decisions
 async def reload(client: httpx.AsyncClient, force: bool = False) -> httpx.Response:
     return await client.post("/v1/admin/reload" + ("?force=true" if force else ""), headers=ADMIN)
@@ -468,26 +501,100 @@ async def test_an_unreachable_registry_is_503_and_the_model_keeps_serving(served
         assert (await reload(client)).status_code == 200
 
 
-async def test_a_reload_during_a_reload_is_503_reload_in_progress(served):
+@contextlib.contextmanager
+def held_loads(after: int = 1):
+    """A loader whose loads after the first `after` wait for `release` (set on exit); `loading` is set
+    while one waits."""
     loading, release = threading.Event(), threading.Event()
     calls = {"n": 0}
 
     def loader(uri):
         calls["n"] += 1
-        if calls["n"] > 1:  # not the first load: hold it
+        if calls["n"] > after:
             loading.set()
             release.wait(30)
         return Detector.load(uri), resolve(uri)
 
-    async with in_process(settings(served), loader=loader) as (_, client):
-        await ready(client)
-        first = asyncio.create_task(reload(client, force=True))
-        try:
+    try:
+        yield loader, loading, release
+    finally:
+        release.set()
+
+
+async def test_a_reload_during_a_long_reload_is_503_reload_in_progress(served, monkeypatch):
+    from anomaly_ae.service import model_holder
+
+    monkeypatch.setattr(model_holder, "ADMIN_WAIT_S", 0.3)
+    with held_loads() as (loader, loading, release):
+        async with in_process(settings(served), loader=loader) as (_, client):
+            await ready(client)
+            first = asyncio.create_task(reload(client, force=True))
             await until(lambda: _value(loading.is_set()))
-            assert_error(await reload(client), 503, "reload_in_progress")
-        finally:
+            started = time.monotonic()
+            assert_error(await reload(client), 503, "reload_in_progress")  # after waiting ADMIN_WAIT_S
+            assert 0.25 < time.monotonic() - started < 10
             release.set()
-        assert (await first).status_code == 200
+            assert (await first).status_code == 200
+
+
+async def test_a_reload_during_a_short_reload_waits_for_it(served):
+    """A reload right after another (with several workers, the one another worker's admin call passed
+    on, or a poll) waits for the running one and then makes its own: found by schemathesis in the
+    reliability suite, where back-to-back admin reloads against two workers got 503."""
+    with held_loads() as (loader, loading, release):
+        async with in_process(settings(served), loader=loader) as (_, client):
+            await ready(client)
+            first = asyncio.create_task(reload(client, force=True))
+            await until(lambda: _value(loading.is_set()))
+            second = asyncio.create_task(reload(client, force=True))
+            await asyncio.sleep(0.3)
+            assert not second.done()  # waiting, not refused
+            release.set()
+            assert (await first).status_code == 200
+            response = await second
+            assert response.status_code == 200 and response.json()["status"] == "loaded"
+
+
+async def test_a_worker_started_while_another_serves_accepts_only_once_its_model_loads(served, tmp_path):
+    """With several workers, a worker that starts while another one serves (uvicorn replacing a killed
+    worker) finishes its start-up, and so accepts connections, only once its model is loaded: the
+    reliability suite's replacement worker answered 503 model_not_loaded while loading. A worker with
+    no serving sibling (the first start) answers probes at once, as with one worker."""
+    import os
+    import subprocess
+    import sys
+
+    from anomaly_ae.service.app import create_app
+
+    control = tmp_path / "control"
+    control.mkdir()
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with held_loads(after=0) as (loader, loading, release):
+            app = create_app(settings(served, workers=2, control_dir=str(control)), loader=loader)
+            lifespan = app.router.lifespan_context(app)
+            startup = asyncio.create_task(lifespan.__aenter__())
+            await until(lambda: _value(loading.is_set()))
+            await asyncio.sleep(0.2)
+            assert startup.done()  # no sibling serves yet: started at once, loading in the background
+            await lifespan.__aexit__(None, None, None)
+        (control / f"serving-{sibling.pid}").touch()
+        with held_loads(after=0) as (loader, loading, release):
+            app = create_app(settings(served, workers=2, control_dir=str(control)), loader=loader)
+            lifespan = app.router.lifespan_context(app)
+            startup = asyncio.create_task(lifespan.__aenter__())
+            await until(lambda: _value(loading.is_set()))
+            await asyncio.sleep(0.3)
+            assert not startup.done()  # the sibling serves meanwhile
+            release.set()
+            await asyncio.wait_for(startup, 30)
+            assert app.state.holder.current is not None
+            assert (control / f"serving-{os.getpid()}").exists()
+            await lifespan.__aexit__(None, None, None)
+        assert not (control / f"serving-{os.getpid()}").exists()
+    finally:
+        sibling.kill()
+        sibling.wait()
 
 
 async def test_polling_picks_up_a_moved_version(models, served):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
 import shutil
 import subprocess
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_support import ADMIN, SCORE, Service, free_port, metric_value, train_model, wait_for
+from service_support import ADMIN, SCORE, Service, free_port, fuzz_openapi, metric_value, train_model, wait_for
 
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 
@@ -124,69 +123,11 @@ def test_an_admin_reload_reaches_every_worker(two_workers):
 # ---------------------------------------------------------------------------- fuzzing the OpenAPI schema
 def test_openapi_fuzz_passes_every_check(two_workers):
     """schemathesis generates valid and invalid requests (bodies, query strings, headers) for every
-    operation in /openapi.json and runs all its checks on every response: no 5xx, only declared
-    statuses, responses matching their schemas, valid data accepted and invalid data refused; and
-    every scored row has a finite score. The document describes the served model's columns, so
-    generated "valid" bodies are valid for the model too."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis.errors import Unsatisfiable
-    from schemathesis import GenerationMode
-
-    from schemathesis.config import SchemathesisConfig
-    from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
-
+    operation in /openapi.json and runs all its checks on every response (see `fuzz_openapi`)."""
     service, _ = two_workers
-    # 413 is how the service refuses a batch over max_rows (the schema's maxItems): a rejection too
-    config = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
-        "expected-statuses": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]}}})
-    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json", config=config)
-
-    def finite_scores(ctx, response, case):
-        if response.status_code == 200 and case.path == "/v1/score":
-            for row in response.json()["results"]:
-                assert row["score"] is not None and math.isfinite(row["score"]), row
-                assert math.isfinite(row["p_value"]), row
-
-    errors, calls = [], 0
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            strategy = operation.as_strategy(generation_mode=mode)
-            if mode is GenerationMode.POSITIVE and operation.path == "/v1/score":
-                strategy = strategy.map(one_id_per_sample)
-
-            @given(strategy)
-            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                      database=None)
-            def run(case):
-                nonlocal calls
-                calls += 1
-                # a real key in place of the generated one; a case that leaves the header out on purpose
-                # (a negative one) is sent without it
-                sends_key = any(name.lower() == "authorization" for name in (case.headers or {}))
-                headers = ADMIN if sends_key else None
-                case.call_and_validate(headers=headers, additional_checks=[finite_scores], timeout=30)
-
-            try:
-                run()
-            except Unsatisfiable:  # no parameters and no body: nothing to make invalid
-                assert mode is GenerationMode.NEGATIVE
-            except Exception as exc:  # report every operation's failure, not just the first
-                errors.append(f"{mode.value} {operation.method.upper()} {operation.path}: {type(exc).__name__}: "
-                              f"{str(exc)[:1500]}")
+    calls, errors = fuzz_openapi(service.url, max_examples=25)
     assert not errors, "\n".join(errors)
     assert calls > 100
-
-
-def one_id_per_sample(case):
-    """`ids` must hold one id per sample, which JSON Schema cannot say (the document says it in
-    words): a generated valid body's ids are repeated or cut to its number of samples."""
-    body = case.body
-    if isinstance(body, dict) and isinstance(body.get("ids"), list):
-        ids, n = body["ids"] or [0], len(body.get("records") or body.get("data") or [])
-        body["ids"] = [ids[i % len(ids)] for i in range(n)]
-    return case
 
 
 # ---------------------------------------------------------------------------- a worker killed outright
@@ -264,4 +205,71 @@ def test_a_killed_worker_leaves_no_gauges_behind(tmp_path, own_port):
     finally:
         for sock in held:
             sock.close()
+        service.stop()
+
+
+def test_a_worker_killed_while_being_health_checked_is_replaced_at_once(tmp_path):
+    """uvicorn's supervisor pings each worker over a pipe and waits up to 60 s for the answer; it kept
+    its copy of the worker's end, so a worker that died during a ping was replaced only after 60 s
+    (the reliability suite's worker kill under load). A stopped worker holds the supervisor in a ping;
+    killed then, it is replaced within seconds, and the replacement serves before it accepts."""
+    import os
+    import signal
+
+    train_model(tmp_path / "model", seed=1)
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    service = Service(tmp_path / "model", workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(prom)},
+                      log=tmp_path / "log")
+    try:
+        service.wait_ready()
+        assert wait_for(lambda: len(_worker_pids(prom)) == 2, timeout=120)
+        victim = min(_worker_pids(prom))
+        os.kill(victim, signal.SIGSTOP)  # the supervisor's next ping of it waits for an answer
+        time.sleep(2)
+        os.kill(victim, signal.SIGKILL)
+        started = time.monotonic()
+        assert wait_for(lambda: len(_worker_pids(prom) - {victim}) == 2, timeout=120), service.output()[-2000:]
+        assert time.monotonic() - started < 30, "the supervisor waited out its health-check timeout"
+        # the replacement starts (accepts) only after it has loaded its model
+        waiting = "another worker is serving: loading the model before accepting connections"
+        assert wait_for(lambda: waiting in service.output() and "Application startup complete" in
+                        service.output().rpartition(waiting)[2], timeout=120), service.output()[-3000:]
+        replacement = service.output().rpartition(waiting)[2]
+        assert replacement.index("serving model") < replacement.index("Application startup complete")
+    finally:
+        service.stop()
+
+
+def test_after_sigterm_new_connections_are_refused_while_a_request_in_flight_finishes(tmp_path):
+    """On SIGTERM the workers stop accepting and finish their requests, but uvicorn's supervisor kept
+    the listening socket open until they had exited: new connections then waited unanswered in the
+    backlog for the whole graceful shutdown and were reset at the end (the reliability suite's SIGTERM
+    check). Now they are refused at once, while the request in flight still gets its answer."""
+    import signal
+    import socket
+
+    train_model(tmp_path / "model", seed=1)
+    service = Service(tmp_path / "model", workers=2, log=tmp_path / "log")
+    try:
+        service.wait_ready()
+        assert wait_for(lambda: service.output().count("serving model") >= 2, timeout=120)
+        rows = json.loads(make_telemetry(3, seed=2).drop(columns=list(LABEL_COLUMNS)).to_json(orient="records"))
+        body = json.dumps({"records": rows}).encode()
+        held = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+        held.sendall(f"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: {SCORE['Authorization']}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:-1])
+        assert wait_for(lambda: metric_value(httpx.get(f"{service.url}/metrics").text,
+                                             "anomaly_ae_http_requests_in_flight") == 2, timeout=30)
+        service.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # the supervisor acts on signals every 0.5 s
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{service.url}/healthz", timeout=5)
+        assert time.monotonic() - started < 2
+        held.sendall(body[-1:])
+        reply = held.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert service.proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
         service.stop()

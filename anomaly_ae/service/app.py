@@ -52,6 +52,8 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
         gc.collect()
         gc.freeze()
         holder.start()
+        if settings.workers > 1:  # a replacement worker accepts connections only once it can score
+            await holder.wait_for_model_while_others_serve()
         try:
             yield
         finally:
@@ -64,7 +66,7 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
     app.state.holder = holder
     app.state.keys = KeyRing(settings)
     app.state.parser = ScoreRequestParser(settings.max_rows, settings.max_top_k, settings.max_id_length)
-    app.state.admission = Admission(settings.max_concurrency, settings.max_body_reads)
+    app.state.admission = Admission(settings.max_concurrency, settings.max_body_reads, settings.scoring_threads)
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(ObservabilityMiddleware)

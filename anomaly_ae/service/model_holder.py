@@ -30,6 +30,7 @@ from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.persistence import REMOTE_SCHEMES
 from anomaly_ae.registry.connection import DEFAULT_BOUNDS, HttpBounds
 from anomaly_ae.service import metrics
+from anomaly_ae.service.multiproc import process_alive
 from anomaly_ae.service.scorer import Scorer, SmokeTestError
 from anomaly_ae.service.settings import ServiceSettings
 
@@ -39,7 +40,11 @@ log = logging.getLogger("anomaly_ae.service")
 TRANSIENT_ERRORS = tuple(t for t in (getattr(exceptions, "RegistryUnavailableError", None), ConnectionError,
                                      TimeoutError, OSError) if t is not None)
 MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyond this, skip polls
+# An admin reload that finds another refresh running (a poll, or with several workers the reload
+# another worker's admin call passed on) waits this long for it rather than answering 503 at once.
+ADMIN_WAIT_S = 5.0
 RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker
+SERVING_PREFIX = "serving-"  # in settings.control_dir: serving-PID, written by a worker once it has a model
 # An absolute file path in an error message (the registry downloads into temporary folders): a
 # caller is told the file's name, never where the server keeps it.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
@@ -163,6 +168,7 @@ class ModelHolder:
         self._refused: dict[str, tuple[str, str]] = {}  # version -> (reason, message)
         self._desired: tuple[str, str] | None = None  # (name, version) the URI resolved to last
         self._lock = asyncio.Lock()
+        self._last_outcome: RefreshOutcome | None = None
         self._stuck: list[threading.Thread] = []
         self._tasks: list[asyncio.Task] = []
         self._signal_seen = 0
@@ -175,7 +181,36 @@ class ModelHolder:
             self._signal_seen = self._signal_stamp()
             self._tasks.append(loop.create_task(self._watch_reload_requests(), name="anomaly-ae-reload-requests"))
 
+    async def wait_for_model_while_others_serve(self) -> None:
+        """With several workers: a worker started while another one serves (a replacement for one that
+        died, or a rolling restart) returns only once its own model is loaded, so it accepts no
+        connection before then (the others take them all); otherwise at once. Measured before: a worker
+        replaced under load answered 503 model_not_loaded to the requests it accepted while loading."""
+        if self._others_serving() and self.current is None:
+            log.info("another worker is serving: loading the model before accepting connections")
+            while self.current is None and self._others_serving():
+                await asyncio.sleep(0.1)
+
+    def _serving_marker(self, pid: int | None = None) -> Path | None:
+        if not self.settings.control_dir:
+            return None
+        return Path(self.settings.control_dir) / f"{SERVING_PREFIX}{os.getpid() if pid is None else pid}"
+
+    def _others_serving(self) -> bool:
+        if not self.settings.control_dir:
+            return False
+        try:
+            names = os.listdir(self.settings.control_dir)
+        except OSError:
+            return False
+        pids = {int(n[len(SERVING_PREFIX):]) for n in names if n.startswith(SERVING_PREFIX)
+                and n[len(SERVING_PREFIX):].isdigit()}
+        return any(pid != os.getpid() and process_alive(pid) for pid in pids)
+
     async def stop(self) -> None:
+        marker = self._serving_marker()
+        if marker is not None:
+            marker.unlink(missing_ok=True)
         for task in self._tasks:
             task.cancel()
             try:
@@ -242,63 +277,86 @@ class ModelHolder:
 
     # -------------------------------------------------------------- one refresh
     async def refresh(self, trigger: str, force: bool = False) -> RefreshOutcome:
-        """Resolve the URI; load, smoke-test and swap in the version it points to if it is new."""
-        if self._lock.locked() or self._too_many_stuck():
-            return RefreshOutcome("busy", reason="reload_in_progress",
-                                  message="a reload or registry call is still running; try again shortly")
-        async with self._lock:
-            self.last_checked = time.time()
-            try:
-                ref = await self._in_thread(self._resolver, self.uri, timeout=self.settings.registry_timeout_s)
-            except asyncio.TimeoutError:
-                return self._failed(trigger, "registry_timeout", f"the registry did not answer within "
-                                    f"{self.settings.registry_timeout_s:g}s; still serving the last good model")
-            except TRANSIENT_ERRORS as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not reach the registry ({type(exc).__name__}); still serving the last "
-                                    "good model")
-            except exceptions.AnomalyAEError as exc:
-                return self._failed(trigger, "model_not_found", str(exc))
-            except Exception as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not reach the registry ({type(exc).__name__}); still serving the last "
-                                    "good model")
-            version = version_of(ref)
-            current = self.current
-            self._set_desired((str(ref.name or ""), version))
-            if current is not None and current.version == version and not force:
-                return RefreshOutcome("unchanged", version=version)
-            if version in self._refused and not force:
-                reason, message = self._refused[version]
-                return RefreshOutcome("refused", version=version, reason=reason,
-                                      message=f"{message} (not retried until it changes; reload with force=true "
-                                              "to retry)")
-            metrics.RELOAD_ATTEMPTS.labels(trigger).inc()
-            started = time.perf_counter()
-            try:
-                loaded = await self._in_thread(self._load_and_check, timeout=self.settings.load_timeout_s)
-            except asyncio.TimeoutError:
-                return self._failed(trigger, "load_timeout", f"loading version {version} took longer than "
-                                    f"{self.settings.load_timeout_s:g}s; still serving the last good model")
-            except SmokeTestError as exc:
-                return self._refuse(trigger, version, "smoke_test_failed", str(exc))
-            except TRANSIENT_ERRORS as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not download version {version} ({type(exc).__name__}); still serving "
-                                    "the last good model")
-            except ModelLoadError as exc:
-                return self._refuse(trigger, version, "load_error", str(exc))
-            except Exception as exc:
-                return self._failed(trigger, "registry_unavailable",
-                                    f"could not download version {version} ({type(exc).__name__}); still serving "
-                                    "the last good model")
-            self._swap(loaded, time.perf_counter() - started)
-            self.last_error = None
-            if self._desired is not None:
-                self._set_desired(self._desired)
-            log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.version,
-                     loaded.ref.alias, loaded.load_seconds)
-            return RefreshOutcome("loaded", version=loaded.version)
+        """Resolve the URI; load, smoke-test and swap in the version it points to if it is new.
+
+        One refresh runs at a time. A poll that finds one running skips its turn. An admin reload
+        waits for it (up to ADMIN_WAIT_S) and then makes its own, unless the one it waited for has
+        just failed to reach the registry: that answer is returned rather than asking again at once.
+        """
+        busy = RefreshOutcome("busy", reason="reload_in_progress",
+                              message="a reload or registry call is still running; try again shortly")
+        if self._too_many_stuck():
+            return busy
+        waited = self._lock.locked()
+        if waited and trigger != "admin":
+            return busy
+        try:
+            await asyncio.wait_for(self._lock.acquire(), ADMIN_WAIT_S)
+        except asyncio.TimeoutError:
+            return busy
+        try:
+            previous = self._last_outcome
+            if waited and previous is not None and previous.reason in ("registry_timeout", "registry_unavailable"):
+                return previous
+            self._last_outcome = outcome = await self._refresh(trigger, force)
+            return outcome
+        finally:
+            self._lock.release()
+
+    async def _refresh(self, trigger: str, force: bool) -> RefreshOutcome:
+        """One refresh, holding the lock."""
+        self.last_checked = time.time()
+        try:
+            ref = await self._in_thread(self._resolver, self.uri, timeout=self.settings.registry_timeout_s)
+        except asyncio.TimeoutError:
+            return self._failed(trigger, "registry_timeout", f"the registry did not answer within "
+                                f"{self.settings.registry_timeout_s:g}s; still serving the last good model")
+        except TRANSIENT_ERRORS as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not reach the registry ({type(exc).__name__}); still serving the last "
+                                "good model")
+        except exceptions.AnomalyAEError as exc:
+            return self._failed(trigger, "model_not_found", str(exc))
+        except Exception as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not reach the registry ({type(exc).__name__}); still serving the last "
+                                "good model")
+        version = version_of(ref)
+        current = self.current
+        self._set_desired((str(ref.name or ""), version))
+        if current is not None and current.version == version and not force:
+            return RefreshOutcome("unchanged", version=version)
+        if version in self._refused and not force:
+            reason, message = self._refused[version]
+            return RefreshOutcome("refused", version=version, reason=reason,
+                                  message=f"{message} (not retried until it changes; reload with force=true "
+                                          "to retry)")
+        metrics.RELOAD_ATTEMPTS.labels(trigger).inc()
+        started = time.perf_counter()
+        try:
+            loaded = await self._in_thread(self._load_and_check, timeout=self.settings.load_timeout_s)
+        except asyncio.TimeoutError:
+            return self._failed(trigger, "load_timeout", f"loading version {version} took longer than "
+                                f"{self.settings.load_timeout_s:g}s; still serving the last good model")
+        except SmokeTestError as exc:
+            return self._refuse(trigger, version, "smoke_test_failed", str(exc))
+        except TRANSIENT_ERRORS as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not download version {version} ({type(exc).__name__}); still serving "
+                                "the last good model")
+        except ModelLoadError as exc:
+            return self._refuse(trigger, version, "load_error", str(exc))
+        except Exception as exc:
+            return self._failed(trigger, "registry_unavailable",
+                                f"could not download version {version} ({type(exc).__name__}); still serving "
+                                "the last good model")
+        self._swap(loaded, time.perf_counter() - started)
+        self.last_error = None
+        if self._desired is not None:
+            self._set_desired(self._desired)
+        log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.version,
+                 loaded.ref.alias, loaded.load_seconds)
+        return RefreshOutcome("loaded", version=loaded.version)
 
     def _load_and_check(self) -> LoadedModel:
         started = time.perf_counter()
@@ -320,6 +378,12 @@ class ModelHolder:
     def _swap(self, loaded: LoadedModel, seconds: float) -> None:
         previous = self.current
         self.current = loaded  # one reference assignment: requests see the old or the new model, never a mix
+        marker = self._serving_marker()
+        if previous is None and marker is not None:
+            try:
+                marker.touch()
+            except OSError as exc:
+                log.warning("could not mark this worker as serving in the control folder: %s", type(exc).__name__)
         metrics.MODEL_LOAD_DURATION.observe(seconds)
         metrics.set_model(previous.labels if previous else None, loaded.labels, loaded.scorer.threshold,
                           loaded.loaded_at)

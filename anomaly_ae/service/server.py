@@ -9,6 +9,11 @@ Two things measured on this project's 2-core machine decide the setup:
 - torch's default of one intra-op thread per core made two workers on two cores fight (1000-row
   throughput fell ~10x); each worker gets `torch_threads` (default 1) via OMP/MKL variables set
   before any worker imports torch, the one place the service sets its thread count.
+
+And one thing found by the reliability suite: uvicorn's httptools protocol puts no bound on a
+request's head (the request line and headers), so one unauthenticated client could make a worker
+buffer a 64 MiB header (measured: accepted, RSS +64 MiB). The protocol here answers 431 and closes
+the connection once a head passes MAX_HEADER_BYTES; h11 gets the same bound.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import orjson
 
 from anomaly_ae.exceptions import ConfigurationError
 from anomaly_ae.service.settings import ServiceSettings
@@ -69,14 +76,43 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+MAX_HEADER_BYTES = 64 * 1024  # a request line and headers larger than this are refused with 431
+_HEADERS_TOO_LARGE = orjson.dumps({"error": {"status": 431, "code": "headers_too_large", "message":
+                                             f"the request line and headers exceed {MAX_HEADER_BYTES} bytes"}})
+HEADERS_TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                              b"connection: close\r\ncontent-length: " + str(len(_HEADERS_TOO_LARGE)).encode()
+                              + b"\r\n\r\n" + _HEADERS_TOO_LARGE)
+
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+        """TCP_NODELAY, one send() per response, and a bound on the request head (MAX_HEADER_BYTES)."""
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             _set_nodelay(transport)
             super().connection_made(transport)
             self.transport = CoalescingTransport(self.transport)
+            self._in_head, self._head_bytes = True, 0
+
+        def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return
+            if self._in_head:  # counted per chunk: a head is held to MAX_HEADER_BYTES + one read
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self.transport.write(HEADERS_TOO_LARGE_RESPONSE)
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head, self._head_bytes = True, 0
 except ImportError:  # pragma: no cover - httptools is a dependency
     NoDelayHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
@@ -205,6 +241,7 @@ def _run(settings: ServiceSettings, created: list[str]) -> None:
                                    http=http_protocol() if settings.tcp_nodelay else "httptools",
                                    timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
                                    proxy_headers=False, server_header=False,
+                                   h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                                    # a worker imports torch before it is ready: slow on a busy machine
                                    timeout_worker_healthcheck=60)
     options["loop"] = settings.event_loop
@@ -213,4 +250,54 @@ def _run(settings: ServiceSettings, created: list[str]) -> None:
 
         uvicorn.run(create_app(settings), **options)
     else:
+        notice_dead_workers_during_health_checks()
+        refuse_new_connections_when_stopping()
         uvicorn.run("anomaly_ae.service.app:app_from_env", factory=True, workers=settings.workers, **options)
+
+
+def notice_dead_workers_during_health_checks() -> None:
+    """uvicorn's multi-worker supervisor (0.54) pings each worker every 0.5 s over a pipe and waits up to
+    timeout_worker_healthcheck (60 s here) for the answer, but keeps its own copy of the worker's end of
+    that pipe: a worker that dies while being pinged never closes the pipe, so the supervisor waits the
+    whole 60 s before it replaces the worker (measured by the reliability suite: a worker killed under
+    load was replaced after 60 s instead of 1). Closing the supervisor's copy once the worker has
+    started makes its death end the wait at once (EOF); the worker keeps the end it inherited."""
+    from uvicorn.supervisors import multiprocess
+
+    process = getattr(multiprocess, "Process", None)
+    start = getattr(process, "start", None)
+    if start is None or getattr(start, "closes_child_end", False):
+        return
+
+    def start_and_close_child_end(self: Any) -> None:
+        start(self)
+        child_end = getattr(self, "child_conn", None)
+        if child_end is not None:
+            child_end.close()
+
+    start_and_close_child_end.closes_child_end = True  # type: ignore[attr-defined]
+    process.start = start_and_close_child_end
+
+
+def refuse_new_connections_when_stopping() -> None:
+    """On SIGTERM each uvicorn worker stops accepting and finishes its requests in flight, but the
+    multi-worker supervisor keeps its copy of the listening socket open until every worker has exited:
+    new connections then sit unanswered in the kernel's backlog for the whole graceful shutdown (up to
+    graceful_timeout_s) and are reset at the end (measured by the reliability suite). Closing the
+    supervisor's copy when it starts stopping the workers lets them be refused at once, so clients and
+    load balancers go elsewhere straight away."""
+    from uvicorn.supervisors import multiprocess
+
+    supervisor = getattr(multiprocess, "Multiprocess", None)
+    terminate_all = getattr(supervisor, "terminate_all", None)
+    if terminate_all is None or getattr(terminate_all, "closes_listeners", False):
+        return
+
+    def close_listeners_and_terminate_all(self: Any) -> None:
+        for sock in getattr(self, "sockets", []):
+            with contextlib.suppress(OSError):
+                sock.close()
+        terminate_all(self)
+
+    close_listeners_and_terminate_all.closes_listeners = True  # type: ignore[attr-defined]
+    supervisor.terminate_all = close_listeners_and_terminate_all

@@ -34,6 +34,11 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body; larger is 413.")
     max_concurrency: int = Field(64, ge=1, description="Scoring requests one worker scores at once (each in a "
                                                        "worker thread); more get 503 with Retry-After.")
+    scoring_threads: int = Field(2, ge=1, description="Admitted scoring requests one worker works on at once "
+                                                      "(parse, validate, score, respond), each in a thread; the "
+                                                      "others wait their turn. More threads than cores only fight "
+                                                      "for the GIL, which the event loop (and /healthz) needs too, "
+                                                      "and hold more batches in memory.")
     max_body_reads: int = Field(128, ge=1, description="Request bodies one worker reads at once; more get 503. "
                                                        "Separate from max_concurrency so that slow clients never "
                                                        "hold a scoring place; bounds memory at max_body_reads x "
