@@ -205,7 +205,7 @@ def series_story(out_dir: Path, env: dict[str, str]) -> dict[str, int]:
     flagged = {name: pd.read_csv(out_dir / f"{name}_scored.csv")["is_anomaly"].to_numpy().astype(bool)
                for name in ("rows", "series")}
     table = Table(title="labelled incidents with at least one flagged step, by kind")
-    for column in ("kind", "incidents", "row-by-row default", "series detector (pca, window 32)"):
+    for column in ("kind", "incidents", "row-by-row default", "series detector (knn, window 32)"):
         table.add_column(column)
     found = {"rows": 0, "series": 0}
     for kind in sorted(set(rest.anomaly_kind) - {"none"}):
