@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-serve bench-cli clean
+.PHONY: venv demo test bench bench-serve bench-cli reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ bench-serve: $(STAMP)
 # anomaly-ae --help, this checkout vs the commit before the light package root (needs hyperfine)
 bench-cli: $(STAMP)
 	bash benchmarks/cli_help.sh
+
+# Reliability under load and faults, against real processes on 127.0.0.1 (~15 min on 2 cores; needs mlflow
+# and hey, installed via apt if missing): writes benchmarks/results/reliability.{md,json}, exits 1 if a check fails.
+# A smoke run: $(BIN)/python benchmarks/reliability.py --quick
+reliability: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) demo-output mlruns mlflow.db .pytest_cache
