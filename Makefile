@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-serve bench-cli bench-ts-env bench-ts clean
+.PHONY: venv demo test bench bench-serve bench-cli bench-ts-env bench-ts reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,7 +41,7 @@ bench-cli: $(STAMP)
 # installed there without their dependencies (TSB-AD pins numpy<2), never into .venv.
 BENCH_VENV := .venv-bench
 TS := benchmarks/timeseries
-TS_METHODS ?= random window_pca tsbad_pca tsbad_kmeansad tsbad_iforest
+TS_METHODS ?= ours:knn@32 ours:pca@32 random window_pca tsbad_pca tsbad_kmeansad tsbad_iforest
 TS_SEEDS ?= 0 1 2
 
 $(BENCH_VENV)/.installed: pyproject.toml $(TS)/setup_env.sh
@@ -56,6 +56,12 @@ bench-ts: $(BENCH_VENV)/.installed
 	  $(BENCH_VENV)/bin/python $(TS)/run.py --suite $$suite --methods $(TS_METHODS) --seeds $(TS_SEEDS) \
 	  && $(BENCH_VENV)/bin/python $(TS)/report.py --suite $$suite || exit 1; \
 	done
+
+# Reliability under load and faults, against real processes on 127.0.0.1 (~15 min on 2 cores; needs mlflow
+# and hey, installed via apt if missing): writes benchmarks/results/reliability.{md,json}, exits 1 if a check fails.
+# A smoke run: $(BIN)/python benchmarks/reliability.py --quick
+reliability: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) demo-output mlruns mlflow.db .pytest_cache

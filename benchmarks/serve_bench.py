@@ -174,6 +174,12 @@ def run_hey(hey: str, server: Server, body: Path, concurrency: int, seconds: flo
     for name, value in server.headers.items():
         command += ["-H", f"{name}: {value}"]
     out = subprocess.run(command + [server.url], capture_output=True, text=True, timeout=seconds + 120).stdout
+    return parse_hey(out)
+
+
+def parse_hey(out: str) -> dict:
+    """hey's text report -> requests/s (of 2xx responses), p50/p99 in ms, responses by status, errors
+    (connection errors and responses of 300 and above). Also used by benchmarks/reliability.py."""
     statuses = {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
     errors = sum(int(n) for n in re.findall(r"\[(\d+)\]\s+(?:Get|Post|dial|read|write)", out))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if "Requests/sec" in out else 0.0
