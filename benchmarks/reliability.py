@@ -3,6 +3,7 @@
     make reliability                     # or: .venv/bin/python benchmarks/reliability.py
     python benchmarks/reliability.py --quick                 # a smoke run: shorter soak, fewer cases
     python benchmarks/reliability.py --only soak,worker_kill --out /tmp/r.json
+    python benchmarks/reliability.py --set soak_s=240 --set liveness_requests=128
 
 Trains two small telemetry autoencoders, registers them (and broken versions) in a real `mlflow
 server` (SQLite, served artifacts, in a temporary folder), serves models:/NAME@champion with
@@ -51,29 +52,31 @@ CHECKS: list[tuple[str, str, str, Callable[[Lab, Result], list[str]]]] = [
      "with its 4xx and the error shape; an announced oversized body is refused before it is sent (< 2 s); an "
      "endless body is cut off; probes answer after; no warning or traceback in the log", check_extremes),
     ("liveness", "Liveness under 64 concurrent maximum-size requests",
-     "all 64 requests (10,000 rows each, explained) score 200, and every /healthz and /readyz probe during them "
-     "(a new connection every 0.1 s, 1 s timeout) answers 200 in under 1 s", check_liveness),
+     "all {liveness_requests} concurrent requests (10,000 rows each, explained) score 200, and every /healthz and "
+     "/readyz probe during them (a new connection every 0.1 s, 1 s timeout) answers 200 in under 1 s", check_liveness),
     ("stalled", "64 connections stalling their bodies while legitimate requests come",
-     "every legitimate request is served (0 failures) while 64 connections hold half-sent bodies; each stalled one "
-     "gets 408 at the body timeout; requests in flight return to their level", check_stalled),
+     "every legitimate request is served (0 failures) while {stalled_connections} connections hold half-sent "
+     "bodies; each stalled one gets 408 at the body timeout ({body_timeout_s:g} s); requests in flight return to "
+     "their level", check_stalled),
     ("soak", "Soak: mixed load, flat memory",
-     "only expected statuses (200, and 422 for the invalid body), 0 connection errors, every /metrics scrape "
-     "answered, and service RSS at the end within max(24 MiB, 5%) of RSS after warm-up", check_soak),
+     "for {soak_s:g} s: only expected statuses (200, and 422 for the invalid body), 0 connection errors, every "
+     "/metrics scrape answered, and service RSS at the end within max(24 MiB, 5%) of RSS after warm-up", check_soak),
     ("alias_switch", "Alias switch under load",
      "0 failed requests; after `promote` moves the alias, no response from the old version later than "
-     "switch_within_s; no client sees the old version after the new one", check_alias_switch),
+     "{switch_within_s:g} s; no client sees the old version after the new one", check_alias_switch),
     ("broken_versions", "Broken versions refused while the old one serves",
      "for each broken version the alias is moved to: both workers refuse it with the expected reason within "
-     "refuse_within_s, version_mismatch = 1 and desired_info names it, the log names it; every request is served "
+     "{refuse_within_s:g} s, version_mismatch = 1 and desired_info names it, the log names it; every request is served "
      "by the good version (0 failures); mismatch returns to 0 when the alias moves back", check_broken_versions),
     ("worker_kill", "A worker killed (kill -9) under load, 2 workers",
-     "a replacement worker serves within recover_within_s; failed requests (of 8 clients, half on keep-alive "
+     "a replacement worker serves within {recover_within_s:g} s; failed requests (of 8 clients, half on keep-alive "
      "connections, half on a new connection each) at most 8, those in flight on the killed worker, and none after "
      "the replacement serves; then model_info is exactly one "
      "version at 1, requests in flight 1 (the scrape), scoring in flight 0, model_ready 1", check_worker_kill),
     ("registry_outage", "MLflow registry paused (SIGSTOP), then killed, under load",
-     "0 failed requests, every response from the served version, /readyz 200 at every probe (every 0.25 s, 1 s "
-     "timeout), and the outage counted as reload failures (the check saw it)", check_registry_outage),
+     "with the registry stopped for {registry_pause_s:g} s, then killed and load going on {after_kill_s:g} s: 0 failed "
+     "requests, every response from the served version, /readyz 200 at every probe (every 0.25 s, 1 s timeout), "
+     "and the outage counted as reload failures (the check saw it)", check_registry_outage),
     ("sigterm", "SIGTERM under load (2 workers)",
      "every request in flight at SIGTERM (16 x 10,000 rows, held one byte short of their bodies until 1.5 s after "
      "the signal, so that all their scoring happens during the shutdown) completes with 200; from 1 s after the "
@@ -118,7 +121,7 @@ def run_all(plan: Plan, only: set[str] | None, out: Path, quick: bool, keep: boo
             t0 = time.monotonic()
             if key in checks:
                 title, criterion, fn = checks[key]
-                result = Result(key, title, criterion)
+                result = Result(key, title, criterion.format(**asdict(plan)))
                 log(f"check {key}: {title}")
                 try:
                     failures = fn(lab, result)
@@ -259,6 +262,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: shorter soak, fewer cases and rows")
     parser.add_argument("--only", default="", help=f"comma-separated checks to run, of: {', '.join(ORDER)}")
     parser.add_argument("--soak-s", type=float, help="soak duration in seconds (default 150, quick 30)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help=f"change one field of the plan (repeatable): {', '.join(Plan.__dataclass_fields__)}")
     parser.add_argument("--out", type=Path, default=RESULTS / "reliability.json",
                         help="JSON results (the Markdown table goes beside it)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, models, data)")
@@ -268,8 +273,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown checks: {', '.join(sorted(unknown))}")
     plan = QUICK if args.quick else Plan()
-    if args.soak_s:
-        plan = Plan(**{**asdict(plan), "soak_s": args.soak_s})
+    changes: dict[str, Any] = {"soak_s": args.soak_s} if args.soak_s else {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in Plan.__dataclass_fields__ or not value:
+            parser.error(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(Plan.__dataclass_fields__)}")
+        changes[name] = type(getattr(plan, name))(value)
+    plan = Plan(**{**asdict(plan), **changes})
 
     def terminate(signum: int, frame: object) -> None:  # stop every process we started, then exit
         raise KeyboardInterrupt(f"signal {signum}")
