@@ -558,10 +558,12 @@ def check_sigterm(lab: Lab, r: Result) -> list[str]:
     exited_s = time.monotonic() - t_term
     background.stop()
     connector.join(20)
-    # once the supervisor has acted on the signal (it looks every 0.5 s), a new connection must be refused
-    # or answered at once, never left waiting in the backlog until the service exits
+    # once the supervisor has acted on the signal (it looks every 0.5 s), a new connection must be refused or
+    # answered, never accepted into the backlog of a socket nothing accepts from any more: that one ends with a
+    # read timeout or with a reset when the service exits. (How long a refusal takes depends on the machine's
+    # load, so the time is reported, not judged.)
     late = [c for c in connects if c[0] >= 1.0]
-    hung = [c for c in late if c[2] > 2.0]
+    hung = [c for c in late if c[1] not in ("refused", "200")]
     left = [p for p in rs.descendants(service.proc.pid) if p != service.proc.pid and rs.alive(p)]
     before = [o for o in background.outcomes if o.end < t_term]
     after = [o for o in background.outcomes if o.end >= t_term]
@@ -584,8 +586,8 @@ def check_sigterm(lab: Lab, r: Result) -> list[str]:
     expect(code in (0, -signal.SIGTERM), f"exit code {code}", failures)
     expect(not left, f"processes left behind: {left}", failures)
     expect(control is None or not Path(control).exists(), f"the control folder {control} was left behind", failures)
-    expect(not hung, f"{len(hung)} new connections after SIGTERM waited over 2 s (the listening socket stayed open "
-                     f"while nothing accepted): {hung[:5]}", failures)
+    expect(not hung, f"{len(hung)} new connections after SIGTERM were neither refused nor answered (they waited in "
+                     f"the backlog of a socket nothing accepted from): {hung[:5]}", failures)
     return failures
 
 
