@@ -7,13 +7,12 @@ bug shows a traceback.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from anomaly_ae.exceptions import AnomalyAEError
+from anomaly_ae.console import console, friendly_errors
 from anomaly_ae.runtime import DEFAULT_THREADS, set_threads
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20  # as anomaly_ae.data.io (not imported here: it loads pandas)
@@ -32,20 +31,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Anomaly detection with autoencoders trained on normal data.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-console = Console(stderr=True, soft_wrap=True)  # an error message stays one greppable line
-
-
-def friendly_errors(func: Callable) -> Callable:
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except (AnomalyAEError, FileExistsError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(code=2) from None
-    return wrapper
-
-
 class _Stopped(BaseException):
     """Raised in the main thread by SIGTERM/SIGINT so `with` blocks clean up (temp files) on the way out."""
 
@@ -101,7 +86,8 @@ def read_training_data(path: Path, drop_cols: list[str], max_line_bytes: int = D
 @app.command()
 @friendly_errors
 def train(
-    data: Path = typer.Argument(..., help="Normal training data: CSV, Parquet, or .npy/.npz array."),
+    data: Optional[Path] = typer.Argument(None, help="Normal training data: CSV, Parquet, or .npy/.npz array "
+                                                     "(or --prometheus SPEC instead)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
                                        help="Directory to save the model in (optional with --experiment/--register)."),
     model: Optional[str] = typer.Option(None, help="Model: for rows hybrid (the default) or another name in "
@@ -142,6 +128,11 @@ def train(
     checkpoint_every: int = typer.Option(1, help="Epochs between checkpoints (with --checkpoint-dir)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the training saved in --checkpoint-dir (same data "
                                                         "and options); finished networks are not retrained."),
+    prometheus: Optional[Path] = typer.Option(None, "--prometheus", help="Train a series model on the metrics a "
+                                                                          "watch spec (YAML/TOML) names, fetched from "
+                                                                          "Prometheus over --start..--end."),
+    start: str = typer.Option("-14d", help="With --prometheus: start of the history (-14d, RFC 3339, unix seconds)."),
+    end: str = typer.Option("now", help="With --prometheus: end of the history."),
 ) -> None:
     """Train a detector on normal data; save it, and/or log the run to MLflow and register the model."""
     from anomaly_ae.detector import Detector
@@ -153,6 +144,27 @@ def train(
     tracked = experiment is not None or register is not None
     if out is None and not tracked:
         raise DataError("say where the model goes: --out DIR, and/or --experiment NAME / --register NAME for MLflow")
+    if (data is None) == (prometheus is None):
+        raise DataError("give the training data: a file (anomaly-ae train DATA ...) or a watch spec "
+                        "(anomaly-ae train --prometheus SPEC ...), not both")
+    if prometheus is not None:
+        if augment or checkpoint_dir or eval_data or drop_cols:
+            raise DataError("--augment, --checkpoint-dir, --eval and --drop-cols apply to training files, "
+                            "not to --prometheus")
+        if out is not None:
+            check_writable(out)
+        if tracked:
+            from anomaly_ae.registry import check_connection, quiet_mlflow_logs
+
+            quiet_mlflow_logs()
+            check_connection(tracking_uri)
+        from anomaly_ae.watch.command import train_from_prometheus
+
+        with _clean_exit_on_signals():
+            train_from_prometheus(prometheus, start, end, model=model, window=_window(window) if window else None,
+                                  out=out, experiment=experiment,
+                                  register=register, tracking_uri=tracking_uri, device=device, progress=progress)
+        return
     if (eval_data is not None or label_col is not None) and not (tracked and eval_data and label_col):
         raise DataError("--eval DATA --label-col COL go together, with --experiment or --register "
                         "(the evaluation is logged to the run)")
@@ -473,9 +485,12 @@ def _register_subcommands() -> None:
     from anomaly_ae.augment.command import generate_app
     from anomaly_ae.bench.command import benchmark
     from anomaly_ae.service.command import serve
+    from anomaly_ae.watch.command import backtest, watch
 
     app.command("benchmark", help="Compare detectors with PyOD on ADBench (PROTOCOL.md splits).")(benchmark)
     app.command("serve")(serve)
+    app.command("watch")(watch)
+    app.command("backtest")(backtest)
     app.add_typer(generate_app, name="generate")
 
 

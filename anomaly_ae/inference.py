@@ -101,10 +101,14 @@ class InferencePath:
 
     # ------------------------------------------------------------------ the path
     def score(self, data: pd.DataFrame | np.ndarray | Columns, *, top_k: int = 0,
-              shares: bool = False, step_shares: bool = False) -> ScoreResult:
+              shares: bool = False, step_shares: bool = False, rows: np.ndarray | None = None) -> ScoreResult:
         """Validate and score `data`; `top_k > 0` adds each row's top contributing features,
         `shares=True` every column's share (for `Detector.explain`), `step_shares=True` (series
-        models) every (step of the window, column)'s share."""
+        models) every (step of the window, column)'s share.
+
+        `rows` (series models): score only these input positions, each by its window over the
+        whole input (a stream processor's new rows after their context); the result's arrays
+        follow `rows`, and its alerts are left to the caller, who holds the earlier steps."""
         layout = None
         if self.framing is not None:
             data, layout = self.framing.split(data)
@@ -116,18 +120,25 @@ class InferencePath:
             index = checked.index if isinstance(checked, pd.DataFrame) else pd.RangeIndex(len(checked))
         x = model_input(self.preprocessor, self.schema, checked)
         steps = None
+        if rows is not None:
+            if layout is None:
+                raise ValueError("rows= selects windows of a series model; a row model scores what it is given")
+            rows = np.asarray(rows, dtype=np.int64)
+            checked = _take_rows(checked, rows)
+            index = index[rows] if index is not None else None
         if layout is None:
             scores, contributions = self.scorer.score(x)
         else:
-            scores, contributions, steps = self.score_windows(x, layout, keep_steps=step_shares)
+            scores, contributions, steps = self.score_windows(x, layout, keep_steps=step_shares, rows=rows)
         bad = ~np.isfinite(scores)
         if bad.any():
-            rows = np.flatnonzero(bad)[:5].tolist()
-            raise ScoringError(f"the model produced non-finite scores for rows {rows}; their values are far "
+            bad_rows = np.flatnonzero(bad)[:5].tolist()
+            raise ScoringError(f"the model produced non-finite scores for rows {bad_rows}; their values are far "
                                "outside anything seen in training; check them for unit or sensor errors")
         cal = self.calibration
         result = ScoreResult(scores=scores, p_values=cal.p_values(scores), is_anomaly=scores > cal.threshold,
-                             severity=cal.severity(scores), index=index, checked=checked, model_input=x,
+                             severity=cal.severity(scores), index=index, checked=checked,
+                             model_input=x if rows is None else x[rows],
                              missing=report.missing_values, unseen=report.unseen_categories)
         if top_k > 0 or shares:
             share_matrix = self.shares(contributions)
@@ -146,20 +157,27 @@ class InferencePath:
                 mapped = mapped @ self._groups
             total = mapped.sum((1, 2), keepdims=True)
             result.step_shares = np.divide(mapped, total, out=np.zeros_like(mapped), where=total > 0)
-        if layout is not None:
+        if layout is not None and rows is not None:
+            result.layout = layout
+            if any(layout.notes[i] for i in rows.tolist()):
+                notes = result.notes or [[] for _ in rows]
+                result.notes = [layout.notes[i] + n for i, n in zip(rows.tolist(), notes)]
+        elif layout is not None:
             result.layout = layout
             result.alerts = self.alerts(result.is_anomaly, layout)
             if any(layout.notes):
                 result.notes = [a + b for a, b in zip(layout.notes, result.notes or [[]] * len(scores))]
         return result
 
-    def score_windows(self, x: np.ndarray, layout: SeriesLayout, chunk: int = 2048, keep_steps: bool = False
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Score each row by the window ending at it, in chunks so the (rows, window, features)
-        copies stay small; contributions summed over the window's steps (and, with `keep_steps`,
-        also returned per step)."""
+    def score_windows(self, x: np.ndarray, layout: SeriesLayout, chunk: int = 2048, keep_steps: bool = False,
+                      rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Score each row (or only `rows`) by the window ending at it, in chunks so the (rows,
+        window, features) copies stay small; contributions summed over the window's steps (and,
+        with `keep_steps`, also returned per step)."""
         assert self.framing is not None
         window = layout.windows(self.framing.window)
+        if rows is not None:
+            window = window[rows]
         scores, contributions, steps = [], [], []
         for start in range(0, max(len(window), 1), chunk):
             part = x[window[start:start + chunk]]  # (n, window, features)
@@ -204,6 +222,14 @@ class InferencePath:
                 for i in np.flatnonzero(np.isnan(np.asarray(checked[name], dtype=np.float64))).tolist():
                     notes[i].append(f"missing '{name}' imputed")
         return notes
+
+
+def _take_rows(checked: Any, rows: np.ndarray) -> Any:
+    if isinstance(checked, pd.DataFrame):
+        return checked.iloc[rows]
+    if isinstance(checked, Mapping):
+        return {name: np.asarray(values)[rows] for name, values in checked.items()}
+    return checked[rows]
 
 
 def model_input(preprocessor: Preprocessor, schema: Schema, checked: Any) -> np.ndarray:

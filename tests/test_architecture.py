@@ -21,7 +21,8 @@ FRAMEWORK_LAYERS = {
     "fastapi": ("service/",),
     "starlette": ("service/",),
     "uvicorn": ("service/",),
-    "prometheus_client": ("service/",),
+    # the service's metrics, and the Prometheus watcher's own /metrics (a separate process)
+    "prometheus_client": ("service/", "watch/exposition.py"),
     "pydantic_settings": ("service/",),
     # torch in the modules that compute, load weights or place computation (runtime.py); the
     # benchmark runner limits the threads of whatever detector it times.

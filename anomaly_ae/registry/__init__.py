@@ -29,10 +29,10 @@ from anomaly_ae.registry.connection import (HttpBounds, TrackingTarget, check_co
 from anomaly_ae.registry.store import (ModelRef, Promotion, PromotionRefused, VersionSummary, download_model,
                                        list_versions, load_model, promote, resolve_model)
 from anomaly_ae.registry.generators import log_generator_run
-from anomaly_ae.registry.tracking import TrackedRun, data_fingerprint, log_training_run
+from anomaly_ae.registry.tracking import DataSource, TrackedRun, data_fingerprint, log_training_run
 
 __all__ = [
-    "HttpBounds", "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
+    "DataSource", "HttpBounds", "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
     "check_connection", "data_fingerprint", "download_model", "list_versions", "load_model", "log_generator_run",
     "log_training_run", "promote",
     "quiet_mlflow_logs", "resolve_model", "tracking_target",

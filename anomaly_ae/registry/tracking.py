@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -97,11 +97,13 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
                      register: str | None = None, tracking_uri: str | None = None, model_dir: Path | None = None,
                      data_path: str | Path | None = None, eval_data: pd.DataFrame | Path | str | None = None,
                      label_col: str | None = None, drop_cols: Sequence[str] = (),
-                     run_name: str | None = None) -> TrackedRun:
+                     run_name: str | None = None, source: "DataSource | None" = None) -> TrackedRun:
     """Log one training run of a fitted ``detector`` (trained on ``X``) and, with ``register=NAME``,
     register its model as a new version of NAME.
 
     ``model_dir`` is the directory ``detector.save`` wrote (saved to a temporary one if omitted).
+    ``source`` says where the data came from when it was not a file (e.g. a Prometheus watch spec):
+    its params are logged with a ``source.`` prefix and its files as artifacts under ``source/``.
     ``eval_data`` (a labelled table or its path, with ``label_col``; ``drop_cols`` are ignored)
     adds AUROC/AUPRC and ROC/PR plots (for a series model: row-level, over a table that keeps its time and
     series columns, each series in time order). Raises RegistryError / RegistryUnavailableError with a
@@ -137,6 +139,8 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
         with mlflow_errors(target, f"logging run {run_id}"):
             _log_values(c, run_id, detector, fingerprint, metrics, data_path)
             _log_plots_and_data(c, run_id, detector, fingerprint, evaluation, tmp, data_path)
+            if source is not None:
+                _log_source(c, run_id, source, tmp)
             save_pyfunc_model(detector, model_dir, tmp / "pyfunc", X, run_id=run_id,
                               artifact_path=MODEL_ARTIFACT_PATH)
             c.log_artifacts(run_id, str(tmp / "pyfunc"), MODEL_ARTIFACT_PATH)
@@ -149,6 +153,28 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
                                         description=_description(detector, metrics, fingerprint, data_path, run_id))
     return TrackedRun(run_id, experiment_id, experiment, target, f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}",
                       registered, metrics)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where training data came from, for a run that did not read a file: params and files to log."""
+
+    params: Mapping[str, Any]
+    files: Mapping[str, str]  # artifact file name -> text (nothing secret: the caller's promise)
+
+
+def _log_source(c: Any, run_id: str, source: DataSource, tmp: Path) -> None:
+    from mlflow.entities import Param
+
+    params = [Param(f"source.{k}", _param_value(v)) for k, v in source.params.items()]
+    if params:
+        c.log_batch(run_id, params=params)
+    folder = tmp / "source"
+    folder.mkdir(exist_ok=True)
+    for name, text in source.files.items():
+        (folder / Path(name).name).write_text(text)
+    if source.files:
+        c.log_artifacts(run_id, str(folder), "source")
 
 
 def detector_kind(detector: "Detector") -> str:

@@ -1,0 +1,278 @@
+"""`anomaly-ae train --prometheus`, `anomaly-ae watch` and `anomaly-ae backtest`: Prometheus in, scores out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from anomaly_ae.console import console, friendly_errors
+from anomaly_ae.runtime import DEFAULT_THREADS, set_threads
+
+log = logging.getLogger("anomaly_ae.watch")
+
+
+def _range(spec: Any, start: str, end: str, context_steps: int = 0) -> tuple[float, float]:
+    """[start, end] on the step grid, start moved back by `context_steps` steps (the first windows' history)."""
+    from anomaly_ae.watch.source import align
+    from anomaly_ae.watch.spec import WatchSpecError, parse_time
+
+    now = time.time()
+    t0, t1 = parse_time(start, now), parse_time(end, now)
+    t0 = align(t0, spec.step) + (spec.step if align(t0, spec.step) < t0 else 0.0)
+    t1 = align(t1, spec.step)
+    if t1 <= t0:
+        raise WatchSpecError(f"the range from {start} to {end} holds no step of {spec.step:g} s; widen it")
+    return t0 - context_steps * spec.step, t1
+
+
+# ---------------------------------------------------------------------------- train --prometheus
+def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str | None, window: int | str | None,
+                          out: Path | None, experiment: str | None, register: str | None,
+                          tracking_uri: str | None, device: str, progress: bool) -> None:
+    """Fetch the spec's metrics over [start, end], train a SeriesDetector, save / log / register it."""
+    from anomaly_ae.exceptions import DataError
+    from anomaly_ae.series_detector import DEFAULT_SERIES_MODEL, DEFAULT_WINDOW, SeriesDetector
+    from anomaly_ae.watch.source import TIME_COLUMN, PrometheusSource, fetch_frame, frame_fingerprint
+    from anomaly_ae.watch.spec import load_spec
+
+    loaded = load_spec(spec_path)
+    spec = loaded.spec
+    t0, t1 = _range(spec, start, end)
+    with PrometheusSource(spec) as source:
+        frame, report = fetch_frame(source, t0, t1, max_series=spec.watch.max_series)
+    for line in report.lines():
+        console.print(f"[yellow]note:[/] {line}")
+    if frame.empty:
+        raise DataError(f"the spec's queries returned no complete rows between {start} and {end}: check the "
+                        f"queries in Prometheus' UI (each must return one series per '{spec.series_label}')")
+    fingerprint = frame_fingerprint(frame)
+    console.print(f"fetched {report.n_rows} steps of {report.n_series} series x {len(spec.columns)} metrics from "
+                  f"{spec.prometheus.url} (data fingerprint {fingerprint})")
+    opts = spec.model
+    chosen_window = window if window is not None else (opts.window or DEFAULT_WINDOW)
+    detector = SeriesDetector(model=model or opts.model or DEFAULT_SERIES_MODEL, window=chosen_window,
+                              time_col=TIME_COLUMN, series_col=spec.series_label, max_gap=opts.max_gap,
+                              alert_min_steps=opts.alert_min_steps, alert_within=opts.alert_within,
+                              alert_cooldown=opts.alert_cooldown, target_fpr=opts.target_fpr, epochs=opts.epochs,
+                              random_state=opts.random_state, device=device, verbose=progress).fit(frame)
+    provenance = {"prometheus_spec": loaded.path.name, "spec_fingerprint": spec.fingerprint(),
+                  "query_fingerprint": fingerprint, "start": t0, "end": t1, "step_seconds": spec.step,
+                  "series_label": spec.series_label, "metrics": spec.metrics, "report": report.to_dict()}
+    detector.training_metadata_["source"] = provenance
+    stats = detector.alert_stats_
+    console.print(f"window {detector.window_} steps; on held-out normal history the alert rule fired {stats['alerts']} "
+                  f"times in {stats['held_out_steps']} steps ({stats.get('alerts_per_day', float('nan')):.2f} per day)")
+    path = detector.save(out) if out is not None else None
+    cal = detector.calibration_
+    console.print(f"{'saved to ' + str(path) if path else 'trained'} (threshold {cal.threshold:.6g}, "
+                  f"validation FPR {cal.validation_fpr:.4f} for target {cal.target_fpr})")
+    if experiment is not None or register is not None:
+        from anomaly_ae.registry import DataSource, log_training_run
+
+        source = DataSource(params={"kind": "prometheus", "spec_fingerprint": spec.fingerprint(),
+                                    "query_fingerprint": fingerprint, "start": t0, "end": t1,
+                                    "step_seconds": spec.step, "series_label": spec.series_label},
+                            files={loaded.path.name: loaded.text, "fetch_report.json": json.dumps(report.to_dict(),
+                                                                                                 indent=2)})
+        run = log_training_run(detector, frame, experiment=experiment or "anomaly-ae", register=register,
+                               tracking_uri=tracking_uri, model_dir=path, source=source)
+        console.print(run.describe())
+
+
+# ---------------------------------------------------------------------------- watch
+def watch(
+    prometheus: Path = typer.Option(..., "--prometheus", help="The watch spec (YAML or TOML): Prometheus URL, "
+                                                               "queries, series label, step."),
+    model: str = typer.Option(..., help="The series model: models:/NAME@ALIAS (reloaded when the alias moves), "
+                                        "models:/NAME/VERSION or a saved model directory."),
+    listen: str = typer.Option("127.0.0.1:9464", help="HOST:PORT for /metrics and /healthz."),
+    shard: Optional[str] = typer.Option(None, help="i/n: watch only the series whose stable hash falls to replica "
+                                                   "i of n (a StatefulSet's pod index)."),
+    reload_interval: float = typer.Option(60.0, min=1.0, help="Seconds between checks of where the model URI points."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI."),
+    threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
+) -> None:
+    """Score the spec's series at every step and expose the scores on /metrics for Prometheus to scrape."""
+    friendly_errors(_watch)(prometheus, model, listen, shard, reload_interval, tracking_uri, threads)
+
+
+def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None, reload_interval: float,
+           tracking_uri: str | None, threads: int) -> None:
+    from anomaly_ae.exceptions import ConfigurationError
+    from anomaly_ae.watch.exposition import ExpositionServer
+    from anomaly_ae.watch.source import PrometheusSource
+    from anomaly_ae.watch.spec import load_spec
+    from anomaly_ae.watch.watcher import ModelSource, Shard, WatchLoop, Watcher
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_threads(threads)
+    spec = load_spec(spec_path).spec
+    shard = Shard.parse(shard_text)
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError(f"--listen takes HOST:PORT (e.g. 0.0.0.0:9464), got {listen!r}")
+    models = ModelSource(model_uri, tracking_uri=tracking_uri)
+    detector, info = models.load()
+    source = PrometheusSource(spec)
+    watcher = Watcher(spec, source, detector, info, shard=shard)
+    loop = WatchLoop(watcher, models, reload_interval=reload_interval)
+    stall_after = max(3 * spec.step, 60.0) + spec.prometheus.timeout * len(spec.columns)
+
+    def healthy() -> bool:
+        return time.time() - loop.heartbeat < stall_after
+
+    try:
+        server = ExpositionServer(watcher.snapshot, healthy, host, int(port)).start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {listen}: {exc.strerror}") from None
+
+    def stop(signum: int, frame: Any) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        loop.stop()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, stop)
+    log.info("watching %d metrics of %s every %g s with model %s version %s (shard %d/%d); metrics on http://%s/metrics",
+             len(spec.columns), spec.prometheus.url, spec.step, info.name, info.version, shard.index, shard.count,
+             f"{host}:{server.port}")
+    runner = threading.Thread(target=loop.run, name="watch-loop")
+    runner.start()
+    while runner.is_alive():  # the main thread stays free to receive signals
+        runner.join(0.5)
+    server.stop()
+    source.close()
+    log.info("stopped")
+
+
+# ---------------------------------------------------------------------------- backtest
+def backtest(
+    prometheus: Path = typer.Option(..., "--prometheus", help="The watch spec the model is watched with."),
+    model: str = typer.Option(..., help="The series model (models:/ URI or saved directory)."),
+    start: str = typer.Option(..., help="Start: -7d, RFC 3339 or unix seconds."),
+    end: str = typer.Option("now", help="End: now, -1h, RFC 3339 or unix seconds."),
+    labels: Optional[Path] = typer.Option(None, help="CSV of known incidents: series,start,end (times as for "
+                                                     "--start); reports event precision and recall."),
+    out: Optional[Path] = typer.Option(None, help="Directory for scores.csv, summary.json and a plot per alerting "
+                                                  "series (metric, score, threshold)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI."),
+    threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
+) -> None:
+    """Score a past range as the watcher would have: alerts per day, and event precision/recall with --labels."""
+    friendly_errors(_backtest)(prometheus, model, start, end, labels, out, tracking_uri, threads)
+
+
+def run_backtest(spec: Any, detector: Any, start: float, end: float, source: Any) -> Any:
+    """Scores of every step in [start, end] (on the grid) per series, each by the window ending at
+    it, and the alert rule run from `start` on: what a watcher started at `start` reports."""
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_ae.watch.source import TIME_COLUMN, fetch_frame
+
+    framing = detector.framing_
+    context = int(framing.window) - 1 + int(framing.max_gap)
+    frame, report = fetch_frame(source, start - context * spec.step, end, max_series=spec.watch.max_series)
+    rename = {TIME_COLUMN: framing.time_col or TIME_COLUMN, spec.series_label: framing.series_col}
+    rows = np.flatnonzero((frame[TIME_COLUMN] >= pd.Timestamp(start, unit="s")).to_numpy())
+    table = frame.iloc[rows][[TIME_COLUMN, spec.series_label]].reset_index(drop=True)
+    if len(rows) == 0:
+        return table.assign(score=[], p_value=[], is_anomaly=[], alert=[], top_metric=[]), frame, report
+    result = detector.inference_.score(frame.rename(columns=rename), top_k=1, rows=rows)
+    table["score"], table["p_value"], table["is_anomaly"] = result.scores, result.p_values, result.is_anomaly
+    table["top_metric"] = [f[0] for f in result.top_features]
+    alerts = np.zeros(len(table), dtype=bool)
+    for _, positions in table.groupby(spec.series_label, sort=False).indices.items():
+        alerts[positions] = detector.alert_rule_.apply(table["is_anomaly"].to_numpy()[positions])
+    table["alert"] = alerts
+    return table, frame, report
+
+
+def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path: Path | None, out: Path | None,
+              tracking_uri: str | None, threads: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_ae.evaluation import event_metrics, plot_series
+    from anomaly_ae.exceptions import DataError
+    from anomaly_ae.watch.source import TIME_COLUMN, PrometheusSource
+    from anomaly_ae.watch.spec import load_spec
+    from anomaly_ae.watch.watcher import ModelSource
+
+    set_threads(threads)
+    spec = load_spec(spec_path).spec
+    detector, info = ModelSource(model_uri, tracking_uri=tracking_uri).load()
+    if getattr(detector, "framing_", None) is None:
+        raise DataError(f"{model_uri} is a row model; backtest a series model")
+    t0, t1 = _range(spec, start, end)
+    with PrometheusSource(spec) as source:
+        table, frame, report = run_backtest(spec, detector, t0, t1, source)
+    for line in report.lines():
+        console.print(f"[yellow]note:[/] {line}")
+    days = (t1 - t0 + spec.step) / 86_400
+    label = spec.series_label
+    summary: dict[str, Any] = {
+        "model": {"name": info.name, "version": info.version, "uri": info.uri}, "start": t0, "end": t1,
+        "step_seconds": spec.step, "steps_scored": int(len(table)), "series": int(table[label].nunique()),
+        "flagged_steps": int(table["is_anomaly"].sum()), "alerts": int(table["alert"].sum()),
+        "alerts_per_day": float(table["alert"].sum() / days),
+        "alerts_by_series": {str(k): int(v) for k, v in table.groupby(label)["alert"].sum().items() if v}}
+    if labels_path is not None:
+        truth = _incident_rows(labels_path, table, label)
+        flags, alerts = table["is_anomaly"].to_numpy(), table["alert"].to_numpy()
+        series = table[label].to_numpy()
+        for name, marks in (("by_flagged_steps", flags), ("by_alerts", alerts)):
+            report_ = event_metrics(marks, truth, series)
+            summary[f"events_{name}"] = {"events": report_.n_events, "found": report_.found,
+                                         "recall": report_.recall, "precision": report_.precision, "f1": report_.f1,
+                                         "mean_delay_steps": report_.mean_delay}
+    console.print(json.dumps(summary, indent=2, default=float))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        table.assign(**{TIME_COLUMN: table[TIME_COLUMN].dt.strftime("%Y-%m-%dT%H:%M:%SZ")}).to_csv(
+            out / "scores.csv", index=False)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        alerting = sorted(summary["alerts_by_series"], key=lambda s: -summary["alerts_by_series"][s])[:12]
+        for name in alerting or sorted(table[label].unique())[:1]:
+            part = table[table[label] == name]
+            values = frame[(frame[label] == name) & (frame[TIME_COLUMN] >= pd.Timestamp(t0, unit="s"))]
+            plot_series(values[spec.columns].to_numpy(), spec.columns, part["score"].to_numpy(),
+                        float(detector.threshold_), None, out / f"series_{_safe(name)}.png",
+                        title=f"{label}={name}: alerts at steps {np.flatnonzero(part['alert'].to_numpy()).tolist()[:8]}")
+        console.print(f"wrote scores.csv, summary.json and {max(1, len(alerting))} plot(s) to {out}")
+
+
+def _incident_rows(path: Path, table: Any, label: str) -> Any:
+    """1 for rows inside a listed incident of their series."""
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_ae.exceptions import DataError
+    from anomaly_ae.watch.spec import parse_time
+    from anomaly_ae.watch.source import TIME_COLUMN
+
+    incidents = pd.read_csv(path, dtype=str)
+    needed = {"series", "start", "end"}
+    if not needed <= set(incidents.columns):
+        raise DataError(f"{path.name} needs the columns series,start,end (one incident per line); "
+                        f"it has {', '.join(incidents.columns)}")
+    times = table[TIME_COLUMN].to_numpy().astype("datetime64[ms]").astype(np.int64) / 1000.0
+    names = table[label].astype(str).to_numpy()
+    truth = np.zeros(len(table), dtype=np.int64)
+    now = time.time()
+    for row in incidents.itertuples():
+        lo, hi = parse_time(row.start, now), parse_time(row.end, now)
+        truth[(names == str(row.series)) & (times >= lo) & (times <= hi)] = 1
+    return truth
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]

@@ -1,0 +1,273 @@
+"""The watch spec: which Prometheus, which PromQL queries form the metric columns, which label is a series.
+
+A small YAML (or TOML) file, the one thing an SRE writes to go from "I have Prometheus" to scores:
+
+    prometheus:
+      url: http://prometheus:9090
+      auth: {bearer_token_env: PROMETHEUS_TOKEN}   # or basic: {username_env: U, password_env: P}
+      tls: {ca_file: /etc/ssl/prom-ca.pem}
+      timeout: 10s
+    series_label: instance
+    step: 15s
+    metrics:
+      cpu: 'sum by (instance) (rate(node_cpu_seconds_total{mode!="idle"}[1m]))'
+      load1: 'node_load1'
+    model: {model: knn, window: 32, target_fpr: 0.01}
+    watch: {evaluation_delay: 5s, max_series: 10000}
+
+Secrets never live in the file: it names the environment variables that hold them, read when the
+client is built. Every mistake is a `WatchSpecError` naming the file, the field and what to write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anomaly_ae.exceptions import ConfigurationError
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
+_UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_COLUMNS = ("timestamp",)  # the time column of the frames a spec's queries build
+
+
+class WatchSpecError(ConfigurationError):
+    """The watch spec cannot be read or says something impossible."""
+
+
+def parse_duration(value: Any, what: str = "duration") -> float:
+    """Seconds from a Prometheus-style duration ("15s", "5m", "1h", "2d", "500ms") or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a duration such as 15s, 5m or 1h, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ValueError(f"{what} must be a duration such as 15s, 5m or 1h, got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not seconds > 0:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BasicAuth(_Strict):
+    username_env: str
+    password_env: str
+
+
+class Auth(_Strict):
+    bearer_token_env: str | None = None
+    basic: BasicAuth | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Auth":
+        if self.bearer_token_env and self.basic:
+            raise ValueError("give either bearer_token_env or basic, not both")
+        return self
+
+
+class Tls(_Strict):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> "Tls":
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("a client certificate needs both cert_file and key_file")
+        return self
+
+
+class PrometheusTarget(_Strict):
+    url: str
+    auth: Auth = Auth()
+    tls: Tls = Tls()
+    timeout: float = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http(s) URL such as http://prometheus:9090, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float:
+        return parse_duration(value, "timeout")
+
+
+class WatchOptions(_Strict):
+    evaluation_delay: float = 5.0  # after each step boundary, so the scrapes of that step have landed
+    max_series: int = Field(10_000, ge=1)
+
+    @field_validator("evaluation_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: Any) -> float:
+        return 0.0 if value in (0, "0", "0s") else parse_duration(value, "evaluation_delay")
+
+
+class ModelOptions(_Strict):
+    """Training options for `anomaly-ae train --prometheus` (the SeriesDetector's)."""
+
+    model: str | None = None
+    window: int | Literal["auto"] | None = None
+    target_fpr: float = Field(0.01, gt=0, lt=1)
+    max_gap: int = Field(3, ge=0)
+    alert_min_steps: int = Field(3, ge=1)
+    alert_within: int = Field(5, ge=1)
+    alert_cooldown: int = Field(12, ge=0)
+    epochs: int = Field(100, ge=1)
+    random_state: int = 0
+
+
+class WatchSpec(_Strict):
+    prometheus: PrometheusTarget
+    series_label: str
+    step: float
+    metrics: dict[str, str]
+    model: ModelOptions = ModelOptions()
+    watch: WatchOptions = WatchOptions()
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step(cls, value: Any) -> float:
+        return parse_duration(value, "step")
+
+    @field_validator("series_label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if not _COLUMN.match(value):
+            raise ValueError(f"must be a Prometheus label name such as instance, got {value!r}")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("name at least one metric: column name -> PromQL query")
+        for name, query in value.items():
+            if not _COLUMN.match(name) or name in RESERVED_COLUMNS:
+                raise ValueError(f"metric column {name!r} must be an identifier (letters, digits, _) other than "
+                                 f"{', '.join(RESERVED_COLUMNS)}")
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"metric {name!r} needs a PromQL query")
+        return value
+
+    @model_validator(mode="after")
+    def _no_clash(self) -> "WatchSpec":
+        if self.series_label in self.metrics:
+            raise ValueError(f"series_label {self.series_label!r} is also a metric column name; rename the metric")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def columns(self) -> list[str]:
+        return list(self.metrics)
+
+    def fingerprint(self) -> str:
+        """Of what decides the data (queries, label, step), not of where Prometheus is or how to log in."""
+        basis = {"metrics": self.metrics, "series_label": self.series_label, "step": self.step}
+        return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: WatchSpec
+    path: Path
+    text: str  # as written (it holds no secrets: only the names of the variables that do)
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and check a watch spec (.yml/.yaml or .toml)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise WatchSpecError(f"watch spec {path} does not exist; write one (docs/watch.md has an example)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WatchSpecError(f"cannot read watch spec {path}: {exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            raw = tomllib.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as exc:  # the parsers' errors say where (line, column)
+        raise WatchSpecError(f"watch spec {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+                             f"{' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise WatchSpecError(f"watch spec {path} must be a mapping with prometheus, series_label, step and metrics")
+    try:
+        spec = WatchSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown field (check the spelling; docs/watch.md lists the fields)"
+            problems.append(f"{where}: {message}")
+        raise WatchSpecError(f"watch spec {path}: " + "; ".join(problems)) from None
+    return LoadedSpec(spec=spec, path=path, text=text)
+
+
+def credentials(auth: Auth, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The client's auth from the environment variables the spec names (a missing one is an error)."""
+    env = os.environ if environ is None else environ
+
+    def need(name: str) -> str:
+        value = env.get(name)
+        if not value:
+            raise WatchSpecError(f"the watch spec reads a Prometheus credential from ${name}, which is not set; "
+                                 "export it (the spec never holds secrets)")
+        return value
+
+    if auth.bearer_token_env:
+        return {"headers": {"Authorization": f"Bearer {need(auth.bearer_token_env)}"}}
+    if auth.basic:
+        return {"auth": (need(auth.basic.username_env), need(auth.basic.password_env))}
+    return {}
+
+
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
+
+
+def parse_time(text: str, now: float) -> float:
+    """Unix seconds from "now", a negative duration before now ("-14d", "-6h"), RFC 3339 or unix seconds."""
+    text = str(text).strip()
+    if text == "now":
+        return now
+    relative = _RELATIVE.match(text)
+    if relative:
+        return now - float(relative.group(1)) * _UNIT_SECONDS[relative.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise WatchSpecError(f"cannot read the time {text!r}: use now, -14d / -6h / -30m, an RFC 3339 time "
+                             "(2026-11-01T00:00:00Z) or unix seconds") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()

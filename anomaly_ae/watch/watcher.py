@@ -1,0 +1,390 @@
+"""The watcher: every step, fetch what is new from Prometheus, score each series' latest windows.
+
+State is small and rebuilt from Prometheus after a restart: per series, the last `window - 1 +
+max_gap` steps (the context of the next window) and the alert rule's last `within` flags. Each
+evaluation at step boundary t fetches only the steps after the last one it scored (all of the
+context on the first evaluation or after a long outage), scores every new step of every series by
+the window ending at it, and runs the alert rule over those steps in order. So a watcher that
+falls behind catches up without losing steps it still has context for, and its scores and alerts
+over a range are those of an offline `SeriesDetector` pass over the same range (complete data;
+see `docs/watch.md` for what differs across gaps).
+
+No HTTP server and no metrics library here: `Watcher.snapshot()` is what the exposition layer
+(`watch.exposition`) turns into Prometheus samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from anomaly_ae.calibration import AlertRule
+from anomaly_ae.exceptions import AnomalyAEError, ConfigurationError
+from anomaly_ae.watch.source import (QUERY_ERROR_REASONS, TIME_COLUMN, FrameReport, PrometheusSource, QueryError,
+                                     align, build_frame)
+from anomaly_ae.watch.spec import WatchSpec
+
+log = logging.getLogger("anomaly_ae.watch")
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Replica `index` of `count` keeps the series whose stable hash falls to it: n replicas cover
+    disjoint sets with no coordination, and a series stays on its replica across restarts."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard":
+        if not text:
+            return cls()
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ConfigurationError(f"--shard takes i/n (e.g. 0/3 for the first of 3 replicas), got {text!r}") from None
+        if count < 1 or not 0 <= index < count:
+            raise ConfigurationError(f"--shard {text}: need 0 <= i < n")
+        return cls(index, count)
+
+    def owns(self, series: str) -> bool:
+        if self.count == 1:
+            return True
+        digest = hashlib.blake2b(series.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index
+
+
+@dataclass(frozen=True)
+class SeriesScore:
+    series: str
+    timestamp: float
+    score: float
+    p_value: float
+    anomalous: bool
+    alert: bool
+    top_metric: str
+    top_share: float
+
+
+@dataclass
+class _SeriesState:
+    flags: deque
+    steps: int = 0  # rows scored so far
+    quiet_until: int = -1
+    alerts: int = 0
+    last: SeriesScore | None = None
+
+
+@dataclass
+class WatchStats:
+    """Counters and the latest state, as the exposition layer reads them (under the watcher's lock)."""
+
+    queries: dict[str, int] = field(default_factory=dict)
+    query_errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    evaluations: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    skipped_steps: int = 0
+    reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    duration_count: int = 0
+    duration_sum: float = 0.0
+    last_step: float | None = None
+    last_success: float | None = None
+    n_series: int = 0
+    n_dropped: int = 0
+    n_stale: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.duration_count += 1
+        self.duration_sum += seconds
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                self.duration_buckets[i] += 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    uri: str
+
+
+@dataclass
+class Snapshot:
+    spec: WatchSpec
+    shard: Shard
+    model: ModelInfo
+    threshold: float
+    scores: list[SeriesScore]
+    alerts_total: dict[str, int]
+    stats: WatchStats
+    now: float
+
+
+class Watcher:
+    """Scores one shard of the spec's series with one SeriesDetector, step by step."""
+
+    def __init__(self, spec: WatchSpec, source: PrometheusSource, detector: Any, model: ModelInfo, *,
+                 shard: Shard = Shard(), clock: Callable[[], float] = time.time) -> None:
+        self.spec = spec
+        self.source = source
+        self.shard = shard
+        self.clock = clock
+        self.stats = WatchStats(queries={m: 0 for m in spec.columns})
+        self._lock = threading.Lock()
+        self._use(detector, model)
+
+    # ------------------------------------------------------------------ the model
+    def _use(self, detector: Any, model: ModelInfo) -> None:
+        framing = getattr(detector, "framing_", None)
+        if framing is None:
+            raise ConfigurationError(f"{model.uri} is a row model; the watcher needs a series model "
+                                     "(train one with `anomaly-ae train --prometheus SPEC`)")
+        if not framing.series_col:
+            raise ConfigurationError(f"{model.uri} was trained on one series without a series column; the watcher "
+                                     "scores many: train with a series column (`train --prometheus` does)")
+        expected = list(self.spec.columns)
+        if list(detector.schema_.names) != expected:
+            raise ConfigurationError(f"{model.uri} was trained on columns {list(detector.schema_.names)} but the "
+                                     f"spec's metrics are {expected}; train it from this spec or use its spec")
+        if framing.step_seconds and abs(framing.step_seconds - self.spec.step) > 1e-6:
+            raise ConfigurationError(f"{model.uri} was trained at a step of {framing.step_seconds:g} s but the spec's "
+                                     f"step is {self.spec.step:g} s; use the same step")
+        with self._lock:
+            self.detector, self.model = detector, model
+            self.window = int(framing.window)
+            self.context_steps = self.window - 1 + int(framing.max_gap)
+            self.rule: AlertRule = detector.alert_rule_
+            # the model's own column names for time and series (it may have been trained from a file)
+            self._rename = {TIME_COLUMN: framing.time_col or TIME_COLUMN, self.spec.series_label: framing.series_col}
+            self._buffer: pd.DataFrame | None = None
+            self._states: dict[str, _SeriesState] = {}
+
+    def swap_model(self, detector: Any, model: ModelInfo) -> None:
+        """Serve a new model from the next step (its own context and alert state, rebuilt from Prometheus)."""
+        self._use(detector, model)
+        log.info("watching with model %s version %s", model.name, model.version)
+
+    # ------------------------------------------------------------------ one step
+    def evaluate(self, t: float) -> list[SeriesScore]:
+        """Fetch and score every step after the last one scored, up to step boundary `t`.
+
+        Raises QueryError when a query fails (nothing is lost: the next call fetches from the
+        same point); returns the new scores in time order."""
+        started = time.perf_counter()
+        step = self.spec.step
+        t = align(t, step)
+        last = self.stats.last_step
+        oldest = t - self.context_steps * step  # the context the new steps' windows need
+        if last is not None and t <= last:
+            return []
+        first_new = t if last is None else last + step
+        if first_new < oldest:  # behind by more than the context: those steps are given up
+            skipped = int(round((oldest - first_new) / step))
+            self.stats.skipped_steps += skipped
+            log.warning("fell %d steps behind; resuming at the newest %d", skipped, self.context_steps + 1)
+            first_new, self._buffer = oldest, None
+        # the buffer holds the context of first_new when it exists; else fetch that context too
+        fetch_from = first_new - self.context_steps * step if self._buffer is None else first_new
+        try:
+            results = {}
+            for metric in self.spec.columns:
+                self.stats.queries[metric] += 1
+                results[metric] = self.source.query_range(metric, fetch_from, t)
+        except QueryError as exc:
+            self._failed(exc, started)
+            raise
+        frame, report = build_frame(self.spec, results, fetch_from, t, keep=self.shard.owns,
+                                    max_series=self.spec.watch.max_series)
+        self._count_report(report)
+        scores = self._score(frame, first_new, t)
+        with self._lock:
+            self.stats.evaluations["ok"] += 1
+            self.stats.last_step = t
+            self.stats.last_success = self.clock()
+            self.stats.observe(time.perf_counter() - started)
+        return scores
+
+    def _failed(self, exc: QueryError, started: float) -> None:
+        with self._lock:
+            key = (exc.metric, exc.reason)
+            self.stats.query_errors[key] = self.stats.query_errors.get(key, 0) + 1
+            self.stats.evaluations["failed"] += 1
+            self.stats.observe(time.perf_counter() - started)
+
+    def _count_report(self, report: FrameReport) -> None:
+        with self._lock:
+            for metric in report.empty_metrics:
+                key = (metric, "no_data")
+                self.stats.query_errors[key] = self.stats.query_errors.get(key, 0) + 1
+            if report.dropped_series:
+                key = ("*", "too_many_series")
+                self.stats.query_errors[key] = self.stats.query_errors.get(key, 0) + 1
+            self.stats.n_dropped = len(report.dropped_series)
+        for line in report.lines():
+            log.warning("%s", line)
+
+    def _score(self, new: pd.DataFrame, first_new: float, t: float) -> list[SeriesScore]:
+        step, label = self.spec.step, self.spec.series_label
+        buffer = new if self._buffer is None else pd.concat([self._buffer, new], ignore_index=True)
+        buffer = buffer[buffer[TIME_COLUMN] >= pd.Timestamp(first_new - self.context_steps * step, unit="s")]
+        buffer = buffer.sort_values([label, TIME_COLUMN], kind="stable").reset_index(drop=True)
+        # what the next step's windows need
+        self._buffer = buffer[buffer[TIME_COLUMN] >= pd.Timestamp(t - self.context_steps * step, unit="s")]
+        fresh = np.flatnonzero((buffer[TIME_COLUMN] >= pd.Timestamp(first_new, unit="s")).to_numpy())
+        out: list[SeriesScore] = []
+        if len(fresh):
+            result = self.detector.inference_.score(buffer.rename(columns=self._rename), top_k=1, rows=fresh)
+            times = buffer[TIME_COLUMN].to_numpy()[fresh].astype("datetime64[ms]").astype(np.int64) / 1000.0
+            names = buffer[label].to_numpy()[fresh]
+            with self._lock:
+                for i in range(len(fresh)):  # buffer order: series, then time: the rule sees each series in order
+                    out.append(self._advance(str(names[i]), float(times[i]), result, i))
+        seen_now = {s.series for s in out if s.timestamp == t}
+        with self._lock:
+            horizon = t - self.context_steps * step
+            for name in [n for n, st in self._states.items() if st.last is None or st.last.timestamp < horizon]:
+                del self._states[name]  # gone longer than a window: its alert state would be stale
+            self.stats.n_series = len(seen_now)
+            self.stats.n_stale = sum(1 for n in self._states if n not in seen_now)
+        return sorted(out, key=lambda s: (s.timestamp, s.series))
+
+    def _advance(self, name: str, timestamp: float, result: Any, i: int) -> SeriesScore:
+        state = self._states.get(name)
+        if state is None:
+            state = self._states[name] = _SeriesState(flags=deque(maxlen=self.rule.within))
+        anomalous = bool(result.is_anomaly[i])
+        state.flags.append(anomalous)
+        index = state.steps
+        state.steps += 1
+        alert = sum(state.flags) >= self.rule.min_steps and index > state.quiet_until  # AlertRule.apply, one step
+        if alert:
+            state.quiet_until = index + self.rule.cooldown
+            state.alerts += 1
+        state.last = SeriesScore(series=name, timestamp=timestamp, score=float(result.scores[i]),
+                                 p_value=float(result.p_values[i]), anomalous=anomalous, alert=alert,
+                                 top_metric=str(result.top_features[i][0]),
+                                 top_share=float(result.top_contributions[i][0]))
+        return state.last
+
+    # ------------------------------------------------------------------ what /metrics shows
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            t = self.stats.last_step
+            current = [st.last for st in self._states.values() if st.last is not None and st.last.timestamp == t]
+            return Snapshot(spec=self.spec, shard=self.shard, model=self.model,
+                            threshold=float(self.detector.threshold_), scores=current,
+                            alerts_total={n: st.alerts for n, st in self._states.items()},
+                            stats=_copy_stats(self.stats), now=self.clock())
+
+
+def _copy_stats(stats: WatchStats) -> WatchStats:
+    return WatchStats(queries=dict(stats.queries), query_errors=dict(stats.query_errors),
+                      evaluations=dict(stats.evaluations), skipped_steps=stats.skipped_steps,
+                      reloads=dict(stats.reloads), duration_buckets=list(stats.duration_buckets),
+                      duration_count=stats.duration_count, duration_sum=stats.duration_sum,
+                      last_step=stats.last_step, last_success=stats.last_success, n_series=stats.n_series,
+                      n_dropped=stats.n_dropped, n_stale=stats.n_stale)
+
+
+class ModelSource:
+    """Loads the watched model and notices when its URI (an alias) points to a new version."""
+
+    def __init__(self, uri: str, *, tracking_uri: str | None = None) -> None:
+        self.uri = uri
+        self.tracking_uri = tracking_uri
+
+    def resolve(self) -> ModelInfo:
+        from anomaly_ae.registry import resolve_model
+
+        ref = resolve_model(self.uri, tracking_uri=self.tracking_uri)
+        return ModelInfo(name=str(ref.name), version=str(ref.version), uri=self.uri)
+
+    def load(self) -> tuple[Any, ModelInfo]:
+        from anomaly_ae.registry import load_model
+
+        detector, ref = load_model(self.uri, tracking_uri=self.tracking_uri)
+        return detector, ModelInfo(name=str(ref.name), version=str(ref.version), uri=self.uri)
+
+
+class WatchLoop:
+    """Runs the watcher on step boundaries (plus the evaluation delay) until stopped: retries
+    failed steps with backoff, reloads the model when its alias moves, never raises."""
+
+    def __init__(self, watcher: Watcher, models: ModelSource | None = None, *, reload_interval: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.watcher = watcher
+        self.models = models
+        self.reload_interval = reload_interval
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.heartbeat = clock()
+        self._failures = 0
+        self._next_reload = clock() + reload_interval
+
+    def run(self) -> None:
+        spec = self.watcher.spec
+        delay = spec.watch.evaluation_delay
+        while not self.stop_event.is_set():
+            self.heartbeat = self.clock()
+            t = align(self.clock() - delay, spec.step)
+            try:
+                self.watcher.evaluate(t)
+                self._failures = 0
+            except QueryError as exc:
+                self._failures += 1
+                log.warning("step %s not scored: %s (attempt %d; retrying)", _iso(t), exc, self._failures)
+            except AnomalyAEError as exc:  # bad data for the model: say so, keep watching
+                self._failures += 1
+                log.error("step %s not scored: %s", _iso(t), exc)
+            except Exception:  # a bug must not stop the watching; it is logged with its traceback
+                self._failures += 1
+                log.exception("step %s not scored: unexpected error", _iso(t))
+            self._maybe_reload()
+            self.stop_event.wait(self._wait_seconds())
+
+    def _wait_seconds(self) -> float:
+        spec = self.watcher.spec
+        now = self.clock()
+        next_step = align(now - spec.watch.evaluation_delay, spec.step) + spec.step + spec.watch.evaluation_delay
+        wait = next_step - now
+        if self._failures:  # back off while Prometheus is down: 1, 2, 4... steps, at most 5 minutes
+            wait += spec.step * min(2 ** (self._failures - 1) - 1, max(1, int(300 / spec.step)))
+        return max(0.0, min(wait, 300.0))
+
+    def _maybe_reload(self) -> None:
+        if self.models is None or self.clock() < self._next_reload:
+            return
+        self._next_reload = self.clock() + self.reload_interval
+        stats = self.watcher.stats
+        try:
+            info = self.models.resolve()
+            if info.version == self.watcher.model.version and info.name == self.watcher.model.name:
+                return
+            detector, info = self.models.load()
+            self.watcher.swap_model(detector, info)
+            stats.reloads["ok"] += 1
+        except Exception as exc:  # the last good model keeps watching
+            stats.reloads["failed"] += 1
+            log.error("model reload from %s failed; still watching with version %s: %s", self.models.uri,
+                      self.watcher.model.version, exc)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+__all__ = ["DURATION_BUCKETS", "ModelInfo", "ModelSource", "QUERY_ERROR_REASONS", "SeriesScore", "Shard",
+           "Snapshot", "WatchLoop", "WatchStats", "Watcher"]

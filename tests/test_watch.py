@@ -1,0 +1,277 @@
+"""The Prometheus watcher's logic, in process: the spec, the source's parsing and faults, the
+watcher against an offline pass, shards, catch-up, and its /metrics. Real Prometheus processes are
+in tests/test_watch_prometheus.py."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_ae.data.synthetic_series import SERIES_METRIC_COLUMNS, make_series_telemetry
+from anomaly_ae.series_detector import SeriesDetector
+from anomaly_ae.watch.command import run_backtest
+from anomaly_ae.watch.exposition import ExpositionServer
+from anomaly_ae.watch.source import (MAX_POINTS_PER_QUERY, TIME_COLUMN, PrometheusSource, QueryError, build_frame,
+                                     fetch_frame)
+from anomaly_ae.watch.spec import WatchSpec, WatchSpecError, credentials, load_spec, parse_time
+from anomaly_ae.watch.watcher import ModelInfo, Shard, Watcher
+from fake_prometheus import FakePrometheus
+
+STEP = 15.0
+T0 = 1_800_000_000.0  # a multiple of the step: the frame's times sit on the watcher's grid
+COLUMNS = list(SERIES_METRIC_COLUMNS[:4])
+TRAIN_STEPS = 600
+
+
+def make_spec(**overrides) -> WatchSpec:
+    raw = {"prometheus": {"url": "http://prometheus:9090"}, "series_label": "host", "step": "15s",
+           "metrics": {c: c for c in COLUMNS}, "watch": {"evaluation_delay": "0s"}}
+    raw.update(overrides)
+    return WatchSpec.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Four hosts, 1,600 steps each (anomalies after the first 40%), a model trained on the first 600."""
+    frame = make_series_telemetry(1600, 4, anomalies=True, seed=1)
+    frame["ts"] = pd.to_datetime(T0 + frame.groupby("host").cumcount() * STEP, unit="s")
+    fake = FakePrometheus(frame, time_col="ts", series_col="host")
+    spec = make_spec()
+    with PrometheusSource(spec, transport=fake.transport()) as source:
+        history, _ = fetch_frame(source, T0, T0 + (TRAIN_STEPS - 1) * STEP)
+    detector = SeriesDetector(window=16, time_col=TIME_COLUMN, series_col="host").fit(history)
+    return frame, detector
+
+
+def watcher_for(world, spec=None, shard=Shard()) -> tuple[Watcher, FakePrometheus]:
+    frame, detector = world
+    fake = FakePrometheus(frame, time_col="ts", series_col="host")
+    spec = spec or make_spec()
+    return Watcher(spec, PrometheusSource(spec, transport=fake.transport()), detector,
+                   ModelInfo("telemetry", "1", "models:/telemetry@champion"), shard=shard), fake
+
+
+def as_table(scores) -> pd.DataFrame:
+    return pd.DataFrame([s.__dict__ for s in scores]).sort_values(["series", "timestamp"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- the spec
+def test_a_spec_file_loads_from_yaml_and_toml(tmp_path):
+    (tmp_path / "watch.yml").write_text(
+        "prometheus:\n  url: http://prom:9090/\n  timeout: 5s\n  auth: {bearer_token_env: PROM_TOKEN}\n"
+        "series_label: instance\nstep: 1m\nmetrics:\n  load1: node_load1\n"
+        "  cpu: 'sum by (instance) (rate(node_cpu_seconds_total{mode!=\"idle\"}[5m]))'\n")
+    spec = load_spec(tmp_path / "watch.yml").spec
+    assert spec.prometheus.url == "http://prom:9090" and spec.prometheus.timeout == 5.0
+    assert spec.step == 60.0 and spec.columns == ["load1", "cpu"]
+    (tmp_path / "watch.toml").write_text('series_label = "instance"\nstep = 60\n[prometheus]\nurl = "http://prom:9090"\n'
+                                         '[metrics]\nload1 = "node_load1"\n')
+    assert load_spec(tmp_path / "watch.toml").spec.step == 60.0
+    assert spec.fingerprint() == make_spec(series_label="instance", step="1m",
+                                           metrics=dict(spec.metrics)).fingerprint()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("series_label: host\nstep: 15s\nmetrics: {a: up}\n", "prometheus: Field required"),
+    ("prometheus: {url: prom:9090}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n", "prometheus.url: must be an http"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: often\nmetrics: {a: up}\n", "step: step must be a duration"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {}\n", "metrics: name at least one metric"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {host: up}\n", "also a metric column"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\nsteps: 1\n", "steps: unknown field"),
+    ("prometheus: {url: http://p\n", "is not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping"),
+])
+def test_a_malformed_spec_says_which_field_and_what_to_write(tmp_path, text, says):
+    path = tmp_path / "watch.yml"
+    path.write_text(text)
+    with pytest.raises(WatchSpecError, match="watch spec") as caught:
+        load_spec(path)
+    assert says in str(caught.value)
+
+
+def test_credentials_come_from_the_environment_only():
+    spec = make_spec(prometheus={"url": "http://p", "auth": {"bearer_token_env": "PROM_TOKEN"}})
+    assert credentials(spec.prometheus.auth, {"PROM_TOKEN": "s3cret"}) == {"headers": {"Authorization": "Bearer s3cret"}}
+    with pytest.raises(WatchSpecError, match=r"\$PROM_TOKEN, which is not set"):
+        credentials(spec.prometheus.auth, {})
+    basic = make_spec(prometheus={"url": "http://p", "auth": {"basic": {"username_env": "U", "password_env": "P"}}})
+    assert credentials(basic.prometheus.auth, {"U": "me", "P": "pw"}) == {"auth": ("me", "pw")}
+
+
+def test_times_read_as_now_relative_rfc3339_or_unix():
+    now = 1_800_000_000.0
+    assert parse_time("now", now) == now
+    assert parse_time("-14d", now) == now - 14 * 86400
+    assert parse_time("-30m", now) == now - 1800
+    assert parse_time("2027-01-15T08:00:00Z", now) == now  # 1.8e9 s since the epoch
+    assert parse_time("2027-01-15T09:00:00+01:00", now) == now
+    assert parse_time("1800000000", now) == now
+    with pytest.raises(WatchSpecError, match="cannot read the time"):
+        parse_time("yesterday", now)
+
+
+# ---------------------------------------------------------------------------- the source
+def test_a_long_range_is_fetched_in_chunks_under_the_point_limit(world):
+    frame, _ = world
+    fake = FakePrometheus(frame, time_col="ts", series_col="host")
+    spec = make_spec(step="1s")  # 1,600 rows at 15 s span 24,000 one-second steps
+    with PrometheusSource(spec, transport=fake.transport()) as source:
+        points = source.query_range(COLUMNS[0], T0, T0 + 1599 * STEP)
+    sizes = [round((float(r["end"]) - float(r["start"])) / 1.0) + 1 for r in fake.requests]
+    assert len(fake.requests) == math.ceil(24_000 / MAX_POINTS_PER_QUERY) and max(sizes) <= MAX_POINTS_PER_QUERY
+    t, x = points["host-0"]
+    assert len(t) == 1600 and np.array_equal(x, frame.loc[frame.host == "host-0", COLUMNS[0]].to_numpy())
+
+
+@pytest.mark.parametrize("fault, reason, says", [
+    ("down", "unreachable", "cannot reach http://prometheus:9090"),
+    ("timeout", "timeout", "no answer"),
+    ("http_500", "http_error", "HTTP 503: overloaded"),
+    ("scalar", "bad_response", "not a range vector"),
+    ("duplicate", "bad_series", "aggregate them to one per host"),
+])
+def test_query_faults_are_errors_with_a_reason_and_advice(world, fault, reason, says):
+    frame, _ = world
+    fake = FakePrometheus(frame, time_col="ts", series_col="host")
+    fake.fault = fault
+    with PrometheusSource(make_spec(), transport=fake.transport()) as source, pytest.raises(QueryError) as caught:
+        source.query_range(COLUMNS[0], T0, T0 + 10 * STEP)
+    assert caught.value.reason == reason and says in str(caught.value)
+
+
+def test_the_frame_reports_gaps_stale_missing_and_dropped_series():
+    spec = make_spec(metrics={"a": "a", "b": "b"})
+    t = (T0 + np.arange(10) * STEP) * 1000
+    full = np.arange(10.0)
+    holed = full.copy()
+    holed[4] = np.nan
+    results = {"a": {"h1": (t.astype(np.int64), full), "h2": (t[:6].astype(np.int64), full[:6]),
+                     "h3": (t.astype(np.int64), full), "h4": (t.astype(np.int64), full)},
+               "b": {"h1": (t.astype(np.int64), holed), "h2": (t[:6].astype(np.int64), full[:6]),
+                     "h4": (t.astype(np.int64), full)}}
+    frame, report = build_frame(spec, results, T0, T0 + 9 * STEP, max_series=2)
+    assert report.missing_metrics == {"h3": ["b"]}
+    assert report.dropped_series == ["h4"] and sorted(frame["host"].unique()) == ["h1", "h2"]
+    assert report.incomplete_rows == 1 and report.gap_steps["h1"] == 1
+    assert report.stale == ["h2"]
+    assert len(frame) == 9 + 6 and list(frame.columns) == [TIME_COLUMN, "host", "a", "b"]
+    lines = " ".join(report.lines())
+    assert "h3 (b)" in lines and "stale" in lines and "max_series" in lines
+
+
+# ---------------------------------------------------------------------------- the watcher
+def test_the_watcher_equals_an_offline_pass_over_the_same_range(world):
+    """Step by step, the watcher's scores, flags and alerts are the offline pass's (run_backtest:
+    SeriesDetector's inference over the whole range, its alert rule over each series)."""
+    _, detector = world
+    watcher, fake = watcher_for(world)
+    start = T0 + (TRAIN_STEPS + 100) * STEP
+    live = [s for k in range(300) for s in watcher.evaluate(start + k * STEP)]
+    watcher_requests = list(fake.requests)
+    offline, _, _ = run_backtest(watcher.spec, detector, start, start + 299 * STEP, watcher.source)
+    live_table = as_table(live)
+    assert len(live_table) == len(offline) == 4 * 300
+    np.testing.assert_allclose(live_table["score"], offline["score"], rtol=1e-6)
+    assert np.array_equal(live_table["anomalous"], offline["is_anomaly"])
+    assert np.array_equal(live_table["alert"], offline["alert"]) and offline["alert"].sum() > 0
+    # after the first evaluation each step fetches one new step per query, not the window again
+    assert len(watcher_requests) == 300 * len(COLUMNS)
+    assert all(float(r["start"]) == float(r["end"]) for r in watcher_requests[len(COLUMNS):])
+
+
+def test_a_watcher_that_missed_steps_catches_up_and_still_matches(world):
+    _, detector = world
+    watcher, fake = watcher_for(world)
+    start = T0 + (TRAIN_STEPS + 100) * STEP
+    live = watcher.evaluate(start)
+    fake.fault = "down"
+    for k in range(1, 6):  # Prometheus down for five steps: each evaluation fails, nothing is lost
+        with pytest.raises(QueryError):
+            watcher.evaluate(start + k * STEP)
+    fake.fault = None
+    live += watcher.evaluate(start + 6 * STEP)  # one fetch covers the six steps missed
+    assert len(live) == 4 * 7
+    offline, _, _ = run_backtest(watcher.spec, detector, start, start + 6 * STEP, watcher.source)
+    np.testing.assert_allclose(as_table(live)["score"], offline["score"], rtol=1e-6)
+    snap = watcher.snapshot()
+    assert snap.stats.query_errors[(COLUMNS[0], "unreachable")] == 5 and snap.stats.evaluations["failed"] == 5
+    # far behind: the steps without context are skipped and counted
+    watcher.evaluate(start + 200 * STEP)
+    assert watcher.snapshot().stats.skipped_steps > 150
+
+
+def test_shards_split_the_series_with_no_overlap(world):
+    start = T0 + (TRAIN_STEPS + 50) * STEP
+    seen = []
+    for i in range(3):
+        watcher, _ = watcher_for(world, shard=Shard(i, 3))
+        seen.append({s.series for s in watcher.evaluate(start)})
+    assert set.union(*seen) == {f"host-{i}" for i in range(4)} and sum(map(len, seen)) == 4
+    assert Shard.parse("2/3") == Shard(2, 3)
+    with pytest.raises(Exception, match="i/n"):
+        Shard.parse("3")
+
+
+def test_a_stale_series_leaves_the_exposition_and_is_counted(world):
+    watcher, fake = watcher_for(world)
+    start = T0 + (TRAIN_STEPS + 50) * STEP
+    watcher.evaluate(start)
+    fake.hidden = {"host-2"}
+    watcher.evaluate(start + STEP)
+    snap = watcher.snapshot()
+    assert {s.series for s in snap.scores} == {"host-0", "host-1", "host-3"}
+    assert snap.stats.n_stale == 1 and snap.stats.n_series == 3
+
+
+def test_an_empty_query_and_a_series_cap_are_counted_not_fatal(world):
+    watcher, fake = watcher_for(world, spec=make_spec(watch={"evaluation_delay": "0s", "max_series": 2}))
+    start = T0 + (TRAIN_STEPS + 50) * STEP
+    assert {s.series for s in watcher.evaluate(start)} == {"host-0", "host-1"}
+    assert watcher.snapshot().stats.n_dropped == 2
+    fake.fault = "empty"
+    assert watcher.evaluate(start + STEP) == []
+    stats = watcher.snapshot().stats
+    assert stats.query_errors[("*", "too_many_series")] == 1 and stats.n_series == 0
+    assert stats.query_errors[(COLUMNS[0], "no_data")] == 1
+
+
+def test_a_model_that_does_not_fit_the_spec_is_refused(world):
+    _, detector = world
+    spec = make_spec(metrics={"other": "x"})
+    with pytest.raises(Exception, match="trained on columns"):
+        Watcher(spec, PrometheusSource(spec, transport=httpx.MockTransport(lambda r: httpx.Response(500))), detector,
+                ModelInfo("m", "1", "dir"))
+    spec = make_spec(step="30s")
+    with pytest.raises(Exception, match="step of 15 s"):
+        Watcher(spec, PrometheusSource(spec, transport=httpx.MockTransport(lambda r: httpx.Response(500))), detector,
+                ModelInfo("m", "1", "dir"))
+
+
+def test_metrics_endpoint_exposes_scores_and_health(world):
+    watcher, _ = watcher_for(world)
+    watcher.evaluate(T0 + (TRAIN_STEPS + 50) * STEP)
+    healthy = [True]
+    server = ExpositionServer(watcher.snapshot, lambda: healthy[0], "127.0.0.1", 0).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        text = httpx.get(f"{base}/metrics", timeout=5).text
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        healthy[0] = False
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 503
+        assert httpx.get(f"{base}/other", timeout=5).status_code == 404
+    finally:
+        server.stop()
+    for name in ("anomaly_ae_watch_score{series=\"host-0\"}", "anomaly_ae_watch_p_value{", "anomaly_ae_watch_anomalous{",
+                 "anomaly_ae_watch_top_metric_share{", "anomaly_ae_watch_threshold ",
+                 "anomaly_ae_watch_lag_seconds ", "anomaly_ae_watch_series 4.0",
+                 "anomaly_ae_watch_query_errors_total{metric=\"cpu_util_pct\",reason=\"timeout\"} 0.0",
+                 "anomaly_ae_watch_model_info{name=\"telemetry\",uri=\"models:/telemetry@champion\",version=\"1\"} 1.0",
+                 "anomaly_ae_watch_evaluation_duration_seconds_bucket", "anomaly_ae_watch_alerts_total{series=\"host-0\"}",
+                 "anomaly_ae_watch_shard_info{shard=\"0\",shards=\"1\"} 1.0"):
+        assert name in text, name
+    top = [line for line in text.splitlines() if line.startswith("anomaly_ae_watch_top_metric_share{")]
+    assert len(top) == 4 and all(any(f'metric="{c}"' in line for c in COLUMNS) for line in top)
