@@ -223,6 +223,36 @@ def _plan_keep(input_columns: Sequence[str], keep_cols: Sequence[str] | None,
     return planned
 
 
+@dataclass(frozen=True)
+class _OutputPlan:
+    keep: list[tuple[str, str]]  # (output name, input column) passed through
+    columns: list[str]           # the output's columns, in order
+    schema: str                  # the output's Spark DDL schema
+    needed: list[str]            # the input columns to select
+    top_k: int
+
+
+def _plan_output(df: "SparkDataFrame", detector: "Detector", required: Sequence[str], why: str,
+                 keep_cols: Sequence[str] | None, top_k: int) -> _OutputPlan:
+    """Check the input has the `required` columns (once each) and plan the output: pass-through
+    columns, then the score columns, with their Spark types."""
+    input_columns = list(df.columns)
+    absent = [c for c in required if c not in input_columns]
+    if absent:
+        raise SchemaError(f"the input lacks column(s) {why}: {', '.join(absent)}; it has "
+                          f"{', '.join(input_columns)}", column=absent[0], reason="missing_column")
+    if len(set(input_columns)) != len(input_columns):
+        raise DataError("the input has duplicate column names; rename them before scoring")
+    top_k = max(0, int(top_k))
+    outputs = output_columns(detector, top_k)
+    keep = _plan_keep(input_columns, keep_cols, [name for name, _ in outputs])
+    types = {f.name: _spark_type(f.dataType) for f in df.schema.fields}
+    schema = ", ".join(f"`{name}` {kind}" for name, kind in [*[(o, types[s]) for o, s in keep], *outputs])
+    columns = [o for o, _ in keep] + [name for name, _ in outputs]
+    needed = list(dict.fromkeys([*required, *(source for _, source in keep)]))
+    return _OutputPlan(keep, columns, schema, needed, top_k)
+
+
 def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int = 3,
                     keep_cols: Sequence[str] | None = None, time_col: str | None = None,
                     series_col: str | None = None) -> "SparkDataFrame":
@@ -255,22 +285,11 @@ def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int =
     if time_col is not None or series_col is not None:
         raise DataError(f"time_col and series_col apply to series models; {model_uri} scores each row on its own")
     features = list(detector.schema_.names)
-    input_columns = list(df.columns)
-    absent = [c for c in features if c not in input_columns]
-    if absent:
-        raise SchemaError(f"the input lacks column(s) the model was trained on: {', '.join(absent)}; "
-                          f"it has {', '.join(input_columns)}", column=absent[0], reason="missing_column")
-    if len(set(input_columns)) != len(input_columns):
-        raise DataError("the input has duplicate column names; rename them before scoring")
-    top_k = max(0, int(top_k))
-    outputs = output_columns(detector, top_k)
-    keep = _plan_keep(input_columns, keep_cols, [name for name, _ in outputs])
-    types = {f.name: _spark_type(f.dataType) for f in df.schema.fields}
-    schema = ", ".join(f"`{name}` {kind}" for name, kind in [*[(o, types[s]) for o, s in keep], *outputs])
-    columns = [o for o, _ in keep] + [name for name, _ in outputs]
+    plan = _plan_output(df, detector, features, "the model was trained on", keep_cols, top_k)
+    keep, columns, top_k = plan.keep, plan.columns, plan.top_k
     shipped = _ship(spark, model_dir)
     name, fallback, sha = shipped.name, shipped.local_path, shipped.manifest_sha256
-    needed = list(dict.fromkeys([*features, *(source for _, source in keep)]))
+    schema, needed = plan.schema, plan.needed
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         # Only strings, lists and ints are captured here: the Detector never travels through pickle.
@@ -295,23 +314,12 @@ def _score_series_dataframe(spark: "SparkSession", df: "SparkDataFrame", model_u
                                                             (framing.series_col, series_source))
               if model_col is not None]
     features = list(detector.schema_.names)
-    input_columns = list(df.columns)
     required = [*dict.fromkeys([*features, time_source, *([series_source] if series_source else [])])]
-    absent = [c for c in required if c not in input_columns]
-    if absent:
-        raise SchemaError(f"the input lacks column(s) the model needs: {', '.join(absent)}; it has "
-                          f"{', '.join(input_columns)}", column=absent[0], reason="missing_column")
-    if len(set(input_columns)) != len(input_columns):
-        raise DataError("the input has duplicate column names; rename them before scoring")
-    top_k = max(0, int(top_k))
-    outputs = output_columns(detector, top_k)
-    keep = _plan_keep(input_columns, keep_cols, [name for name, _ in outputs])
-    types = {f.name: _spark_type(f.dataType) for f in df.schema.fields}
-    schema = ", ".join(f"`{name}` {kind}" for name, kind in [*[(o, types[s]) for o, s in keep], *outputs])
-    columns = [o for o, _ in keep] + [name for name, _ in outputs]
+    plan = _plan_output(df, detector, required, "the model needs", keep_cols, top_k)
+    keep, columns, top_k = plan.keep, plan.columns, plan.top_k
     shipped = _ship(spark, model_dir)
     name, fallback, sha = shipped.name, shipped.local_path, shipped.manifest_sha256
-    needed = list(dict.fromkeys([*required, *(source for _, source in keep)]))
+    schema, needed = plan.schema, plan.needed
 
     def score(group: pd.DataFrame) -> pd.DataFrame:
         # Only strings, lists and ints are captured here: the Detector never travels through pickle.
