@@ -51,6 +51,10 @@ class WatchCollector:
         for name, n in snap.alerts_total.items():
             alerts.add_metric([name], n)
         yield alerts
+        last_alert = gauge("last_alert_timestamp_seconds", "The step at which the series last alerted.", ["series"])
+        for name, t in snap.last_alert.items():
+            last_alert.add_metric([name], t)
+        yield last_alert
 
         yield GaugeMetricFamily(f"{PREFIX}_threshold", "The model's threshold on the score.", value=snap.threshold)
         yield GaugeMetricFamily(f"{PREFIX}_step_seconds", "The watch spec's step.", value=snap.spec.step)

@@ -82,6 +82,7 @@ class _SeriesState:
     steps: int = 0  # rows scored so far
     quiet_until: int = -1
     alerts: int = 0
+    last_alert: float | None = None  # the step of the last alert
     last: SeriesScore | None = None
 
 
@@ -126,6 +127,7 @@ class Snapshot:
     threshold: float
     scores: list[SeriesScore]
     alerts_total: dict[str, int]
+    last_alert: dict[str, float]
     stats: WatchStats
     now: float
 
@@ -270,6 +272,7 @@ class Watcher:
         if alert:
             state.quiet_until = index + self.rule.cooldown
             state.alerts += 1
+            state.last_alert = timestamp
         state.last = SeriesScore(series=name, timestamp=timestamp, score=float(result.scores[i]),
                                  p_value=float(result.p_values[i]), anomalous=anomalous, alert=alert,
                                  top_metric=str(result.top_features[i][0]),
@@ -284,6 +287,8 @@ class Watcher:
             return Snapshot(spec=self.spec, shard=self.shard, model=self.model,
                             threshold=float(self.detector.threshold_), scores=current,
                             alerts_total={n: st.alerts for n, st in self._states.items()},
+                            last_alert={n: st.last_alert for n, st in self._states.items()
+                                        if st.last_alert is not None},
                             stats=_copy_stats(self.stats), now=self.clock())
 
 
