@@ -140,7 +140,7 @@ def test_the_example_spec_follows_the_contract(spec, tmp_path):
     assert spec["series_label"] == "instance"
     assert re.fullmatch(r"\d+(ms|s|m|h)", spec["step"])
     assert set(spec["watch"]) <= {"evaluation_delay", "max_series"} and spec["watch"]["max_series"] > 0
-    assert set(spec["model"]) <= {"model", "window", "target_fpr"}
+    assert isinstance(spec["model"], dict) and spec["model"].get("model")
 
     prometheus = spec["prometheus"]
     assert set(prometheus) <= {"url", "auth", "tls", "timeout"}
@@ -158,6 +158,17 @@ def test_the_example_spec_follows_the_contract(spec, tmp_path):
         assert aggregations and all(a.strip() == spec["series_label"] for a in aggregations), column
         assert metric_names(query) and all(n.startswith("node_") for n in metric_names(query)), \
             f"{column}: the example reads node_exporter metrics"
+
+
+def test_both_specs_load_with_the_watchers_own_parser(tmp_path):
+    """The watcher's parser (strict: unknown fields refused) accepts the example and the ConfigMap's copy."""
+    watch_spec = pytest.importorskip("anomaly_ae.watch.spec", reason="the watcher's code (anomaly_ae/watch) is not here")
+    example = watch_spec.load_spec(WATCH_SPEC).spec
+    assert example.series_label == "instance" and example.step == 15.0 and len(example.columns) >= 3
+    configmap = yaml.safe_load((WATCH_K8S / "configmap.yaml").read_text())
+    (tmp_path / "watch.yml").write_text(configmap["data"]["watch.yml"])
+    in_cluster = watch_spec.load_spec(tmp_path / "watch.yml").spec
+    assert in_cluster.fingerprint() == example.fingerprint(), "the same data: queries, series label, step"
 
 
 def test_the_kubernetes_spec_is_the_example_with_the_cluster_prometheus(spec):
