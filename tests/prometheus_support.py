@@ -24,6 +24,11 @@ RULES = PROM_DIR / "rules" / "anomaly-ae.rules.yml"
 RULE_TESTS = PROM_DIR / "tests" / "anomaly-ae.rules.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "anomaly-ae.json"
 INSTALL_SCRIPT = DEPLOY / "scripts" / "install-prometheus.sh"
+# The Prometheus watcher (issue 13): its rules, their unit tests, its dashboard and the example spec.
+WATCH_RULES = PROM_DIR / "rules" / "anomaly-ae-watch.rules.yml"
+WATCH_RULE_TESTS = PROM_DIR / "tests" / "anomaly-ae-watch.rules.test.yml"
+WATCH_DASHBOARD = DEPLOY / "grafana" / "dashboards" / "anomaly-ae-watch.json"
+WATCH_SPEC = DEPLOY / "watch" / "watch.yml"
 
 # Grafana's global variables and the dashboard's own, as a test renders them.
 DEFAULT_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h", "job": "anomaly-ae"}
@@ -71,8 +76,8 @@ def run_promtool(*args: str, input_text: str | None = None, cwd: Path | None = N
 
 
 # ---------------------------------------------------------------------------- the dashboard
-def load_dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
+def load_dashboard(path: Path = DASHBOARD) -> dict:
+    return json.loads(path.read_text())
 
 
 def dashboard_panels(dashboard: dict | None = None) -> list[dict]:
