@@ -285,7 +285,8 @@ def test_scripts_are_valid_bash():
 def k8s_documents() -> dict[str, list[dict]]:
     docs = {}
     for path in sorted(K8S.rglob("*.yaml")):
-        if path.name == "kustomization.yaml":
+        # k8s/watch (the Prometheus watcher, its own kustomization) is checked by tests/test_deployment_watch.py
+        if path.name == "kustomization.yaml" or path.relative_to(K8S).parts[0] == "watch":
             continue
         docs[str(path.relative_to(K8S))] = [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
@@ -401,7 +402,8 @@ def test_k8s_objects_point_at_each_other():
 def test_promtool_checks_the_scrape_config_and_rules():
     result = run_promtool("check", "config", str(PROM_DIR / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 rule files found" in result.stdout, "the rules are loaded through the config"
+    rule_files = list((PROM_DIR / "rules").glob("*.rules.yml"))  # the service's and the watcher's
+    assert f"{len(rule_files)} rule files found" in result.stdout, "the rules are loaded through the config"
     result = run_promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -417,7 +419,7 @@ def test_promtool_checks_the_kubernetes_scrape_config(tmp_path):
     (tmp_path / "k8s.yml").write_text(yaml.safe_dump(config))
     result = run_promtool("check", "config", str(tmp_path / "k8s.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [j["job_name"] for j in config["scrape_configs"]] == ["anomaly-ae"]
+    assert [j["job_name"] for j in config["scrape_configs"]] == ["anomaly-ae", "anomaly-ae-watch"]
 
 
 def test_alert_rule_unit_tests_pass():
