@@ -120,11 +120,23 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigurationError(f"--listen takes HOST:PORT (e.g. 0.0.0.0:9464), got {listen!r}")
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: Any) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        stopping.set()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, stop)
     models = ModelSource(model_uri, tracking_uri=tracking_uri)
-    detector, info = models.load()
+    loaded = _first_model(models, stopping, reload_interval)
+    if loaded is None:
+        log.info("stopped before a model was loaded")
+        return
+    detector, info = loaded
     source = PrometheusSource(spec)
     watcher = Watcher(spec, source, detector, info, shard=shard)
-    loop = WatchLoop(watcher, models, reload_interval=reload_interval)
+    loop = WatchLoop(watcher, models, reload_interval=reload_interval, stop_event=stopping)
     stall_after = max(3 * spec.step, 60.0) + spec.prometheus.timeout * len(spec.columns)
 
     def healthy() -> bool:
@@ -134,13 +146,6 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
         server = ExpositionServer(watcher.snapshot, healthy, host, int(port)).start()
     except OSError as exc:
         raise ConfigurationError(f"cannot listen on {listen}: {exc.strerror}") from None
-
-    def stop(signum: int, frame: Any) -> None:
-        log.info("stopping on %s", signal.Signals(signum).name)
-        loop.stop()
-
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, stop)
     log.info("watching %d metrics of %s every %g s with model %s version %s (shard %d/%d); metrics on http://%s/metrics",
              len(spec.columns), spec.prometheus.url, spec.step, info.name, info.version, shard.index, shard.count,
              f"{host}:{server.port}")
@@ -151,6 +156,25 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
     server.stop()
     source.close()
     log.info("stopped")
+
+
+def _first_model(models: Any, stopping: threading.Event, reload_interval: float) -> tuple[Any, Any] | None:
+    """The model to start with. A registry URI that cannot be loaded yet (registry down, alias not
+    set) is retried with backoff, as a pod would wait; a local directory that is not a model fails now."""
+    from anomaly_ae.exceptions import ModelLoadError
+
+    remote = models.uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
+    delay = 5.0
+    while not stopping.is_set():
+        try:
+            return models.load()
+        except ModelLoadError as exc:
+            if not remote:
+                raise
+            log.error("cannot load %s yet: %s; retrying in %.0f s", models.uri, exc, delay)
+        stopping.wait(delay)
+        delay = min(delay * 2, max(reload_interval, 5.0))
+    return None
 
 
 # ---------------------------------------------------------------------------- backtest

@@ -326,12 +326,12 @@ class WatchLoop:
     failed steps with backoff, reloads the model when its alias moves, never raises."""
 
     def __init__(self, watcher: Watcher, models: ModelSource | None = None, *, reload_interval: float = 60.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, stop_event: threading.Event | None = None) -> None:
         self.watcher = watcher
         self.models = models
         self.reload_interval = reload_interval
         self.clock = clock
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
         self.heartbeat = clock()
         self._failures = 0
         self._next_reload = clock() + reload_interval
