@@ -40,7 +40,7 @@ import yaml
 from prometheus_support import prometheus, promtool
 
 from anomaly_ae.data.synthetic_series import SERIES_METRIC_COLUMNS
-from anomaly_ae.watch.simulate import create_blocks, openmetrics_history
+from anomaly_ae.watch.simulate import DEFAULT_MAX_BLOCK_DURATION, create_blocks, openmetrics_history
 
 SYNTHETIC_JOB = "synthetic"  # the job of scrape_targets: job/instance dropped, series continue the history
 RETENTION = "3650d"  # retention counts back from the newest sample: keep any backfilled history
@@ -257,7 +257,7 @@ def history_prometheus(tmp_dir: Path, frame: pd.DataFrame, *, start: float, step
                        scrape_targets: Sequence[str] = (), jobs: Mapping[str, Sequence[str]] | None = None,
                        end: float | None = None, series_col: str = "host",
                        metrics: Sequence[str] = SERIES_METRIC_COLUMNS, prefix: str = "demo_",
-                       scrape_interval: str = "1s", max_block_duration: str | None = None,
+                       scrape_interval: str = "1s", max_block_duration: str | None = DEFAULT_MAX_BLOCK_DURATION,
                        timeout: float = 60.0) -> PrometheusServer:
     """Backfill ``frame`` (row i of each series at ``start + i * step_seconds``, rows up to ``end``,
     default now) into ``tmp_dir/tsdb`` and start a Prometheus on it that scrapes ``scrape_targets``
