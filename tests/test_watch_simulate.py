@@ -99,25 +99,29 @@ def test_demo_spec_shape():
 # ------------------------------------------------------------------------------ a real Prometheus
 @pytest.fixture(scope="module")
 def live(frame, tmp_path_factory):
-    """(prometheus, exporter, start): history rows 0-399 end ~10 minutes ago; the exporter serves
-    the rows of now; Prometheus scrapes it every second."""
+    """(prometheus, exporter, stamped, start): history rows 0-399 end ~10 minutes ago; the exporter
+    serves the rows of now; `stamped` serves them too, as ts_* metrics stamped with their rows'
+    times; Prometheus scrapes both every second."""
     promtool(), prometheus()  # skip early, with the reason, when they cannot be installed
     now = math.floor(time.time())
     start = float(now - 600 - (HISTORY_ROWS - 1) * STEP)  # row 399 at now - 600 s
     exporter = SyntheticExporter(frame, start=start, step_seconds=STEP).start()
+    stamped = SyntheticExporter(frame, start=start, step_seconds=STEP, prefix="ts_", timestamps=True).start()
     try:
         began = time.monotonic()
         with history_prometheus(tmp_path_factory.mktemp("watch-sim"), frame, start=start, step_seconds=STEP,
-                                end=start + (HISTORY_ROWS - 1) * STEP, scrape_targets=[exporter.target]) as prom:
+                                end=start + (HISTORY_ROWS - 1) * STEP,
+                                scrape_targets=[exporter.target, stamped.target]) as prom:
             print(f"history backfilled and Prometheus ready in {time.monotonic() - began:.1f} s")
-            yield prom, exporter, start
+            yield prom, exporter, stamped, start
     finally:
         exporter.stop()
+        stamped.stop()
 
 
 @pytest.mark.slow
 def test_history_reads_back_exactly(live, frame):
-    prom, _, start = live
+    prom, _, _, start = live
     end = start + (HISTORY_ROWS - 1) * STEP
     expected_times = [start + i * STEP for i in range(HISTORY_ROWS)]
     result = prom.query_range('{__name__=~"demo_.+"}', start, end, STEP)
@@ -138,7 +142,7 @@ def test_history_reads_back_exactly(live, frame):
 
 @pytest.mark.slow
 def test_exporter_continues_the_series_and_inject_changes_one_host(live, frame):
-    prom, exporter, start = live
+    prom, exporter, _, start = live
     prom.wait_scraped(SYNTHETIC_JOB)
 
     def row_of(t: float) -> int:
@@ -210,7 +214,7 @@ def test_exporter_continues_the_series_and_inject_changes_one_host(live, frame):
 
 @pytest.mark.slow
 def test_restart_keeps_history_and_scraped_samples(live, frame):
-    prom, _, start = live
+    prom, _, _, start = live
     prom.wait_scraped(SYNTHETIC_JOB)
 
     def committed() -> tuple[float, list] | None:
@@ -226,3 +230,30 @@ def test_restart_keeps_history_and_scraped_samples(live, frame):
     assert [float(v) for _, v in history[0]["values"]] == rows(frame, "host-2")["requests_per_s"].iloc[:10].tolist()
     wait_until(lambda: prom.samples("demo_requests_per_s[30s]", "host").get("host-2", [(0.0, 0.0)])[-1][0] > restarted,
                timeout=30, what="scrapes to resume after the restart")
+
+
+@pytest.mark.slow
+def test_stamped_exporter_puts_each_row_at_its_own_time(live, frame):
+    """With timestamps=True the scraped samples sit on the row grid, like the backfilled ones: a
+    range query at row times returns exactly row(t), with no one-row lag and no boundary jitter."""
+    prom, _, stamped, start = live
+    assert stamped.exposition(start).splitlines()[2].endswith(f" {round(start * 1000)}")
+    prom.wait_scraped(SYNTHETIC_JOB)
+    history_end = start + (HISTORY_ROWS - 1) * STEP
+
+    def two_rows() -> dict | None:
+        found = prom.samples("ts_net_in_mb_s[5m]", "host")
+        return found if len(found.get("host-2", [])) >= 2 else None
+
+    raw = wait_until(two_rows, timeout=40, interval=0.5, what="two rows of the stamped exporter")
+    for host in HOSTS:
+        values = rows(frame, host)["net_in_mb_s"]
+        for t, v in raw[host]:
+            i = round((t - start) / STEP)
+            assert t == start + i * STEP and v == values.iloc[i], (host, t, v)
+    first, last = raw["host-2"][0][0], raw["host-2"][-1][0]
+    got = prom.range_by("max by (host) (ts_net_in_mb_s)", "host", first, last, STEP)
+    for host in HOSTS:
+        values = rows(frame, host)["net_in_mb_s"]
+        assert got[host] == [(t, values.iloc[round((t - start) / STEP)]) for t, _ in got[host]]
+        assert len(got[host]) == round((last - first) / STEP) + 1 and first > history_end

@@ -188,6 +188,12 @@ class SyntheticExporter:
     exporter, so a sample scraped at ``t`` holds the row of ``t`` (give or take the few
     milliseconds between Prometheus taking the time and the request arriving, at a row boundary).
 
+    With ``timestamps=True`` each sample carries its row's time instead, so scraped samples sit on
+    the same grid as the backfilled ones: a range query at row times then returns exactly row(t)
+    (without, a sample scraped just before t holds row(t) - 1: a constant one-row lag). A value
+    changed by :meth:`inject` after its row was scraped is then refused by Prometheus (a different
+    value for a timestamp it holds); inject from a row not served yet.
+
     :meth:`inject` changes values from a given time on (an anomaly appearing live). The server
     binds its port in the constructor, so ``port`` and ``url`` are known before :meth:`start`
     (to write a scrape config).
@@ -195,8 +201,9 @@ class SyntheticExporter:
 
     def __init__(self, frame: pd.DataFrame, *, start: float, step_seconds: float, series_col: str = "host",
                  metrics: Sequence[str] = SERIES_METRIC_COLUMNS, prefix: str = "demo_", host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, timestamps: bool = False) -> None:
         _check_clock(start, step_seconds)
+        self.timestamps = timestamps
         self.start_time = float(start)
         self.step_seconds = float(step_seconds)
         self.series_col = series_col
@@ -252,25 +259,34 @@ class SyntheticExporter:
     def values_at(self, at: float | None = None) -> dict[str, dict[str, float]]:
         """What a scrape at ``at`` (default now) returns: {series: {column: value}} (injections
         included, NaN readings left out, no series before ``start``)."""
+        return {key: values for key, (_, values) in self._rows_at(at).items()}
+
+    def _rows_at(self, at: float | None) -> dict[str, tuple[int, dict[str, float]]]:
+        """{series: (its row's time in ms, {column: value})} at ``at``."""
         index = self.row_index(at)
         if index < 0:
             return {}
+        out = {}
         with self._lock:
-            return {key: {column: float(v) for column, v in zip(self.metrics, values[min(index, len(values) - 1)])
-                          if not math.isnan(v)}
-                    for key, values in self._series.items()}
+            for key, values in self._series.items():
+                row = min(index, len(values) - 1)
+                out[key] = (int(self._times[key][row]),
+                            {column: float(v) for column, v in zip(self.metrics, values[row]) if not math.isnan(v)})
+        return out
 
     def exposition(self, at: float | None = None) -> str:
-        """The /metrics body at ``at`` (default now) in the Prometheus text format."""
-        current = self.values_at(at)
+        """The /metrics body at ``at`` (default now) in the Prometheus text format; with
+        ``timestamps`` each sample carries its row's time (ms)."""
+        current = self._rows_at(at)
         lines: list[str] = []
         for column, name in zip(self.metrics, self.names):
             lines.append(f"# HELP {name} Synthetic {column} per {self.series_col} (anomaly_ae.watch.simulate).")
             lines.append(f"# TYPE {name} gauge")
-            for key, values in current.items():
+            for key, (ms, values) in current.items():
                 if column in values:
+                    stamp = f" {ms}" if self.timestamps else ""
                     lines.append(f'{name}{{{self.series_col}="{_escape_label_value(key)}"}} '
-                                 f"{format_value(values[column])}")
+                                 f"{format_value(values[column])}{stamp}")
         return "\n".join(lines) + "\n"
 
     def inject(self, host: str, column: str, factor: float, from_time: float) -> None:
