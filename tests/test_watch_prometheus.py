@@ -89,7 +89,8 @@ def test_over_backfilled_history_the_watcher_equals_an_offline_pass(world):
         offline, _, _ = run_backtest(spec, detector, first, world["history_end"], source)
     live.sort(key=lambda s: (s.series, s.timestamp))
     assert len(live) == len(offline) == HOSTS * 120
-    np.testing.assert_allclose([s.score for s in live], offline["score"], rtol=1e-6)
+    # float32 distances: the same windows scored in batches of another size round differently
+    np.testing.assert_allclose([s.score for s in live], offline["score"], rtol=1e-4)
     assert [s.anomalous for s in live] == offline["is_anomaly"].tolist()
     assert [s.alert for s in live] == offline["alert"].tolist()
 
@@ -145,6 +146,9 @@ def test_live_the_anomalous_host_alerts_through_prometheus_and_the_watcher_survi
         first_live = time.time()
         wait_until(lambda: (_sample(_scrape(port), "anomaly_ae_watch_last_step_timestamp_seconds") or 0)
                    > first_live + 16 * STEP, timeout=120, what="a window of live steps")
+        # alerts so far (the first live windows span the backfill's end, where Prometheus' lookback
+        # repeats the last backfilled value until the first scrape: a stuck value, rightly flagged)
+        before = {r["metric"]["series"]: float(r["value"][1]) for r in prom.query("anomaly_ae_watch_alerts_total")}
         inject_at = align(time.time(), STEP) + 2 * STEP
         exporter.inject("host-1", "cpu_util_pct", 3.0, from_time=inject_at)
         exporter.inject("host-1", "requests_per_s", 0.3, from_time=inject_at)
@@ -154,8 +158,8 @@ def test_live_the_anomalous_host_alerts_through_prometheus_and_the_watcher_survi
         # the first injected step the watcher can see is the first step at or after inject_at that a
         # scrape covered (the exporter serves a row per 2 s; scrapes every 1 s)
         assert alerted - inject_at <= (rule.min_steps + 1) * STEP, (alerted, inject_at)
-        others = prom.query('anomaly_ae_watch_alerts_total{series!="host-1"}')
-        assert all(float(r["value"][1]) == 0 for r in others), others
+        after = {r["metric"]["series"]: float(r["value"][1]) for r in prom.query("anomaly_ae_watch_alerts_total")}
+        assert all(after[s] == before.get(s, 0) for s in after if s != "host-1"), (before, after)
         assert prom.value('anomaly_ae_watch_anomalous{series="host-1"}') == 1
 
         # Prometheus goes away: the watcher keeps serving /metrics, counts the failures, stays healthy
