@@ -114,6 +114,7 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per query would drown the watcher's own
     set_threads(threads)
     spec = load_spec(spec_path).spec
     shard = Shard.parse(shard_text)

@@ -273,6 +273,10 @@ class Watcher:
             state.quiet_until = index + self.rule.cooldown
             state.alerts += 1
             state.last_alert = timestamp
+            log.info("alert: %s at %s: score %.4g above the threshold %.4g in %d of the last %d steps; top metric %s "
+                     "(%.0f%%)", name, _iso(timestamp), float(result.scores[i]), float(self.detector.threshold_),
+                     sum(state.flags), self.rule.within, result.top_features[i][0],
+                     100 * float(result.top_contributions[i][0]))
         state.last = SeriesScore(series=name, timestamp=timestamp, score=float(result.scores[i]),
                                  p_value=float(result.p_values[i]), anomalous=anomalous, alert=alert,
                                  top_metric=str(result.top_features[i][0]),
