@@ -29,6 +29,7 @@ from anomaly_ae.watch.spec import WatchSpec, credentials
 TIME_COLUMN = "timestamp"
 # Prometheus refuses a range query over more than 11,000 points per series; stay below it.
 MAX_POINTS_PER_QUERY = 10_000
+CUBE_CELLS = 20_000_000  # float64 cells (160 MB) per block of series when aligning results on the grid
 QUERY_ERROR_REASONS = ("timeout", "unreachable", "http_error", "bad_response", "no_data", "too_many_series",
                        "bad_series")
 
@@ -200,34 +201,46 @@ def build_frame(spec: WatchSpec, results: dict[str, SeriesPoints], start: float,
     step_ms = round(spec.step * 1000)
     start_ms, end_ms = round(start * 1000), round(end * 1000)
     n_grid = (end_ms - start_ms) // step_ms + 1
-    frames = []
-    for name in complete:
-        table = np.full((n_grid, len(spec.columns)), np.nan)
-        for j, metric in enumerate(spec.columns):
-            t, x = results[metric][name]
-            slot = (t - start_ms) // step_ms
-            inside = (slot >= 0) & (slot < n_grid) & ((t - start_ms) % step_ms == 0)
-            table[slot[inside], j] = x[inside]
-        ok = np.isfinite(table).all(axis=1)
-        present = np.isfinite(table).any(axis=1)
-        report.incomplete_rows += int((present & ~ok).sum())
-        rows = np.flatnonzero(ok)
-        if len(rows) == 0:
-            report.stale.append(name)
-            continue
-        report.gap_steps[name] = int(rows[-1] - rows[0] + 1 - len(rows))
-        if rows[-1] < n_grid - 1:
-            report.stale.append(name)
-        part = pd.DataFrame(table[rows], columns=spec.columns)
-        part.insert(0, spec.series_label, name)
-        part.insert(0, TIME_COLUMN, pd.to_datetime(start_ms + rows * step_ms, unit="ms"))
-        frames.append(part)
-    frame = (pd.concat(frames, ignore_index=True) if frames else
-             pd.DataFrame({TIME_COLUMN: pd.Series(dtype="datetime64[ns]"), spec.series_label: pd.Series(dtype=object),
-                           **{m: pd.Series(dtype=np.float64) for m in spec.columns}}))
+    # (series, step, metric) cubes, filled metric by metric, for blocks of series small enough to
+    # hold (a watcher step: every series at once; two weeks of history: a few series at a time)
+    per_series = n_grid * len(spec.columns)
+    block = max(1, CUBE_CELLS // max(per_series, 1))
+    parts = [_frame_block(spec, results, complete[i:i + block], start_ms, step_ms, n_grid, report)
+             for i in range(0, len(complete), block)] or [_frame_block(spec, results, [], start_ms, step_ms, n_grid,
+                                                                      report)]
+    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     report.n_series = frame[spec.series_label].nunique()
     report.n_rows = len(frame)
     return frame, report
+
+
+def _frame_block(spec: WatchSpec, results: dict[str, SeriesPoints], names: list[str], start_ms: int, step_ms: int,
+                 n_grid: int, report: FrameReport) -> pd.DataFrame:
+    cube = np.full((len(names), n_grid, len(spec.columns)), np.nan)
+    for j, metric in enumerate(spec.columns):
+        points = results[metric]
+        for i, name in enumerate(names):
+            t, x = points[name]
+            slot = (t - start_ms) // step_ms
+            inside = (slot >= 0) & (slot < n_grid) & ((t - start_ms) % step_ms == 0)
+            cube[i, slot[inside], j] = x[inside]
+    finite = np.isfinite(cube)
+    ok = finite.all(axis=2)
+    report.incomplete_rows += int((finite.any(axis=2) & ~ok).sum())
+    counts = ok.sum(axis=1)
+    first = np.where(counts > 0, ok.argmax(axis=1), 0)
+    last = np.where(counts > 0, n_grid - 1 - ok[:, ::-1].argmax(axis=1), -1)
+    for i, name in enumerate(names):
+        if counts[i]:
+            report.gap_steps[name] = int(last[i] - first[i] + 1 - counts[i])
+        if last[i] < n_grid - 1:
+            report.stale.append(name)
+    series_idx, grid_idx = np.nonzero(ok)  # series by series, in time order
+    frame = pd.DataFrame(cube[series_idx, grid_idx], columns=spec.columns)
+    frame.insert(0, spec.series_label, np.asarray(names, dtype=object)[series_idx] if names
+                 else np.zeros(0, dtype=object))
+    frame.insert(0, TIME_COLUMN, pd.to_datetime(start_ms + grid_idx.astype(np.int64) * step_ms, unit="ms"))
+    return frame
 
 
 def fetch_frame(source: PrometheusSource, start: float, end: float, *, keep: Callable[[str], bool] | None = None,
