@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -169,10 +170,13 @@ def run(out_dir: Path) -> dict[str, int]:
         console.print(f"service stopped ({'graceful shutdown' if graceful else f'exit code {code}'}); "
                       f"its log is {out_dir / 'service.log'}")
     series = series_story(out_dir, env)
+    watched = watch_story(out_dir, env)
     console.print(f"\nEverything is in {out_dir}: data, model/, series-model/, series-eval/ (one plot per host), "
+                  "watch-backtest/ (scores and a plot per alerting host), "
                   f"mlflow.db + mlartifacts/ (open with `mlflow ui --backend-store-uri sqlite:///{out_dir / 'mlflow.db'}`), "
                   "service.log")
-    return {"rows": len(results), "flagged": flagged_total, "caught": caught, "false_alarms": false_alarms, **series}
+    return {"rows": len(results), "flagged": flagged_total, "caught": caught, "false_alarms": false_alarms, **series,
+            **watched}
 
 
 def series_story(out_dir: Path, env: dict[str, str]) -> dict[str, int]:
@@ -225,6 +229,98 @@ def series_story(out_dir: Path, env: dict[str, str]) -> dict[str, int]:
                   f"{flagged['series'][normal].mean():.1%}")
     console.print(table)
     return {"incidents_found_rows": found["rows"], "incidents_found_series": found["series"]}
+
+
+def watch_story(out_dir: Path, env: dict[str, str]) -> dict[str, int]:
+    """Prometheus in, scores out: train on its history, watch it live, see an anomaly alert."""
+    import yaml
+
+    from anomaly_ae.data.synthetic_series import make_series_telemetry
+    from anomaly_ae.watch.simulate import LocalPrometheus, SyntheticExporter, create_blocks, demo_spec, \
+        openmetrics_history
+    from anomaly_ae.watch.source import align
+
+    step("11. watch Prometheus: train on its history, score every host live, alert on an anomaly")
+    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
+    installer = Path(__file__).resolve().parents[1] / "deployment" / "scripts" / "install-prometheus.sh"
+    if (prometheus is None or promtool is None) and installer.exists() and shutil.which("apt-get") and \
+            (os.geteuid() == 0 or shutil.which("sudo")):
+        subprocess.run(["bash", str(installer)], check=False, capture_output=True, timeout=900)
+        prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
+    if prometheus is None or promtool is None:
+        console.print("[yellow]skipped:[/] no Prometheus here; install it with deployment/scripts/install-prometheus.sh "
+                      "(Debian's `prometheus`, needs root) to see this step")
+        return {}
+    step_s, history_steps, hosts = 2.0, 2160, 3  # 5-minute synthetic rows replayed every 2 s: a week of history
+    frame = make_series_telemetry(history_steps + 1000, hosts, anomalies=False, seed=3)
+    start = align(time.time(), step_s) - (history_steps - 1) * step_s
+    history_end = start + (history_steps - 1) * step_s
+    for stale in ("watch-tsdb", "watch-backtest"):
+        shutil.rmtree(out_dir / stale, ignore_errors=True)
+    create_blocks(openmetrics_history(frame, start=start, step_seconds=step_s, end=history_end),
+                  out_dir / "watch-tsdb", promtool=promtool)
+    port = free_port()
+    with SyntheticExporter(frame, start=start, step_seconds=step_s, timestamps=True) as exporter, \
+            LocalPrometheus(out_dir / "watch-tsdb", binary=prometheus, synthetic_targets=[exporter.target],
+                            jobs={"anomaly-ae-watch": [f"127.0.0.1:{port}"]}) as prom:
+        console.print(f"Prometheus on {prom.url} holds a week of 3 hosts x 8 metrics and scrapes a live exporter")
+        (out_dir / "watch.yml").write_text(yaml.safe_dump(demo_spec(prom.url, step="2s", window=16)))
+        console.print((out_dir / "watch.yml").read_text())
+        cli(["train", "--prometheus", "watch.yml", "--start", repr(start), "--end", repr(history_end),
+             "--register", "demo-watch", "--no-progress"], out_dir, env)
+        cli(["promote", "demo-watch", "--version", "1", "--alias", "champion"], out_dir, env)
+        console.print("[dim]$ anomaly-ae watch --prometheus watch.yml --model models:/demo-watch@champion "
+                      f"--listen 127.0.0.1:{port}[/]")
+        with open(out_dir / "watch.log", "w") as log:
+            watcher = subprocess.Popen([sys.executable, "-m", "anomaly_ae.cli", "watch", "--prometheus", "watch.yml",
+                                        "--model", "models:/demo-watch@champion", "--listen", f"127.0.0.1:{port}"],
+                                       cwd=out_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def value(expr: str) -> float:
+                result = prom.query(expr)
+                return float(result[0]["value"][1]) if result else 0.0
+
+            def wait(what: str, done: Any, timeout: float = 120.0) -> None:
+                deadline = time.monotonic() + timeout
+                while not done():
+                    if watcher.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the demo watcher did not {what}; see {out_dir / 'watch.log'}")
+                    time.sleep(0.5)
+
+            wait("get scraped with scores for every host", lambda: value("sum(anomaly_ae_watch_series)") == hosts)
+            live_from = time.time()
+            wait("score a window of live steps", lambda: value("anomaly_ae_watch_last_step_timestamp_seconds")
+                 > live_from + 16 * step_s)
+            inject_at = align(time.time(), step_s) + 2 * step_s
+            exporter.inject("host-1", "cpu_util_pct", 6.0, from_time=inject_at)
+            exporter.inject("host-1", "requests_per_s", 0.2, from_time=inject_at)
+            console.print("injected a runaway process on host-1: CPU x6, requests x0.2")
+            wait("alert on host-1", lambda: value('anomaly_ae_watch_last_alert_timestamp_seconds{series="host-1"}')
+                 >= inject_at)
+            alerted = value('anomaly_ae_watch_last_alert_timestamp_seconds{series="host-1"}')
+            table = Table(title=f"from Prometheus ({prom.url}/api/v1/query), {alerted - inject_at:.0f} s after the "
+                                "anomaly began")
+            for column in ("series", "anomaly_ae_watch_score", "anomalous", "top metric (share)"):
+                table.add_column(column)
+            top = {r["metric"]["series"]: (r["metric"]["metric"], float(r["value"][1]))
+                   for r in prom.query("anomaly_ae_watch_top_metric_share")}
+            flags = {r["metric"]["series"]: float(r["value"][1]) for r in prom.query("anomaly_ae_watch_anomalous")}
+            for r in sorted(prom.query("anomaly_ae_watch_score"), key=lambda r: r["metric"]["series"]):
+                name = r["metric"]["series"]
+                metric, share = top.get(name, ("?", 0.0))
+                table.add_row(name, f"{float(r['value'][1]):.3g}", f"{flags.get(name, 0):.0f}",
+                              f"{metric} ({share:.0%})")
+            console.print(table)
+        finally:
+            watcher.send_signal(signal.SIGTERM)
+            try:
+                watcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                watcher.kill()
+        cli(["backtest", "--prometheus", "watch.yml", "--model", "models:/demo-watch@champion",
+             "--start", repr(inject_at - 60 * step_s), "--end", repr(align(time.time(), step_s)),
+             "--out", "watch-backtest"], out_dir, env)
+    return {"watch_alert_latency_s": int(alerted - inject_at)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from anomaly_ae.data.synthetic_series import SERIES_METRIC_COLUMNS
 
-__all__ = ["SyntheticExporter", "create_blocks", "demo_spec", "metric_name", "openmetrics_history"]
+__all__ = ["LocalPrometheus", "SyntheticExporter", "create_blocks", "demo_spec", "metric_name", "openmetrics_history"]
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -346,3 +346,78 @@ def demo_spec(prometheus_url: str, *, step: str, series_label: str = "host",
         "model": {"model": model, "window": window, "target_fpr": 0.01},
         "watch": {"evaluation_delay": evaluation_delay, "max_series": 10000},
     }
+
+
+class LocalPrometheus:
+    """Prometheus on 127.0.0.1 over ``data_dir``, for the demo and the benchmarks (the tests have a
+    fuller helper in tests/watch_support.py). ``synthetic_targets`` are scraped with ``job`` and
+    ``instance`` dropped, so their samples continue backfilled history; ``jobs`` are scraped as usual."""
+
+    def __init__(self, data_dir: Path, *, binary: str = "prometheus", synthetic_targets: Sequence[str] = (),
+                 jobs: dict[str, list[str]] | None = None, scrape_interval: str = "1s") -> None:
+        import json
+        import socket
+
+        self.data_dir = Path(data_dir)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        scrape = [{"job_name": "synthetic", "static_configs": [{"targets": list(synthetic_targets)}],
+                   "metric_relabel_configs": [{"action": "labeldrop", "regex": "job|instance"}]}] if synthetic_targets else []
+        scrape += [{"job_name": name, "static_configs": [{"targets": targets}]} for name, targets in (jobs or {}).items()]
+        self.config = self.data_dir.with_name(self.data_dir.name + ".prometheus.yml")
+        # JSON is YAML: no YAML writer needed
+        self.config.write_text(json.dumps({"global": {"scrape_interval": scrape_interval,
+                                                      "scrape_timeout": scrape_interval,
+                                                      "evaluation_interval": scrape_interval},
+                                           "scrape_configs": scrape}))
+        self.log = self.data_dir.with_name(self.data_dir.name + ".prometheus.log")
+        self.command = [binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.data_dir}",
+                        f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=3650d"]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> "LocalPrometheus":
+        import urllib.request
+
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited ({self.proc.returncode}); see {self.log}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"prometheus was not ready within {timeout:g} s; see {self.log}")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's result (vector)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.loads(response.read())["data"]["result"]
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> "LocalPrometheus":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
