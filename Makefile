@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-serve bench-cli bench-ts-env bench-ts reliability clean
+.PHONY: venv demo test bench bench-serve bench-cli bench-ts-env bench-ts bench-watch reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-ts: $(BENCH_VENV)/.installed
 # Reliability under load and faults, against real processes on 127.0.0.1 (~15 min on 2 cores; needs mlflow
 # and hey, installed via apt if missing): writes benchmarks/results/reliability.{md,json}, exits 1 if a check fails.
 # A smoke run: $(BIN)/python benchmarks/reliability.py --quick
+# the Prometheus watcher: 1,000 and 3,000 series x 10 metrics at a 15 s step, one torch thread
+# (needs prometheus + promtool: deployment/scripts/install-prometheus.sh)
+bench-watch: $(STAMP)
+	$(BIN)/python benchmarks/watch_throughput.py --series 1000 3000 --steps 30
+
 reliability: $(STAMP)
 	$(BIN)/python benchmarks/reliability.py
 

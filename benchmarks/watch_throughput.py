@@ -20,9 +20,7 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,14 +28,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from anomaly_ae.data.synthetic_series import SERIES_METRIC_COLUMNS, make_series_telemetry  # noqa: E402
 from anomaly_ae.runtime import set_threads  # noqa: E402
 from anomaly_ae.series_detector import SeriesDetector  # noqa: E402
-from anomaly_ae.watch.simulate import create_blocks, openmetrics_history  # noqa: E402
+from anomaly_ae.watch.simulate import LocalPrometheus, create_blocks, openmetrics_history  # noqa: E402
 from anomaly_ae.watch.source import TIME_COLUMN, align  # noqa: E402
 from anomaly_ae.watch.spec import WatchSpec  # noqa: E402
 from anomaly_ae.watch.source import PrometheusSource  # noqa: E402
@@ -55,35 +52,6 @@ def telemetry(n_hosts: int, n_steps: int, seed: int) -> pd.DataFrame:
     frame["cpu_per_request"] = frame["cpu_util_pct"] / frame["requests_per_s"].clip(lower=1.0)
     frame["latency_x_errors"] = frame["latency_ms"] * frame["error_rate_pct"]
     return frame
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_prometheus(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    config = data_dir.parent / "prometheus.yml"
-    config.write_text("global: {scrape_interval: 15s}\nscrape_configs: []\n")
-    proc = subprocess.Popen([shutil.which("prometheus") or "prometheus", f"--config.file={config}",
-                             f"--storage.tsdb.path={data_dir}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--storage.tsdb.retention.time=3650d"],
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited: {log_path.read_text()[-2000:]}")
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("prometheus did not become ready in 120 s")
 
 
 def main() -> None:
@@ -117,10 +85,10 @@ def main() -> None:
             create_blocks(openmetrics_history(frame, start=start, step_seconds=STEP, metrics=METRICS),
                           tmp / "tsdb", promtool=shutil.which("promtool") or "promtool")
             backfill_seconds = time.perf_counter() - t0
-            proc, url = start_prometheus(tmp / "tsdb", tmp / "prometheus.log")
-            try:
+            with LocalPrometheus(tmp / "tsdb", binary=shutil.which("prometheus") or "prometheus",
+                                 scrape_interval="15s") as prom:
                 spec = WatchSpec.model_validate({
-                    "prometheus": {"url": url, "timeout": "60s"}, "series_label": "host", "step": "15s",
+                    "prometheus": {"url": prom.url, "timeout": "60s"}, "series_label": "host", "step": "15s",
                     "metrics": {m: f"max by (host) (demo_{m})" for m in METRICS},
                     "watch": {"evaluation_delay": "0s", "max_series": 100_000}})
                 with PrometheusSource(spec) as source:
@@ -133,9 +101,6 @@ def main() -> None:
                         wall.append(time.perf_counter() - w0)
                         cpu.append(time.process_time() - c0)
                         scored.append(len(scores))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=60)
         steady_wall, steady_cpu = wall[1:], cpu[1:]
         run = {"series": n_series, "metrics": len(METRICS), "step_seconds": STEP, "window": WINDOW,
                "steps_evaluated": len(wall), "series_scored_per_step": int(np.median(scored[1:])),
