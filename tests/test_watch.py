@@ -275,3 +275,27 @@ def test_metrics_endpoint_exposes_scores_and_health(world):
         assert name in text, name
     top = [line for line in text.splitlines() if line.startswith("anomaly_ae_watch_top_metric_share{")]
     assert len(top) == 4 and all(any(f'metric="{c}"' in line for c in COLUMNS) for line in top)
+
+
+def test_queries_that_select_their_shard_are_sent_per_replica_and_not_hashed_again(world):
+    frame, detector = world
+    spec = make_spec(metrics={c: c + '{watch_shard=~"$shard"}' for c in COLUMNS})
+    assert spec.sharded_queries and not make_spec().sharded_queries
+    seen = []
+    fake = FakePrometheus(frame, time_col="ts", series_col="host")
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        from urllib.parse import parse_qs
+
+        query = parse_qs(request.content.decode())["query"][0]
+        seen.append(query)
+        # the stand-in answers by column name: strip the selector it cannot evaluate
+        body = request.content.decode().replace("%7Bwatch_shard%3D~%222%22%7D", "")
+        return fake._handle(httpx.Request("POST", request.url, content=body.encode()))
+
+    source = PrometheusSource(spec, transport=httpx.MockTransport(handle), shard=2)
+    watcher = Watcher(spec, source, detector, ModelInfo("m", "1", "dir"), shard=Shard(2, 3))
+    scores = watcher.evaluate(T0 + (TRAIN_STEPS + 50) * STEP)
+    assert seen and all(q.endswith('{watch_shard=~"2"}') for q in seen)
+    assert {s.series for s in scores} == {f"host-{i}" for i in range(4)}  # Prometheus chose them; no re-hash
+    assert PrometheusSource(spec).queries[COLUMNS[0]] == COLUMNS[0] + '{watch_shard=~".*"}'

@@ -135,7 +135,7 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
         log.info("stopped before a model was loaded")
         return
     detector, info = loaded
-    source = PrometheusSource(spec)
+    source = PrometheusSource(spec, shard=shard.index if spec.sharded_queries else None)
     watcher = Watcher(spec, source, detector, info, shard=shard)
     loop = WatchLoop(watcher, models, reload_interval=reload_interval, stop_event=stopping)
     stall_after = max(3 * spec.step, 60.0) + spec.prometheus.timeout * len(spec.columns)

@@ -51,8 +51,12 @@ class PrometheusSource:
     """Range queries against one Prometheus, with the spec's auth, TLS and timeout."""
 
     def __init__(self, spec: WatchSpec, *, environ: dict[str, str] | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, shard: int | None = None) -> None:
         self.spec = spec
+        # `$shard` in a query (in a regex matcher: {shard=~"$shard"}) becomes this replica's index, or
+        # `.*` (every shard) for training and backtests; see WatchSpec.sharded_queries
+        self.queries = {name: query.replace("$shard", ".*" if shard is None else str(shard))
+                        for name, query in spec.metrics.items()}
         target = spec.prometheus
         verify: Any = not target.tls.insecure_skip_verify
         if target.tls.ca_file and verify:
@@ -83,7 +87,7 @@ class PrometheusSource:
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for first in range(0, n_steps, MAX_POINTS_PER_QUERY):
             last = min(first + MAX_POINTS_PER_QUERY, n_steps) - 1
-            result = self._request(metric, {"query": self.spec.metrics[metric], "start": _fmt(start + first * step),
+            result = self._request(metric, {"query": self.queries[metric], "start": _fmt(start + first * step),
                                             "end": _fmt(start + last * step), "step": _fmt(step)})
             for name, points in self._parse(metric, result).items():
                 parts.setdefault(name, []).append(points)

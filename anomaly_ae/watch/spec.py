@@ -180,6 +180,13 @@ class WatchSpec(_Strict):
     def columns(self) -> list[str]:
         return list(self.metrics)
 
+    @property
+    def sharded_queries(self) -> bool:
+        """The queries select one shard themselves: `{shard=~"$shard"}` on a label that Prometheus'
+        `hashmod` relabelling wrote at scrape time. Each replica then receives only its series
+        (`$shard` becomes its index; `.*` when training or backtesting)."""
+        return any("$shard" in query for query in self.metrics.values())
+
     def fingerprint(self) -> str:
         """Of what decides the data (queries, label, step), not of where Prometheus is or how to log in."""
         basis = {"metrics": self.metrics, "series_label": self.series_label, "step": self.step}

@@ -205,7 +205,9 @@ class Watcher:
         except QueryError as exc:
             self._failed(exc, started)
             raise
-        frame, report = build_frame(self.spec, results, fetch_from, t, keep=self.shard.owns,
+        # queries that select the shard themselves ($shard) need no second, different hash here
+        keep = None if self.spec.sharded_queries else self.shard.owns
+        frame, report = build_frame(self.spec, results, fetch_from, t, keep=keep,
                                     max_series=self.spec.watch.max_series)
         self._count_report(report)
         scores = self._score(frame, first_new, t)
