@@ -8,6 +8,7 @@ each test starts what else it needs and stops it. Time is compressed: one step i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -195,3 +197,65 @@ def test_live_the_anomalous_host_alerts_through_prometheus_and_the_watcher_survi
     text = log_path.read_text()
     assert code == 0 and "Traceback" not in text, text[-3000:]
     assert "unreachable" in text and "stopped" in text
+
+
+def test_a_model_trained_from_prometheus_is_registered_with_its_spec_and_reloaded_when_the_alias_moves(
+        world, mlflow_server):
+    """`train --prometheus --register` logs the spec, the fetch report and the query fingerprint; a
+    watcher on models:/NAME@champion switches to a newly promoted version at its next reload check."""
+    from mlflow import MlflowClient
+
+    from anomaly_ae.watch.watcher import ModelSource, WatchLoop
+
+    name = f"watch-e2e-{int(time.time() * 1000) % 10**8}"
+    end = repr(world["start"] + (TRAIN_STEPS - 1) * STEP)
+    for _ in range(2):  # two versions of the same model
+        result = subprocess.run([*CLI, "train", "--prometheus", str(world["spec_path"]), "--start", repr(world["start"]),
+                                 "--end", end, "--register", name, "--tracking-uri", mlflow_server,
+                                 "--no-progress"], capture_output=True, text=True, timeout=300, env=_cli_env())
+        assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version(name, "1")
+    run = client.get_run(version.run_id)
+    assert run.data.params["source.kind"] == "prometheus" and len(run.data.params["source.query_fingerprint"]) == 16
+    assert {a.path for a in client.list_artifacts(version.run_id, "source")} == {"source/watch.yml",
+                                                                                "source/fetch_report.json"}
+    client.set_registered_model_alias(name, "champion", "1")
+    models = ModelSource(f"models:/{name}@champion", tracking_uri=mlflow_server)
+    detector, info = models.load()
+    spec = WatchSpec.model_validate(yaml.safe_load(world["spec_path"].read_text()))
+    with PrometheusSource(spec) as source:
+        watcher = Watcher(spec, source, detector, info)
+        loop = WatchLoop(watcher, models, reload_interval=0.0)
+        loop._maybe_reload()
+        assert watcher.model.version == "1" and watcher.stats.reloads == {"ok": 0, "failed": 0}
+        client.set_registered_model_alias(name, "champion", "2")
+        loop._maybe_reload()
+        assert watcher.model.version == "2" and watcher.stats.reloads["ok"] == 1
+        assert watcher.evaluate(world["history_end"])  # scores with the new version
+        models.uri = f"models:/{name}@no-such-alias"  # a version that cannot be loaded: the last good one stays
+        loop._maybe_reload()
+        assert watcher.model.version == "2" and watcher.stats.reloads["failed"] == 1
+
+
+def test_backtest_reports_alerts_and_event_recall_and_writes_scores_and_plots(world, tmp_path):
+    first, last = world["history_end"] - 150 * STEP, world["history_end"]
+    incidents = tmp_path / "incidents.csv"
+    incidents.write_text(f"series,start,end\nhost-2,{first + 40 * STEP!r},{first + 60 * STEP!r}\n")
+    out = tmp_path / "backtest"
+    result = subprocess.run([*CLI, "backtest", "--prometheus", str(world["spec_path"]), "--model",
+                             str(world["model_dir"]), "--start", repr(first), "--end", repr(last), "--labels",
+                             str(incidents), "--out", str(out)], capture_output=True, text=True, timeout=300,
+                            env=_cli_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps_scored"] == HOSTS * 151 and summary["series"] == HOSTS
+    assert summary["events_by_alerts"]["n_events"] == 1 and summary["events_by_flagged_steps"]["n_events"] == 1
+    scores = pd.read_csv(out / "scores.csv")
+    assert list(scores.columns) == ["timestamp", "host", "score", "p_value", "is_anomaly", "top_metric", "alert"]
+    assert len(scores) == HOSTS * 151 and any(p.suffix == ".png" for p in out.iterdir())
+    # the same range through the library: what the CLI wrote
+    spec = WatchSpec.model_validate(yaml.safe_load(world["spec_path"].read_text()))
+    with PrometheusSource(spec) as source:
+        table, _, _ = run_backtest(spec, SeriesDetector.load(world["model_dir"]), first, last, source)
+    np.testing.assert_allclose(scores["score"], table["score"], rtol=1e-6)

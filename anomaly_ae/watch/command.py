@@ -255,10 +255,7 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
         flags, alerts = table["is_anomaly"].to_numpy(), table["alert"].to_numpy()
         series = table[label].to_numpy()
         for name, marks in (("by_flagged_steps", flags), ("by_alerts", alerts)):
-            report_ = event_metrics(marks, truth, series)
-            summary[f"events_{name}"] = {"events": report_.n_events, "found": report_.found,
-                                         "recall": report_.recall, "precision": report_.precision, "f1": report_.f1,
-                                         "mean_delay_steps": report_.mean_delay}
+            summary[f"events_{name}"] = event_metrics(marks, truth, series).to_dict()
     console.print(json.dumps(summary, indent=2, default=float))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
