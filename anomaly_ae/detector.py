@@ -36,7 +36,7 @@ class Detector(BaseEstimator):
 
     Parameters
     ----------
-    model : "hybrid" (the default) | "ae" | "dae" | "sae" | "vae" | "aae" | "pca" (the table
+    model : "hybrid" (the default) | "ae" | "dae" | "sae" | "vae" | "aae" | "ddae" | "pca" | "knn" (the table
         `anomaly_ae.models.DETECTOR_MODELS`). "hybrid" is an
         ensemble of 3 autoencoders plus the 5-nearest-neighbour density term: reconstruction
         error catches samples off the normal manifold, neighbour distance the rare ones on it.
@@ -57,9 +57,11 @@ class Detector(BaseEstimator):
         whole prior, so the prior term is the weaker evidence: AUROC 0.99 vs 0.93 at weight 1 on
         the synthetic telemetry).  n_samples : latent draws for
         the VAE's "elbo" and "iwae" scores.  variance_kept : PCA's explained-variance target.
+        noise_scale : the DDAE's per-feature noise width: "uniform" (the default) or "kurtosis"
+        (clip(sqrt(kurtosis / 3), 0.5, 3) per feature, from the training rows).
     neighbors : k > 0 adds density evidence: the mean distance to the k nearest training rows
         (at most `max_reference` of them, sampled), standardised on held-out normals and added to
-        the standardised model score. 0 scores by the model alone; None: 5 for "hybrid", else 0.
+        the standardised model score. 0 scores by the model alone; None: 5 for "hybrid" and "knn", else 0.
     device : "auto" (CUDA when available), "cpu" or "cuda[:N]".
     random_state : seed for the split, initialisation, training and sampled scores.
     verbose : show a progress bar while training.
@@ -74,8 +76,8 @@ class Detector(BaseEstimator):
                  weight_decay: float = 0.0, patience: int = 20, validation_fraction: float = 0.2,
                  target_fpr: float = 0.01, beta: float = 1.0, corruption: str = "gaussian", noise: float = 0.2,
                  sparsity: float = 1e-2, adversarial_weight: float = 0.1, latent_weight: float = 0.1,
-                 n_samples: int = 16, variance_kept: float = 0.9, neighbors: int | None = None,
-                 max_reference: int = 10_000, max_categories: int = 50,
+                 n_samples: int = 16, variance_kept: float = 0.9, noise_scale: str = "uniform",
+                 neighbors: int | None = None, max_reference: int = 10_000, max_categories: int = 50,
                  device: str = "auto", random_state: int = 0,
                  verbose: bool = False) -> None:
         self.model = model
@@ -98,6 +100,7 @@ class Detector(BaseEstimator):
         self.latent_weight = latent_weight
         self.n_samples = n_samples
         self.variance_kept = variance_kept
+        self.noise_scale = noise_scale
         self.neighbors = neighbors
         self.max_reference = max_reference
         self.max_categories = max_categories
@@ -223,6 +226,7 @@ class Detector(BaseEstimator):
         torch.manual_seed(seed)
         module = build_model(spec).to(device)
         t_train, t_val = torch.from_numpy(x_train).to(device), torch.from_numpy(x_val).to(device)
+        module.prepare(t_train)
         if module.closed_form:
             module.fit_closed_form(t_train, variance_kept=self.variance_kept)
             return module.eval(), History()
