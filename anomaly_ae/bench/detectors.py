@@ -3,7 +3,8 @@
 Two families:
 
 * ``anomaly_ae`` (plain lowercase names): ``ae``, ``dae``, ``sae``, ``vae``, ``aae``, ``ddae``,
-  ``pca``, ``knn``, the variants in ``ANOMALY_AE_VARIANTS`` (``knn_proto``, ``ddae_knn``) and ``default``. Built as ``anomaly_ae.Detector(model=name, random_state=seed,
+  ``pca``, ``knn``, the variants in ``ANOMALY_AE_VARIANTS`` (``knn_proto``, ``ddae_knn``: a model
+  with options) and ``default``. Built as ``anomaly_ae.Detector(model=name, random_state=seed,
   verbose=False)`` (``default``: ``Detector(random_state=seed, verbose=False)``) and fed raw
   float64 data: the detector does its own scaling. Their ``predict`` (threshold calibrated for
   1% FPR) is used for the ``fpr_at_threshold`` column.
