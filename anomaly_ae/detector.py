@@ -22,7 +22,7 @@ from anomaly_ae.estimators import require_fitted
 from anomaly_ae.exceptions import DataError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input
 from anomaly_ae.models import DETECTOR_MODELS, DetectorModel, build_model
-from anomaly_ae.models.neighbors import NearestNeighbors
+from anomaly_ae.models.neighbors import NearestNeighbors, kmeans_prototypes
 from anomaly_ae.progress import epoch_progress
 from anomaly_ae.runtime import resolve_device
 from anomaly_ae.scoring import NEIGHBOR_SCORE, ModelScorer, check_score_type
@@ -36,7 +36,7 @@ class Detector(BaseEstimator):
 
     Parameters
     ----------
-    model : "hybrid" (the default) | "ae" | "dae" | "sae" | "vae" | "aae" | "pca" (the table
+    model : "hybrid" (the default) | "ae" | "dae" | "sae" | "vae" | "aae" | "ddae" | "pca" | "knn" (the table
         `anomaly_ae.models.DETECTOR_MODELS`). "hybrid" is an
         ensemble of 3 autoencoders plus the 5-nearest-neighbour density term: reconstruction
         error catches samples off the normal manifold, neighbour distance the rare ones on it.
@@ -57,9 +57,15 @@ class Detector(BaseEstimator):
         whole prior, so the prior term is the weaker evidence: AUROC 0.99 vs 0.93 at weight 1 on
         the synthetic telemetry).  n_samples : latent draws for
         the VAE's "elbo" and "iwae" scores.  variance_kept : PCA's explained-variance target.
+        noise_scale : the DDAE's per-feature noise width: "uniform" (the default) or "kurtosis"
+        (clip(sqrt(kurtosis / 3), 0.5, 3) per feature, from the training rows).
     neighbors : k > 0 adds density evidence: the mean distance to the k nearest training rows
         (at most `max_reference` of them, sampled), standardised on held-out normals and added to
-        the standardised model score. 0 scores by the model alone; None: 5 for "hybrid", else 0.
+        the standardised model score. 0 scores by the model alone; None: 5 for "hybrid" and "knn", else 0.
+    neighbor_reference : what the neighbour term measures distances to, and so what a saved model
+        holds: "rows" (the default: up to `max_reference` preprocessed training rows, sampled) or
+        "prototypes" (at most `n_prototypes` k-means centroids of the preprocessed training rows,
+        each the mean of >= 2 of them; MiniBatchKMeans seeded by random_state; no single row kept).
     device : "auto" (CUDA when available), "cpu" or "cuda[:N]".
     random_state : seed for the split, initialisation, training and sampled scores.
     verbose : show a progress bar while training.
@@ -74,8 +80,9 @@ class Detector(BaseEstimator):
                  weight_decay: float = 0.0, patience: int = 20, validation_fraction: float = 0.2,
                  target_fpr: float = 0.01, beta: float = 1.0, corruption: str = "gaussian", noise: float = 0.2,
                  sparsity: float = 1e-2, adversarial_weight: float = 0.1, latent_weight: float = 0.1,
-                 n_samples: int = 16, variance_kept: float = 0.9, neighbors: int | None = None,
-                 max_reference: int = 10_000, max_categories: int = 50,
+                 n_samples: int = 16, variance_kept: float = 0.9, noise_scale: str = "uniform",
+                 neighbors: int | None = None, max_reference: int = 10_000, neighbor_reference: str = "rows",
+                 n_prototypes: int = 2000, max_categories: int = 50,
                  device: str = "auto", random_state: int = 0,
                  verbose: bool = False) -> None:
         self.model = model
@@ -98,8 +105,11 @@ class Detector(BaseEstimator):
         self.latent_weight = latent_weight
         self.n_samples = n_samples
         self.variance_kept = variance_kept
+        self.noise_scale = noise_scale
         self.neighbors = neighbors
         self.max_reference = max_reference
+        self.neighbor_reference = neighbor_reference
+        self.n_prototypes = n_prototypes
         self.max_categories = max_categories
         self.device = device
         self.random_state = random_state
@@ -184,9 +194,12 @@ class Detector(BaseEstimator):
         scorer = ModelScorer(members, score, device=device, n_samples=self.n_samples, seed=self.random_state)
         k = self._resolved("neighbors")
         if k > 0:
-            keep = np.sort(rng.permutation(len(x_train))[: self.max_reference])
-            neighbors = NearestNeighbors(tuple(x_train.shape[1:]), len(keep), k).to(device)
-            neighbors.set_reference(torch.from_numpy(x_train[keep]).to(device))
+            if self.neighbor_reference == "prototypes":
+                reference = kmeans_prototypes(x_train, self.n_prototypes, self.random_state)
+            else:
+                reference = x_train[np.sort(rng.permutation(len(x_train))[: self.max_reference])]
+            neighbors = NearestNeighbors(tuple(x_train.shape[1:]), len(reference), k).to(device)
+            neighbors.set_reference(torch.from_numpy(reference).to(device))
             scorer.add_neighbors(neighbors, x_val)
         self.model_spec_, self.history_, self.score_type_, self.device_ = spec, histories, score, device
         self.input_shape_ = list(x_train.shape[1:])
@@ -205,6 +218,11 @@ class Detector(BaseEstimator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        if self.neighbor_reference not in ("rows", "prototypes"):
+            raise ValueError(f"neighbor_reference must be 'rows' or 'prototypes', got {self.neighbor_reference!r}")
+        if isinstance(self.n_prototypes, bool) or not isinstance(self.n_prototypes, (int, np.integer)) \
+                or self.n_prototypes < 1:
+            raise ValueError(f"n_prototypes must be an integer >= 1, got {self.n_prototypes!r}")
         networks = self._models[self.model].spec is not None
         if networks and self._resolved("n_estimators") < 1:
             raise ValueError(f"n_estimators must be >= 1, got {self.n_estimators}")
@@ -223,6 +241,7 @@ class Detector(BaseEstimator):
         torch.manual_seed(seed)
         module = build_model(spec).to(device)
         t_train, t_val = torch.from_numpy(x_train).to(device), torch.from_numpy(x_val).to(device)
+        module.prepare(t_train)
         if module.closed_form:
             module.fit_closed_form(t_train, variance_kept=self.variance_kept)
             return module.eval(), History()

@@ -2,8 +2,9 @@
 
 Two families:
 
-* ``anomaly_ae`` (plain lowercase names): ``ae``, ``dae``, ``sae``, ``vae``, ``aae``, ``pca``
-  and ``default``. Built as ``anomaly_ae.Detector(model=name, random_state=seed,
+* ``anomaly_ae`` (plain lowercase names): ``ae``, ``dae``, ``sae``, ``vae``, ``aae``, ``ddae``,
+  ``pca``, ``knn``, the variants in ``ANOMALY_AE_VARIANTS`` (``knn_proto``, ``ddae_knn``: a model
+  with options) and ``default``. Built as ``anomaly_ae.Detector(model=name, random_state=seed,
   verbose=False)`` (``default``: ``Detector(random_state=seed, verbose=False)``) and fed raw
   float64 data: the detector does its own scaling. Their ``predict`` (threshold calibrated for
   1% FPR) is used for the ``fpr_at_threshold`` column.
@@ -30,7 +31,13 @@ from .protocol import fit_scaler
 AAE_FAMILY = "anomaly_ae"
 PYOD_FAMILY = "pyod"
 
-ANOMALY_AE_DETECTORS: tuple[str, ...] = ("ae", "dae", "sae", "vae", "aae", "pca", "knn", "default")
+# Benchmark names that are a model with options other than its defaults: name -> (model, options).
+ANOMALY_AE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "knn_proto": ("knn", {"neighbor_reference": "prototypes"}),  # 2,000 k-means prototypes, no raw rows
+    "ddae_knn": ("ddae", {"neighbors": 5}),  # the hybrid rule: DDAE + mean-5-NN, each standardised
+}
+ANOMALY_AE_DETECTORS: tuple[str, ...] = ("ae", "dae", "sae", "vae", "aae", "ddae", "pca", "knn",
+                                         *ANOMALY_AE_VARIANTS, "default")
 
 # name -> (module, class). Order = cheap first (also the column order in reports).
 _PYOD_CLASSES: dict[str, tuple[str, str]] = {
@@ -164,7 +171,8 @@ def make_detector(name: str, seed: int) -> BenchDetector:
 
             if _name == "default":
                 return Detector(random_state=int(seed), verbose=False)
-            return Detector(model=_name, random_state=int(seed), verbose=False)
+            model, options = ANOMALY_AE_VARIANTS.get(_name, (_name, {}))
+            return Detector(model=model, random_state=int(seed), verbose=False, **options)
 
         return BenchDetector(name=name, family=fam, _build=build, standardize=False)
 

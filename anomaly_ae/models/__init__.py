@@ -17,6 +17,7 @@ from torch import nn
 from anomaly_ae.models.adversarial import AdversarialAutoencoder
 from anomaly_ae.models.autoencoder import Autoencoder
 from anomaly_ae.models.cvae import ConditionalVAE
+from anomaly_ae.models.ddae import DDAE
 from anomaly_ae.models.gan import GAN
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
 from anomaly_ae.models.neighbors import NearestNeighbors
@@ -30,6 +31,7 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "aae": AdversarialAutoencoder,
     "pca": PCA,
     "neighbors": NearestNeighbors,
+    "ddae": DDAE,
     "cvae": ConditionalVAE,
     "gan": GAN,
     "tcn": TemporalConvAE,
@@ -98,6 +100,18 @@ def _pca(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) 
     return {"family": "pca", "input_shape": list(input_shape), "n_components": min(n_inputs, n_train)}
 
 
+def _ddae(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) -> dict[str, Any]:
+    """No bottleneck: two hidden layers of clip(2 x inputs, 256, 1024) unless hidden_dims is given."""
+    n_inputs = 1
+    for d in input_shape:
+        n_inputs *= int(d)
+    width = int(min(max(2 * n_inputs, 256), 1024))
+    hidden = list(params["hidden_dims"]) if params["hidden_dims"] is not None else [width, width]
+    return {"family": "ddae", "input_shape": list(input_shape), "hidden_dims": [int(h) for h in hidden],
+            "n_steps": 50, "beta_start": 1e-4, "beta_end": 0.02, "time_dim": 8,
+            "noise_scale": params["noise_scale"]}
+
+
 # The recommended default, chosen on the ADBench benchmark (benchmarks/results/adbench.md):
 # reconstruction error of a small autoencoder ensemble plus nearest-neighbour density.
 DETECTOR_MODELS: dict[str, DetectorModel] = {
@@ -108,6 +122,8 @@ DETECTOR_MODELS: dict[str, DetectorModel] = {
     "sae": DetectorModel("sparse autoencoder (L1 on the code, sparsity=)", _autoencoder(sparse=True)),
     "vae": DetectorModel("beta-VAE scored by negative ELBO ('recon', 'iwae' also)", _vae),
     "aae": DetectorModel("adversarial autoencoder: reconstruction + prior density of the code", _aae),
+    "ddae": DetectorModel("diffusion-scheduled denoising autoencoder: error averaged over 50 noise levels, fixed draws "
+                          "(noise_scale='kurtosis' widens heavy-tailed features' noise)", _ddae),
     "pca": DetectorModel("PCA reconstruction error (a baseline)", _pca),
     "knn": DetectorModel("mean distance to the 5 nearest training rows, standardised inputs (a baseline)", None,
                          n_estimators=0, neighbors=5),

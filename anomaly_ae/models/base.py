@@ -29,6 +29,9 @@ class ScoredModule(nn.Module):
         errors = self.feature_errors(x)["errors"]
         return errors.mean(-1), errors
 
+    def prepare(self, x_train: torch.Tensor) -> None:
+        """Set any data-dependent state before training (e.g. per-feature noise scales; most models have none)."""
+
     def calibrate_score(self, x_val: torch.Tensor) -> None:
         """Fit any score-scaling state on held-out normal rows after training (most models have none)."""
 
