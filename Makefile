@@ -23,7 +23,7 @@ demo: $(STAMP)
 # Test files run in two processes (the suite waits on servers and Spark much of the time); the few
 # tests that assert latencies run afterwards on their own, so the other process cannot slow them.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=20
 	$(BIN)/python -m pytest -q -m serial
 
 bench: $(STAMP)

@@ -170,16 +170,16 @@ def test_the_watcher_equals_an_offline_pass_over_the_same_range(world):
     _, detector = world
     watcher, fake = watcher_for(world)
     start = T0 + (TRAIN_STEPS + 100) * STEP
-    live = [s for k in range(300) for s in watcher.evaluate(start + k * STEP)]
+    live = [s for k in range(150) for s in watcher.evaluate(start + k * STEP)]
     watcher_requests = list(fake.requests)
-    offline, _, _ = run_backtest(watcher.spec, detector, start, start + 299 * STEP, watcher.source)
+    offline, _, _ = run_backtest(watcher.spec, detector, start, start + 149 * STEP, watcher.source)
     live_table = as_table(live)
-    assert len(live_table) == len(offline) == 4 * 300
+    assert len(live_table) == len(offline) == 4 * 150
     np.testing.assert_allclose(live_table["score"], offline["score"], rtol=1e-6)
     assert np.array_equal(live_table["anomalous"], offline["is_anomaly"])
     assert np.array_equal(live_table["alert"], offline["alert"]) and offline["alert"].sum() > 0
     # after the first evaluation each step fetches one new step per query, not the window again
-    assert len(watcher_requests) == 300 * len(COLUMNS)
+    assert len(watcher_requests) == 150 * len(COLUMNS)
     assert all(float(r["start"]) == float(r["end"]) for r in watcher_requests[len(COLUMNS):])
 
 

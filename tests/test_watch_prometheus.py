@@ -153,10 +153,12 @@ def test_live_the_anomalous_host_alerts_through_prometheus_and_the_watcher_survi
         # scraped by Prometheus and scoring every host
         wait_until(lambda: prom.value('sum(anomaly_ae_watch_series{job="anomaly-ae-watch"})') == HOSTS, timeout=90,
                    what="Prometheus to see the watcher scoring every host")
-        # let live windows replace the ones that span the history's end
-        first_live = time.time()
+        # windows that span the history's end hold a few repeated values (Prometheus' lookback until
+        # the first scrape); wait until the window of the newest step is all live rows
+        window = SeriesDetector.load(world["model_dir"]).window_
+        live_from = world["history_end"] + 5 * STEP  # the first scrape comes within ~5 s of Prometheus' start
         wait_until(lambda: (_sample(_scrape(port), "anomaly_ae_watch_last_step_timestamp_seconds") or 0)
-                   > first_live + 16 * STEP, timeout=120, what="a window of live steps")
+                   > live_from + window * STEP, timeout=120, what="a window of live steps")
         # alerts so far (the first live windows span the backfill's end, where Prometheus' lookback
         # repeats the last backfilled value until the first scrape: a stuck value, rightly flagged)
         before = {r["metric"]["series"]: float(r["value"][1]) for r in prom.query("anomaly_ae_watch_alerts_total")}
@@ -205,15 +207,21 @@ def test_a_model_trained_from_prometheus_is_registered_with_its_spec_and_reloade
     watcher on models:/NAME@champion switches to a newly promoted version at its next reload check."""
     from mlflow import MlflowClient
 
+    from anomaly_ae.registry import log_training_run
+    from anomaly_ae.watch.source import fetch_frame
     from anomaly_ae.watch.watcher import ModelSource, WatchLoop
 
     name = f"watch-e2e-{int(time.time() * 1000) % 10**8}"
     end = repr(world["start"] + (TRAIN_STEPS - 1) * STEP)
-    for _ in range(2):  # two versions of the same model
-        result = subprocess.run([*CLI, "train", "--prometheus", str(world["spec_path"]), "--start", repr(world["start"]),
-                                 "--end", end, "--register", name, "--tracking-uri", mlflow_server,
-                                 "--no-progress"], capture_output=True, text=True, timeout=300, env=_cli_env())
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([*CLI, "train", "--prometheus", str(world["spec_path"]), "--start", repr(world["start"]),
+                             "--end", end, "--register", name, "--tracking-uri", mlflow_server, "--no-progress"],
+                            capture_output=True, text=True, timeout=300, env=_cli_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    # a second version (the same model, logged by the library: the CLI path is the one above)
+    spec = WatchSpec.model_validate(yaml.safe_load(world["spec_path"].read_text()))
+    with PrometheusSource(spec) as source:
+        frame, _ = fetch_frame(source, world["start"], float(end))
+    log_training_run(SeriesDetector.load(world["model_dir"]), frame, register=name, tracking_uri=mlflow_server)
     client = MlflowClient(mlflow_server)
     version = client.get_model_version(name, "1")
     run = client.get_run(version.run_id)
@@ -223,7 +231,6 @@ def test_a_model_trained_from_prometheus_is_registered_with_its_spec_and_reloade
     client.set_registered_model_alias(name, "champion", "1")
     models = ModelSource(f"models:/{name}@champion", tracking_uri=mlflow_server)
     detector, info = models.load()
-    spec = WatchSpec.model_validate(yaml.safe_load(world["spec_path"].read_text()))
     with PrometheusSource(spec) as source:
         watcher = Watcher(spec, source, detector, info)
         loop = WatchLoop(watcher, models, reload_interval=0.0)
