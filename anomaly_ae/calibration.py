@@ -8,6 +8,7 @@ at the threshold is at most the target.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -95,16 +96,31 @@ class AlertRule:
 
     def apply(self, flags: np.ndarray) -> np.ndarray:
         """Bool per step: an alert fires at this step."""
-        flags = np.asarray(flags, dtype=np.int64)
-        counts = np.convolve(flags, np.ones(self.within, dtype=np.int64))[: len(flags)]
-        ready = np.flatnonzero(counts >= self.min_steps)
-        alerts = np.zeros(len(flags), dtype=bool)
-        quiet_until = -1
-        for t in ready.tolist():  # sparse: only steps where the k-of-n condition holds
-            if t > quiet_until:
-                alerts[t] = True
-                quiet_until = t + self.cooldown
-        return alerts
+        state = self.start()
+        return np.array([state.step(bool(f)) for f in np.asarray(flags).tolist()], dtype=bool)
+
+    def start(self) -> "AlertState":
+        """The rule's state for one series, fed one flag per step (a stream processor's form of `apply`)."""
+        return AlertState(self)
 
     def to_dict(self) -> dict[str, int]:
         return {"min_steps": self.min_steps, "within": self.within, "cooldown": self.cooldown}
+
+
+class AlertState:
+    """The alert rule over one series, one step at a time: the last `within` flags and the cooldown."""
+
+    def __init__(self, rule: AlertRule) -> None:
+        self.rule = rule
+        self.recent: deque[bool] = deque(maxlen=rule.within)
+        self.steps = 0  # steps seen
+        self.quiet_until = -1  # no new alert up to this step
+
+    def step(self, flagged: bool) -> bool:
+        """Take this step's flag; True when an alert fires at it."""
+        self.recent.append(flagged)
+        index, self.steps = self.steps, self.steps + 1
+        if sum(self.recent) >= self.rule.min_steps and index > self.quiet_until:
+            self.quiet_until = index + self.rule.cooldown
+            return True
+        return False

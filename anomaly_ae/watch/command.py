@@ -202,11 +202,12 @@ def run_backtest(spec: Any, detector: Any, start: float, end: float, source: Any
     import pandas as pd
 
     from anomaly_ae.watch.source import TIME_COLUMN, fetch_frame
+    from anomaly_ae.watch.watcher import model_columns
 
     framing = detector.framing_
     context = int(framing.window) - 1 + int(framing.max_gap)
     frame, report = fetch_frame(source, start - context * spec.step, end, max_series=spec.watch.max_series)
-    rename = {TIME_COLUMN: framing.time_col or TIME_COLUMN, spec.series_label: framing.series_col}
+    rename = model_columns(spec, framing)
     rows = np.flatnonzero((frame[TIME_COLUMN] >= pd.Timestamp(start, unit="s")).to_numpy())
     table = frame.iloc[rows][[TIME_COLUMN, spec.series_label]].reset_index(drop=True)
     if len(rows) == 0:

@@ -15,18 +15,18 @@ No HTTP server and no metrics library here: `Watcher.snapshot()` is what the exp
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from anomaly_ae.calibration import AlertRule
+from anomaly_ae.calibration import AlertRule, AlertState
 from anomaly_ae.exceptions import AnomalyAEError, ConfigurationError
 from anomaly_ae.watch.source import (QUERY_ERROR_REASONS, TIME_COLUMN, FrameReport, PrometheusSource, QueryError,
                                      align, build_frame)
@@ -64,6 +64,11 @@ class Shard:
         return int.from_bytes(digest, "big") % self.count == self.index
 
 
+def model_columns(spec: WatchSpec, framing: Any) -> dict[str, str]:
+    """Frame column -> the model's own name for time and series (it may have been trained from a file)."""
+    return {TIME_COLUMN: framing.time_col or TIME_COLUMN, spec.series_label: framing.series_col}
+
+
 @dataclass(frozen=True)
 class SeriesScore:
     series: str
@@ -78,9 +83,7 @@ class SeriesScore:
 
 @dataclass
 class _SeriesState:
-    flags: deque
-    steps: int = 0  # rows scored so far
-    quiet_until: int = -1
+    rule: AlertState
     alerts: int = 0
     last_alert: float | None = None  # the step of the last alert
     last: SeriesScore | None = None
@@ -166,8 +169,7 @@ class Watcher:
             self.window = int(framing.window)
             self.context_steps = self.window - 1 + int(framing.max_gap)
             self.rule: AlertRule = detector.alert_rule_
-            # the model's own column names for time and series (it may have been trained from a file)
-            self._rename = {TIME_COLUMN: framing.time_col or TIME_COLUMN, self.spec.series_label: framing.series_col}
+            self._rename = model_columns(self.spec, framing)
             self._buffer: pd.DataFrame | None = None
             self._states: dict[str, _SeriesState] = {}
 
@@ -265,19 +267,15 @@ class Watcher:
     def _advance(self, name: str, timestamp: float, result: Any, i: int) -> SeriesScore:
         state = self._states.get(name)
         if state is None:
-            state = self._states[name] = _SeriesState(flags=deque(maxlen=self.rule.within))
+            state = self._states[name] = _SeriesState(rule=self.rule.start())
         anomalous = bool(result.is_anomaly[i])
-        state.flags.append(anomalous)
-        index = state.steps
-        state.steps += 1
-        alert = sum(state.flags) >= self.rule.min_steps and index > state.quiet_until  # AlertRule.apply, one step
+        alert = state.rule.step(anomalous)  # what AlertRule.apply gives offline, one step at a time
         if alert:
-            state.quiet_until = index + self.rule.cooldown
             state.alerts += 1
             state.last_alert = timestamp
             log.info("alert: %s at %s: score %.4g above the threshold %.4g in %d of the last %d steps; top metric %s "
                      "(%.0f%%)", name, _iso(timestamp), float(result.scores[i]), float(self.detector.threshold_),
-                     sum(state.flags), self.rule.within, result.top_features[i][0],
+                     sum(state.rule.recent), self.rule.within, result.top_features[i][0],
                      100 * float(result.top_contributions[i][0]))
         state.last = SeriesScore(series=name, timestamp=timestamp, score=float(result.scores[i]),
                                  p_value=float(result.p_values[i]), anomalous=anomalous, alert=alert,
@@ -295,16 +293,7 @@ class Watcher:
                             alerts_total={n: st.alerts for n, st in self._states.items()},
                             last_alert={n: st.last_alert for n, st in self._states.items()
                                         if st.last_alert is not None},
-                            stats=_copy_stats(self.stats), now=self.clock())
-
-
-def _copy_stats(stats: WatchStats) -> WatchStats:
-    return WatchStats(queries=dict(stats.queries), query_errors=dict(stats.query_errors),
-                      evaluations=dict(stats.evaluations), skipped_steps=stats.skipped_steps,
-                      reloads=dict(stats.reloads), duration_buckets=list(stats.duration_buckets),
-                      duration_count=stats.duration_count, duration_sum=stats.duration_sum,
-                      last_step=stats.last_step, last_success=stats.last_success, n_series=stats.n_series,
-                      n_dropped=stats.n_dropped, n_stale=stats.n_stale)
+                            stats=copy.deepcopy(self.stats), now=self.clock())
 
 
 class ModelSource:
