@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import atexit
 import math
-import os
-import signal
 import socket
-import subprocess
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,15 +32,13 @@ from typing import Any, TypeVar
 import httpx
 import pandas as pd
 import pytest
-import yaml
 
 from prometheus_support import prometheus, promtool
 
 from anomaly_ae.data.synthetic_series import SERIES_METRIC_COLUMNS
-from anomaly_ae.watch.simulate import DEFAULT_MAX_BLOCK_DURATION, create_blocks, openmetrics_history
+from anomaly_ae.watch.simulate import (DEFAULT_MAX_BLOCK_DURATION, SYNTHETIC_JOB, LocalPrometheus, create_blocks,
+                                       openmetrics_history)
 
-SYNTHETIC_JOB = "synthetic"  # the job of scrape_targets: job/instance dropped, series continue the history
-RETENTION = "3650d"  # retention counts back from the newest sample: keep any backfilled history
 
 T = TypeVar("T")
 
@@ -83,109 +78,27 @@ def _stop_leftovers() -> None:  # a test that forgot its `with` must not leave a
         server.stop()
 
 
-class PrometheusServer:
-    """`prometheus` on 127.0.0.1:``port`` (a free one by default) over ``data_dir``.
-
-    ``scrape_targets`` ("host:port", e.g. ``SyntheticExporter.target``) form the job
-    :data:`SYNTHETIC_JOB`, whose samples lose ``job`` and ``instance`` so they continue the
-    backfilled series; ``jobs`` ({job name: targets}) are scraped as usual (e.g.
-    ``{"anomaly-ae-watch": [watcher_target]}``). The config is written next to the data directory,
-    the log appended to ``log_path``. :meth:`restart` keeps the data directory and the port.
-    Use as a context manager, or call :meth:`stop`.
-    """
+class PrometheusServer(LocalPrometheus):
+    """The package's `LocalPrometheus` (Debian's binary from `prometheus_support`, the lifecycle API
+    on) with the HTTP API helpers the tests use, stopped at interpreter exit if a test forgot.
+    Use as a context manager, or call :meth:`stop`."""
 
     def __init__(self, data_dir: Path, *, scrape_targets: Sequence[str] = (),
                  jobs: Mapping[str, Sequence[str]] | None = None, scrape_interval: str = "1s",
-                 port: int | None = None, log_path: Path | None = None, config_path: Path | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(log_path or self.data_dir.with_name(f"{self.data_dir.name}.prometheus.log"))
-        self.config_path = Path(config_path or self.data_dir.with_name(f"{self.data_dir.name}.prometheus.yml"))
-        self.scrape_interval = scrape_interval
-        self.extra_args = tuple(extra_args)
-        self.config_path.write_text(yaml.safe_dump(self._config(scrape_targets, jobs or {}), sort_keys=False))
-        self.proc: subprocess.Popen | None = None
+                 port: int | None = None, log_path: Path | None = None) -> None:
+        super().__init__(data_dir, binary=prometheus(), synthetic_targets=scrape_targets, jobs=dict(jobs or {}),
+                         scrape_interval=scrape_interval, port=port, log_path=log_path,
+                         extra_args=["--web.enable-lifecycle"])
         self._client = httpx.Client(base_url=self.url, timeout=30)
 
-    def _config(self, scrape_targets: Sequence[str], jobs: Mapping[str, Sequence[str]]) -> dict:
-        scrape_configs = []
-        if scrape_targets:
-            scrape_configs.append({
-                "job_name": SYNTHETIC_JOB, "static_configs": [{"targets": list(scrape_targets)}],
-                # Applied after the target labels are added: the scraped series are the backfilled ones.
-                "metric_relabel_configs": [{"action": "labeldrop", "regex": "job|instance"}]})
-        if SYNTHETIC_JOB in jobs:
-            raise ValueError(f"job name {SYNTHETIC_JOB!r} is reserved for scrape_targets")
-        scrape_configs += [{"job_name": name, "static_configs": [{"targets": list(targets)}]}
-                           for name, targets in jobs.items()]
-        interval = self.scrape_interval
-        return {"global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
-                "scrape_configs": scrape_configs}
-
-    # ------------------------------------------------------------------ process
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def start(self, timeout: float = 60.0) -> PrometheusServer:
-        """Start the process and wait until /-/ready answers (RuntimeError with the log if it exits)."""
-        if self.running:
-            return self
-        command = [prometheus(), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.data_dir}",
-                   f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.tsdb.retention.time={RETENTION}",
-                   "--web.enable-lifecycle", *self.extra_args]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
         _RUNNING.add(self)
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        super().start(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        def ready() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise RuntimeError(f"prometheus exited ({code}): {self.log_tail()}")
-            try:
-                return self._client.get("/-/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, timeout=timeout, what=f"prometheus on {self.url} to be ready")
-
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Prometheus flushes its head), SIGKILL after ``timeout``; idempotent."""
-        proc, self.proc = self.proc, None
         _RUNNING.discard(self)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def restart(self, timeout: float = 60.0) -> PrometheusServer:
-        """Stop and start again on the same data directory, port and config."""
-        self.stop()
-        return self.start(timeout)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
+        super().stop(timeout)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -273,7 +186,7 @@ def history_prometheus(tmp_dir: Path, frame: pd.DataFrame, *, start: float, step
                                metrics=metrics, prefix=prefix, end=time.time() if end is None else end)
     create_blocks(text, data_dir, promtool=promtool(), max_block_duration=max_block_duration)
     server = PrometheusServer(data_dir, scrape_targets=scrape_targets, jobs=jobs, scrape_interval=scrape_interval,
-                              log_path=tmp_dir / "prometheus.log", config_path=tmp_dir / "prometheus.yml")
+                              log_path=tmp_dir / "prometheus.log")
     return server.start(timeout)
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 
 from anomaly_ae.data.synthetic_series import SERIES_METRIC_COLUMNS
 
-__all__ = ["LocalPrometheus", "SyntheticExporter", "create_blocks", "demo_spec", "metric_name", "openmetrics_history"]
+__all__ = ["LocalPrometheus", "SYNTHETIC_JOB", "SyntheticExporter", "create_blocks", "demo_spec", "metric_name", "openmetrics_history"]
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -348,44 +348,72 @@ def demo_spec(prometheus_url: str, *, step: str, series_label: str = "host",
     }
 
 
+SYNTHETIC_JOB = "synthetic"  # the job of synthetic targets: job/instance dropped, series continue the history
+RETENTION = "3650d"  # retention counts back from the newest sample: keep any backfilled history
+
+
 class LocalPrometheus:
-    """Prometheus on 127.0.0.1 over ``data_dir``, for the demo and the benchmarks (the tests have a
-    fuller helper in tests/watch_support.py). ``synthetic_targets`` are scraped with ``job`` and
-    ``instance`` dropped, so their samples continue backfilled history; ``jobs`` are scraped as usual."""
+    """Prometheus on 127.0.0.1:``port`` (a free one by default) over ``data_dir``, for the demo, the
+    benchmarks and the tests (tests/watch_support.py adds query helpers).
+
+    ``synthetic_targets`` are scraped as the job :data:`SYNTHETIC_JOB` with ``job`` and ``instance``
+    dropped, so their samples continue backfilled history; ``jobs`` ({job name: targets}) are
+    scraped as usual. The config is written next to the data directory, the log appended to
+    ``log_path``. :meth:`restart` keeps the data directory, the port and the config."""
 
     def __init__(self, data_dir: Path, *, binary: str = "prometheus", synthetic_targets: Sequence[str] = (),
-                 jobs: dict[str, list[str]] | None = None, scrape_interval: str = "1s") -> None:
+                 jobs: dict[str, Sequence[str]] | None = None, scrape_interval: str = "1s",
+                 port: int | None = None, log_path: Path | None = None, extra_args: Sequence[str] = ()) -> None:
         import json
         import socket
 
         self.data_dir = Path(data_dir)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
-        scrape = [{"job_name": "synthetic", "static_configs": [{"targets": list(synthetic_targets)}],
+        jobs = dict(jobs or {})
+        if SYNTHETIC_JOB in jobs:
+            raise ValueError(f"job name {SYNTHETIC_JOB!r} is reserved for synthetic_targets")
+        # Applied after the target labels are added: the scraped series are the backfilled ones.
+        scrape = [{"job_name": SYNTHETIC_JOB, "static_configs": [{"targets": list(synthetic_targets)}],
                    "metric_relabel_configs": [{"action": "labeldrop", "regex": "job|instance"}]}] if synthetic_targets else []
-        scrape += [{"job_name": name, "static_configs": [{"targets": targets}]} for name, targets in (jobs or {}).items()]
+        scrape += [{"job_name": name, "static_configs": [{"targets": list(targets)}]} for name, targets in jobs.items()]
         self.config = self.data_dir.with_name(self.data_dir.name + ".prometheus.yml")
         # JSON is YAML: no YAML writer needed
         self.config.write_text(json.dumps({"global": {"scrape_interval": scrape_interval,
                                                       "scrape_timeout": scrape_interval,
                                                       "evaluation_interval": scrape_interval},
-                                           "scrape_configs": scrape}))
-        self.log = self.data_dir.with_name(self.data_dir.name + ".prometheus.log")
+                                           "scrape_configs": scrape}, indent=1))
+        self.log = Path(log_path or self.data_dir.with_name(self.data_dir.name + ".prometheus.log"))
         self.command = [binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.data_dir}",
-                        f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=3650d"]
+                        f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.tsdb.retention.time={RETENTION}",
+                        *extra_args]
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout: float = 60.0) -> "LocalPrometheus":
+        """Start the process and wait until /-/ready answers (RuntimeError with the log's end if it
+        exits or is not ready within ``timeout``)."""
         import urllib.request
 
+        if self.running:
+            return self
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited ({self.proc.returncode}); see {self.log}")
+                code = self.proc.returncode
+                self.proc = None
+                raise RuntimeError(f"prometheus exited ({code}); the end of {self.log}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
                     if response.status == 200:
@@ -394,7 +422,7 @@ class LocalPrometheus:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"prometheus was not ready within {timeout:g} s; see {self.log}")
+        raise RuntimeError(f"prometheus was not ready within {timeout:g} s; the end of {self.log}:\n{self.log_tail()}")
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query's result (vector)."""
@@ -406,15 +434,27 @@ class LocalPrometheus:
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.loads(response.read())["data"]["result"]
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (Prometheus flushes its head), SIGKILL after ``timeout``; idempotent."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(30)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def restart(self, timeout: float = 60.0) -> "LocalPrometheus":
+        """Stop and start again on the same data directory, port and config."""
+        self.stop()
+        return self.start(timeout)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def __enter__(self) -> "LocalPrometheus":
         return self.start()
