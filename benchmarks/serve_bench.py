@@ -2,16 +2,17 @@
 
     make bench-serve            # or: .venv/bin/python benchmarks/serve_bench.py [--duration 20] [--traps]
 
-Trains a 30-feature autoencoder, registers it in a throw-away MLflow registry (SQLite, temporary
-folder), promotes it to @champion, then serves that one URI both ways and drives each server with
-the same load generator (`hey`, installed from Debian's packages if missing) and the same rows:
-1-row and 1000-row requests at concurrency 1, 8 and 32, each for --duration seconds after a
-warm-up. MLflow gets `{"dataframe_split": ...}` on /invocations (1 worker, as measured before this
-project); anomaly-ae gets the same rows in its columnar form on /v1/score with auth, validation
-and metrics on, with 1 and with 2 workers. `--traps` also measures the two known traps: 2 workers
-on the asyncio event loop without the TCP_NODELAY fix (uvicorn issue #3149: the socket a
-multi-worker supervisor hands to its workers loses asyncio's automatic TCP_NODELAY; uvloop sets it
-anyway), the same with the fix, and 2 workers with 2 torch threads each.
+Trains a 30-feature detector (`--model`; default: the Detector default, hybrid), registers it in a
+throw-away MLflow registry (SQLite, temporary folder), promotes it to @champion, then serves that
+one URI both ways and drives each server with the same load generator (`hey`, installed from
+Debian's packages if missing) and the same rows: 1-row and 1000-row requests at concurrency 1, 8 and
+32, each for --duration seconds after a warm-up. MLflow gets `{"dataframe_split": ...}` on
+/invocations (1 worker, as measured before this project); anomaly-ae gets the same rows in its
+columnar form on /v1/score with auth, validation and metrics on, with 1 and with 2 workers.
+`--traps` also measures the two known traps: 2 workers on the asyncio event loop without the
+TCP_NODELAY fix (uvicorn issue #3149: the socket a multi-worker supervisor hands to its workers
+loses asyncio's automatic TCP_NODELAY; uvloop sets it anyway), the same with the fix, and 2 workers
+with 2 torch threads each.
 
 Writes benchmarks/results/serve.json (every measurement) and serve.md (tables, ratios, the goals).
 """
@@ -74,7 +75,7 @@ def make_data(n: int, seed: int):
     return pd.DataFrame(np.round(x * 10 + 50, 4), columns=[f"metric_{i:02d}" for i in range(N_FEATURES)])
 
 
-def register_model(tracking_uri: str, work: Path) -> str:
+def register_model(tracking_uri: str, work: Path, model: str) -> str:
     import torch
 
     from anomaly_ae import Detector
@@ -82,7 +83,7 @@ def register_model(tracking_uri: str, work: Path) -> str:
 
     torch.set_num_threads(1)
     X = make_data(5000, seed=1)
-    detector = Detector(model="ae", epochs=40, random_state=0).fit(X)
+    detector = Detector(model=model, epochs=40, random_state=0).fit(X)
     detector.save(work / "model")
     run = log_training_run(detector, X, register=NAME, tracking_uri=tracking_uri, model_dir=work / "model",
                            experiment="serve-bench")
@@ -200,6 +201,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load first")
     parser.add_argument("--traps", action="store_true", help="also measure the TCP_NODELAY and 2-thread traps")
+    parser.add_argument("--model", default="hybrid",
+                        help="model family to serve (default: the Detector default users get)")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve.json")
     args = parser.parse_args()
     hey = ensure_hey()
@@ -208,8 +211,8 @@ def main() -> None:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("ANOMALY_AE_", "MLFLOW_", "PROMETHEUS"))}
     base_env.update({"MLFLOW_TRACKING_URI": tracking, "PATH": f"{Path(sys.executable).parent}:{base_env['PATH']}"})
     os.environ["MLFLOW_TRACKING_URI"] = tracking
-    print(f"training and registering a {N_FEATURES}-feature autoencoder in {work}", flush=True)
-    uri = register_model(tracking, work)
+    print(f"training and registering a {N_FEATURES}-feature Detector(model={args.model!r}) in {work}", flush=True)
+    uri = register_model(tracking, work, args.model)
 
     frame = make_data(1000, seed=2)
     columns, data = list(frame.columns), frame.values.tolist()
@@ -256,7 +259,7 @@ def main() -> None:
 
     def report(results: list[dict]) -> dict:
         return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model_uri": uri,
-                "model": f"Detector(model='ae'), {N_FEATURES} numeric features", "duration_s": args.duration,
+                "model": f"Detector(model={args.model!r}), {N_FEATURES} numeric features", "duration_s": args.duration,
                 "warmup_s": args.warmup, "load_generator": "hey", "cpu_count": os.cpu_count(),
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
