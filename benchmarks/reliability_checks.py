@@ -848,10 +848,14 @@ def memory_notes(steps: dict, packages: dict, at_start: dict, registry_worst: fl
              f"{delta(names[1], names[2])}, pandas {delta(names[2], names[3])}, scikit-learn "
              f"{delta(names[3], names[4])}, the web stack {delta(names[4], names[5])}; a model "
              f"{delta(names[6], names[7])}; mlflow and anomaly_ae.registry, for models:/ URIs only, "
-             f"{delta(names[7], names[9])}. Of the libraries mapped in a worker, "
-             f"pyarrow ({packages.get('pyarrow', 0):.0f} MiB; pandas imports it, the service never uses it) and scipy "
-             f"({packages.get('scipy', 0):.0f} MiB; it comes with scikit-learn, which anomaly_ae.detector imports for "
-             "the estimator contract and the neighbour term) are the largest the service does not need to score an "
+             f"{delta(names[7], names[9])}. "
+             + (f"Of the libraries mapped in a worker, pyarrow ({packages['pyarrow']:.0f} MiB; pandas imports it, the "
+                "service never uses it) and scipy " if "pyarrow" in packages else
+                "pyarrow (in the import steps with pandas, which imports it) is not loaded by the workers "
+                "(anomaly_ae.service.server.serving_app). Of the libraries mapped in a worker, scipy ")
+             + f"({packages.get('scipy', 0):.0f} MiB; it comes with scikit-learn, which anomaly_ae.detector imports for "
+             "the estimator contract and the neighbour term) "
+             + ("are" if "pyarrow" in packages else "is") + " the largest the service does not need to score an "
              "autoencoder."]
     if at_start:
         notes.append(f"A models:/ worker right after start: {max(at_start.values()):.0f} MiB; after the liveness, "

@@ -153,3 +153,18 @@ def test_invalid_chunk_rows(tmp_path, frame):
     write_table(frame.head(5), path)
     with pytest.raises(ValueError, match="chunk_rows must be an integer >= 1"):
         iter_table_chunks(path, chunk_rows=0)
+
+
+def test_pyarrow_is_imported_only_for_parquet(tmp_path):
+    """The service saves and loads models through this module (persistence's staging names) and must not map
+    pyarrow's libraries for it: imported on the first Parquet file only, and CSV works without it at all."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "t.csv"
+    make_telemetry(5, 0.0, seed=0).to_csv(path, index=False)
+    code = ("import sys; sys.modules['pyarrow'] = None; import pandas; import anomaly_ae.data.io as io; "
+            f"assert len(io.read_table({str(path)!r})) == 5; io.write_table(io.read_table({str(path)!r}), "
+            f"{str(tmp_path / 'u.csv')!r}); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -88,6 +88,30 @@ def _rows_per_worker(prom: Path) -> dict[str, float]:
     return totals
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
+def test_workers_leave_pyarrow_out(two_workers):
+    """pandas imports pyarrow when installed, and each worker held 35-60 MiB of its libraries that scoring
+    never uses (the reliability suite's RSS per worker); the workers score without loading it."""
+    service, prom = two_workers
+    pids = _worker_pids(prom)
+    assert len(pids) == 2
+    for pid in pids:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "torch" in maps and "pyarrow" not in maps
+
+
+def test_a_serving_process_imports_pandas_without_pyarrow_unless_asked():
+    import os
+    import sys
+
+    code = ("import sys; from anomaly_ae.service.server import worker_app; worker_app(); "
+            "print('pandas' in sys.modules, sys.modules.get('pyarrow') is not None)")
+    for load, expected in (("false", "True False"), ("true", "True True")):
+        env = {**os.environ, "ANOMALY_AE_MODEL_URI": "/nowhere", "ANOMALY_AE_LOAD_PYARROW": load}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert out.stdout.strip() == expected, out.stderr[-2000:]
+
+
 def test_responses_are_not_held_back_by_nagle(two_workers):
     """uvicorn's multi-worker sockets lose TCP_NODELAY on the asyncio loop: each keep-alive response
     then waits ~40 ms for a delayed ACK. The service sets it on every connection."""

@@ -28,16 +28,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Literal, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from anomaly_ae.exceptions import DataError, SchemaError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 Format = Literal["csv", "parquet"]
 
@@ -45,10 +45,19 @@ _SUFFIXES: dict[str, Format] = {".csv": "csv", ".csv.gz": "csv", ".parquet": "pa
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_SUFFIXES)
 
 # What pandas and pyarrow raise for content that is not the format its name promises.
-_CONTENT_ERRORS: dict[Format, tuple[type[Exception], ...]] = {
-    "csv": (pd.errors.ParserError, UnicodeDecodeError, gzip.BadGzipFile, zlib.error, EOFError),
-    "parquet": (pa.ArrowException,),
-}
+def _content_errors(fmt: Format) -> tuple[type[Exception], ...]:
+    if fmt == "parquet":
+        return (_arrow()[0].ArrowException,)
+    return (pd.errors.ParserError, UnicodeDecodeError, gzip.BadGzipFile, zlib.error, EOFError)
+
+
+def _arrow() -> tuple[Any, Any]:
+    """(pyarrow, pyarrow.parquet), imported on the first Parquet file: a process that reads no Parquet
+    (a service worker saving nothing but JSON + safetensors) does not map pyarrow's ~35-60 MiB."""
+    import pyarrow
+    import pyarrow.parquet
+
+    return pyarrow, pyarrow.parquet
 _CONTENT_HINTS: dict[Format, str] = {
     "csv": "check that it is UTF-8, comma-separated text with the same number of fields on every line",
     "parquet": "the file may be truncated or not Parquet at all; re-export it",
@@ -182,7 +191,7 @@ def read_table(path: str | Path, columns: list[str] | None = None, *,
             frame = pd.read_csv(handle, usecols=columns)
     else:
         with _translated_errors(path, fmt):
-            parquet = pq.ParquetFile(path)
+            parquet = _arrow()[1].ParquetFile(path)
             _check_columns(path, parquet.schema_arrow.names, columns)
             metadata = parquet.metadata
             check_fits_in_memory(path, sum(metadata.row_group(i).total_byte_size
@@ -234,7 +243,7 @@ def _csv_chunks(path: Path, chunk_rows: int, columns: list[str] | None,
 
 def _parquet_chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:
     with _translated_errors(path, "parquet"):
-        parquet = pq.ParquetFile(path)
+        parquet = _arrow()[1].ParquetFile(path)
         _check_columns(path, parquet.schema_arrow.names, columns)
         for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
             yield batch.to_pandas()
@@ -307,6 +316,7 @@ class AtomicTableWriter:
         self.rows_written += len(frame)
 
     def _write_parquet(self, frame: pd.DataFrame) -> None:
+        pa, pq = _arrow()
         if self._parquet is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             self._schema = table.schema
@@ -337,6 +347,7 @@ class AtomicTableWriter:
         assert self._raw is not None
         try:
             if commit and self._format == "parquet" and self._parquet is None:
+                pa, pq = _arrow()
                 pq.write_table(pa.table({}), self._raw)
             if self._parquet is not None:
                 self._parquet.close()
@@ -497,7 +508,7 @@ def _translated_errors(path: Path, fmt: Format) -> Iterator[None]:
         yield
     except pd.errors.EmptyDataError as exc:
         raise _no_rows(path) from exc
-    except _CONTENT_ERRORS[fmt] as exc:
+    except _content_errors(fmt) as exc:
         raise DataError(f"could not parse '{path}' as {_DISPLAY_NAMES[fmt]} ({str(exc).strip()}); "
                         f"{_CONTENT_HINTS[fmt]}") from exc
     except OSError as exc:

@@ -10,17 +10,23 @@ answering /healthz and other requests while large batches score (torch releases 
 kernels). Admitted requests beyond that wait their turn without a thread: measured with 64
 concurrent 10,000-row requests, one thread per admitted request (32 per worker) starved the event
 loop of the GIL (7 of 127 liveness probes over 1 s) and held 1.5 GiB of batches at once.
+
+When the last admitted request has scored (the worker is idle), the memory its batches freed is handed
+back to the operating system (`runtime.release_free_memory`, at most once per `release_interval_s`,
+in a thread of its own): the allocator otherwise keeps it resident after a burst of large requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable, TypeVar
 
 import anyio
 import anyio.to_thread
 from starlette.requests import Request
 
+from anomaly_ae.runtime import release_free_memory
 from anomaly_ae.service import metrics
 from anomaly_ae.service.errors import ApiError
 
@@ -34,11 +40,16 @@ def overloaded(what: str) -> ApiError:
 
 
 class Admission:
-    def __init__(self, max_scoring: int, max_body_reads: int, threads: int = 2) -> None:
+    def __init__(self, max_scoring: int, max_body_reads: int, threads: int = 2, release_interval_s: float = 1.0,
+                 release: Callable[[], object] = release_free_memory) -> None:
         self.max_scoring = max_scoring
         self.scoring = 0  # requests holding a scoring place (only the event loop's thread changes it)
         self.threads = anyio.CapacityLimiter(min(threads, max_scoring))
         self.body_reads = anyio.CapacityLimiter(max_body_reads)
+        self.release_interval_s, self._release = release_interval_s, release
+        self._released_at = -float("inf")
+        self._releasing: asyncio.Future | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def read_body(self, request: Request, limit: int, timeout: float) -> bytes:
         """The body, read while holding a body-read place (never a scoring place)."""
@@ -63,6 +74,27 @@ class Admission:
         finally:
             self.scoring -= 1
             metrics.SCORING_IN_FLIGHT.dec()
+            if self.scoring == 0:
+                self._release_when_due()
+
+    def _release_when_due(self) -> None:
+        """Hand freed memory back now that the worker is idle, without making any response wait: at once in
+        a thread of its own or, within release_interval_s of the last time, at the end of that interval if
+        the worker is idle then (so the end of a burst is never left out)."""
+        if self.release_interval_s <= 0 or self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._released_at + self.release_interval_s - time.monotonic()
+        if wait > 0 or (self._releasing is not None and not self._releasing.done()):
+            self._timer = loop.call_later(max(wait, 0.1), self._release_if_idle)
+            return
+        self._released_at = time.monotonic()
+        self._releasing = loop.run_in_executor(None, self._release)
+
+    def _release_if_idle(self) -> None:
+        self._timer = None
+        if self.scoring == 0:
+            self._release_when_due()
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:

@@ -14,6 +14,12 @@ And one thing found by the reliability suite: uvicorn's httptools protocol puts 
 request's head (the request line and headers), so one unauthenticated client could make a worker
 buffer a 64 MiB header (measured: accepted, RSS +64 MiB). The protocol here answers 431 and closes
 the connection once a head passes MAX_HEADER_BYTES; h11 gets the same bound.
+
+Memory, also from the reliability suite: pandas imports pyarrow whenever it is installed, and each
+worker then held 35-60 MiB of pyarrow's libraries that scoring never touches (JSON is parsed into
+numpy columns). A serving process creates its app through `serving_app`, which leaves pyarrow out
+before pandas is imported (unless settings.load_pyarrow); workers get there through the factory
+`worker_app` of this module, which imports no pandas itself.
 """
 
 from __future__ import annotations
@@ -168,6 +174,35 @@ def prepare_environment(settings: ServiceSettings, created: list[str] | None = N
     return env
 
 
+def without_pyarrow() -> bool:
+    """Make `import pyarrow` fail in this process so that pandas, imported after, runs without it (as where
+    pyarrow is not installed); True when pyarrow is now left out. Nothing changes, and False, once pandas or
+    pyarrow is imported already: pandas decides at its import."""
+    if sys.modules.get("pyarrow", False) is None:
+        return True
+    if "pyarrow" in sys.modules or "pandas" in sys.modules:
+        return False
+    sys.modules["pyarrow"] = None  # the import system's "not importable" marker: ImportError, which pandas expects
+    return True
+
+
+def serving_app(settings: ServiceSettings) -> Any:
+    """The app a serving process runs, created before anything in it imports pandas: pyarrow left out unless
+    settings.load_pyarrow."""
+    if not settings.load_pyarrow:
+        without_pyarrow()
+    from anomaly_ae.service.app import create_app
+
+    return create_app(settings)
+
+
+def worker_app() -> Any:
+    """uvicorn factory for each worker process of `--workers N`: settings from the ANOMALY_AE_* variables
+    `prepare_environment` set. Importing this module (not anomaly_ae.service.app) keeps pandas out of the
+    worker until `serving_app` has decided about pyarrow."""
+    return serving_app(ServiceSettings())
+
+
 def warn_if_open(settings: ServiceSettings) -> None:
     if not settings.auth_enabled:
         message = ("WARNING: no API keys configured (ANOMALY_AE_API_KEYS / ANOMALY_AE_ADMIN_KEYS): anyone who can "
@@ -246,13 +281,11 @@ def _run(settings: ServiceSettings, created: list[str]) -> None:
                                    timeout_worker_healthcheck=60)
     options["loop"] = settings.event_loop
     if settings.workers == 1:
-        from anomaly_ae.service.app import create_app
-
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(serving_app(settings), **options)
     else:
         notice_dead_workers_during_health_checks()
         refuse_new_connections_when_stopping()
-        uvicorn.run("anomaly_ae.service.app:app_from_env", factory=True, workers=settings.workers, **options)
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
 
 
 def notice_dead_workers_during_health_checks() -> None:
