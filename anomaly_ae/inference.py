@@ -101,16 +101,19 @@ class InferencePath:
 
     # ------------------------------------------------------------------ the path
     def score(self, data: pd.DataFrame | np.ndarray | Columns, *, top_k: int = 0,
-              shares: bool = False, step_shares: bool = False, rows: np.ndarray | None = None) -> ScoreResult:
+              shares: bool = False, step_shares: bool = False, rows: np.ndarray | None = None,
+              layout: SeriesLayout | None = None) -> ScoreResult:
         """Validate and score `data`; `top_k > 0` adds each row's top contributing features,
         `shares=True` every column's share (for `Detector.explain`), `step_shares=True` (series
         models) every (step of the window, column)'s share.
 
         `rows` (series models): score only these input positions, each by its window over the
         whole input (a stream processor's new rows after their context); the result's arrays
-        follow `rows`, and its alerts are left to the caller, who holds the earlier steps."""
-        layout = None
-        if self.framing is not None:
+        follow `rows`, and its alerts are left to the caller, who holds the earlier steps.
+
+        `layout` (series models): `data` is already split by `framing.split` (its metric columns),
+        and this is the layout it returned."""
+        if self.framing is not None and layout is None:
             data, layout = self.framing.split(data)
         if isinstance(data, Mapping):
             checked, report = self.schema.check_columns(data)
@@ -178,6 +181,12 @@ class InferencePath:
         window = layout.windows(self.framing.window)
         if rows is not None:
             window = window[rows]
+        fast = getattr(self.scorer, "score_windows", None)
+        if not self.sequence and fast is not None and 0 < len(window) <= FEW_WINDOWS:
+            got = fast(x, window)  # a stream's few new windows: no flattened copies (knn over sliding windows)
+            if got is not None:
+                per_step = got[1].reshape(len(window), self.framing.window, -1)
+                return got[0], per_step.sum(1), per_step if keep_steps else None
         scores, contributions, steps = [], [], []
         for start in range(0, max(len(window), 1), chunk):
             part = x[window[start:start + chunk]]  # (n, window, features)
@@ -222,6 +231,11 @@ class InferencePath:
                 for i in np.flatnonzero(np.isnan(np.asarray(checked[name], dtype=np.float64))).tolist():
                     notes[i].append(f"missing '{name}' imputed")
         return notes
+
+
+# Up to this many windows a scorer's `score_windows` (when it has one) scores them; more go flattened in
+# chunks (one matrix product over many windows is as fast); both give the same scores to float rounding.
+FEW_WINDOWS = 256
 
 
 def _take_rows(checked: Any, rows: np.ndarray) -> Any:

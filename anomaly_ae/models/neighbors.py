@@ -38,6 +38,91 @@ class NearestNeighbors(nn.Module):
             gaps.append((part - self.reference[nearest.indices[:, 0]]).pow(2))
         return torch.cat(means), torch.cat(gaps)
 
+    @torch.no_grad()
+    def window_distances(self, x: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`distances` of flattened windows given as rows x (N, F) and row indices (b, window), without
+        building the flattened copies: the same values (to float rounding) when the reference holds
+        windows that slide along a few base rows (a series model's training windows), else None.
+
+        A query window q and a reference window r that start at rows a of the query sequence and c
+        of the reference's base rows have the cross term q.r = sum_s H[a + s, c + s], H = rows x
+        base rows^T: one (rows x base rows x F) product for every pair, where the flattened windows
+        cost (windows x reference x window x F), and base rows small enough to stay in cache where
+        the flattened reference (10,000 windows of 64 x 38 values: 97 MB) is read from memory for
+        each request."""
+        window, n_features = windows.shape[1], x.shape[1]
+        if self.reference.device.type != "cpu" or self.reference.shape[1] != window * n_features:
+            return None
+        index = self._sliding(window)
+        if index is None:
+            return None
+        base_t, starts, reference_sq = index
+        sequence, query_starts = slide_base(windows[:, :, None])
+        rows = torch.from_numpy(np.ascontiguousarray(x[sequence[:, 0]], dtype=np.float32))  # (L, F)
+        # float32 products of F values, summed over the window's steps in float64
+        cross = (rows @ base_t).double()  # (L, m)
+        m = cross.shape[1]
+        span = m - window + 1
+        diagonals = torch.stack([cross.as_strided((window, span), (m + 1, 1), a * m).sum(0)
+                                 for a in query_starts.tolist()])  # (b, span): windows starting at each base row
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), rows.double().pow(2).sum(1).cumsum(0)])
+        first = torch.from_numpy(query_starts)
+        query_sq = cumulative[first + window] - cumulative[first]
+        d2 = (query_sq[:, None] + reference_sq[None, :] - 2.0 * diagonals[:, starts]).clamp_min(0.0)
+        nearest = d2.topk(min(self.k, d2.shape[1]), largest=False)
+        queries = torch.from_numpy(np.ascontiguousarray(x[windows].reshape(len(windows), -1), dtype=np.float32))
+        gaps = (queries - self.reference[nearest.indices[:, 0]]).pow(2)
+        return nearest.values.sqrt().mean(-1).numpy(), gaps.double().numpy()
+
+    def _sliding(self, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(base rows transposed (F, m) float32, each reference window's first base row (n,), their
+        squared norms (n,) float64), built on first use and kept until the reference changes; None
+        when the windows do not share their rows (sampled far apart, or prototypes)."""
+        key = (window, self.reference.data_ptr(), self.reference._version)
+        cached = getattr(self, "_sliding_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        reference = self.reference.numpy()
+        n = len(reference)
+        base, starts = slide_base(reference.reshape(n, window, -1), max_shift=MAX_SHIFT)
+        index = None
+        if n and len(base) <= MAX_BASE_SHARE * n * window:
+            index = (torch.from_numpy(np.ascontiguousarray(base.T, dtype=np.float32)), torch.from_numpy(starts),
+                     torch.from_numpy(np.square(reference.astype(np.float64)).sum(1)))
+        self._sliding_cache = (key, index)
+        return index
+
+
+# Base rows above this share of the reference's window rows: windows sampled too far apart to share rows.
+MAX_BASE_SHARE = 0.25
+# Steps between neighbouring reference windows looked for (a reference sampled from up to 8x more windows).
+MAX_SHIFT = 8
+
+
+def slide_base(windows: np.ndarray, max_shift: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (n, w, ...) as base rows and starts: windows[j] == base[starts[j]:starts[j] + w].
+
+    A window that equals the one before it moved on by d < w steps (d <= max_shift) adds its last d
+    rows; any other adds all its w rows. Windows cut from one series in time order therefore share
+    their rows."""
+    n, w = windows.shape[:2]
+    if n == 0:
+        return windows.reshape(0, *windows.shape[2:]), np.zeros(0, dtype=np.int64)
+    flat = windows.reshape(n, w, -1)
+    added = np.full(n, w, dtype=np.int64)
+    open_ = np.arange(1, n)
+    for shift in range(1, w if max_shift is None else min(w, max_shift + 1)):
+        if not len(open_):
+            break
+        same = (flat[open_, :w - shift] == flat[open_ - 1, shift:]).all(axis=(1, 2))
+        added[open_[same]] = shift
+        open_ = open_[~same]
+    ends = np.cumsum(added)
+    starts = ends - w
+    owner = np.repeat(np.arange(n), added)  # which window each base row comes from
+    offset = np.arange(len(owner)) - np.repeat(ends - added, added) + np.repeat(w - added, added)
+    return windows[owner, offset], starts
+
 
 MIN_PROTOTYPE_ROWS = 2  # a prototype is the mean of at least this many training rows
 
