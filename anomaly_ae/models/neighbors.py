@@ -58,14 +58,13 @@ class NearestNeighbors(nn.Module):
             return None
         base_t, starts, reference_sq = index
         sequence, query_starts = slide_base(windows[:, :, None])
-        rows = torch.from_numpy(np.ascontiguousarray(x[sequence[:, 0]], dtype=np.float32))  # (L, F)
-        # float32 products of F values, summed over the window's steps in float64
-        cross = (rows @ base_t).double()  # (L, m)
-        m = cross.shape[1]
-        span = m - window + 1
-        diagonals = torch.stack([cross.as_strided((window, span), (m + 1, 1), a * m).sum(0)
-                                 for a in query_starts.tolist()])  # (b, span): windows starting at each base row
-        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), rows.double().pow(2).sum(1).cumsum(0)])
+        rows = np.ascontiguousarray(x[sequence[:, 0]], dtype=np.float32)  # (L, F)
+        # float32 products of F values (numpy's matmul: steadier than torch's at this shape, measured),
+        # summed over the window's steps in float64
+        cross = torch.from_numpy(rows @ base_t)  # (L, m)
+        diagonals = _diagonal_sums(cross, query_starts.tolist(), window)  # (b, windows starting at each base row)
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64),
+                                torch.from_numpy(np.square(rows, dtype=np.float64).sum(1)).cumsum(0)])
         first = torch.from_numpy(query_starts)
         query_sq = cumulative[first + window] - cumulative[first]
         d2 = (query_sq[:, None] + reference_sq[None, :] - 2.0 * diagonals[:, starts]).clamp_min(0.0)
@@ -74,7 +73,7 @@ class NearestNeighbors(nn.Module):
         gaps = (queries - self.reference[nearest.indices[:, 0]]).pow(2)
         return nearest.values.sqrt().mean(-1).numpy(), gaps.double().numpy()
 
-    def _sliding(self, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _sliding(self, window: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:
         """(base rows transposed (F, m) float32, each reference window's first base row (n,), their
         squared norms (n,) float64), built on first use and kept until the reference changes; None
         when the windows do not share their rows (sampled far apart, or prototypes)."""
@@ -87,10 +86,25 @@ class NearestNeighbors(nn.Module):
         base, starts = slide_base(reference.reshape(n, window, -1), max_shift=MAX_SHIFT)
         index = None
         if n and len(base) <= MAX_BASE_SHARE * n * window:
-            index = (torch.from_numpy(np.ascontiguousarray(base.T, dtype=np.float32)), torch.from_numpy(starts),
+            index = (np.ascontiguousarray(base.T, dtype=np.float32), torch.from_numpy(starts),
                      torch.from_numpy(np.square(reference.astype(np.float64)).sum(1)))
         self._sliding_cache = (key, index)
         return index
+
+
+def _diagonal_sums(cross: torch.Tensor, starts: list[int], window: int) -> torch.Tensor:
+    """(len(starts), m - window + 1) float64: out[j, c] = sum over s < window of cross[starts[j] + s, c + s].
+    A query that starts one row after the one before reuses its sums (one row in, one out)."""
+    m = cross.shape[1]
+    span = m - window + 1
+    out = torch.empty(len(starts), span, dtype=torch.float64)
+    for j, a in enumerate(starts):
+        if j and a == starts[j - 1] + 1:
+            out[j, 1:] = out[j - 1, :-1] - cross[a - 1, :span - 1] + cross[a - 1 + window, window:]
+            out[j, 0] = cross.as_strided((window,), (m + 1,), a * m).sum(dtype=torch.float64)
+        else:
+            out[j] = cross.as_strided((window, span), (m + 1, 1), a * m).sum(0, dtype=torch.float64)
+    return out
 
 
 # Base rows above this share of the reference's window rows: windows sampled too far apart to share rows.
