@@ -59,23 +59,23 @@ class NearestNeighbors(nn.Module):
         base_t, starts, reference_sq = index
         sequence, query_starts = slide_base(windows[:, :, None])
         rows = np.ascontiguousarray(x[sequence[:, 0]], dtype=np.float32)  # (L, F)
-        # float32 products of F values (numpy's matmul: steadier than torch's at this shape, measured),
-        # summed over the window's steps in float64
-        cross = torch.from_numpy(rows @ base_t)  # (L, m)
+        cross = rows @ base_t  # (L, m) float32 products of F values (numpy's matmul: steadier than torch's here)
         diagonals = _diagonal_sums(cross, query_starts.tolist(), window)  # (b, windows starting at each base row)
-        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64),
-                                torch.from_numpy(np.square(rows, dtype=np.float64).sum(1)).cumsum(0)])
-        first = torch.from_numpy(query_starts)
-        query_sq = cumulative[first + window] - cumulative[first]
-        d2 = (query_sq[:, None] + reference_sq[None, :] - 2.0 * diagonals[:, starts]).clamp_min(0.0)
-        nearest = d2.topk(min(self.k, d2.shape[1]), largest=False)
+        cumulative = np.concatenate([[0.0], np.square(rows, dtype=np.float64).sum(1).cumsum()])
+        query_sq = cumulative[query_starts + window] - cumulative[query_starts]
+        cross_terms = diagonals if starts is None else diagonals[:, starts]
+        d2 = np.maximum(query_sq[:, None] + reference_sq[None, :] - 2.0 * cross_terms, 0.0)
+        k = min(self.k, d2.shape[1])
+        smallest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.tile(np.arange(k), (len(d2), 1))
+        values = np.take_along_axis(d2, smallest, axis=1)
+        nearest = smallest[np.arange(len(d2)), values.argmin(1)]
         queries = torch.from_numpy(np.ascontiguousarray(x[windows].reshape(len(windows), -1), dtype=np.float32))
-        gaps = (queries - self.reference[nearest.indices[:, 0]]).pow(2)
-        return nearest.values.sqrt().mean(-1).numpy(), gaps.double().numpy()
+        gaps = (queries - self.reference[torch.from_numpy(nearest)]).pow(2)
+        return np.sqrt(values).mean(1), gaps.double().numpy()
 
-    def _sliding(self, window: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor] | None:
-        """(base rows transposed (F, m) float32, each reference window's first base row (n,), their
-        squared norms (n,) float64), built on first use and kept until the reference changes; None
+    def _sliding(self, window: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+        """(base rows transposed (F, m) float32, each reference window's first base row (n,; None when
+        that is 0, 1, ...), their squared norms (n,) float64), built on first use and kept until the reference changes; None
         when the windows do not share their rows (sampled far apart, or prototypes)."""
         key = (window, self.reference.data_ptr(), self.reference._version)
         cached = getattr(self, "_sliding_cache", None)
@@ -86,24 +86,33 @@ class NearestNeighbors(nn.Module):
         base, starts = slide_base(reference.reshape(n, window, -1), max_shift=MAX_SHIFT)
         index = None
         if n and len(base) <= MAX_BASE_SHARE * n * window:
-            index = (np.ascontiguousarray(base.T, dtype=np.float32), torch.from_numpy(starts),
-                     torch.from_numpy(np.square(reference.astype(np.float64)).sum(1)))
+            contiguous = len(base) == n + window - 1  # one run of windows, one step apart: no gather
+            index = (np.ascontiguousarray(base.T, dtype=np.float32), None if contiguous else starts,
+                     np.square(reference, dtype=np.float64).sum(1))
         self._sliding_cache = (key, index)
         return index
 
 
-def _diagonal_sums(cross: torch.Tensor, starts: list[int], window: int) -> torch.Tensor:
+def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndarray:
     """(len(starts), m - window + 1) float64: out[j, c] = sum over s < window of cross[starts[j] + s, c + s].
-    A query that starts one row after the one before reuses its sums (one row in, one out)."""
+    Summed pairwise (float32 rounding grows with log2(window), not window); a query that starts one
+    row after the one before reuses its sums, one row in and one out, in float64."""
     m = cross.shape[1]
     span = m - window + 1
-    out = torch.empty(len(starts), span, dtype=torch.float64)
+    flat = cross.reshape(-1)
+    out = np.empty((len(starts), span))
     for j, a in enumerate(starts):
         if j and a == starts[j - 1] + 1:
             out[j, 1:] = out[j - 1, :-1] - cross[a - 1, :span - 1] + cross[a - 1 + window, window:]
-            out[j, 0] = cross.as_strided((window,), (m + 1,), a * m).sum(dtype=torch.float64)
-        else:
-            out[j] = cross.as_strided((window, span), (m + 1, 1), a * m).sum(0, dtype=torch.float64)
+            out[j, 0] = np.lib.stride_tricks.as_strided(flat[a * m:], (window,), ((m + 1) * flat.itemsize,)).sum(
+                dtype=np.float64)
+            continue
+        part = np.lib.stride_tricks.as_strided(flat[a * m:], (window, span), ((m + 1) * flat.itemsize, flat.itemsize))
+        while len(part) > 1:
+            half = len(part) // 2
+            summed = part[:half] + part[half:2 * half]
+            part = np.concatenate([summed, part[2 * half:]]) if len(part) % 2 else summed
+        out[j] = part[0]
     return out
 
 
