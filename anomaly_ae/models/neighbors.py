@@ -63,8 +63,11 @@ class NearestNeighbors(nn.Module):
         diagonals = _diagonal_sums(cross, query_starts.tolist(), window)  # (b, windows starting at each base row)
         cumulative = np.concatenate([[0.0], np.square(rows, dtype=np.float64).sum(1).cumsum()])
         query_sq = cumulative[query_starts + window] - cumulative[query_starts]
-        cross_terms = diagonals if starts is None else diagonals[:, starts]
-        d2 = np.maximum(query_sq[:, None] + reference_sq[None, :] - 2.0 * cross_terms, 0.0)
+        d2 = diagonals if starts is None else diagonals[:, starts]
+        d2 *= -2.0
+        d2 += reference_sq
+        d2 += query_sq[:, None]
+        np.maximum(d2, 0.0, out=d2)
         k = min(self.k, d2.shape[1])
         smallest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.tile(np.arange(k), (len(d2), 1))
         values = np.take_along_axis(d2, smallest, axis=1)
