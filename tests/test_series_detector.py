@@ -261,3 +261,18 @@ def test_slide_base_rebuilds_every_window():
     base, first = slide_base(windows, max_shift=4)
     assert all((base[f:f + 8] == w).all() for f, w in zip(first, windows))
     assert len(base) < len(windows) * 8
+
+
+def test_knn_windows_of_many_series_are_scored_in_parts(monkeypatch):
+    """Windows that share no rows (one new row of each of many series) need a query row per window step:
+    past MAX_CROSS products they are scored in halves, with the same result."""
+    import anomaly_ae.models.neighbors as neighbors
+
+    det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", random_state=0).fit(frame(600))
+    data = frame(200, hosts=tuple("ab"), seed=3)
+    rows = np.r_[20:60:3, 220:260:3]
+    whole = det.inference_.score(data, top_k=2, rows=rows)
+    monkeypatch.setattr(neighbors, "MAX_CROSS", 40 * len(det.scorer_.neighbors._sliding(16)[0].T))
+    parts = det.inference_.score(data, top_k=2, rows=rows)
+    np.testing.assert_allclose(parts.scores, whole.scores, rtol=1e-9)
+    assert parts.top_features == whole.top_features

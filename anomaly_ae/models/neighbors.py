@@ -58,6 +58,11 @@ class NearestNeighbors(nn.Module):
             return None
         base_t, starts, reference_sq = index
         sequence, query_starts = slide_base(windows[:, :, None])
+        if len(sequence) * base_t.shape[1] > MAX_CROSS and len(windows) > 1:  # windows of many series: in parts
+            half = len(windows) // 2
+            first, second = self.window_distances(x, windows[:half]), self.window_distances(x, windows[half:])
+            assert first is not None and second is not None
+            return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
         rows = np.ascontiguousarray(x[sequence[:, 0]], dtype=np.float32)  # (L, F)
         cross = rows @ base_t  # (L, m) float32 products of F values (numpy's matmul: steadier than torch's here)
         diagonals = _diagonal_sums(cross, query_starts.tolist(), window)  # (b, windows starting at each base row)
@@ -121,6 +126,8 @@ def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndar
 
 # Base rows above this share of the reference's window rows: windows sampled too far apart to share rows.
 MAX_BASE_SHARE = 0.25
+# The (query rows x base rows) products kept at once: 64 MB of float32.
+MAX_CROSS = 1 << 24
 # Steps between neighbouring reference windows looked for (a reference sampled from up to 8x more windows).
 MAX_SHIFT = 8
 
