@@ -181,25 +181,31 @@ class InferencePath:
         window = layout.windows(self.framing.window)
         if rows is not None:
             window = window[rows]
-        fast = getattr(self.scorer, "score_windows", None)
-        if not self.sequence and fast is not None and 0 < len(window) <= FEW_WINDOWS:
-            got = fast(x, window)  # a stream's few new windows: no flattened copies (knn over sliding windows)
-            if got is not None:
-                per_step = got[1].reshape(len(window), self.framing.window, -1)
-                return got[0], per_step.sum(1), per_step if keep_steps else None
+        fast = None if self.sequence else getattr(self.scorer, "score_windows", None)
+        # knn over sliding windows scores windows from their rows, not flattened copies (and fastest in
+        # time order: a window one step after the one before shares all but one of its rows)
+        order = np.argsort(layout.position if rows is None else layout.position[rows], kind="stable") \
+            if fast is not None else np.arange(len(window))
         scores, contributions, steps = [], [], []
         for start in range(0, max(len(window), 1), chunk):
-            part = x[window[start:start + chunk]]  # (n, window, features)
-            if not self.sequence:
-                part = part.reshape(len(part), -1)
-            s, c = self.scorer.score(part)
+            part_rows = order[start:start + chunk]
+            got = fast(x, window[part_rows]) if fast is not None and len(part_rows) else None
+            if got is None:
+                fast = None
+                part = x[window[part_rows]]  # (n, window, features)
+                if not self.sequence:
+                    part = part.reshape(len(part), -1)
+                got = self.scorer.score(part)
+            s, c = got
             scores.append(s)
-            per_step = c.reshape(len(part), self.framing.window, -1)
+            per_step = c.reshape(len(part_rows), self.framing.window, -1)
             contributions.append(per_step.sum(1))
             if keep_steps:
                 steps.append(per_step)
-        return (np.concatenate(scores), np.concatenate(contributions),
-                np.concatenate(steps) if keep_steps else None)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return (np.concatenate(scores)[inverse], np.concatenate(contributions)[inverse],
+                np.concatenate(steps)[inverse] if keep_steps else None)
 
     def alerts(self, flags: np.ndarray, layout: SeriesLayout) -> np.ndarray:
         """The alert rule over each series' flagged steps, in time order."""
@@ -231,11 +237,6 @@ class InferencePath:
                 for i in np.flatnonzero(np.isnan(np.asarray(checked[name], dtype=np.float64))).tolist():
                     notes[i].append(f"missing '{name}' imputed")
         return notes
-
-
-# Up to this many windows a scorer's `score_windows` (when it has one) scores them; more go flattened in
-# chunks (one matrix product over many windows is as fast); both give the same scores to float rounding.
-FEW_WINDOWS = 256
 
 
 def _take_rows(checked: Any, rows: np.ndarray) -> Any:

@@ -214,16 +214,14 @@ def test_on_off_flags_stay_indicators_in_series_models():
     assert det.preprocessor_.numeric["x0"]["scale"] != 1.0  # real metrics are still standardised
 
 
-# ---------------------------------------------------------------------------- knn: a stream's few windows
+# ---------------------------------------------------------------------------- knn: windows from their rows
 @pytest.mark.parametrize("max_reference", [10_000, 1_500, 100])
-def test_knn_scores_a_few_windows_as_the_flattened_windows_do(monkeypatch, max_reference):
-    """A few windows (a stream request's new rows) are scored without flattening them, by products of
-    rows with the reference's base rows (windows sliding along one series share them): the same scores,
-    flags and explanations as the flattened windows, to float rounding and closer to float64 distances.
-    Two series, a restart after a long gap and warm-up windows; a reference sampled down to a few
-    windows shares no rows and takes the flattened path."""
-    import anomaly_ae.inference as inference
-
+def test_knn_scores_windows_as_the_flattened_windows_do(monkeypatch, max_reference):
+    """Windows are scored without flattening them, by products of rows with the reference's base rows
+    (windows sliding along one series share them): the same scores, flags and explanations as the
+    flattened windows, to float rounding and closer to float64 distances. Two series, a restart after a
+    long gap and warm-up windows; a reference sampled down to a few windows shares no rows and takes the
+    flattened path."""
     det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", max_reference=max_reference,
                          random_state=0).fit(frame(1500))
     data = frame(300, seed=5)
@@ -231,7 +229,7 @@ def test_knn_scores_a_few_windows_as_the_flattened_windows_do(monkeypatch, max_r
     data = data.drop(index=range(40, 70)).reset_index(drop=True)  # 30 steps missing: the window restarts
     rows = np.r_[0:3, 35:60, 130:170, 400:420]
     fast = det.inference_.score(data, top_k=2, rows=rows, step_shares=True)
-    monkeypatch.setattr(inference, "FEW_WINDOWS", 0)
+    monkeypatch.setattr(det.scorer_, "score_windows", lambda x, windows: None)  # the flattened path
     flat = det.inference_.score(data, top_k=2, rows=rows, step_shares=True)
     np.testing.assert_allclose(fast.scores, flat.scores, rtol=3e-5)
     assert fast.is_anomaly.tolist() == flat.is_anomaly.tolist() and fast.is_anomaly.any()
@@ -276,3 +274,13 @@ def test_knn_windows_of_many_series_are_scored_in_parts(monkeypatch):
     parts = det.inference_.score(data, top_k=2, rows=rows)
     np.testing.assert_allclose(parts.scores, whole.scores, rtol=1e-9)
     assert parts.top_features == whole.top_features
+
+
+def test_knn_a_window_scores_the_same_alone_or_among_others():
+    """A stream's new row scored alone (as the service and the watcher do) and inside a whole history
+    (as an offline pass does): the same score to float64 rounding of float32 products."""
+    det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", random_state=0).fit(frame(1500))
+    data = frame(400, seed=5)
+    every = det.inference_.score(data).scores
+    alone = [det.inference_.score(data, rows=np.array([i])).scores[0] for i in (17, 250, 399, 650, 799)]
+    np.testing.assert_allclose(alone, every[[17, 250, 399, 650, 799]], rtol=1e-9)

@@ -58,7 +58,7 @@ class NearestNeighbors(nn.Module):
             return None
         base_t, starts, reference_sq = index
         sequence, query_starts = slide_base(windows[:, :, None])
-        if len(sequence) * base_t.shape[1] > MAX_CROSS and len(windows) > 1:  # windows of many series: in parts
+        if max(len(sequence) * base_t.shape[1], len(windows) * len(reference_sq)) > MAX_CROSS and len(windows) > 1:
             half = len(windows) // 2
             first, second = self.window_distances(x, windows[:half]), self.window_distances(x, windows[half:])
             assert first is not None and second is not None
@@ -102,31 +102,30 @@ class NearestNeighbors(nn.Module):
 
 
 def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndarray:
-    """(len(starts), m - window + 1) float64: out[j, c] = sum over s < window of cross[starts[j] + s, c + s].
-    Summed pairwise (float32 rounding grows with log2(window), not window); a query that starts one
-    row after the one before reuses its sums, one row in and one out, in float64."""
+    """(len(starts), m - window + 1) float64: out[j, c] = sum over s < window of cross[starts[j] + s, c + s],
+    in float64 (so a window's sum does not depend on the others scored with it, to float64 rounding).
+    A query that starts one row after the one before reuses its sums: one row in, one out."""
     m = cross.shape[1]
     span = m - window + 1
     flat = cross.reshape(-1)
     out = np.empty((len(starts), span))
     for j, a in enumerate(starts):
         if j and a == starts[j - 1] + 1:
-            out[j, 1:] = out[j - 1, :-1] - cross[a - 1, :span - 1] + cross[a - 1 + window, window:]
+            out[j, 1:] = out[j - 1, :-1]
+            out[j, 1:] -= cross[a - 1, :span - 1]
+            out[j, 1:] += cross[a - 1 + window, window:]
             out[j, 0] = np.lib.stride_tricks.as_strided(flat[a * m:], (window,), ((m + 1) * flat.itemsize,)).sum(
                 dtype=np.float64)
-            continue
-        part = np.lib.stride_tricks.as_strided(flat[a * m:], (window, span), ((m + 1) * flat.itemsize, flat.itemsize))
-        while len(part) > 1:
-            half = len(part) // 2
-            summed = part[:half] + part[half:2 * half]
-            part = np.concatenate([summed, part[2 * half:]]) if len(part) % 2 else summed
-        out[j] = part[0]
+        else:
+            part = np.lib.stride_tricks.as_strided(flat[a * m:], (window, span),
+                                                   ((m + 1) * flat.itemsize, flat.itemsize))
+            np.sum(part, axis=0, dtype=np.float64, out=out[j])
     return out
 
 
 # Base rows above this share of the reference's window rows: windows sampled too far apart to share rows.
 MAX_BASE_SHARE = 0.25
-# The (query rows x base rows) products kept at once: 64 MB of float32.
+# The (query rows x base rows) products, and (windows x reference) distances, kept at once: more in parts.
 MAX_CROSS = 1 << 24
 # Steps between neighbouring reference windows looked for (a reference sampled from up to 8x more windows).
 MAX_SHIFT = 8
