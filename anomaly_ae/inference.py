@@ -101,16 +101,19 @@ class InferencePath:
 
     # ------------------------------------------------------------------ the path
     def score(self, data: pd.DataFrame | np.ndarray | Columns, *, top_k: int = 0,
-              shares: bool = False, step_shares: bool = False, rows: np.ndarray | None = None) -> ScoreResult:
+              shares: bool = False, step_shares: bool = False, rows: np.ndarray | None = None,
+              layout: SeriesLayout | None = None) -> ScoreResult:
         """Validate and score `data`; `top_k > 0` adds each row's top contributing features,
         `shares=True` every column's share (for `Detector.explain`), `step_shares=True` (series
         models) every (step of the window, column)'s share.
 
         `rows` (series models): score only these input positions, each by its window over the
         whole input (a stream processor's new rows after their context); the result's arrays
-        follow `rows`, and its alerts are left to the caller, who holds the earlier steps."""
-        layout = None
-        if self.framing is not None:
+        follow `rows`, and its alerts are left to the caller, who holds the earlier steps.
+
+        `layout` (series models): `data` is already split by `framing.split` (its metric columns),
+        and this is the layout it returned."""
+        if self.framing is not None and layout is None:
             data, layout = self.framing.split(data)
         if isinstance(data, Mapping):
             checked, report = self.schema.check_columns(data)
@@ -178,19 +181,31 @@ class InferencePath:
         window = layout.windows(self.framing.window)
         if rows is not None:
             window = window[rows]
+        fast = None if self.sequence else getattr(self.scorer, "score_windows", None)
+        # knn over sliding windows scores windows from their rows, not flattened copies (and fastest in
+        # time order: a window one step after the one before shares all but one of its rows)
+        order = np.argsort(layout.position if rows is None else layout.position[rows], kind="stable") \
+            if fast is not None else np.arange(len(window))
         scores, contributions, steps = [], [], []
         for start in range(0, max(len(window), 1), chunk):
-            part = x[window[start:start + chunk]]  # (n, window, features)
-            if not self.sequence:
-                part = part.reshape(len(part), -1)
-            s, c = self.scorer.score(part)
+            part_rows = order[start:start + chunk]
+            got = fast(x, window[part_rows]) if fast is not None and len(part_rows) else None
+            if got is None:
+                fast = None
+                part = x[window[part_rows]]  # (n, window, features)
+                if not self.sequence:
+                    part = part.reshape(len(part), -1)
+                got = self.scorer.score(part)
+            s, c = got
             scores.append(s)
-            per_step = c.reshape(len(part), self.framing.window, -1)
+            per_step = c.reshape(len(part_rows), self.framing.window, -1)
             contributions.append(per_step.sum(1))
             if keep_steps:
                 steps.append(per_step)
-        return (np.concatenate(scores), np.concatenate(contributions),
-                np.concatenate(steps) if keep_steps else None)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return (np.concatenate(scores)[inverse], np.concatenate(contributions)[inverse],
+                np.concatenate(steps)[inverse] if keep_steps else None)
 
     def alerts(self, flags: np.ndarray, layout: SeriesLayout) -> np.ndarray:
         """The alert rule over each series' flagged steps, in time order."""

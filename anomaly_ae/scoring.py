@@ -99,6 +99,14 @@ class ModelScorer:
         knn_val, _ = self.neighbor_distances(x_val)
         self.term_scales = {"model": location_spread(model_val), "neighbors": location_spread(knn_val)}
 
+    def score_windows(self, x: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`score` of flattened windows given as preprocessed rows x (N, F) and row indices (b, window),
+        when there is a faster way than flattening them (the neighbour term alone over sliding
+        reference windows, on the CPU); None otherwise."""
+        if self.members or self.neighbors is None:
+            return None
+        return self.neighbors.window_distances(x, windows)
+
     def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores (N,), per-feature contributions (N, F)) for preprocessed rows."""
         if not self.members:

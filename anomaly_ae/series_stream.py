@@ -79,6 +79,94 @@ class NewRows:
     n_context: int        # rows sent as context only
 
 
+def score_new_rows(path: InferencePath, data: Any, score_last: int | None, *, top_k: int = 0
+                   ) -> tuple[ScoreResult, NewRows]:
+    """Score the last `score_last` rows of each series in `data` (all rows when None) and give their
+    alerts: the same results for those rows as `path.score(data)` then `select_new_rows`, scoring
+    only the windows they need.
+
+    The returned result's arrays follow `NewRows.rows` (its `missing` and `unseen` still count the
+    whole request). Scored: the new rows, and before them the rows the alert rule's k-of-n part
+    counts (`within - 1`; flags only). The other context rows complete windows and are validated,
+    never scored, unless a new row has `min_steps` of its last `within` steps flagged and the rule
+    has a cooldown: whether an earlier alert silences it then depends on every counted row before
+    it, and those are scored too (during an incident, and as before this shortcut)."""
+    framing = path.framing
+    if framing is None:
+        raise ValueError("score_new_rows applies to series models")
+    metrics, layout = framing.split(data)
+    if score_last is None:
+        result = path.score(metrics, top_k=top_k, layout=layout)
+        return result, select_new_rows(path, data, result, None)
+    contract = StreamContract.of(path)
+    rule = path.alert_rule
+    n = len(layout.position)
+    counted = _counted(layout, contract, score_last)
+    new = np.zeros(n, dtype=bool)
+    needed = np.zeros(n, dtype=bool)  # rows whose flags the k-of-n part of the new rows' alerts reads
+    for rows in layout.order:
+        before = len(rows) - min(int(score_last), len(rows))
+        new[rows[before:]] = True
+        if rule is not None:
+            look = rows[max(0, before - (rule.within - 1)):before]
+            needed[look[counted[look]]] = True
+    scored = np.flatnonzero(new | needed)
+    result = path.score(metrics, top_k=top_k, layout=layout, rows=scored)
+    flags = np.zeros(n, dtype=bool)
+    flags[scored] = result.is_anomaly
+    if rule is not None and rule.cooldown > 0:
+        rest = []
+        for rows in layout.order:
+            steps = np.convolve((flags[rows] & counted[rows]).astype(np.int64), np.ones(rule.within, dtype=np.int64))
+            if (steps[:len(rows)][new[rows]] >= rule.min_steps).any():  # an alert may fire: the cooldown decides
+                first_new = int(np.argmax(new[rows]))
+                rest.append(rows[:first_new][counted[rows[:first_new]] & ~needed[rows[:first_new]]])
+        extra = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
+        if len(extra):
+            flags[extra] = path.score(metrics, layout=layout, rows=extra).is_anomaly
+    picked = select_new_rows(path, data, _Flags(flags, layout), score_last)
+    return _subset(result, np.searchsorted(scored, picked.rows)), picked
+
+
+@dataclass
+class _Flags:
+    is_anomaly: np.ndarray
+    layout: Any
+
+
+def _subset(result: ScoreResult, keep: np.ndarray) -> ScoreResult:
+    """The rows `keep` (positions in the result) of a result scored with `rows=`."""
+    def take(values: Any) -> Any:
+        return None if values is None else [values[i] for i in keep.tolist()]
+
+    checked = result.checked
+    checked = {name: values[keep] for name, values in checked.items()} if isinstance(checked, dict) \
+        else checked.iloc[keep] if hasattr(checked, "iloc") else checked[keep]
+    return ScoreResult(scores=result.scores[keep], p_values=result.p_values[keep], is_anomaly=result.is_anomaly[keep],
+                       severity=result.severity[keep],
+                       shares=None if result.shares is None else result.shares[keep],
+                       top_features=take(result.top_features), top_contributions=take(result.top_contributions),
+                       notes=take(result.notes), index=None if result.index is None else result.index[keep],
+                       checked=checked, model_input=None if result.model_input is None else result.model_input[keep],
+                       missing=result.missing, unseen=result.unseen,
+                       step_shares=None if result.step_shares is None else result.step_shares[keep],
+                       layout=result.layout)
+
+
+def _counted(layout: Any, contract: StreamContract, score_last: int | None) -> np.ndarray:
+    """Bool per input row: the alert rule counts its flag. Not counted: with the full context sent
+    (`context_rows` before the new rows), the context rows whose window reaches back before the
+    request (scored on a cut window); a restart after a long gap is real and counts."""
+    counted = np.ones(len(layout.position), dtype=bool)
+    history = layout.history()
+    segment = layout.segment_start[layout.position]
+    for rows in layout.order:
+        n_new = len(rows) if score_last is None else min(int(score_last), len(rows))
+        if len(rows) - n_new >= contract.context_rows:
+            counted[rows[(history[rows] < contract.window) & (segment[rows] == segment[rows[0]])]] = False
+    return counted
+
+
 def select_new_rows(path: InferencePath, data: Any, result: ScoreResult, score_last: int | None) -> NewRows:
     """The last `score_last` rows of each series in `data` (all rows when None), and their alerts.
 
@@ -92,20 +180,16 @@ def select_new_rows(path: InferencePath, data: Any, result: ScoreResult, score_l
         _, layout = framing.split(data)
     contract = StreamContract.of(path)
     flags = np.asarray(result.is_anomaly, dtype=bool)
-    history = layout.history()
-    segment = layout.segment_start[layout.position]
+    # the client cut older history: rows whose window reaches back before the request scored on a
+    # cut window and are not counted (a restart after a long gap is real and counts)
+    counted = flags & _counted(layout, contract, score_last)
     alerts = np.zeros(len(flags), dtype=bool)
     new: list[np.ndarray] = []
     n_context = 0
     for rows in layout.order:  # one series, in time order (the framing refuses any other order)
         n_new = len(rows) if score_last is None else min(int(score_last), len(rows))
         before = len(rows) - n_new
-        counted = flags[rows].copy()
-        if before >= contract.context_rows:
-            # the client cut older history: rows whose window reaches back before the request scored
-            # on a cut window and are not counted (a restart after a long gap is real and counts)
-            counted[(history[rows] < contract.window) & (segment[rows] == segment[rows[0]])] = False
-        alerts[rows] = contract.alert_rule.apply(counted) if path.alert_rule is not None else False
+        alerts[rows] = contract.alert_rule.apply(counted[rows]) if path.alert_rule is not None else False
         new.append(rows[before:])
         n_context += before
     picked = np.sort(np.concatenate(new)) if new else np.zeros(0, dtype=np.int64)

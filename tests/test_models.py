@@ -73,3 +73,26 @@ def test_denoising_corruption_only_while_training():
     assert not torch.equal(model.corrupt(x), x)
     model.eval()
     assert torch.equal(model.corrupt(x), x)
+
+
+def test_pca_from_the_scatter_matrix_reconstructs_as_the_svd_does():
+    """Many more rows than inputs (flattened windows): PCA takes the scatter matrix's eigenvectors, which
+    reconstruct every row as the SVD's components do."""
+    import numpy as np
+
+    from anomaly_ae.models.pca import PCA
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy((rng.normal(size=(3000, 5)) @ rng.normal(size=(5, 300))
+                          + 0.3 * rng.normal(size=(3000, 300))).astype(np.float32))
+    fitted = PCA((300,), 64)
+    fitted.fit_closed_form(x)
+    flat = x.double()
+    _, s, vt = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    k = int((fitted.components.abs().sum(1) > 0).sum())
+    assert k == int(torch.searchsorted((s**2).cumsum(0) / (s**2).sum(), torch.tensor(0.9, dtype=s.dtype))) + 1
+    reference = PCA((300,), 64)
+    reference.mean.copy_(flat.mean(0).float())
+    reference.components[:k] = vt[:k].float()
+    torch.testing.assert_close(fitted.feature_errors(x)["errors"], reference.feature_errors(x)["errors"],
+                               rtol=1e-4, atol=1e-5)

@@ -212,3 +212,75 @@ def test_on_off_flags_stay_indicators_in_series_models():
     params = det.preprocessor_.numeric["x2"]
     assert (params["mean"], params["scale"]) == (0.0, 1.0)
     assert det.preprocessor_.numeric["x0"]["scale"] != 1.0  # real metrics are still standardised
+
+
+# ---------------------------------------------------------------------------- knn: windows from their rows
+@pytest.mark.parametrize("max_reference", [10_000, 1_500, 100])
+def test_knn_scores_windows_as_the_flattened_windows_do(monkeypatch, max_reference):
+    """Windows are scored without flattening them, by products of rows with the reference's base rows
+    (windows sliding along one series share them): the same scores, flags and explanations as the
+    flattened windows, to float rounding and closer to float64 distances. Two series, a restart after a
+    long gap and warm-up windows; a reference sampled down to a few windows shares no rows and takes the
+    flattened path."""
+    det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", max_reference=max_reference,
+                         random_state=0).fit(frame(1500))
+    data = frame(300, seed=5)
+    data.loc[data.index[150:170], "cpu"] += 2.0  # an anomaly to flag
+    data = data.drop(index=range(40, 70)).reset_index(drop=True)  # 30 steps missing: the window restarts
+    rows = np.r_[0:3, 35:60, 130:170, 400:420]
+    fast = det.inference_.score(data, top_k=2, rows=rows, step_shares=True)
+    monkeypatch.setattr(det.scorer_, "score_windows", lambda x, windows: None)  # the flattened path
+    flat = det.inference_.score(data, top_k=2, rows=rows, step_shares=True)
+    np.testing.assert_allclose(fast.scores, flat.scores, rtol=3e-5)
+    assert fast.is_anomaly.tolist() == flat.is_anomaly.tolist() and fast.is_anomaly.any()
+    assert fast.top_features == flat.top_features
+    np.testing.assert_allclose(fast.step_shares, flat.step_shares, atol=1e-6)
+    sliding = det.scorer_.neighbors._sliding(16)
+    assert (sliding is None) == (max_reference == 100)
+    if sliding is not None:  # float64 distances: the fast path is the nearer one
+        from anomaly_ae.inference import model_input
+
+        metrics, layout = det.framing_.split(data)
+        x = model_input(det.preprocessor_, det.schema_, det.schema_.check(metrics)[0]).astype(np.float64)
+        queries = x[layout.windows(16)[rows]].reshape(len(rows), -1)
+        reference = det.scorer_.neighbors.reference.numpy().astype(np.float64)
+        d2 = (queries ** 2).sum(1)[:, None] + (reference ** 2).sum(1)[None] - 2 * queries @ reference.T
+        exact = np.sqrt(np.sort(np.maximum(d2, 0), 1)[:, :5]).mean(1)
+        assert np.abs(fast.scores / exact - 1).max() <= np.abs(flat.scores / exact - 1).max() + 1e-9
+
+
+def test_slide_base_rebuilds_every_window():
+    from anomaly_ae.models.neighbors import slide_base
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(200, 3))
+    starts = np.sort(rng.choice(190, 60, replace=False))  # steps of 1 and more, some beyond max_shift
+    windows = np.stack([rows[s:s + 8] for s in starts] + [rows[:8]])  # and one that starts over
+    base, first = slide_base(windows, max_shift=4)
+    assert all((base[f:f + 8] == w).all() for f, w in zip(first, windows))
+    assert len(base) < len(windows) * 8
+
+
+def test_knn_windows_of_many_series_are_scored_in_parts(monkeypatch):
+    """Windows that share no rows (one new row of each of many series) need a query row per window step:
+    past MAX_CROSS products they are scored in halves, with the same result."""
+    import anomaly_ae.models.neighbors as neighbors
+
+    det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", random_state=0).fit(frame(600))
+    data = frame(200, hosts=tuple("ab"), seed=3)
+    rows = np.r_[20:60:3, 220:260:3]
+    whole = det.inference_.score(data, top_k=2, rows=rows)
+    monkeypatch.setattr(neighbors, "MAX_CROSS", 40 * len(det.scorer_.neighbors._sliding(16)[0].T))
+    parts = det.inference_.score(data, top_k=2, rows=rows)
+    np.testing.assert_allclose(parts.scores, whole.scores, rtol=1e-9)
+    assert parts.top_features == whole.top_features
+
+
+def test_knn_a_window_scores_the_same_alone_or_among_others():
+    """A stream's new row scored alone (as the service and the watcher do) and inside a whole history
+    (as an offline pass does): the same score to float64 rounding of float32 products."""
+    det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", random_state=0).fit(frame(1500))
+    data = frame(400, seed=5)
+    every = det.inference_.score(data).scores
+    alone = [det.inference_.score(data, rows=np.array([i])).scores[0] for i in (17, 250, 399, 650, 799)]
+    np.testing.assert_allclose(alone, every[[17, 250, 399, 650, 799]], rtol=1e-9)

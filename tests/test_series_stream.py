@@ -71,3 +71,48 @@ def test_a_restart_after_a_long_gap_counts(detector):
     result = SimpleNamespace(is_anomaly=flags)
     picked = select_new_rows(detector.inference_, data, result, len(data) - 12)
     assert picked.alerts[:3].tolist() == [False, False, True]
+
+
+def test_score_new_rows_scores_only_what_the_new_rows_need(detector, monkeypatch):
+    """score_new_rows gives the returned rows the scores, flags, severity, notes, explanations and alerts
+    of a full pass (path.score then select_new_rows), for requests cut anywhere in a stream with anomalies
+    (cooldown 12), with the full context or less; and scores only the new rows' windows and the
+    `within - 1` rows before them, unless a new row may alert (k of n flagged): then every counted row."""
+    from anomaly_ae.inference import InferencePath
+    from anomaly_ae.series_stream import score_new_rows
+
+    stream = make_series_telemetry(1500, 2, seed=1).drop(columns=list(SERIES_LABEL_COLUMNS))
+    stream = stream.groupby("host").nth(slice(600, 1100)).reset_index(drop=True)
+    path = detector.inference_
+    scored: list[int] = []
+    original = InferencePath.score_windows
+
+    def counting(self, x, layout, chunk=2048, keep_steps=False, rows=None):
+        scored.append(len(layout.position) if rows is None else len(rows))
+        return original(self, x, layout, chunk, keep_steps, rows)
+
+    monkeypatch.setattr(InferencePath, "score_windows", counting)
+    rng = np.random.default_rng(0)
+    full_passes = quiet = 0
+    for end in range(20, 500, 7):
+        context, score_last = int(rng.choice([11, 11, 40, 5])), int(rng.choice([1, 1, 3]))
+        part = stream.groupby("host").nth(slice(max(0, end - context - score_last), end)).reset_index(drop=True)
+        full = path.score(part, top_k=2)
+        expected = select_new_rows(path, part, full, score_last)
+        scored.clear()
+        result, picked = score_new_rows(path, part, score_last, top_k=2)
+        assert picked.rows.tolist() == expected.rows.tolist() and picked.n_context == expected.n_context
+        assert picked.alerts.tolist() == expected.alerts.tolist()
+        rows = expected.rows
+        np.testing.assert_allclose(result.scores, full.scores[rows], rtol=1e-6)
+        assert result.is_anomaly.tolist() == full.is_anomaly[rows].tolist()
+        assert result.severity.tolist() == full.severity[rows].tolist()
+        assert result.top_features == [full.top_features[i] for i in rows]
+        assert (result.notes or [[]] * len(rows)) == [(full.notes or [[]] * len(part))[i] for i in rows]
+        np.testing.assert_array_equal(result.model_input, full.model_input[rows])
+        if len(scored) == 1:
+            assert scored[0] <= 2 * (score_last + 4)  # per series: the new rows and within - 1 before them
+            quiet += 1
+        else:
+            full_passes += 1
+    assert quiet > 20 and full_passes > 20  # both kinds of request occur

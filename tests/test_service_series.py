@@ -129,6 +129,39 @@ async def test_streamed_rows_score_as_an_offline_pass(series_model, stream):
     assert len(warm) == 3 * (WINDOW - 1)  # only the first steps of each series, never later ones
 
 
+async def test_a_request_scores_the_new_rows_windows_and_what_their_alerts_read(series_model, stream, monkeypatch):
+    """The full context and one new row per host: the service scores each host's new row by its window and
+    the `within - 1` rows before it (their flags feed the k-of-n alert), not the context rows that only
+    complete windows; the returned rows equal the offline pass."""
+    from anomaly_ae.inference import InferencePath
+
+    offline = Detector.load(series_model).score_frame(stream, top_k=2)
+    context = WINDOW - 1 + 5 - 1
+    scored: list[int] = []
+    original = InferencePath.score_windows
+
+    def counting(self, x, layout, chunk=2048, keep_steps=False, rows=None):
+        scored.append(len(layout.position) if rows is None else len(rows))
+        return original(self, x, layout, chunk, keep_steps, rows)
+
+    monkeypatch.setattr(InferencePath, "score_windows", counting)
+    by_host = [rows.index.to_numpy() for _, rows in stream.groupby("host")]
+    async with in_process(settings(series_model)) as (_, client):
+        await ready(client)
+        for t in (context, 30, 59):
+            sent = np.concatenate([rows[t - context: t + 1] for rows in by_host])
+            scored.clear()
+            response = await score(client, {"records": records(stream.loc[sent]), "score_last": 1, "explain": True,
+                                            "top_k": 2})
+            assert response.status_code == 200, response.text
+            assert scored == [3 * 5]  # of 3 x 12 rows sent
+            results = response.json()["results"]
+            expected = offline.loc[sent[[r["row"] for r in results]]]
+            np.testing.assert_allclose([r["score"] for r in results], expected["score"], rtol=1e-5)
+            assert [r["alert"] for r in results] == expected["alert"].tolist()
+            assert [r["top_features"][0]["feature"] for r in results] == expected["feature_1"].tolist()
+
+
 async def test_several_new_rows_per_series_and_interleaved_series(series_model, stream):
     """score_last=4 with the series interleaved in the request: each series' last 4 rows come back, in request
     order, equal to the offline pass; explanations follow the rows they belong to."""

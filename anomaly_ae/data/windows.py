@@ -230,7 +230,9 @@ def _group_rows(series: np.ndarray) -> list[np.ndarray]:
     """Input rows of each series, in input order, series in order of first appearance."""
     if len(series) == 0:
         return []
-    codes, first = pd.factorize(pd.Series(series), sort=False)
+    if (series == series[0]).all():  # one series (a model without a series column, a one-host request)
+        return [np.arange(len(series))]
+    codes, first = pd.factorize(series, sort=False)
     order = np.argsort(codes, kind="stable")
     bounds = np.flatnonzero(np.diff(codes[order])) + 1
     return np.split(order, bounds)

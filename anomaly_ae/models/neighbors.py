@@ -38,6 +38,123 @@ class NearestNeighbors(nn.Module):
             gaps.append((part - self.reference[nearest.indices[:, 0]]).pow(2))
         return torch.cat(means), torch.cat(gaps)
 
+    @torch.no_grad()
+    def window_distances(self, x: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`distances` of flattened windows given as rows x (N, F) and row indices (b, window), without
+        building the flattened copies: the same values (to float rounding) when the reference holds
+        windows that slide along a few base rows (a series model's training windows), else None.
+
+        A query window q and a reference window r that start at rows a of the query sequence and c
+        of the reference's base rows have the cross term q.r = sum_s H[a + s, c + s], H = rows x
+        base rows^T: one (rows x base rows x F) product for every pair, where the flattened windows
+        cost (windows x reference x window x F), and base rows small enough to stay in cache where
+        the flattened reference (10,000 windows of 64 x 38 values: 97 MB) is read from memory for
+        each request."""
+        window, n_features = windows.shape[1], x.shape[1]
+        if self.reference.device.type != "cpu" or self.reference.shape[1] != window * n_features:
+            return None
+        index = self._sliding(window)
+        if index is None:
+            return None
+        base_t, starts, reference_sq = index
+        sequence, query_starts = slide_base(windows[:, :, None])
+        if max(len(sequence) * base_t.shape[1], len(windows) * len(reference_sq)) > MAX_CROSS and len(windows) > 1:
+            half = len(windows) // 2
+            first, second = self.window_distances(x, windows[:half]), self.window_distances(x, windows[half:])
+            assert first is not None and second is not None
+            return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
+        rows = np.ascontiguousarray(x[sequence[:, 0]], dtype=np.float32)  # (L, F)
+        cross = rows @ base_t  # (L, m) float32 products of F values (numpy's matmul: steadier than torch's here)
+        diagonals = _diagonal_sums(cross, query_starts.tolist(), window)  # (b, windows starting at each base row)
+        cumulative = np.concatenate([[0.0], np.square(rows, dtype=np.float64).sum(1).cumsum()])
+        query_sq = cumulative[query_starts + window] - cumulative[query_starts]
+        d2 = diagonals if starts is None else diagonals[:, starts]
+        d2 *= -2.0
+        d2 += reference_sq
+        d2 += query_sq[:, None]
+        np.maximum(d2, 0.0, out=d2)
+        k = min(self.k, d2.shape[1])
+        smallest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.tile(np.arange(k), (len(d2), 1))
+        values = np.take_along_axis(d2, smallest, axis=1)
+        nearest = smallest[np.arange(len(d2)), values.argmin(1)]
+        queries = torch.from_numpy(np.ascontiguousarray(x[windows].reshape(len(windows), -1), dtype=np.float32))
+        gaps = (queries - self.reference[torch.from_numpy(nearest)]).pow(2)
+        return np.sqrt(values).mean(1), gaps.double().numpy()
+
+    def _sliding(self, window: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+        """(base rows transposed (F, m) float32, each reference window's first base row (n,; None when
+        that is 0, 1, ...), their squared norms (n,) float64), built on first use and kept until the reference changes; None
+        when the windows do not share their rows (sampled far apart, or prototypes)."""
+        key = (window, self.reference.data_ptr(), self.reference._version)
+        cached = getattr(self, "_sliding_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        reference = self.reference.numpy()
+        n = len(reference)
+        base, starts = slide_base(reference.reshape(n, window, -1), max_shift=MAX_SHIFT)
+        index = None
+        if n and len(base) <= MAX_BASE_SHARE * n * window:
+            contiguous = len(base) == n + window - 1  # one run of windows, one step apart: no gather
+            index = (np.ascontiguousarray(base.T, dtype=np.float32), None if contiguous else starts,
+                     np.square(reference, dtype=np.float64).sum(1))
+        self._sliding_cache = (key, index)
+        return index
+
+
+def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndarray:
+    """(len(starts), m - window + 1) float64: out[j, c] = sum over s < window of cross[starts[j] + s, c + s],
+    in float64 (so a window's sum does not depend on the others scored with it, to float64 rounding).
+    A query that starts one row after the one before reuses its sums: one row in, one out."""
+    m = cross.shape[1]
+    span = m - window + 1
+    flat = cross.reshape(-1)
+    out = np.empty((len(starts), span))
+    for j, a in enumerate(starts):
+        if j and a == starts[j - 1] + 1:
+            out[j, 1:] = out[j - 1, :-1]
+            out[j, 1:] -= cross[a - 1, :span - 1]
+            out[j, 1:] += cross[a - 1 + window, window:]
+            out[j, 0] = np.lib.stride_tricks.as_strided(flat[a * m:], (window,), ((m + 1) * flat.itemsize,)).sum(
+                dtype=np.float64)
+        else:
+            part = np.lib.stride_tricks.as_strided(flat[a * m:], (window, span),
+                                                   ((m + 1) * flat.itemsize, flat.itemsize))
+            np.sum(part, axis=0, dtype=np.float64, out=out[j])
+    return out
+
+
+# Base rows above this share of the reference's window rows: windows sampled too far apart to share rows.
+MAX_BASE_SHARE = 0.25
+# The (query rows x base rows) products, and (windows x reference) distances, kept at once: more in parts.
+MAX_CROSS = 1 << 24
+# Steps between neighbouring reference windows looked for (a reference sampled from up to 8x more windows).
+MAX_SHIFT = 8
+
+
+def slide_base(windows: np.ndarray, max_shift: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (n, w, ...) as base rows and starts: windows[j] == base[starts[j]:starts[j] + w].
+
+    A window that equals the one before it moved on by d < w steps (d <= max_shift) adds its last d
+    rows; any other adds all its w rows. Windows cut from one series in time order therefore share
+    their rows."""
+    n, w = windows.shape[:2]
+    if n == 0:
+        return windows.reshape(0, *windows.shape[2:]), np.zeros(0, dtype=np.int64)
+    flat = windows.reshape(n, w, -1)
+    added = np.full(n, w, dtype=np.int64)
+    open_ = np.arange(1, n)
+    for shift in range(1, w if max_shift is None else min(w, max_shift + 1)):
+        if not len(open_):
+            break
+        same = (flat[open_, :w - shift] == flat[open_ - 1, shift:]).all(axis=(1, 2))
+        added[open_[same]] = shift
+        open_ = open_[~same]
+    ends = np.cumsum(added)
+    starts = ends - w
+    owner = np.repeat(np.arange(n), added)  # which window each base row comes from
+    offset = np.arange(len(owner)) - np.repeat(ends - added, added) + np.repeat(w - added, added)
+    return windows[owner, offset], starts
+
 
 MIN_PROTOTYPE_ROWS = 2  # a prototype is the mean of at least this many training rows
 

@@ -22,8 +22,16 @@ class PCA(ScoredModule):
         """Keep the fewest components that explain `variance_kept` of the training variance."""
         flat = x.flatten(1).double()
         mean = flat.mean(0)
-        _, s, vt = torch.linalg.svd(flat - mean, full_matrices=False)
-        ratio = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-12)
+        centred = flat - mean
+        if centred.shape[0] > 2 * centred.shape[1]:
+            # many more rows than inputs (flattened windows: 8,000 x 2,432): the eigenvectors of the
+            # scatter matrix are the same components, at a fraction of the SVD's cost (20 s -> 2 s)
+            eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred)
+            variance, vt = eigenvalues.flip(0).clamp_min(0.0), vectors.flip(1).T
+        else:
+            _, s, vt = torch.linalg.svd(centred, full_matrices=False)
+            variance = s**2
+        ratio = variance.cumsum(0) / variance.sum().clamp_min(1e-12)
         k = int(torch.searchsorted(ratio, torch.tensor(variance_kept, dtype=ratio.dtype)).item()) + 1
         k = min(k, self.components.shape[0], vt.shape[0])
         components = torch.zeros_like(self.components)

@@ -8,13 +8,15 @@ explained rows), and for 10,000 rows it would hold the GIL long enough to stall 
 
 The scorer is reached only through `model.scorer` (an object with `score(columns, top_k)` returning
 a result with scores, p_values, is_anomaly, severity, top_features, top_contributions, notes,
-checked, model_input, missing and unseen; for series models also `contract`, `select` and
+checked, model_input, missing and unseen; for series models also `contract`, `score_new` and
 `subset_report`), so the scoring path can change behind that one seam.
 
-Series models: every row of the request is scored (the context completes the windows of the new
-rows), and only the rows `select` picks (the last `score_last` of each series, or all) are returned
-and counted in the metrics (scores, anomalies, drift), each with its position in the request
-(`row`) and its `alert`; context rows are counted apart (`context_rows_total`).
+Series models: `score_new` scores the rows to return (the last `score_last` of each series, or all)
+by their windows over the whole request, and the few context rows before them whose flags the alert
+rule counts; the other context rows are validated and complete the windows, unscored. Only the
+returned rows are counted in the metrics (scores, anomalies, drift), each with its position in the
+request (`row`) and its `alert` (what an offline pass gives, `anomaly_ae.series_stream`); context
+rows are counted apart (`context_rows_total`).
 """
 
 from __future__ import annotations
@@ -45,19 +47,19 @@ def score_batch(model: LoadedModel, body: bytes, parser: ScoreRequestParser) -> 
     # Finite values near the float limit overflow when standardised (then clipped): not a problem
     # to report, and numpy's warning would otherwise reach the service log.
     with np.errstate(over="ignore"):
-        result = scorer.score(request.columns, request.top_k)
         if not series:
+            result = scorer.score(request.columns, request.top_k)
             metrics.record_scores(result.scores, result.p_values, result.severity)
             model.drift.update(result.checked, result.missing, result.unseen, result.model_input)
             return _response(model, result, request.ids, None)
-        picked = scorer.select(request.columns, result, request.score_last)
-        rows = picked.rows
-        metrics.record_scores(result.scores[rows], result.p_values[rows], result.severity[rows])
+        # the returned rows only (their arrays follow picked.rows); context rows complete their windows
+        result, picked = scorer.score_new(request.columns, request.top_k, request.score_last)
+        metrics.record_scores(result.scores, result.p_values, result.severity)
         if model.series_metrics is not None:
-            model.series_metrics.record(picked.series, result.is_anomaly[rows], picked.alerts, picked.n_context)
-        if picked.n_context:
-            checked, missing, unseen = scorer.subset_report(result, rows)
-            model.drift.update(checked, missing, unseen, result.model_input[rows])
+            model.series_metrics.record(picked.series, result.is_anomaly, picked.alerts, picked.n_context)
+        if picked.n_context:  # the request's missing / unseen counts include the context: count the new rows'
+            checked, missing, unseen = scorer.subset_report(result, np.arange(len(picked.rows)))
+            model.drift.update(checked, missing, unseen, result.model_input)
         else:
             model.drift.update(result.checked, result.missing, result.unseen, result.model_input)
     return _response(model, result, request.ids, picked)
@@ -68,16 +70,8 @@ def _response(model: LoadedModel, result: Any, ids: list[Any] | None, picked: An
     flags, severity = result.is_anomaly, result.severity
     notes = result.notes
     top_features, top_contributions = result.top_features, result.top_contributions
-    if picked is not None and len(picked.rows) != len(scores):  # the new rows of a series request
-        index = picked.rows.tolist()
-        scores, p_values, flags, severity = scores[picked.rows], p_values[picked.rows], flags[picked.rows], \
-            severity[picked.rows]
-        notes = None if notes is None else [notes[i] for i in index]
-        if top_features is not None:
-            top_features = [top_features[i] for i in index]
-            top_contributions = [top_contributions[i] for i in index]
-        if ids is not None:
-            ids = [ids[i] for i in index]
+    if picked is not None and ids is not None and picked.n_context:  # the new rows of a series request
+        ids = [ids[i] for i in picked.rows.tolist()]
     scores, p_values = scores.tolist(), p_values.tolist()
     flags, severity = flags.tolist(), severity.tolist()
     n = len(scores)

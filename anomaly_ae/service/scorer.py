@@ -8,7 +8,7 @@ scores are not finite or disagree, so the two validators can never silently drif
 
 A series model (`SeriesDetector`) takes its time column (ISO 8601 text) and series column (text or
 integers) among the columns, checked here as strictly as `check_columns` checks the metrics;
-`select` picks the rows a request asked for (`score_last`) and their alerts
+`score_new` scores the rows a request asked for (`score_last`) and gives their alerts
 (`anomaly_ae.series_stream`).
 """
 
@@ -23,7 +23,7 @@ from anomaly_ae.data.preprocess import UNKNOWN
 from anomaly_ae.detector import Detector
 from anomaly_ae.exceptions import ModelLoadError, SchemaError
 from anomaly_ae.inference import ScoreResult
-from anomaly_ae.series_stream import NewRows, StreamContract, select_new_rows
+from anomaly_ae.series_stream import NewRows, StreamContract, score_new_rows
 
 SMOKE_SERIES = "__smoke__"
 
@@ -56,9 +56,11 @@ class Scorer:
             self._check_keys(columns)
         return self.path.score(columns, top_k=top_k)
 
-    def select(self, columns: dict[str, Any], result: ScoreResult, score_last: int | None) -> NewRows:
-        """Series models: the last `score_last` rows of each series (all when None) and their alerts."""
-        return select_new_rows(self.path, columns, result, score_last)
+    def score_new(self, columns: dict[str, Any], top_k: int, score_last: int | None) -> tuple[ScoreResult, NewRows]:
+        """Series models: score the last `score_last` rows of each series (all when None), the context
+        only as far as their windows and alerts need it; the result's arrays follow `NewRows.rows`."""
+        self._check_keys(columns)
+        return score_new_rows(self.path, columns, score_last, top_k=top_k)
 
     def _check_keys(self, columns: dict[str, Any]) -> None:
         """The time column holds text (ISO 8601), the series column text or integers; none is missing."""

@@ -212,13 +212,15 @@ class Ours:
 
     def __init__(self, spec: str, seed: int):
         model, _, window = spec.partition("@")
-        self.model, self.window, self.seed = model, int(window) if window else None, seed
+        # no "@": SeriesDetector's own default window; "@auto": its rule (the training rows' dominant period)
+        self.model, self.seed = model, seed
+        self.window = None if not window else window if window == "auto" else int(window)
 
     def fit(self, train):
         from anomaly_ae import SeriesDetector
 
-        self.det = SeriesDetector(model=self.model, window=self.window,
-                                  random_state=self.seed).fit(train)
+        window = {} if self.window is None else {"window": self.window}
+        self.det = SeriesDetector(model=self.model, random_state=self.seed, **window).fit(train)
         return self
 
     def score(self, X):

@@ -2,9 +2,19 @@
 
 Training: one series of 10,000 steps x 38 metrics (synthetic: seasonal, correlated, noisy), window
 64, each model family, wall seconds of `fit` with the process's torch threads set to the cores
-given (default 2). Scoring: one request's worth, a 64-step window of 38 metrics (64 rows, the last
-one's window complete), through the same `InferencePath` the service calls; median and p95 of
-repeated calls in this process, 1 torch thread (as each service worker runs).
+given (default 2). Scoring, 1 torch thread (as each service worker runs), median and p95 of
+repeated calls in this process:
+
+- `inference_all_64`: a 64-step window of 38 metrics (64 rows, the last one's window complete) as a
+  DataFrame through `InferencePath.score`, every row scored (what an offline caller pays);
+- `service`: the 64 steps after the training history as one JSON request to POST /v1/score with `score_last: 1` (63 rows of
+  context, one new row) and top-3 explanations, through the real app (`create_app`: routing, API-key
+  auth, body parsing and validation, the worker thread, metrics, the JSON response) in process over
+  httpx's ASGI transport, no sockets. `service_*_ms` is the client's time per request (an upper bound
+  of the server's), `service_server_mean_ms` the app's own request-duration histogram (sum / count).
+  The model is saved and loaded as the service loads it. `incident_server_mean_ms`: the same for 64
+  rows that are all anomalous (a series of other loadings): a new row that may alert under the alert
+  rule's cooldown has every context row scored.
 
     python benchmarks/timeseries/speed.py --out benchmarks/results/timeseries_speed.md
 """
@@ -12,8 +22,11 @@ repeated calls in this process, 1 torch thread (as each service worker runs).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +37,7 @@ from anomaly_ae import SeriesDetector
 from anomaly_ae.runtime import set_threads
 
 STEPS, METRICS, WINDOW = 10_000, 38, 64
+KEY = "speed-bench-key-0123456789"
 
 
 def telemetry(n: int, metrics: int, seed: int) -> pd.DataFrame:
@@ -36,6 +50,69 @@ def telemetry(n: int, metrics: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(x, columns=[f"m{j:02d}" for j in range(metrics)])
 
 
+def service_times(det: SeriesDetector, request: pd.DataFrame, repeats: int) -> dict[str, float]:
+    """Per-request milliseconds of POST /v1/score (score_last 1, top-3) through the app in process."""
+    import asyncio
+    import tempfile
+
+    import httpx
+
+    from anomaly_ae.service import metrics
+    from anomaly_ae.service.app import create_app
+    from anomaly_ae.service.settings import ServiceSettings
+
+    def server_seconds() -> tuple[float, float]:
+        total = count = 0.0
+        for sample in metrics.HTTP_DURATION.collect()[0].samples:
+            if sample.labels.get("route") == "/v1/score":
+                if sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+        return total, count
+
+    body = {"columns": list(request.columns), "data": request.to_numpy().tolist(), "score_last": 1,
+            "explain": True, "top_k": 3}
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    async def run(path: Path) -> tuple[list[float], float]:
+        app = create_app(ServiceSettings(model_uri=str(path), api_keys=[KEY], poll_interval_s=0))
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench",
+                                         timeout=60) as client:
+                for _ in range(600):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                for _ in range(5):  # warm-up
+                    response = await client.post("/v1/score", json=body, headers=headers)
+                    assert response.status_code == 200, response.text
+                    assert response.json()["n_rows"] == 1
+                sum0, count0 = server_seconds()
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    response = await client.post("/v1/score", json=body, headers=headers)
+                    times.append(time.perf_counter() - start)
+                    assert response.status_code == 200
+                sum1, count1 = server_seconds()
+        return times, (sum1 - sum0) / max(count1 - count0, 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        det.save(path)
+        times, server_mean = asyncio.run(run(path))
+    ms = np.array(times) * 1000
+    return {"service_median_ms": round(float(np.median(ms)), 2), "service_p95_ms": round(float(np.quantile(ms, 0.95)), 2),
+            "service_server_mean_ms": round(server_mean * 1000, 2)}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["pca", "knn", "tcn", "gru", "vae"])
@@ -43,9 +120,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/timeseries_speed.md"))
     args = parser.parse_args()
-    history = telemetry(STEPS, METRICS, seed=0)
-    request = telemetry(WINDOW, METRICS, seed=1)
+    series = telemetry(STEPS + WINDOW, METRICS, seed=0)
+    history, request = series.iloc[:STEPS], series.iloc[STEPS:].reset_index(drop=True)  # the next 64 steps
+    incident = telemetry(WINDOW, METRICS, seed=1)  # other loadings: every row anomalous
     rows = []
+    run = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     for model in args.models:
         set_threads(args.threads)
         start = time.perf_counter()
@@ -61,18 +140,39 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         ms = np.array(times) * 1000
         rows.append({"model": model, "fit_s": round(fit_s, 1), "epochs": epochs,
-                     "score_64_rows_median_ms": round(float(np.median(ms)), 2),
-                     "score_64_rows_p95_ms": round(float(np.quantile(ms, 0.95)), 2)})
+                     "inference_all_64_median_ms": round(float(np.median(ms)), 2),
+                     "inference_all_64_p95_ms": round(float(np.quantile(ms, 0.95)), 2),
+                     **service_times(det, request, args.repeats),
+                     **{k.replace("service", "incident"): v
+                        for k, v in service_times(det, incident, args.repeats).items() if "server" in k}})
+        rows[-1].update(calls=args.repeats, load_1min=round(os.getloadavg()[0], 1), run=run)
         print(json.dumps(rows[-1]), flush=True)
-    table = pd.DataFrame(rows)
+        write(args, rows)  # after each model: a long run stopped later keeps what it measured
+
+
+def write(args: argparse.Namespace, measured: list[dict]) -> None:
+    # rows of models not measured in this run are kept from earlier runs (each row says its run and load)
+    store = args.out.with_suffix(".json")
+    done = {r["model"] for r in measured}
+    kept = [r for r in (json.loads(store.read_text()) if store.exists() else []) if r["model"] not in done]
+    rows = sorted(kept + measured, key=lambda r: r["run"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps(rows, indent=1) + "\n")
     args.out.write_text(
         "# Series models: training and scoring cost\n\n"
-        f"Generated by `benchmarks/timeseries/speed.py` on {platform.machine()} with {args.threads} torch threads "
-        f"for training and 1 for scoring. Training: {STEPS} steps x {METRICS} metrics, window {WINDOW}, "
-        "default epochs and early stopping. Scoring: one 64-row request with top-3 explanations through "
-        f"`InferencePath.score` (the service's path, without HTTP), {args.repeats} calls. Goals (issue 12): fit < 120 s, "
-        "score < 5 ms.\n\n" + table.to_markdown(index=False) + "\n")
+        f"Generated by `benchmarks/timeseries/speed.py` (rows in {store.name}; each row's `run` is the UTC time of "
+        f"the run that measured it, `speed.py --models ...`, and `load_1min` the machine's load average "
+        f"right after: {os.cpu_count()} cores shared with other jobs) on {platform.machine()} with "
+        f"{args.threads} torch threads for training and 1 for scoring. Training: {STEPS} steps x {METRICS} metrics, "
+        f"window {WINDOW}, default epochs and early stopping. Scoring, `--repeats` calls each (default 300): "
+        "`inference_all_64` scores all 64 rows of a 64-step request (a DataFrame) through `InferencePath.score` "
+        "with top-3 explanations; `service` sends the same rows as JSON to POST /v1/score with `score_last: 1` "
+        "(63 context rows, 1 new row, top-3) through the real app in process (auth, validation, worker thread, "
+        "metrics, JSON response; no sockets): client time per request, and the mean of the app's own "
+        "request-duration histogram (`service_server_mean_ms`; `incident_server_mean_ms` for 64 anomalous rows, "
+        "where the alert rule's cooldown has every context row scored). The request is the 64 steps after the "
+        "training history. Goals (issue 12): fit < 120 s on 2 cores, "
+        "service < 5 ms of server time at 1 worker.\n\n" + markdown_table(rows) + "\n")
 
 
 if __name__ == "__main__":
