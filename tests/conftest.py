@@ -41,3 +41,19 @@ def fitted(telemetry_train):
         return cache[model]
 
     return get
+
+
+@pytest.fixture
+def scored_windows(monkeypatch) -> list[int]:
+    """A list that gets, for every call of InferencePath.score_windows, the number of windows it scored."""
+    from anomaly_ae.inference import InferencePath
+
+    scored: list[int] = []
+    original = InferencePath.score_windows
+
+    def counting(self, x, layout, chunk=2048, keep_steps=False, rows=None):
+        scored.append(len(layout.position) if rows is None else len(rows))
+        return original(self, x, layout, chunk, keep_steps, rows)
+
+    monkeypatch.setattr(InferencePath, "score_windows", counting)
+    return scored

@@ -73,25 +73,17 @@ def test_a_restart_after_a_long_gap_counts(detector):
     assert picked.alerts[:3].tolist() == [False, False, True]
 
 
-def test_score_new_rows_scores_only_what_the_new_rows_need(detector, monkeypatch):
+def test_score_new_rows_scores_only_what_the_new_rows_need(detector, scored_windows):
     """score_new_rows gives the returned rows the scores, flags, severity, notes, explanations and alerts
     of a full pass (path.score then select_new_rows), for requests cut anywhere in a stream with anomalies
     (cooldown 12), with the full context or less; and scores only the new rows' windows and the
     `within - 1` rows before them, unless a new row may alert (k of n flagged): then every counted row."""
-    from anomaly_ae.inference import InferencePath
     from anomaly_ae.series_stream import score_new_rows
 
     stream = make_series_telemetry(1500, 2, seed=1).drop(columns=list(SERIES_LABEL_COLUMNS))
     stream = stream.groupby("host").nth(slice(600, 1100)).reset_index(drop=True)
     path = detector.inference_
-    scored: list[int] = []
-    original = InferencePath.score_windows
-
-    def counting(self, x, layout, chunk=2048, keep_steps=False, rows=None):
-        scored.append(len(layout.position) if rows is None else len(rows))
-        return original(self, x, layout, chunk, keep_steps, rows)
-
-    monkeypatch.setattr(InferencePath, "score_windows", counting)
+    scored = scored_windows
     rng = np.random.default_rng(0)
     full_passes = quiet = 0
     for end in range(20, 500, 7):

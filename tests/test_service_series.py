@@ -129,22 +129,14 @@ async def test_streamed_rows_score_as_an_offline_pass(series_model, stream):
     assert len(warm) == 3 * (WINDOW - 1)  # only the first steps of each series, never later ones
 
 
-async def test_a_request_scores_the_new_rows_windows_and_what_their_alerts_read(series_model, stream, monkeypatch):
+async def test_a_request_scores_the_new_rows_windows_and_what_their_alerts_read(series_model, stream, scored_windows):
     """The full context and one new row per host: the service scores each host's new row by its window and
     the `within - 1` rows before it (their flags feed the k-of-n alert), not the context rows that only
     complete windows; the returned rows equal the offline pass."""
-    from anomaly_ae.inference import InferencePath
 
     offline = Detector.load(series_model).score_frame(stream, top_k=2)
     context = WINDOW - 1 + 5 - 1
-    scored: list[int] = []
-    original = InferencePath.score_windows
-
-    def counting(self, x, layout, chunk=2048, keep_steps=False, rows=None):
-        scored.append(len(layout.position) if rows is None else len(rows))
-        return original(self, x, layout, chunk, keep_steps, rows)
-
-    monkeypatch.setattr(InferencePath, "score_windows", counting)
+    scored = scored_windows
     by_host = [rows.index.to_numpy() for _, rows in stream.groupby("host")]
     async with in_process(settings(series_model)) as (_, client):
         await ready(client)
