@@ -17,6 +17,13 @@ repeated calls in this process:
   rule's cooldown has every context row scored.
 
     python benchmarks/timeseries/speed.py --out benchmarks/results/timeseries_speed.md
+
+The same model before and after a change, back to back in one file (`--code` labels the rows):
+
+    git archive 301386c anomaly_ae | tar -x -C /tmp/base
+    PYTHONPATH=/tmp/base python benchmarks/timeseries/speed.py --models knn --code 301386c \
+        --out benchmarks/results/timeseries_speed_change.md
+    python benchmarks/timeseries/speed.py --models knn --out benchmarks/results/timeseries_speed_change.md
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from anomaly_ae import SeriesDetector
 from anomaly_ae.runtime import set_threads
 
 STEPS, METRICS, WINDOW = 10_000, 38, 64
+CHECKOUT = "this checkout"
 KEY = "speed-bench-key-0123456789"
 
 
@@ -118,11 +126,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/timeseries_speed.md"))
+    parser.add_argument("--code", default=CHECKOUT,
+                        help="what the package imported is (e.g. a commit put first on PYTHONPATH); a row is kept per "
+                             "model and code, so one file can hold the same model before and after a change")
     args = parser.parse_args()
     series = telemetry(STEPS + WINDOW, METRICS, seed=0)
     history, request = series.iloc[:STEPS], series.iloc[STEPS:].reset_index(drop=True)  # the next 64 steps
     incident = telemetry(WINDOW, METRICS, seed=1)  # other loadings: every row anomalous
-    rows = []
+    rows: list[dict] = []
     run = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     for model in args.models:
         set_threads(args.threads)
@@ -138,7 +149,7 @@ def main() -> None:
             det.inference_.score(request, top_k=3)
             times.append(time.perf_counter() - start)
         ms = np.array(times) * 1000
-        rows.append({"model": model, "fit_s": round(fit_s, 1), "epochs": epochs,
+        rows.append({"model": model, "code": args.code, "fit_s": round(fit_s, 1), "epochs": epochs,
                      "inference_all_64_median_ms": round(float(np.median(ms)), 2),
                      "inference_all_64_p95_ms": round(float(np.quantile(ms, 0.95)), 2),
                      **service_times(det, request, args.repeats),
@@ -152,8 +163,10 @@ def main() -> None:
 def write(args: argparse.Namespace, measured: list[dict]) -> None:
     # rows of models not measured in this run are kept from earlier runs (each row says its run and load)
     store = args.out.with_suffix(".json")
-    done = {r["model"] for r in measured}
-    kept = [r for r in (json.loads(store.read_text()) if store.exists() else []) if r["model"] not in done]
+    done = {(r["model"], r["code"]) for r in measured}
+    earlier = [{"model": r["model"], "code": r.get("code", CHECKOUT), **r}
+               for r in (json.loads(store.read_text()) if store.exists() else [])]
+    kept = [r for r in earlier if (r["model"], r["code"]) not in done]
     rows = sorted(kept + measured, key=lambda r: r["run"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps(rows, indent=1) + "\n")
