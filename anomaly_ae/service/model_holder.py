@@ -340,13 +340,11 @@ class ModelHolder:
                                 f"{self.settings.load_timeout_s:g}s; still serving the last good model")
         except SmokeTestError as exc:
             return self._refuse(trigger, version, "smoke_test_failed", str(exc))
-        except TRANSIENT_ERRORS as exc:
-            return self._failed(trigger, "registry_unavailable",
-                                f"could not download version {version} ({type(exc).__name__}); still serving "
-                                "the last good model")
-        except ModelLoadError as exc:
-            return self._refuse(trigger, version, "load_error", str(exc))
         except Exception as exc:
+            # a version that cannot load is refused until it changes; anything else (the registry or the
+            # network, RegistryUnavailableError included, though it is a ModelLoadError) is retried
+            if isinstance(exc, ModelLoadError) and not isinstance(exc, TRANSIENT_ERRORS):
+                return self._refuse(trigger, version, "load_error", str(exc))
             return self._failed(trigger, "registry_unavailable",
                                 f"could not download version {version} ({type(exc).__name__}); still serving "
                                 "the last good model")
