@@ -53,6 +53,24 @@ class ScoreResult:
     step_shares: np.ndarray | None = None  # series models: (N, window, input columns) shares, when asked
     layout: SeriesLayout | None = None  # series models: each row's place in its series' time grid
 
+    def take(self, positions: np.ndarray) -> "ScoreResult":
+        """These rows (positions in this result) of it; the request's missing / unseen counts and the
+        layout stay as they are."""
+        def rows(values: Any) -> Any:
+            return None if values is None else values[positions]
+
+        def items(values: list | None) -> list | None:
+            return None if values is None else [values[i] for i in positions.tolist()]
+
+        return ScoreResult(scores=self.scores[positions], p_values=self.p_values[positions],
+                           is_anomaly=self.is_anomaly[positions], severity=self.severity[positions],
+                           shares=rows(self.shares), top_features=items(self.top_features),
+                           top_contributions=items(self.top_contributions), notes=items(self.notes),
+                           index=rows(self.index), checked=None if self.checked is None else _take_rows(
+                               self.checked, positions),
+                           model_input=rows(self.model_input), missing=self.missing, unseen=self.unseen,
+                           alerts=rows(self.alerts), step_shares=rows(self.step_shares), layout=self.layout)
+
     def frame(self, top_k: int = 3) -> pd.DataFrame:
         """score, p_value, is_anomaly, severity, feature_i / contribution_i (top_k > 0) and notes."""
         index = self.index if self.index is not None else pd.RangeIndex(len(self.scores))

@@ -125,32 +125,13 @@ def score_new_rows(path: InferencePath, data: Any, score_last: int | None, *, to
         if len(extra):
             flags[extra] = path.score(metrics, layout=layout, rows=extra).is_anomaly
     picked = select_new_rows(path, data, _Flags(flags, layout), score_last)
-    return _subset(result, np.searchsorted(scored, picked.rows)), picked
+    return result.take(np.searchsorted(scored, picked.rows)), picked
 
 
 @dataclass
 class _Flags:
     is_anomaly: np.ndarray
     layout: Any
-
-
-def _subset(result: ScoreResult, keep: np.ndarray) -> ScoreResult:
-    """The rows `keep` (positions in the result) of a result scored with `rows=`."""
-    def take(values: Any) -> Any:
-        return None if values is None else [values[i] for i in keep.tolist()]
-
-    checked = result.checked
-    checked = {name: values[keep] for name, values in checked.items()} if isinstance(checked, dict) \
-        else checked.iloc[keep] if hasattr(checked, "iloc") else checked[keep]
-    return ScoreResult(scores=result.scores[keep], p_values=result.p_values[keep], is_anomaly=result.is_anomaly[keep],
-                       severity=result.severity[keep],
-                       shares=None if result.shares is None else result.shares[keep],
-                       top_features=take(result.top_features), top_contributions=take(result.top_contributions),
-                       notes=take(result.notes), index=None if result.index is None else result.index[keep],
-                       checked=checked, model_input=None if result.model_input is None else result.model_input[keep],
-                       missing=result.missing, unseen=result.unseen,
-                       step_shares=None if result.step_shares is None else result.step_shares[keep],
-                       layout=result.layout)
 
 
 def _counted(layout: Any, contract: StreamContract, score_last: int | None) -> np.ndarray:
