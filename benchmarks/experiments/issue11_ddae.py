@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from issue11_report import paired  # noqa: E402 (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[2]
 CSV = ROOT / "benchmarks" / "results" / "adbench.csv"
@@ -52,13 +53,11 @@ def main() -> None:
              f"seeds {a.seeds}; errors (rows without AUROC): {len(errors)}.", ""]
     rows, per_dataset = [], {}
     for name in DETECTORS:
-        g = df[df["detector"] == name].set_index(["dataset", "seed"])
-        common = g.index.intersection(base.index)
-        if len(common) == 0:
+        both = paired(df[df["detector"] == name].set_index(["dataset", "seed"]), base)
+        if both is None:
             continue
-        g, b = g.loc[common], base.loc[common]
-        mine = g.groupby(level=0)[["auroc", "auprc"]].mean()
-        theirs = b.groupby(level=0)[["auroc", "auprc"]].mean()
+        g, mine, theirs = both
+        common = g.index
         diff = mine["auroc"] - theirs["auroc"]
         per_dataset[name] = mine["auroc"]
         big = g[g["n_train"] >= 500]["fpr_at_threshold"].dropna()

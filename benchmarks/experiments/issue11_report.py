@@ -38,17 +38,26 @@ def load(seeds: list[int], extra: list[Path]) -> pd.DataFrame:
     return df.drop_duplicates(["dataset", "seed", "method"], keep="last")
 
 
+def paired(g: pd.DataFrame, base: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
+    """Rows of `g` and `base` (indexed by (dataset, seed)) on the pairs both have: (g's rows there, g's
+    and base's AUROC / AUPRC averaged per dataset over those pairs), or None when they share none."""
+    common = g.index.intersection(base.index)
+    if len(common) == 0:
+        return None
+    g = g.loc[common]
+    return (g, g.groupby(level=0)[["auroc", "auprc"]].mean(),
+            base.loc[common].groupby(level=0)[["auroc", "auprc"]].mean())
+
+
 def summary(df: pd.DataFrame, base: str = "knn5") -> tuple[pd.DataFrame, pd.DataFrame]:
     b = df[df["method"] == base].set_index(["dataset", "seed"])
     rows, per_ds = [], {}
     for m, g in df.groupby("method"):
-        g = g.set_index(["dataset", "seed"])
-        common = g.index.intersection(b.index)
-        if len(common) == 0:
+        both = paired(g.set_index(["dataset", "seed"]), b)
+        if both is None:
             continue
-        g, bb = g.loc[common], b.loc[common]
-        ds_m = g.groupby(level=0)[["auroc", "auprc"]].mean()
-        ds_b = bb.groupby(level=0)[["auroc", "auprc"]].mean()
+        g, ds_m, ds_b = both
+        common = g.index
         diff = ds_m["auroc"] - ds_b["auroc"]
         per_ds[m] = ds_m["auroc"]
         seeds = sorted({s for _, s in common})
