@@ -12,13 +12,12 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator
 
 from anomaly_ae import persistence
 from anomaly_ae.calibration import Calibration
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.estimators import require_fitted
+from anomaly_ae.estimators import Estimator, require_fitted
 from anomaly_ae.exceptions import DataError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input
 from anomaly_ae.models import DETECTOR_MODELS, DetectorModel, build_model
@@ -31,7 +30,7 @@ from anomaly_ae.training import Checkpointing, History, TrainConfig, train
 MIN_TRAINING_ROWS = 10
 
 
-class Detector(BaseEstimator):
+class Detector(Estimator):
     """Anomaly detector trained on normal samples only.
 
     Parameters

@@ -838,25 +838,19 @@ def measure_memory(lab: Lab, m: Measurement) -> None:
 def memory_notes(steps: dict, packages: dict, at_start: dict, registry_worst: float,
                  local_worst: float | None) -> list[str]:
     """Why a worker weighs what it does, from the figures measured."""
-    def delta(a: str, b: str) -> str:
-        return f"{steps[b] - steps[a]:+.0f} MiB" if a in steps and b in steps else "?"
+    def cost(step: str) -> str:
+        names = list(steps)
+        i = names.index(step)
+        return f"{steps[step] - steps[names[i - 1]]:+.0f} MiB"
 
-    names = list(steps)
-    if "error" in steps or len(names) < 10:
+    if "error" in steps or any(step not in steps for step in IMPORT_STEPS):
         return [f"the import probe failed: {steps}"]
-    notes = [f"Importing what a worker needs costs {steps[names[6]]:.0f} MiB before any model is loaded: torch "
-             f"{delta(names[1], names[2])}, pandas {delta(names[2], names[3])}, scikit-learn "
-             f"{delta(names[3], names[4])}, the web stack {delta(names[4], names[5])}; a model "
-             f"{delta(names[6], names[7])}; mlflow and anomaly_ae.registry, for models:/ URIs only, "
-             f"{delta(names[7], names[9])}. "
-             + (f"Of the libraries mapped in a worker, pyarrow ({packages['pyarrow']:.0f} MiB; pandas imports it, the "
-                "service never uses it) and scipy " if "pyarrow" in packages else
-                "pyarrow (in the import steps with pandas, which imports it) is not loaded by the workers "
-                "(anomaly_ae.service.server.serving_app). Of the libraries mapped in a worker, scipy ")
-             + f"({packages.get('scipy', 0):.0f} MiB; it comes with scikit-learn, which anomaly_ae.detector imports for "
-             "the estimator contract and the neighbour term) "
-             + ("are" if "pyarrow" in packages else "is") + " the largest the service does not need to score an "
-             "autoencoder."]
+    notes = [f"Importing what a worker needs costs {steps[WORKER_MODULE]:.0f} MiB before any model is loaded: "
+             f"torch {cost(TORCH)}, pandas {cost(PANDAS)}, the web stack {cost(WEB)}; a model {cost(MODEL)}; "
+             f"mlflow and anomaly_ae.registry, for models:/ URIs only, "
+             f"{steps[REGISTRY] - steps[MODEL]:+.0f} MiB. After all of it, scikit-learn imported: "
+             f"{steps['scikit-learn imported']}. Mapped in a worker: "
+             + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in list(packages.items())[:6]) + "."]
     if at_start:
         notes.append(f"A models:/ worker right after start: {max(at_start.values()):.0f} MiB; after the liveness, "
                      f"stalled and soak checks: {registry_worst:.0f} MiB. The difference is anonymous memory the "
@@ -868,8 +862,14 @@ def memory_notes(steps: dict, packages: dict, at_start: dict, registry_worst: fl
     return notes
 
 
+TORCH, PANDAS, WEB = "+ torch", "+ pandas", "+ fastapi, uvicorn, prometheus_client"
+WORKER_MODULE, MODEL = "+ anomaly_ae.service.app (the worker module)", "+ a local model loaded"
+REGISTRY = "+ anomaly_ae.registry"
+IMPORT_STEPS = (TORCH, PANDAS, WEB, WORKER_MODULE, MODEL, REGISTRY)
+# what a worker imports, in its order (pyarrow blocked as serving_app blocks it), RSS after each step
 IMPORT_PROBE = r"""
 import json, sys, time
+sys.modules['pyarrow'] = None
 def rss():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS:'):
@@ -878,13 +878,13 @@ steps = {'python': rss()}
 import numpy; steps['+ numpy'] = rss()
 import torch; steps['+ torch'] = rss()
 import pandas; steps['+ pandas'] = rss()
-import sklearn.neighbors; steps['+ scikit-learn'] = rss()
 import fastapi, uvicorn, prometheus_client, pydantic_settings; steps['+ fastapi, uvicorn, prometheus_client'] = rss()
 import anomaly_ae.service.app; steps['+ anomaly_ae.service.app (the worker module)'] = rss()
 from anomaly_ae import Detector
 d = Detector.load(sys.argv[1]); steps['+ a local model loaded'] = rss()
 import mlflow; steps['+ mlflow (only for models:/ URIs)'] = rss()
 import anomaly_ae.registry; steps['+ anomaly_ae.registry'] = rss()
+steps['scikit-learn imported'] = 'sklearn' in sys.modules
 print(json.dumps(steps))
 """
 

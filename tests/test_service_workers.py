@@ -89,15 +89,18 @@ def _rows_per_worker(prom: Path) -> dict[str, float]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
-def test_workers_leave_pyarrow_out(two_workers):
-    """pandas imports pyarrow when installed, and each worker held 35-60 MiB of its libraries that scoring
-    never uses (the reliability suite's RSS per worker); the workers score without loading it."""
+def test_workers_leave_pyarrow_and_scipy_out(two_workers):
+    """pandas imports pyarrow when installed, and scikit-learn imports scipy: each worker held 35-60 MiB of
+    pyarrow's libraries and ~70 MiB of scikit-learn's and scipy's that scoring never uses (the reliability
+    suite's RSS per worker); the workers load a model and score without loading them."""
     service, prom = two_workers
     pids = _worker_pids(prom)
     assert len(pids) == 2
     for pid in pids:
         maps = Path(f"/proc/{pid}/maps").read_text()
-        assert "torch" in maps and "pyarrow" not in maps
+        assert "torch" in maps
+        # (numpy's own OpenBLAS is called libscipy_openblas: match the packages' folders)
+        assert [lib for lib in ("pyarrow", "scipy", "sklearn") if f"site-packages/{lib}/" in maps] == []
 
 
 def test_a_serving_process_imports_pandas_without_pyarrow_unless_asked():

@@ -14,14 +14,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator
 
 from anomaly_ae.augment.conditions import ConditionEncoder
 from anomaly_ae.augment.gan_training import GanConfig, GanHistory, train_gan
 from anomaly_ae.augment.quality import quality_report
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.estimators import require_fitted
+from anomaly_ae.estimators import Estimator, require_fitted
 from anomaly_ae.exceptions import DataError
 from anomaly_ae.models import build_model
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
@@ -33,7 +32,7 @@ GENERATORS = ("cvae", "gan", "cgan")
 MIN_TRAINING_ROWS = 20
 
 
-class Generator(BaseEstimator):
+class Generator(Estimator):
     """Generative model of normal data: a conditional VAE, a WGAN-GP, or a conditional WGAN-GP.
 
     Parameters
