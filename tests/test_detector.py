@@ -69,6 +69,21 @@ def test_estimator_contract(telemetry_train):
     assert not hasattr(clone(fitted), "threshold_")
 
 
+def test_estimator_contract_without_inheriting_from_scikit_learn():
+    """estimators.Estimator stands in for sklearn.base.BaseEstimator: the same repr of changed parameters,
+    nested and invalid set_params, and the tags scikit-learn's tools ask for."""
+    from sklearn.utils import get_tags
+
+    det = Detector(model="ae", epochs=5)
+    assert repr(det) == "Detector(epochs=5, model='ae')" and repr(Detector()) == "Detector()"
+    with pytest.raises(ValueError, match="invalid parameter 'epoch' for Detector"):
+        det.set_params(epoch=3)
+    assert get_tags(det).requires_fit and get_tags(det).estimator_type is None
+    from sklearn.pipeline import Pipeline
+    pipe = Pipeline([("detector", det)]).set_params(detector__epochs=7)
+    assert pipe.get_params()["detector__epochs"] == 7 and det.epochs == 7
+
+
 def test_same_seed_same_model(telemetry_train, telemetry_test):
     X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
     a = Detector(model="ae", **FAST).fit(telemetry_train).decision_function(X)
