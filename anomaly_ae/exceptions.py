@@ -12,7 +12,16 @@ class AnomalyAEError(Exception):
 
 
 class DataError(AnomalyAEError, ValueError):
-    """Input data cannot be used: empty, unreadable, wrong format or too few rows."""
+    """Input data cannot be used: empty, unreadable, wrong format or too few rows.
+
+    `reason` is a short stable code (the service's error `code`), `column` and `rows` say where."""
+
+    def __init__(self, message: str, *, column: str | None = None, rows: list[int] | None = None,
+                 reason: str = "invalid_data") -> None:
+        super().__init__(message)
+        self.column = column
+        self.rows = rows or []
+        self.reason = reason
 
 
 class SchemaError(DataError):
@@ -20,10 +29,7 @@ class SchemaError(DataError):
 
     def __init__(self, message: str, *, column: str | None = None, rows: list[int] | None = None,
                  reason: str = "schema") -> None:
-        super().__init__(message)
-        self.column = column
-        self.rows = rows or []
-        self.reason = reason
+        super().__init__(message, column=column, rows=rows, reason=reason)
 
 
 class NotFittedError(AnomalyAEError, AttributeError):

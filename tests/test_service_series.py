@@ -206,11 +206,11 @@ async def test_bad_series_input_is_a_clear_4xx_and_an_unknown_series_a_note(seri
         "time as a number": (edit(2, ts=1767600000), "dtype", "ts", "ISO 8601"),
         "time null": (edit(2, ts=None), "missing_value", "ts", "is null"),
         "series as a bool": (edit(1, host=True), "dtype", "host", "text or integers"),
-        "not a timestamp": (edit(2, ts="yesterday"), "invalid_data", None, "not timestamps"),
-        "unsorted": (swapped, "invalid_data", None, "not in time order at row 4"),
-        "duplicate time": (edit(5, ts=good[4]["ts"]), "invalid_data", None, "duplicate timestamp"),
+        "not a timestamp": (edit(2, ts="yesterday"), "invalid_timestamp", "ts", "not timestamps"),
+        "unsorted": (swapped, "unsorted_timestamps", "ts", "not in time order at row 4"),
+        "duplicate time": (edit(5, ts=good[4]["ts"]), "duplicate_timestamp", "ts", "duplicate timestamp"),
         "finer than the step": (edit(5, ts=(pd.Timestamp(good[4]["ts"]) + pd.Timedelta("1min")).isoformat()),
-                                "invalid_data", None, "closer together than the model's step"),
+                                "timestamps_too_close", "ts", "closer together than the model's step"),
         "a metric missing": ([{k: v for k, v in r.items() if k != "latency_ms"} for r in good], "missing_column",
                              "latency_ms", "latency_ms"),
     }
@@ -221,6 +221,8 @@ async def test_bad_series_input_is_a_clear_4xx_and_an_unknown_series_a_note(seri
             assert says in error["message"], (name, error)
             if column is not None:
                 assert error["column"] == column, (name, error)
+            if code in ("unsorted_timestamps", "duplicate_timestamp", "timestamps_too_close"):
+                assert error["rows"] == [4 if name == "unsorted" else 5], (name, error)
         for bad in (0, -1, True, 1.5, "2", 10_001):
             error = assert_error(await score(client, {"records": good, "score_last": bad}), 422, "invalid_field")
             assert error["field"] == "score_last" and "score_last" in error["message"]

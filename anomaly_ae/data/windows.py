@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from anomaly_ae.data.schema import MAX_ROWS_NAMED_IN_ERRORS
 from anomaly_ae.exceptions import DataError
 
 # A series id we record for notes about unseen series; beyond this many, new ids are not remembered.
@@ -128,18 +129,21 @@ class SeriesFraming:
         if (d < 0).any():
             i = int(np.flatnonzero(d < 0)[0])
             raise DataError(f"timestamps in '{self.time_col}'{what} are not in time order at row {int(rows[i + 1])}; "
-                            f"sort the rows by '{self.time_col}' first")
+                            f"sort the rows by '{self.time_col}' first", reason="unsorted_timestamps",
+                            column=self.time_col, rows=[int(rows[i + 1])])
         if (d == 0).any():
             i = int(np.flatnonzero(d == 0)[0])
             raise DataError(f"duplicate timestamp in '{self.time_col}'{what} at row {int(rows[i + 1])}; "
-                            "keep one row per time step (e.g. drop_duplicates or aggregate)")
+                            "keep one row per time step (e.g. drop_duplicates or aggregate)",
+                            reason="duplicate_timestamp", column=self.time_col, rows=[int(rows[i + 1])])
         assert self.step_seconds is not None
         steps = np.rint((t - t[0]) / self.step_seconds).astype(np.int64)
         if (np.diff(steps) == 0).any():
             i = int(np.flatnonzero(np.diff(steps) == 0)[0])
             raise DataError(f"rows{what} at row {int(rows[i + 1])} are closer together than the model's step of "
                             f"{_duration(self.step_seconds)}; resample to that step (e.g. "
-                            f"df.resample('{int(self.step_seconds)}s', on='{self.time_col}').mean())")
+                            f"df.resample('{int(self.step_seconds)}s', on='{self.time_col}').mean())",
+                            reason="timestamps_too_close", column=self.time_col, rows=[int(rows[i + 1])])
         return steps
 
     # ------------------------------------------------------------------ columns
@@ -152,16 +156,20 @@ class SeriesFraming:
                 parsed = pd.to_datetime(pd.Series(raw), utc=True, format="mixed") if len(raw) else pd.Series([])
             except (ValueError, TypeError) as exc:
                 raise DataError(f"'{self.time_col}' holds values that are not timestamps ({exc}); send ISO 8601 "
-                                "text such as 2026-01-05T10:00:00Z") from None
+                                "text such as 2026-01-05T10:00:00Z", reason="invalid_timestamp",
+                                column=self.time_col) from None
             if parsed.isna().any():
                 row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-                raise DataError(f"'{self.time_col}' is missing at row {row}; every row needs a timestamp")
+                raise DataError(f"'{self.time_col}' is missing at row {row}; every row needs a timestamp",
+                                reason="missing_value", column=self.time_col, rows=[row])
             times = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
         if self.series_col is not None:
             raw = self._column(data, self.series_col)
             series = np.asarray([None if v is None else str(v) for v in raw], dtype=object)
             if any(v is None for v in series):
-                raise DataError(f"'{self.series_col}' is missing for some rows; every row needs a series id")
+                missing = [row for row, v in enumerate(series) if v is None]
+                raise DataError(f"'{self.series_col}' is missing at row {missing[0]}; every row needs a series id",
+                                reason="missing_value", column=self.series_col, rows=missing[:MAX_ROWS_NAMED_IN_ERRORS])
         else:
             series = np.full(n, ONE_SERIES, dtype=object)
         return times, series
@@ -169,16 +177,19 @@ class SeriesFraming:
     def _column(self, data: Any, name: str) -> Sequence[Any]:
         if isinstance(data, pd.DataFrame):
             if name not in data.columns:
-                raise DataError(f"column '{name}' is missing; the model was trained with it as its "
-                                f"{'time' if name == self.time_col else 'series'} column")
+                raise self._missing(name)
             return data[name].tolist() if name == self.series_col else data[name]
         if isinstance(data, Mapping):
             if name not in data:
-                raise DataError(f"column '{name}' is missing; the model was trained with it as its "
-                                f"{'time' if name == self.time_col else 'series'} column")
+                raise self._missing(name)
             return list(data[name])
         raise DataError(f"a model trained with the column '{name}' needs a table with named columns, "
-                        f"not a bare {type(data).__name__}")
+                        f"not a bare {type(data).__name__}", reason="missing_column", column=name)
+
+    def _missing(self, name: str) -> DataError:
+        return DataError(f"column '{name}' is missing; the model was trained with it as its "
+                         f"{'time' if name == self.time_col else 'series'} column", reason="missing_column",
+                         column=name)
 
     def _drop_keys(self, data: Any) -> Any:
         keys = [c for c in (self.time_col, self.series_col) if c is not None]

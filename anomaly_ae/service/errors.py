@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from anomaly_ae.exceptions import AnomalyAEError, DataError, ModelLoadError, SchemaError, ScoringError
+from anomaly_ae.exceptions import AnomalyAEError, DataError, ModelLoadError, ScoringError
 from anomaly_ae.service import metrics
 
 # Codes that count as input validation errors (the validation-error metric's reasons).
@@ -48,12 +48,10 @@ def error_response(error: ApiError) -> Response:
 
 def from_package_error(exc: AnomalyAEError) -> ApiError:
     """The package's own exceptions: bad input is the caller's to fix (4xx)."""
-    if isinstance(exc, SchemaError):
+    if isinstance(exc, DataError):
         return ApiError(422, exc.reason, str(exc), column=exc.column, rows=exc.rows or None)
     if isinstance(exc, ScoringError):
         return ApiError(422, "score_overflow", str(exc))
-    if isinstance(exc, DataError):
-        return ApiError(422, "invalid_data", str(exc))
     if isinstance(exc, ModelLoadError):
         return ApiError(503, "model_unavailable", str(exc), headers={"Retry-After": "5"})
     return ApiError(422, "invalid_request", str(exc))
