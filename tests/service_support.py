@@ -159,14 +159,47 @@ def one_id_per_sample(case):
     return case
 
 
-def fuzz_openapi(url: str, max_examples: int = 25) -> tuple[int, list[str]]:
+def series_in_time_order(time_col: str, series_col: str | None, step_seconds: float):
+    """A series model's rows must be in time order within each series, at most one per step, which JSON
+    Schema cannot say (the document says it in words): a generated valid body's timestamps are
+    replaced by consecutive steps of each series, in the order its rows come."""
+    import datetime as dt
+
+    start = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+
+    def fix(case):
+        body = case.body
+        if not isinstance(body, dict):
+            return case
+        if isinstance(body.get("records"), list):
+            rows, time_key, series_key = body["records"], time_col, series_col
+        elif isinstance(body.get("data"), list) and time_col in (body.get("columns") or []):
+            columns = body["columns"]
+            rows, time_key = body["data"], columns.index(time_col)
+            series_key = columns.index(series_col) if series_col in columns else None
+        else:
+            return case
+        steps: dict = {}
+        for row in rows:
+            series = row[series_key] if series_key is not None else None
+            key = str(int(series) if isinstance(series, float) and series.is_integer() else series)  # the server's id
+            steps[key] = steps.get(key, -1) + 1
+            row[time_key] = (start + dt.timedelta(seconds=step_seconds * steps[key])).isoformat()
+        return case
+
+    return fix
+
+
+def fuzz_openapi(url: str, max_examples: int = 25, series: dict | None = None) -> tuple[int, list[str]]:
     """schemathesis against the service at `url`: valid and invalid requests (bodies, query strings,
     headers) generated for every operation in /openapi.json, each response run through all of
     schemathesis' checks (no 5xx, only declared statuses, responses matching their schemas, valid
     data accepted and invalid data refused) and through one more: every scored row has a finite
     score. The document describes the served model's columns, so generated "valid" bodies are valid
     for the model too. Returns (requests sent, one line per failing operation and mode); hypothesis
-    stops an operation at its first failure, after shrinking it. Derandomised: the same cases each run."""
+    stops an operation at its first failure, after shrinking it. Derandomised: the same cases each run.
+    `series`: a series model's contract (GET /v1/model's `series`): valid bodies get their timestamps
+    in time order (`series_in_time_order`)."""
     import math
 
     import schemathesis
@@ -194,6 +227,9 @@ def fuzz_openapi(url: str, max_examples: int = 25) -> tuple[int, list[str]]:
             strategy = operation.as_strategy(generation_mode=mode)
             if mode is GenerationMode.POSITIVE and operation.path == "/v1/score":
                 strategy = strategy.map(one_id_per_sample)
+                if series is not None and series.get("time_col") is not None:
+                    strategy = strategy.map(series_in_time_order(series["time_col"], series["series_col"],
+                                                                 series["step_seconds"]))
 
             @given(strategy)
             @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),

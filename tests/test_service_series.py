@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service_support import ADMIN_KEY, SCORE, SCORE_KEY, assert_error, in_process, metric_value, until
+from service_support import (ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, Service, assert_error, fuzz_openapi, in_process,
+                             metric_value, until)
 
 from anomaly_ae import Detector, SeriesDetector
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
@@ -236,7 +237,13 @@ async def test_bad_series_input_is_a_clear_4xx_and_an_unknown_series_a_note(seri
         assert not any("training data" in "; ".join(r["notes"]) for r in results[2:])
         # integer series ids are ids too
         numbered = [r | {"host": 7} for r in good[:12]]
-        assert (await score(client, {"records": numbered, "score_last": 1})).status_code == 200
+        as_int = await score(client, {"records": numbered, "score_last": 1})
+        assert as_int.status_code == 200
+        # 7.0 is the integer 7 in JSON Schema (and some encoders write it so): the same series, not a new one
+        as_float = await score(client, {"records": [r | {"host": 7.0} for r in good[:12]], "score_last": 1})
+        assert as_float.status_code == 200 and as_float.json()["results"] == as_int.json()["results"]
+        error = assert_error(await score(client, {"records": [r | {"host": 7.5} for r in good[:12]]}), 422, "dtype")
+        assert error["column"] == "host"
 
 
 async def test_a_row_model_refuses_score_last_and_documents_none(row_model):
@@ -376,3 +383,20 @@ async def test_the_example_stream_client_replays_a_stream_as_scored_offline(seri
     np.testing.assert_allclose([r["score"] for r in results], expected["score"], rtol=1e-5)
     assert [r["alert"] for r in results] == expected["alert"].tolist()
     assert [r["page"] for r in results] == expected["alert"].tolist()  # cooldown 0: every alert pages
+
+
+async def test_schemathesis_finds_nothing_against_a_real_series_service(series_model, tmp_path):
+    """schemathesis' checks on every operation of a real `anomaly-ae serve` with a series model: what the
+    OpenAPI document says the server accepts, it accepts (valid bodies' timestamps put in time order per
+    series, which JSON Schema cannot say), and what it refuses, it refuses with a declared 4xx."""
+    def run() -> tuple[int, list[str]]:
+        service = Service(series_model, workers=1, log=tmp_path / "log")
+        try:
+            service.wait_ready()
+            info = httpx.get(f"{service.url}/v1/model", headers=ADMIN, timeout=30).json()
+            return fuzz_openapi(service.url, max_examples=20, series=info["series"])
+        finally:
+            service.stop()
+
+    calls, errors = await asyncio.to_thread(run)
+    assert calls > 50 and errors == [], "\n\n".join(errors)

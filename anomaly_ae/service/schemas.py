@@ -298,9 +298,10 @@ def model_request_schema(parser: ScoreRequestParser, columns: list[dict[str, Any
     if series is not None:
         keys = {}
         if series.get("time_col") is not None:
-            keys[series["time_col"]] = {"type": "string", "description": "Timestamp as ISO 8601 text (e.g. "
-                                                                       "2026-01-05T10:00:00Z); each series in "
-                                                                       "time order."}
+            keys[series["time_col"]] = {"type": "string", "format": "date-time",
+                                        "description": "Timestamp as ISO 8601 text (e.g. 2026-01-05T10:00:00Z), "
+                                                       "years 1678 to 2261; each series in time order, one row "
+                                                       "per step at most."}
         if series.get("series_col") is not None:
             keys[series["series_col"]] = {"type": ["string", "integer"], "minimum": -2 ** 63,
                                           "maximum": 2 ** 63 - 1, "description": "Series id (e.g. a host)."}

@@ -77,6 +77,10 @@ class Scorer:
                 bad = [i for i, v in enumerate(values) if type(v) is not str]
                 expected = "timestamps as ISO 8601 text (e.g. 2026-01-05T10:00:00Z)"
             else:
+                if any(type(v) is float for v in values):
+                    # JSON Schema's integers include 5.0, and JSON encoders may write one so: the id 5
+                    values = columns[name] = [int(v) if type(v) is float and v.is_integer() and abs(v) < 2 ** 63
+                                              else v for v in values]
                 bad = [i for i, v in enumerate(values) if type(v) not in (str, int)]
                 expected = "series ids as text or integers"
             if bad:
