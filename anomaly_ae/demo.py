@@ -281,22 +281,22 @@ def series_story(out_dir: Path, env: dict[str, str]) -> dict[str, Any]:
                   for name in names}
     table.add_row("normal steps flagged", "", str(int(normal.sum())),
                   *(f"{flagged[name][normal].mean():.1%}" for name in names))
-    table.add_row("false-alarm runs (flagged runs of normal steps)", "", "",
+    table.add_row("false-alarm runs", "", "",
                   *(str(false_runs[name]) for name in names))
     console.print(table)
 
-    rule = ("the first incident in time of a kind that stays in range row by row that the series detector finds "
-            "and the row-by-row default does not (found as in the table)")
+    rule = ("the first in time, of the kinds that stay in range row by row, that the series detector finds and the "
+            "row-by-row default does not")
     pick = next((i for i, incident in enumerate(incidents)
                  if incident[2] in WINDOW_ONLY_KINDS and found["series"][i] and not found["rows"][i]), None)
     if pick is not None:
         when, host, kind, a, b = incidents[pick]
-        console.print(f"One incident, picked as {rule}: {host}, {kind}, {when:%Y-%m-%d %H:%M} to "
+        console.print(f"One incident, picked by the rule '{rule}': {host}, {kind}, {when:%Y-%m-%d %H:%M} to "
                       f"{rest.ts.iloc[b]:%Y-%m-%d %H:%M} ({b - a + 1} steps): the series detector flags "
-                      f"{int(flagged['series'][a:b + 1].sum())} of its steps, the row-by-row default none that it "
-                      "would not flag without the incident.")
+                      f"{int(flagged['series'][a:b + 1].sum())} of its steps; the row-by-row default flags none of them "
+                      "that it does not also flag without the incident.")
     else:
-        console.print(f"No incident fits the rule ({rule}).")
+        console.print(f"No incident fits the rule '{rule}'.")
     for name, other in (("series", "rows"), ("rows", "series")):
         only = [incidents[i] for i in found[name] if found[name][i] and not found[other][i]]
         listed = "; ".join(f"{host} {kind} from {when:%m-%d %H:%M}" for when, host, kind, _, _ in only)
