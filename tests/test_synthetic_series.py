@@ -1,5 +1,6 @@
 """The time-series telemetry generator: shape, grid, labels, seasonality, and that the
-window-only anomaly kinds are plausible row by row yet visible over a window."""
+window-only anomaly kinds are plausible row by row (three of them by construction) yet visible
+over a window."""
 
 import numpy as np
 import pandas as pd
@@ -10,13 +11,13 @@ from anomaly_ae.data.synthetic_series import (
     SERIES_LABEL_COLUMNS,
     SERIES_METRIC_COLUMNS,
     TEMPORAL_ANOMALY_KINDS,
+    WINDOW_ONLY_KINDS,
     make_series_telemetry,
     split_history,
 )
 
 METRICS = list(SERIES_METRIC_COLUMNS)
 DAY = 288  # 5-minute steps per day
-WINDOW_ONLY = ("stuck_value", "broken_seasonality", "decoupling")
 
 
 @pytest.fixture(scope="module")
@@ -145,26 +146,40 @@ def test_window_only_kinds_push_no_value_out_of_the_normal_range(frame, clean):
         outside_clean.append(((control[METRICS] < lo) | (control[METRICS] > hi)).to_numpy())
         kinds.append(series["anomaly_kind"].to_numpy())
     outside, outside_clean, kinds = map(np.concatenate, (outside, outside_clean, kinds))
-    for kind in WINDOW_ONLY:
+    for kind in WINDOW_ONLY_KINDS:
         rows = kinds == kind
         assert outside[rows].mean() <= outside_clean[rows].mean() + 0.03, kind
     spikes = kinds == "spike"
     assert outside[spikes].any(axis=1).all() and not outside_clean[spikes].any(axis=1).all()
 
 
-def test_stuck_value_is_in_range_and_flat_over_a_window(frame):
+def test_stuck_value_repeats_a_normal_row_and_is_flat_over_a_window(frame):
     for series in hosts(frame):
-        lo, hi = normal_range(series)
         (first, end), = segments(series, "stuck_value")
-        stuck = series.iloc[first:end]
-        frozen = [c for c in METRICS if stuck[c].nunique() == 1]
-        assert len(frozen) == 1
-        assert lo[frozen[0]] < stuck[frozen[0]].iloc[0] < hi[frozen[0]]
-        # Windowed: the range over 6 steps is exactly 0 for the stuck metric, never on normal rows.
+        # The exporter repeats its last reading: every row of the range is the normal row before it,
+        # so a row-by-row model scores each exactly as that normal row.
+        assert series.loc[first - 1, "is_anomaly"] == 0
+        stuck = series.loc[first:end - 1, METRICS].to_numpy()
+        assert (stuck == series.loc[first - 1, METRICS].to_numpy(dtype=float)).all()
+        # Windowed: the range over 6 steps is exactly 0 in the stuck range, never on normal rows.
         spread = series[METRICS].rolling(6).max() - series[METRICS].rolling(6).min()
-        assert (spread[frozen[0]].iloc[first + 5:end] == 0).all()
+        assert (spread.iloc[first + 5:end] == 0).all().all()
         normal_windows = series["is_anomaly"].rolling(6).max() == 0
         assert (spread[normal_windows] > 0).all().all()
+
+
+def test_variance_change_flaps_step_to_step(frame, clean):
+    """Traffic or memory swings against itself: its step-to-step changes at least double, against
+    the same steps without the anomaly, while (test above) its values stay in the normal range."""
+    for series, control in zip(hosts(frame), hosts(clean)):
+        (first, end), = segments(series, "variance_change")
+        rows = slice(first + 1, end)
+        changed = {c: not np.array_equal(series[c].iloc[rows], control[c].iloc[rows]) for c in METRICS}
+        # Requests carry what follows them (memory among it); flapping memory moves nothing else.
+        metric = "requests_per_s" if changed["requests_per_s"] else "mem_util_pct"
+        assert changed[metric] and (metric == "requests_per_s" or sum(changed.values()) == 1)
+        step = series[metric].diff().abs().iloc[rows].median()
+        assert step > 2 * control[metric].diff().abs().iloc[rows].median(), metric
 
 
 def test_broken_seasonality_shows_against_the_previous_day(frame):

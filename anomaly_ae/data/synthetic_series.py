@@ -6,9 +6,12 @@ CPU) with AR(1) noise. A nightly batch window is a recurring, normal regime in w
 jumps and CPU follows the batch job instead of requests. Hosts are alike but differ in scale.
 
 Anomalies are contiguous ranges of steps, all after the first :data:`CLEAN_FRACTION` of each
-host's series, so that prefix can train a detector (:func:`split_history`). Three kinds
-(stuck_value, broken_seasonality, decoupling) keep every value plausible on its own: only a window
-of rows shows them, which is what a time-series detector must add over a row-by-row one.
+host's series, so that prefix can train a detector (:func:`split_history`). Three kinds are
+invisible row by row by construction: every row of a stuck_value range is a normal row again,
+every row of broken_seasonality is a normal row of another hour, and every row of variance_change
+is drawn from the same law as a normal row at that time; only a window of rows shows them, which is
+what a time-series detector must add over a row-by-row one. decoupling keeps every value plausible
+on its own but loosens a link between metrics, which a row can show a little.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ TEMPORAL_ANOMALY_KINDS: tuple[str, ...] = (
     "level_shift", "spike", "stuck_value", "slow_drift", "broken_seasonality", "variance_change",
     "decoupling",
 )
+# Kinds that keep every reading in its normal range, so only a window of rows shows them; the first
+# three are invisible row by row by construction (see the module docstring).
+WINDOW_ONLY_KINDS: tuple[str, ...] = ("stuck_value", "broken_seasonality", "variance_change", "decoupling")
 CLEAN_FRACTION = 0.4  # each host's first 40% of steps never holds an anomaly
 
 # AR(1) noise channels: (stationary sd, phi). "req" and "alt" multiply traffic (log scale); "alt"
@@ -45,6 +51,9 @@ _SPIKE = ("requests_per_s", "latency_ms", "error_rate_pct", "disk_io_mb_s", "net
 _DRIFT = ("mem_util_pct", "latency_ms", "temperature_c", "disk_io_mb_s")  # leaks, slow degradation
 _DECOUPLED = ("cpu_util_pct", "net_in_mb_s")  # the metrics that follow requests
 _PERCENT = [_COL[c] for c in ("cpu_util_pct", "mem_util_pct", "error_rate_pct")]
+# variance_change: the metric whose own noise channel starts to flap (requests carry the metrics
+# that follow them along), chosen among those whose noise is a visible part of their movement.
+_FLAPPING = {"requests_per_s": "req", "mem_util_pct": "mem_slow"}
 
 
 def make_series_telemetry(n_steps: int = 2880, n_hosts: int = 3, *, step: str = "5min",
@@ -65,14 +74,19 @@ def make_series_telemetry(n_steps: int = 2880, n_hosts: int = 3, *, step: str = 
     Anomaly kinds (``sd``: the metric's standard deviation over the host's clean prefix):
         level_shift: one metric is multiplied or divided by 1.3-1.6 for 2-5 hours.
         spike: one unbounded metric jumps 5-8 sd for 1-3 steps.
-        stuck_value: one metric repeats one value for 2-4 hours, a value between the 10th and
-            90th percentile of its clean prefix (an exporter repeating its last reading).
+        stuck_value: for 2-4 hours the host's exporter repeats its last reading: every metric
+            keeps the values of the normal step before the range, so each row is a normal row.
         slow_drift: one metric ramps up to 1.5-2.5 sd over 6-10 hours, then drops back (a leak
             and a restart).
-        variance_change: one metric gets 3-5 times its step-to-step noise for 2-4 hours.
-        broken_seasonality: for 6-9 hours traffic follows the day curve of 11-13 hours later
-            (night traffic by day or the reverse) and the batch job does not run; every metric
-            follows, so rows stay consistent and in range, and only the time of day is wrong.
+        variance_change: for 2-4 hours traffic or memory flaps: its noise keeps its usual size
+            but swings against itself from step to step (AR(1) with coefficient -0.6 to -0.9
+            instead of wandering slowly), so each reading is as likely as ever while the
+            step-to-step changes are 2-10 times their usual size; the metrics that follow
+            requests flap with them.
+        broken_seasonality: for 6-9 hours the host's daily pattern (traffic, the cooling
+            schedule) follows the clock of 11-13 hours later (night traffic by day or the
+            reverse) and the batch job does not run; every metric follows, so each row is a
+            normal row of another hour and only the time of day is wrong.
         decoupling: for 3-5 hours CPU or net_in follows its usual level at that time but no
             longer the actual requests: each row is plausible, their movements are unrelated.
     """
@@ -173,7 +187,17 @@ def _host_values(rng: np.random.Generator, rng_anomaly: np.random.Generator,
     batch = ((hours >= batch_start[day]) & (hours < batch_end[day])).astype(float)
 
     # Temporal anomalies that act on causes, before the metrics are derived from them.
-    traffic_hours = hours.copy()  # the clock traffic follows; ambient heat keeps the real one
+    # The clock the host's daily pattern follows (traffic, the batch job, the cooling schedule).
+    traffic_hours = hours.copy()
+    for kind, lo, hi in plan:
+        if kind == "variance_change":
+            # Same stationary law, negative memory: each reading is as likely as ever, consecutive
+            # ones swing against each other (step-to-step changes 3-14 times the usual size).
+            channel = _FLAPPING[list(_FLAPPING)[rng_anomaly.integers(len(_FLAPPING))]]
+            sd, phi = _NOISE[channel][0], -rng_anomaly.uniform(0.6, 0.9)
+            shocks = rng_anomaly.standard_normal(hi - lo) * sd * math.sqrt(1 - phi ** 2)
+            for t in range(lo + 1, hi):
+                noise[channel][t] = phi * noise[channel][t - 1] + shocks[t - lo]
     follow = {column: noise["req"].copy() for column in _DECOUPLED}
     for kind, lo, hi in plan:
         if kind == "broken_seasonality":
@@ -198,18 +222,15 @@ def _host_values(rng: np.random.Generator, rng_anomaly: np.random.Generator,
         "error_rate_pct": (0.1 + 0.8 * (cpu / 100) ** 3) * np.exp(noise["err"]),
         "disk_io_mb_s": 25 * scale + 12 * load + batch_work + noise["disk"],
         "net_in_mb_s": 0.09 * expected * np.exp(follow["net_in_mb_s"]) + noise["net"],
-        "temperature_c": 28 + 1.5 * np.cos(2 * np.pi * (hours - 15) / 24) + 0.25 * cpu + noise["temp"],
+        "temperature_c": 28 + 1.5 * np.cos(2 * np.pi * (traffic_hours - 15) / 24) + 0.25 * cpu + noise["temp"],
     }
     values = np.column_stack([metrics[column] for column in METRIC_COLUMNS])
 
     # Anomalies that act on one metric's readings, sized by that metric's spread in the clean prefix.
     clean = values[: math.ceil(CLEAN_FRACTION * n)]
-    # jitter: the typical step-to-step change on a log scale (so extra noise scales with the level
-    # and keeps readings > 0), robust to the jumps where the batch window starts and ends.
     spread = clean.std(axis=0)
-    jitter = 1.4826 * np.median(np.abs(np.diff(np.log(np.maximum(clean, 1e-3)), axis=0)), axis=0)
     for kind, lo, hi in plan:
-        if kind in ("broken_seasonality", "decoupling"):
+        if kind in ("broken_seasonality", "decoupling", "stuck_value", "variance_change"):
             continue
         pick = _SPIKE if kind == "spike" else _DRIFT if kind == "slow_drift" else METRIC_COLUMNS
         col = _COL[pick[rng_anomaly.integers(len(pick))]]
@@ -220,12 +241,10 @@ def _host_values(rng: np.random.Generator, rng_anomaly: np.random.Generator,
             values[lo:hi, col] += rng_anomaly.uniform(5.0, 8.0) * spread[col]
         elif kind == "slow_drift":
             values[lo:hi, col] += np.linspace(0.0, rng_anomaly.uniform(1.5, 2.5) * spread[col], hi - lo)
-        elif kind == "variance_change":
-            noisier = rng_anomaly.uniform(3.0, 5.0) * jitter[col]
-            values[lo:hi, col] *= np.exp(rng_anomaly.normal(0.0, noisier, hi - lo))
-        elif kind == "stuck_value":
-            # Frozen inside the normal range: an extreme frozen value would be a row-wise outlier.
-            values[lo:hi, col] = np.clip(values[lo, col], *np.quantile(clean[:, col], [0.1, 0.9]))
+    for kind, lo, hi in plan:
+        if kind == "stuck_value":
+            # The exporter repeats its last reading, every metric: each row is that normal row again.
+            values[lo:hi] = values[lo - 1]
 
     values = np.clip(values, 0.0, None)
     values[:, _PERCENT] = np.clip(values[:, _PERCENT], 0.0, 100.0)
