@@ -25,6 +25,7 @@ from prometheus_support import PROM_DIR, panel_query, prometheus, render
 from service_support import SCORE, Service, free_port, metric_value, train_model
 
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
+from anomaly_ae.service.middleware import METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -192,12 +193,30 @@ def send_traffic(service: Service, columns: list[str]) -> dict:
     return sent
 
 
+SCORE_REQUESTS = 'sum by (status) (anomaly_ae_http_requests_total{job="anomaly-ae", route="/v1/score"})'
+
+
+def service_counts(service: Service) -> tuple[float, dict[str, float]]:
+    """(rows scored, POST /v1/score requests by status class) as the service counts them now."""
+    text = httpx.get(f"{service.url}/metrics", timeout=30).text
+    requests = {status: sum(metric_value(text, "anomaly_ae_http_requests_total", route="/v1/score", method=method,
+                                         status=status) for method in (*METHODS, "OTHER"))
+                for status in ("2xx", "4xx", "5xx")}
+    return metric_value(text, "anomaly_ae_rows_scored_total"), {k: v for k, v in requests.items() if v}
+
+
 def settled(service: Service, prom: Prometheus, rows_query: str) -> float:
-    """The service's rows-scored total once Prometheus has scraped all of it (earlier tests' traffic
-    included), and the time of that sample."""
-    total = metric_value(httpx.get(f"{service.url}/metrics", timeout=30).text, "anomaly_ae_rows_scored_total")
-    wait_until(lambda: prom.value(rows_query) == total, what="Prometheus to see every row scored so far")
-    return total
+    """The service's rows-scored total once Prometheus has scraped all of it and every scoring request
+    (earlier tests' traffic included). A request is counted just after its response is sent, so the
+    service's own counters are read again after Prometheus caught up, until they have not moved."""
+    deadline = time.monotonic() + 60
+    while True:
+        rows, requests = service_counts(service)
+        wait_until(lambda: prom.value(rows_query) == rows and prom.by(SCORE_REQUESTS, "status") == requests,
+                   what="Prometheus to see every row and request counted so far")
+        if service_counts(service) == (rows, requests):
+            return rows
+        assert time.monotonic() < deadline, "the service's counters kept moving with no traffic sent"
 
 
 def test_dashboard_queries_report_the_traffic_sent(stack):
