@@ -44,8 +44,9 @@ Format = Literal["csv", "parquet"]
 _SUFFIXES: dict[str, Format] = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(_SUFFIXES)
 
-# What pandas and pyarrow raise for content that is not the format its name promises.
+
 def _content_errors(fmt: Format) -> tuple[type[Exception], ...]:
+    """What pandas and pyarrow raise for content that is not the format its name promises."""
     if fmt == "parquet":
         return (_arrow()[0].ArrowException,)
     return (pd.errors.ParserError, UnicodeDecodeError, gzip.BadGzipFile, zlib.error, EOFError)
@@ -58,6 +59,8 @@ def _arrow() -> tuple[Any, Any]:
     import pyarrow.parquet
 
     return pyarrow, pyarrow.parquet
+
+
 _CONTENT_HINTS: dict[Format, str] = {
     "csv": "check that it is UTF-8, comma-separated text with the same number of fields on every line",
     "parquet": "the file may be truncated or not Parquet at all; re-export it",
