@@ -60,12 +60,16 @@ class Calibration:
         """normal below the threshold; above it, by how many threshold-to-median gaps it lies beyond
         the typical normal score: <2 low, <4 medium, <8 high, else critical."""
         scores = np.asarray(scores, dtype=np.float64)
-        median = float(np.median(self.reference_scores))
+        median = self._median()
         gap = max(self.threshold - median, 1e-12)
         ratio = (scores - median) / gap
         level = np.searchsorted(np.array([2.0, 4.0, 8.0]), ratio, side="right") + 1
         level = np.where(scores > self.threshold, level, 0)
         return np.asarray(SEVERITY_LEVELS, dtype=object)[level]
+
+    def _median(self) -> float:
+        ref = self.reference_scores  # sorted (as p_values assumes too): no partition on every call
+        return float((ref[(len(ref) - 1) // 2] + ref[len(ref) // 2]) / 2)
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "target_fpr": self.target_fpr,
@@ -96,8 +100,11 @@ class AlertRule:
 
     def apply(self, flags: np.ndarray) -> np.ndarray:
         """Bool per step: an alert fires at this step."""
+        flags = np.asarray(flags)
+        if np.count_nonzero(flags) < self.min_steps:  # no window can hold min_steps flags (the usual case)
+            return np.zeros(len(flags), dtype=bool)
         state = self.start()
-        return np.array([state.step(bool(f)) for f in np.asarray(flags).tolist()], dtype=bool)
+        return np.array([state.step(bool(f)) for f in flags.tolist()], dtype=bool)
 
     def start(self) -> "AlertState":
         """The rule's state for one series, fed one flag per step (a stream processor's form of `apply`)."""

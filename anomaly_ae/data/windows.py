@@ -99,6 +99,11 @@ class SeriesFraming:
                 for row in rows.tolist():
                     notes[row].append(f"series {name!r} was not in the training data; scored with the shared model")
             start = len(source)
+            if len(rows) < 2 or (np.diff(steps) == 1).all():  # no gap (the usual case): one step per row
+                position[rows] = np.arange(start, start + len(rows))
+                source.extend(rows.tolist())
+                segment_start.extend([start] * len(rows))
+                continue
             for j, row in enumerate(rows):
                 missing = 0 if j == 0 else int(steps[j] - steps[j - 1] - 1)
                 if missing > self.max_gap:
