@@ -98,6 +98,9 @@ def train(
                                                         "windows never cross them."),
     window: Optional[str] = typer.Option(None, help="Steps per window of a series model, or 'auto' (the history's "
                                                     "dominant period); default 32."),
+    covariates: Optional[str] = typer.Option(None, help="Series models: calendar inputs read from --time-col, "
+                                                        "comma-separated: time_of_day, day_of_week (for daily or "
+                                                        "weekly patterns)."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels)."),
     epochs: int = typer.Option(200, help="Maximum training epochs (early stopping usually ends sooner)."),
@@ -195,7 +198,7 @@ def train(
     kept = (f"the checkpoints in {checkpoint_dir} are kept: rerun with --resume to continue" if checkpoint_dir
             else "no model was saved")
     with _clean_exit_on_signals(kept):
-        if time_col is None and series_col is None and window is None:
+        if time_col is None and series_col is None and window is None and covariates is None:
             model = model or "hybrid"
             detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
                                 score=score, random_state=seed, device=device, verbose=progress).fit(
@@ -207,7 +210,7 @@ def train(
                 raise DataError("--augment adds independent rows; it does not apply to series models")
             model = model or DEFAULT_SERIES_MODEL
             detector = SeriesDetector(model=model, window=_window(window), time_col=time_col, series_col=series_col,
-                                      target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
+                                      covariates=tuple(_split_list(covariates)), target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
                                       random_state=seed, device=device, verbose=progress).fit(X, checkpoint=checkpoint)
             stats = detector.alert_stats_
             per_day = f"{stats['alerts_per_day']:.2f} per day" if "alerts_per_day" in stats else \

@@ -18,7 +18,7 @@ from anomaly_ae.calibration import Calibration
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.estimators import Estimator, require_fitted
-from anomaly_ae.exceptions import DataError
+from anomaly_ae.exceptions import DataError, InvalidParameterError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input
 from anomaly_ae.models import DETECTOR_MODELS, DetectorModel, build_model
 from anomaly_ae.models.neighbors import NearestNeighbors, kmeans_prototypes
@@ -178,7 +178,7 @@ class Detector(Estimator):
             score = self.score or probe.score_types[0]
             check_score_type(probe, score)
         elif self.score not in (None, NEIGHBOR_SCORE):
-            raise ValueError(f"score {self.score!r} is not available for model {self.model!r}; it scores by "
+            raise InvalidParameterError(f"score {self.score!r} is not available for model {self.model!r}; it scores by "
                              f"{NEIGHBOR_SCORE!r} only")
         else:
             score = NEIGHBOR_SCORE
@@ -212,21 +212,21 @@ class Detector(Estimator):
 
     def _validate_params(self) -> None:
         if self.model not in self._models:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(self._models)}")
+            raise InvalidParameterError(f"unknown model {self.model!r}; choose one of {', '.join(self._models)}")
         if not 0.0 < self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+            raise InvalidParameterError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 < self.target_fpr < 1.0:
-            raise ValueError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+            raise InvalidParameterError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.neighbor_reference not in ("rows", "prototypes"):
-            raise ValueError(f"neighbor_reference must be 'rows' or 'prototypes', got {self.neighbor_reference!r}")
+            raise InvalidParameterError(f"neighbor_reference must be 'rows' or 'prototypes', got {self.neighbor_reference!r}")
         if isinstance(self.n_prototypes, bool) or not isinstance(self.n_prototypes, (int, np.integer)) \
                 or self.n_prototypes < 1:
-            raise ValueError(f"n_prototypes must be an integer >= 1, got {self.n_prototypes!r}")
+            raise InvalidParameterError(f"n_prototypes must be an integer >= 1, got {self.n_prototypes!r}")
         networks = self._models[self.model].spec is not None
         if networks and self._resolved("n_estimators") < 1:
-            raise ValueError(f"n_estimators must be >= 1, got {self.n_estimators}")
+            raise InvalidParameterError(f"n_estimators must be >= 1, got {self.n_estimators}")
         if self._resolved("neighbors") < (0 if networks else 1):
-            raise ValueError(f"neighbors must be >= {0 if networks else 1} for model {self.model!r}, "
+            raise InvalidParameterError(f"neighbors must be >= {0 if networks else 1} for model {self.model!r}, "
                              f"got {self.neighbors}")
 
     def _resolved(self, name: str) -> int:

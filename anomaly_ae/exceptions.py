@@ -11,6 +11,11 @@ class AnomalyAEError(Exception):
     """Base class for every error this package raises on purpose."""
 
 
+class InvalidParameterError(AnomalyAEError, ValueError):
+    """An estimator's parameter is invalid (a ValueError, as scikit-learn's contract expects, that the
+    CLI prints as one line)."""
+
+
 class DataError(AnomalyAEError, ValueError):
     """Input data cannot be used: empty, unreadable, wrong format or too few rows.
 

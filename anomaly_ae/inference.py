@@ -105,13 +105,18 @@ class InferencePath:
         self.framing = framing
         self.sequence = sequence
         self.alert_rule = alert_rule
-        self.feature_names = _feature_names(schema)
+        covariates = list(framing.covariates) if framing is not None else []
+        # explanations name the input columns, then each calendar covariate (its sin and cos together)
+        self.feature_names = _feature_names(schema) + covariates
         self._names = np.asarray(self.feature_names, dtype=object)
         # (model inputs x input columns): a categorical column's share sums over its one-hot group
         if schema.image is None:
-            self._groups: np.ndarray | None = np.zeros((preprocessor.n_outputs, len(schema.names)))
+            n_inputs = preprocessor.n_outputs
+            self._groups: np.ndarray | None = np.zeros((n_inputs + 2 * len(covariates), len(self.feature_names)))
             for j, name in enumerate(schema.names):
                 self._groups[preprocessor.groups[name], j] = 1.0
+            for i in range(len(covariates)):
+                self._groups[n_inputs + 2 * i: n_inputs + 2 * i + 2, len(schema.names) + i] = 1.0
         else:
             self._groups = None  # a pixel is its own feature
         self._known = {name: frozenset(b for b in buckets if b != UNKNOWN)
@@ -150,7 +155,8 @@ class InferencePath:
         if layout is None:
             scores, contributions = self.scorer.score(x)
         else:
-            scores, contributions, steps = self.score_windows(x, layout, keep_steps=step_shares, rows=rows)
+            scores, contributions, steps = self.score_windows(series_input(x, layout), layout,
+                                                              keep_steps=step_shares, rows=rows)
         bad = ~np.isfinite(scores)
         if bad.any():
             bad_rows = np.flatnonzero(bad)[:5].tolist()
@@ -272,6 +278,11 @@ def model_input(preprocessor: Preprocessor, schema: Schema, checked: Any) -> np.
         image = schema.image
         return x.reshape(len(x), image.channels, image.height, image.width)
     return x
+
+
+def series_input(x: np.ndarray, layout: SeriesLayout) -> np.ndarray:
+    """A series model's input rows: the preprocessed columns, then the layout's calendar covariates."""
+    return x if layout.covariates is None else np.hstack([x, layout.covariates.astype(x.dtype, copy=False)])
 
 
 def _feature_names(schema: Schema) -> list[str]:

@@ -18,10 +18,10 @@ import pandas as pd
 from anomaly_ae.calibration import AlertRule, Calibration
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.data.windows import SeriesFraming, SeriesLayout, dominant_period
+from anomaly_ae.data.windows import SeriesFraming, SeriesLayout, check_covariates, dominant_period
 from anomaly_ae.detector import Detector, _take
-from anomaly_ae.exceptions import DataError
-from anomaly_ae.inference import InferencePath, model_input
+from anomaly_ae.exceptions import DataError, InvalidParameterError
+from anomaly_ae.inference import InferencePath, model_input, series_input
 from anomaly_ae.models import SERIES_MODELS, DetectorModel
 from anomaly_ae.scoring import ModelScorer
 from anomaly_ae.training import Checkpointing
@@ -48,6 +48,10 @@ class SeriesDetector(Detector):
         `max_gap` steps are filled with the last value, longer ones restart the window (noted).
     series_col : the entity column (host, sensor): one model learns all series, windows never
         cross them, and each series' tail is held out for calibration.
+    covariates : calendar inputs read from `time_col`, for metrics with daily or weekly patterns:
+        "time_of_day" and/or "day_of_week", each added to every step as a point on the unit circle
+        (sin, cos), so a window is judged against normal windows at the same time of day (a night
+        pattern by day is then anomalous). Explanations name them like columns. Default: none.
     alert_min_steps, alert_within, alert_cooldown : the alert rule: an alert fires when at least
         `alert_min_steps` of the last `alert_within` steps are above the threshold, then stays
         quiet for `alert_cooldown` steps.
@@ -56,7 +60,8 @@ class SeriesDetector(Detector):
     _models: ClassVar[dict[str, DetectorModel]] = SERIES_MODELS
 
     def __init__(self, model: str = DEFAULT_SERIES_MODEL, *, window: int | str = DEFAULT_WINDOW, time_col: str | None = None,
-                 series_col: str | None = None, max_gap: int = 3, alert_min_steps: int = 3,
+                 series_col: str | None = None, covariates: Sequence[str] = (), max_gap: int = 3,
+                 alert_min_steps: int = 3,
                  alert_within: int = 5, alert_cooldown: int = 12,
                  latent_dim: int | None = None, hidden_dims: Sequence[int] | None = None, score: str | None = None,
                  n_estimators: int | None = None, epochs: int = 100, batch_size: int | None = None,
@@ -77,6 +82,7 @@ class SeriesDetector(Detector):
         self.window = window
         self.time_col = time_col
         self.series_col = series_col
+        self.covariates = covariates
         self.max_gap = max_gap
         self.alert_min_steps = alert_min_steps
         self.alert_within = alert_within
@@ -92,7 +98,8 @@ class SeriesDetector(Detector):
             checkpoint.prepare()
         if isinstance(X, np.ndarray) and X.ndim != 2:
             raise DataError(f"expected a DataFrame or a 2-D array (steps x metrics), got shape {X.shape}")
-        framing = SeriesFraming(1, self.time_col, self.series_col, self.max_gap).learn(X)
+        framing = SeriesFraming(1, self.time_col, self.series_col, self.max_gap,
+                                covariates=self.covariates).learn(X)
         metrics, layout = framing.split(X)
         schema = Schema.infer(metrics)
         checked, _ = schema.check(metrics)
@@ -100,6 +107,7 @@ class SeriesDetector(Detector):
         pre = Preprocessor(self.max_categories, flags_as_indicators=True).fit(_take(checked, train_rows), schema)
         x = model_input(pre, schema, checked)
         framing.window = self._resolve_window(x[train_rows])
+        x = series_input(x, layout)
         windows = layout.windows(framing.window)
         sequence = self._models[self.model].sequence
 
@@ -170,9 +178,10 @@ class SeriesDetector(Detector):
     def _validate_params(self) -> None:
         super()._validate_params()
         if self.window != "auto" and (not isinstance(self.window, (int, np.integer)) or self.window < 1):
-            raise ValueError(f"window must be a positive number of steps or 'auto', got {self.window!r}")
+            raise InvalidParameterError(f"window must be a positive number of steps or 'auto', got {self.window!r}")
         if int(self.max_gap) < 0:
-            raise ValueError(f"max_gap must be >= 0 steps, got {self.max_gap}")
+            raise InvalidParameterError(f"max_gap must be >= 0 steps, got {self.max_gap}")
+        check_covariates(self.covariates, self.time_col)
 
     def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
         self.scorer_, self.calibration_, self.threshold_ = scorer, calibration, calibration.threshold
@@ -180,7 +189,7 @@ class SeriesDetector(Detector):
         self.inference_ = InferencePath(self.schema_, self.preprocessor_, scorer, calibration,
                                         framing=self.framing_, sequence=self._models[self.model].sequence,
                                         alert_rule=self.alert_rule_)
-        self.n_features_in_ = len(self.inference_.feature_names)
+        self.n_features_in_ = len(self.schema_.names)  # input columns; feature_names_ adds the covariates
 
     # ------------------------------------------------------------------ scoring
     def explain_steps(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ class StreamContract:
     max_gap: int
     alert_rule: AlertRule
     n_known_series: int
+    covariates: tuple[str, ...] = ()
 
     @property
     def context_rows(self) -> int:
@@ -61,12 +62,13 @@ class StreamContract:
         rule = path.alert_rule or AlertRule(1, 1, 0)
         return cls(window=int(framing.window), time_col=framing.time_col, series_col=framing.series_col,
                    step_seconds=framing.step_seconds, max_gap=int(framing.max_gap), alert_rule=rule,
-                   n_known_series=len(framing.known_series))
+                   n_known_series=len(framing.known_series), covariates=tuple(framing.covariates))
 
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "context_rows": self.context_rows, "time_col": self.time_col,
                 "series_col": self.series_col, "step_seconds": self.step_seconds, "max_gap": self.max_gap,
-                "alert_rule": self.alert_rule.to_dict(), "n_known_series": self.n_known_series}
+                "alert_rule": self.alert_rule.to_dict(), "n_known_series": self.n_known_series,
+                "covariates": list(self.covariates)}
 
 
 @dataclass

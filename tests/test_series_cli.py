@@ -57,3 +57,26 @@ def test_bad_window_and_augment_are_refused(files):
     result = CliRunner().invoke(app, ["train", str(files / "history.csv"), "--time-col", "ts", "--window", "ten",
                                       "-o", str(files / "x")])
     assert result.exit_code != 0 and "--window takes a number of steps or 'auto'" in result.output
+
+
+def test_covariates_train_a_model_that_scores_by_the_clock_and_bad_ones_get_one_line(files):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(files / "history.csv"), "--time-col", "ts", "--series-col", "host",
+                                 "--window", "8", "--model", "knn", "--covariates", "time_of_day,day_of_week",
+                                 "-o", str(files / "timed"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((files / "timed" / "config.json").read_text())
+    assert config["series"]["framing"]["covariates"] == ["time_of_day", "day_of_week"]
+    for name, chunk in (("timed_small", "500"), ("timed_one", "1000000")):
+        result = runner.invoke(app, ["score", str(files / "timed"), str(files / "rest.csv"), "-o",
+                                     str(files / f"{name}.csv"), "--chunk-rows", chunk, "--keep-cols", "is_anomaly"])
+        assert result.exit_code == 0, result.output
+    small, one = (pd.read_csv(files / f"{name}.csv")["score"].to_numpy() for name in ("timed_small", "timed_one"))
+    assert np.isfinite(small).all()
+    np.testing.assert_allclose(small, one, rtol=1e-6)  # the clock per chunk as in one pass; knn rounds
+    for args, message in ((["--covariates", "hour"], "unknown covariate(s) 'hour'; choose from time_of_day"),
+                          (["--model", "knn", "--covariates", "time_of_day", "--time-col", "ts", "--model",
+                            "nonsense"], "unknown model 'nonsense'")):
+        result = runner.invoke(app, ["train", str(files / "history.csv"), "--time-col", "ts", *args,
+                                     "-o", str(files / "bad")])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -9,8 +9,8 @@ from sklearn.base import clone
 
 from anomaly_ae import Detector, SeriesDetector
 from anomaly_ae.calibration import AlertRule
-from anomaly_ae.data.windows import dominant_period
-from anomaly_ae.exceptions import DataError, ModelLoadError, SchemaError
+from anomaly_ae.data.windows import calendar_covariates, dominant_period
+from anomaly_ae.exceptions import DataError, InvalidParameterError, ModelLoadError, SchemaError
 
 PERIOD = 48
 
@@ -284,3 +284,58 @@ def test_knn_a_window_scores_the_same_alone_or_among_others():
     every = det.inference_.score(data).scores
     alone = [det.inference_.score(data, rows=np.array([i])).scores[0] for i in (17, 250, 399, 650, 799)]
     np.testing.assert_allclose(alone, every[[17, 250, 399, 650, 799]], rtol=1e-9)
+
+
+def test_calendar_covariates_are_points_on_the_unit_circle():
+    times = pd.to_datetime(["2026-01-05 00:00", "2026-01-05 06:00", "2026-01-11 23:59", "2026-01-12 00:00"])
+    cov = calendar_covariates(times.to_numpy(), ["time_of_day", "day_of_week"])
+    assert cov.shape == (4, 4)
+    np.testing.assert_allclose(cov[0], [0, 1, 0, 1], atol=1e-12)  # Monday 00:00: both at angle 0
+    np.testing.assert_allclose(cov[1, :2], [1, 0], atol=1e-12)  # 06:00: a quarter turn of the day
+    np.testing.assert_allclose(cov[2], cov[3], atol=1e-2)  # Sunday 23:59 lies next to Monday 00:00
+    np.testing.assert_allclose(np.hypot(cov[:, 0::2], cov[:, 1::2]), 1.0)
+
+
+def daily_traffic(days: int, seed: int, shift_hours: float = 0.0, shifted: slice = slice(0)) -> pd.DataFrame:
+    """Hourly traffic high by day and low by night; `shifted` steps follow a clock `shift_hours` later."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2026-01-05", periods=24 * days, freq="h")
+    hours = ts.hour.to_numpy().astype(float)
+    hours[shifted] = (hours[shifted] + shift_hours) % 24
+    level = np.cos(2 * np.pi * (hours - 14) / 24)
+    return pd.DataFrame({"ts": ts, "requests": level + 0.05 * rng.normal(size=len(ts)),
+                         "cpu": 0.8 * level + 0.05 * rng.normal(size=len(ts))})
+
+
+def test_time_of_day_covariate_catches_a_night_pattern_by_day(tmp_path):
+    history = daily_traffic(40, seed=0)
+    # the last 3 days: 10:00-16:00 of day 2 follows the clock of 12 hours later (night traffic by day)
+    test = daily_traffic(43, seed=1, shift_hours=12, shifted=slice(24 * 41 + 10, 24 * 41 + 16)).iloc[24 * 40:]
+    incident = np.zeros(len(test), dtype=bool)
+    incident[24 + 10 + 3: 24 + 16] = True  # a few steps in, so the 4-step window mostly holds shifted steps
+    plain = SeriesDetector("knn", window=4, time_col="ts", random_state=0).fit(history)
+    timed = SeriesDetector("knn", window=4, time_col="ts", covariates=["time_of_day"], random_state=0).fit(history)
+    # every shifted row is a normal row of another hour: without the clock nothing is wrong
+    assert not plain.predict(test)[incident].any()
+    assert timed.predict(test)[incident].all()
+    clean = np.ones(len(test), dtype=bool)
+    clean[:3] = False  # warm-up: the first rows' windows are cut
+    clean[24 + 10: 24 + 16 + 3] = False  # windows holding a shifted step
+    assert timed.predict(test)[clean].mean() < 0.1
+    top = timed.explain(test, top_k=1)
+    assert (top["feature_1"].to_numpy()[incident] == "time_of_day").any()
+    assert timed.feature_names_ == ["requests", "cpu", "time_of_day"] and timed.n_features_in_ == 2
+    shares = timed.explain(test, top_k=None)
+    assert list(shares.columns) == ["requests", "cpu", "time_of_day"]
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    loaded = SeriesDetector.load(timed.save(tmp_path / "timed"))
+    assert loaded.covariates == ["time_of_day"]
+    np.testing.assert_allclose(loaded.decision_function(test), timed.decision_function(test), rtol=1e-12)
+
+
+def test_covariates_need_a_time_column_and_known_names():
+    history = daily_traffic(3, seed=0)
+    with pytest.raises(InvalidParameterError, match="time column"):
+        SeriesDetector("knn", covariates=["time_of_day"]).fit(history.drop(columns="ts"))
+    with pytest.raises(ValueError, match="unknown covariate.*'hour'.*time_of_day, day_of_week"):
+        SeriesDetector("knn", time_col="ts", covariates=["hour"]).fit(history)

@@ -92,8 +92,36 @@ async def test_model_info_says_which_context_to_send(series_model):
     series = info["series"]
     assert series == {"window": WINDOW, "context_rows": WINDOW - 1 + 5 - 1, "time_col": "ts", "series_col": "host",
                       "step_seconds": 300.0, "max_gap": 3, "alert_rule": {"min_steps": 3, "within": 5, "cooldown": 0},
-                      "n_known_series": 3}
+                      "n_known_series": 3, "covariates": []}
     assert [c["name"] for c in info["schema"]["columns"]][:2] == ["cpu_util_pct", "mem_util_pct"]
+
+
+async def test_a_model_with_calendar_covariates_scores_streamed_rows_as_offline(stream, tmp_path):
+    """The covariates come from the time column the client sends anyway: nothing else to send, and the
+    streamed rows score, flag and explain (naming time_of_day among the columns) as offline."""
+    history = make_series_telemetry(600, 3, seed=0, anomalies=False).drop(columns=list(SERIES_LABEL_COLUMNS))
+    path = SeriesDetector("knn", window=WINDOW, time_col="ts", series_col="host", covariates=["time_of_day"],
+                          random_state=0).fit(history).save(tmp_path / "timed")
+    offline = Detector.load(path).score_frame(stream, top_k=9)
+    context = WINDOW - 1 + 5 - 1
+    by_host = {host: rows.index.to_numpy() for host, rows in stream.groupby("host")}
+    async with in_process(settings(path)) as (_, client):
+        await ready(client)
+        info = (await client.get("/v1/model", headers=SCORE)).json()
+        assert info["series"]["covariates"] == ["time_of_day"]
+        for t in range(context, context + 5):
+            sent = np.concatenate([rows[t - context: t + 1] for rows in by_host.values()])
+            response = await score(client, {"records": records(stream.loc[sent]), "score_last": 1, "explain": True, "top_k": 9,
+                                            "ids": [int(i) for i in sent]})
+            assert response.status_code == 200, response.text
+            ScoreResponse.model_validate(response.json())
+            for result in response.json()["results"]:
+                expected = offline.loc[result["id"]]
+                assert result["score"] == pytest.approx(expected["score"], rel=1e-5)
+                assert result["is_anomaly"] == expected["is_anomaly"]
+                names = [f["feature"] for f in result["top_features"]]
+                assert len(names) == 9 and "time_of_day" in names  # 8 metrics and the covariate
+                assert names[0] == expected["feature_1"]
 
 
 async def test_streamed_rows_score_as_an_offline_pass(series_model, stream):

@@ -19,11 +19,14 @@ import numpy as np
 import pandas as pd
 
 from anomaly_ae.data.schema import MAX_ROWS_NAMED_IN_ERRORS
-from anomaly_ae.exceptions import DataError
+from anomaly_ae.exceptions import DataError, InvalidParameterError
 
 # A series id we record for notes about unseen series; beyond this many, new ids are not remembered.
 MAX_KNOWN_SERIES = 10_000
 ONE_SERIES = "__series__"
+# Calendar covariates a series model can take from its time column (`calendar_covariates`).
+COVARIATES = ("time_of_day", "day_of_week")
+_DAY_NS = 86_400 * 10**9
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SeriesLayout:
     series: np.ndarray  # (N,) series id per input row (object)
     order: list[np.ndarray]  # per series: its input rows in time order
     notes: list[list[str]] = field(default_factory=list)
+    covariates: np.ndarray | None = None  # (N, 2 per covariate) calendar inputs per row (`calendar_covariates`)
 
     def windows(self, window: int) -> np.ndarray:
         """(N, window) input-row indices of each row's window, oldest first; steps before the start
@@ -55,7 +59,8 @@ class SeriesFraming:
     """The learned time layout of a series model: column names, step, window and known series."""
 
     def __init__(self, window: int, time_col: str | None = None, series_col: str | None = None,
-                 max_gap: int = 3, step_seconds: float | None = None, known_series: Sequence[str] = ()) -> None:
+                 max_gap: int = 3, step_seconds: float | None = None, known_series: Sequence[str] = (),
+                 covariates: Sequence[str] = ()) -> None:
         self.window = int(window)
         self.time_col = time_col
         self.series_col = series_col
@@ -63,6 +68,7 @@ class SeriesFraming:
         self.step_seconds = step_seconds
         self.known_series = list(known_series)
         self._known = frozenset(self.known_series)
+        self.covariates = check_covariates(covariates, time_col)
 
     # ------------------------------------------------------------------ fitting
     def learn(self, data: Any) -> "SeriesFraming":
@@ -118,7 +124,8 @@ class SeriesFraming:
                 source.append(row)
                 segment_start.append(start)
         layout = SeriesLayout(np.asarray(source, dtype=np.int64), np.asarray(segment_start, dtype=np.int64),
-                              position, series, order, notes)
+                              position, series, order, notes,
+                              calendar_covariates(times, self.covariates) if self.covariates else None)
         history = layout.history()
         for row in np.flatnonzero(history < self.window).tolist():
             notes[row].append(f"warm-up: {int(history[row])} of {self.window} steps of history")
@@ -207,11 +214,44 @@ class SeriesFraming:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "time_col": self.time_col, "series_col": self.series_col,
-                "max_gap": self.max_gap, "step_seconds": self.step_seconds, "known_series": self.known_series}
+                "max_gap": self.max_gap, "step_seconds": self.step_seconds, "known_series": self.known_series,
+                "covariates": list(self.covariates)}
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> "SeriesFraming":
         return cls(**payload)
+
+
+def check_covariates(covariates: Sequence[str], time_col: str | None) -> tuple[str, ...]:
+    """The covariate names as a tuple; a clear error for an unknown one or one without a time column."""
+    if isinstance(covariates, str):
+        covariates = [covariates]
+    names = tuple(str(c) for c in covariates)
+    unknown = [c for c in names if c not in COVARIATES]
+    if unknown:
+        raise InvalidParameterError(f"unknown covariate(s) {', '.join(map(repr, unknown))}; choose from {', '.join(COVARIATES)}")
+    if len(set(names)) != len(names):
+        raise InvalidParameterError(f"covariates repeat a name: {list(names)}")
+    if names and time_col is None:
+        raise InvalidParameterError(f"covariates {list(names)} are read from the timestamps: give the time column as well (time_col, or --time-col)")
+    return names
+
+
+def calendar_covariates(times: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """(N, 2 per name) float64: each covariate as a point on the unit circle (sin, cos), so 23:55 lies
+    next to 00:00 and Sunday next to Monday. time_of_day turns once a day; day_of_week once a week
+    (Monday 00:00 at angle 0), moving on within the day. The clock is the timestamps' in UTC (an
+    offset in the input is converted; naive timestamps are read as they are)."""
+    ns = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
+    day_fraction = (ns % _DAY_NS) / _DAY_NS
+    columns = []
+    for name in names:
+        if name == "time_of_day":
+            angle = 2 * np.pi * day_fraction
+        else:  # day_of_week: 1970-01-01 was a Thursday (3 days after a Monday)
+            angle = 2 * np.pi * (((ns // _DAY_NS + 3) % 7) + day_fraction) / 7
+        columns += [np.sin(angle), np.cos(angle)]
+    return np.column_stack(columns) if columns else np.zeros((len(ns), 0))
 
 
 def dominant_period(x: np.ndarray, low: int = 8, high: int = 128) -> int | None:

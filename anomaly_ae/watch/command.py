@@ -59,7 +59,8 @@ def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str |
     opts = spec.model
     chosen_window = window if window is not None else (opts.window or DEFAULT_WINDOW)
     detector = SeriesDetector(model=model or opts.model or DEFAULT_SERIES_MODEL, window=chosen_window,
-                              time_col=TIME_COLUMN, series_col=spec.series_label, max_gap=opts.max_gap,
+                              time_col=TIME_COLUMN, series_col=spec.series_label, covariates=opts.covariates,
+                              max_gap=opts.max_gap,
                               alert_min_steps=opts.alert_min_steps, alert_within=opts.alert_within,
                               alert_cooldown=opts.alert_cooldown, target_fpr=opts.target_fpr, epochs=opts.epochs,
                               random_state=opts.random_state, device=device, verbose=progress).fit(frame)

@@ -127,6 +127,7 @@ class ModelOptions(_Strict):
 
     model: str | None = None
     window: int | Literal["auto"] | None = None
+    covariates: list[Literal["time_of_day", "day_of_week"]] = []  # calendar inputs from the sample times
     target_fpr: float = Field(0.01, gt=0, lt=1)
     max_gap: int = Field(3, ge=0)
     alert_min_steps: int = Field(3, ge=1)
