@@ -1,7 +1,9 @@
 """Loaders for the time-series benchmark suites (see ../shared/bench/TIMESERIES.md).
 
 Each loader yields `Series`: the whole series in time order, its 0/1 labels, how many leading
-rows a method may fit on, and from which row on the rows are evaluated.
+rows a method may fit on, from which row on the rows are evaluated, and the rows' timestamps
+where the files have them (SKAB, NAB; MSL has none). The timestamps are as the files give them:
+not sorted, deduplicated or resampled.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Series:
     y: np.ndarray       # (n,) int 0/1
     n_train: int        # fit on X[:n_train]
     score_from: int     # evaluate rows X[score_from:]
+    times: np.ndarray | None = None   # (n,) datetime64[ns] from the file's timestamp column; MSL: None
 
     @property
     def train(self) -> np.ndarray:
@@ -61,8 +64,9 @@ def load_skab(data_dir: Path = DATA_DIR) -> list[Series]:
             df = pd.read_csv(path, sep=";", parse_dates=["datetime"])
             X = df.drop(columns=["datetime", "anomaly", "changepoint"]).to_numpy(np.float64)
             y = df["anomaly"].to_numpy().astype(np.int64)
+            times = df["datetime"].to_numpy(dtype="datetime64[ns]")
             out.append(Series("skab", f"{group}/{path.stem}", group, X, y,
-                              SKAB_TRAIN_ROWS, SKAB_TRAIN_ROWS))
+                              SKAB_TRAIN_ROWS, SKAB_TRAIN_ROWS, times))
     return out
 
 
@@ -83,7 +87,8 @@ def load_nab(data_dir: Path = DATA_DIR) -> list[Series]:
             y[((t >= pd.Timestamp(start)) & (t <= pd.Timestamp(end))).to_numpy()] = 1
         X = df[["value"]].to_numpy(np.float64)
         h = int(NAB_HISTORY * len(df))
-        out.append(Series("nab", key.removesuffix(".csv"), key.split("/")[0], X, y, h, h))
+        out.append(Series("nab", key.removesuffix(".csv"), key.split("/")[0], X, y, h, h,
+                          t.to_numpy(dtype="datetime64[ns]")))
     return out
 
 

@@ -205,28 +205,61 @@ class TsbUnsupervised:
 
 
 class Ours:
-    """`ours:<model>` or `ours:<model>@<window>`: the project's SeriesDetector with its shipped
-    threshold. Imported when first fitted, so the runner works in a checkout without it."""
+    """`ours:<model>[@<window>][+<covariate>...]`: the project's SeriesDetector with its shipped
+    threshold. Imported when first fitted, so the runner works in a checkout without it.
+
+    With covariates (`+time_of_day`, `+day_of_week`) the detector gets a DataFrame: a "ts" column
+    holding the series' timestamps (as the file gives them) and the metric columns, and
+    `time_col="ts", covariates=[...]`; it then also places the rows on its step grid (gaps filled
+    or the window restarted, as SeriesDetector documents) and refuses timestamps it cannot place
+    (unsorted, duplicate, closer than its step). A series without timestamps is refused here."""
 
     seed_free = False
+    TIME_COL = "ts"
 
     def __init__(self, spec: str, seed: int):
-        model, _, window = spec.partition("@")
+        head, *covariates = spec.split("+")
+        model, _, window = head.partition("@")
         # no "@": SeriesDetector's own default window; "@auto": its rule (the training rows' dominant period)
-        self.model, self.seed = model, seed
+        self.model, self.seed, self.covariates = model, seed, covariates
         self.window = None if not window else window if window == "auto" else int(window)
+        self.needs_times = bool(covariates)
 
-    def fit(self, train):
+    def _input(self, X, times):
+        if not self.covariates:
+            return X
+        if times is None:
+            raise ValueError(f"covariates {self.covariates} are read from the timestamps; this series has none")
+        import pandas as pd
+
+        df = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+        df.insert(0, self.TIME_COL, times)
+        return df
+
+    def fit(self, train, times=None):
         from anomaly_ae import SeriesDetector
 
-        window = {} if self.window is None else {"window": self.window}
-        self.det = SeriesDetector(model=self.model, random_state=self.seed, **window).fit(train)
+        kwargs = {} if self.window is None else {"window": self.window}
+        if self.covariates:
+            kwargs.update(time_col=self.TIME_COL, covariates=self.covariates)
+        self.det = SeriesDetector(model=self.model, random_state=self.seed, **kwargs).fit(self._input(train, times))
         return self
 
-    def score(self, X):
-        flags = np.asarray(self.det.predict(X))
+    def score(self, X, times=None):
+        data = self._input(X, times)
+        flags = np.asarray(self.det.predict(data))
         assert set(np.unique(flags)) <= {0, 1}, "predict must return 0/1 per row"
-        return np.asarray(self.det.decision_function(X), dtype=np.float64), flags.astype(bool)
+        self._scored = data
+        return np.asarray(self.det.decision_function(data), dtype=np.float64), flags.astype(bool)
+
+    def grid_note(self) -> str:
+        """How the time grid treated the scored rows (printed, not in the CSV; untimed)."""
+        if not self.covariates:
+            return ""
+        notes = [" ".join(n) for n in self.det.framing_.split(self._scored)[1].notes]
+        filled = sum("filled with the last value" in n for n in notes)
+        restarts = sum("the window restarts here" in n for n in notes)
+        return f"  grid: {filled} rows after a filled gap, {restarts} window restarts" if filled or restarts else ""
 
 
 METHODS = {
@@ -284,13 +317,20 @@ def threshold_metrics(flags, labels) -> dict:
             "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
-def evaluate(series: Series, method_name: str, seed: int, full_metrics: bool) -> dict:
+def evaluate(series: Series, method_name: str, seed: int, full_metrics: bool) -> tuple[dict, str]:
+    """(the CSV row, a note to print: for ours:...+covariates how the time grid treated the rows)."""
     method = make_method(method_name, seed)
+    needs_times = getattr(method, "needs_times", False)
+    if needs_times and series.times is None:
+        raise ValueError(f"{method_name} reads covariates from the timestamps; {series.name} has none")
+    fit_args = (series.times[: series.n_train],) if needs_times else ()
+    score_args = (series.times,) if needs_times else ()
     t0 = time.perf_counter()
-    method.fit(series.train)
+    method.fit(series.train, *fit_args)
     t1 = time.perf_counter()
-    scores, flags = method.score(series.X)
+    scores, flags = method.score(series.X, *score_args)
     t2 = time.perf_counter()
+    note = method.grid_note() if hasattr(method, "grid_note") else ""
     scores = np.asarray(scores, dtype=np.float64)
     assert scores.shape == (len(series.X),), f"{method_name}: {scores.shape} scores"
     assert np.isfinite(scores).all(), f"{method_name}: non-finite scores"
@@ -304,8 +344,9 @@ def evaluate(series: Series, method_name: str, seed: int, full_metrics: bool) ->
         row.update(score_metrics(s, y, row["sliding_window"], full_metrics))
     if flags is not None:
         row.update(threshold_metrics(np.asarray(flags)[series.score_from:], y))
-    return {k: (round(float(v), 6) if isinstance(v, (float, np.floating)) else v)
-            for k, v in row.items()}
+    row = {k: (round(float(v), 6) if isinstance(v, (float, np.floating)) else v)
+           for k, v in row.items()}
+    return row, note
 
 
 # ---------------------------------------------------------------- driver
@@ -324,7 +365,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", choices=sorted(LOADERS), required=True)
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
-                    help=f"any of {sorted(METHODS)} or ours:<model>[@<window>]")
+                    help=f"any of {sorted(METHODS)} or ours:<model>[@<window>][+<covariate>...] "
+                    "(covariates: time_of_day, day_of_week; skab and nab only)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, help="default benchmarks/results/timeseries_<suite>.csv")
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
@@ -343,6 +385,17 @@ def main(argv=None) -> int:
     done = done_keys(out)
     series = [s for s in LOADERS[args.suite](args.data_dir)
               if (not args.series or s.name in args.series) and (not args.group or s.group in args.group)]
+    for m in args.methods:
+        if m.startswith("ours:") and "+" in m:
+            from anomaly_ae.data.windows import COVARIATES
+
+            unknown = [c for c in m.split("+")[1:] if c not in COVARIATES]
+            if unknown:
+                ap.error(f"{m}: unknown covariate(s) {unknown}; choose from {list(COVARIATES)}")
+            untimed = [s.name for s in series if s.times is None]
+            if untimed:
+                ap.error(f"{m}: covariates are read from the timestamps, and {len(untimed)} {args.suite} "
+                         f"series have none (e.g. {untimed[0]}); run it on skab or nab")
     out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not out.exists()
     failures = 0
@@ -357,7 +410,7 @@ def main(argv=None) -> int:
                     if (s.suite, s.name, name, seed) in done:
                         continue
                     try:
-                        row = evaluate(s, name, seed, full)
+                        row, note = evaluate(s, name, seed, full)
                     except Exception:
                         failures += 1
                         traceback.print_exc()
@@ -366,7 +419,7 @@ def main(argv=None) -> int:
                     writer.writerow(row)
                     f.flush()
                     print(f"{s.name:45s} {name:22s} seed {seed}  VUS-PR {row.get('VUS-PR', '-')}"
-                          f"  fit {row['fit_s']}s score {row['score_s']}s", flush=True)
+                          f"  fit {row['fit_s']}s score {row['score_s']}s{note}", flush=True)
     return 1 if failures else 0
 
 
