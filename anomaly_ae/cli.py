@@ -284,15 +284,18 @@ def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int) -> 
     single pass would have seen; returns the chunk's rows and the context for the next chunk."""
     import pandas as pd
 
+    import numpy as np
+
     framing = detector.framing_
     frame = chunk if context is None else pd.concat([context, chunk], ignore_index=True)
     result = detector.score_frame(frame, top_k=top_k).iloc[len(frame) - len(chunk):]
     result.index = chunk.index
-    keep = framing.window - 1
-    if framing.series_col is None:
-        context = frame.iloc[len(frame) - keep:] if keep else frame.iloc[:0]
-    else:
-        context = frame.groupby(framing.series_col, sort=False).tail(keep) if keep else frame.iloc[:0]
+    # Carried: each series' rows on its last window - 1 grid steps, and up to max_gap steps before them
+    # (a filled step repeats an earlier row); by steps, not rows, as several rows can share a step.
+    _, layout = framing.split(frame)
+    reach = framing.window - 1 + framing.max_gap
+    kept = [rows[layout.position[rows] >= layout.position[rows[-1]] - reach] for rows in layout.order]
+    context = frame.iloc[np.sort(np.concatenate(kept))] if kept else frame.iloc[:0]
     return result, context
 
 
@@ -315,7 +318,7 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
     own = [c for c in (framing.time_col, framing.series_col) if c] if framing is not None else []
     passthrough = [c for c in keep if c not in detector.schema_.names and c not in own]
     rows = flagged = 0
-    context = None  # series models: each series' last window - 1 rows, carried into the next chunk
+    context = None  # series models: each series' rows on its last window - 1 steps, carried to the next chunk
     with AtomicTableWriter(output) as writer:
         for chunk in chunks:
             missing = [c for c in keep if c not in chunk.columns]

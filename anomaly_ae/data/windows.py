@@ -2,9 +2,10 @@
 
 A series frame has rows in time order, an optional time column (timestamps) and an optional
 series column (a host, a sensor: windows never cross series). `SeriesFraming` checks the order,
-places every row on a regular grid of the training step, fills short gaps by carrying the last
-row forward and restarts the series after long ones, and returns, for every input row, the
-indices of the `window` grid steps ending at it. Scores are causal: a row's window holds only it
+places every row on a regular grid of the training step (rows that land on one step, as irregular
+sampling gives: each is scored when it comes, and the last one stands for the step in later
+windows), fills short gaps by carrying the last row forward and restarts the series after long
+ones, and returns, for every input row, the indices of the `window` grid steps ending at it. Scores are causal: a row's window holds only it
 and rows before it, so scoring history offline gives what a live stream would have got.
 
 No torch here: windows are index arrays into the preprocessed rows (`SeriesLayout.windows`).
@@ -45,10 +46,13 @@ class SeriesLayout:
 
     def windows(self, window: int) -> np.ndarray:
         """(N, window) input-row indices of each row's window, oldest first; steps before the start
-        of a segment repeat its first row."""
+        of a segment repeat its first row. A row always ends its own window, also one that a later
+        row of the same grid step replaced for the windows after it."""
         offsets = np.arange(1 - window, 1)
         steps = np.maximum(self.position[:, None] + offsets[None, :], self.segment_start[self.position][:, None])
-        return self.source[steps]
+        rows = self.source[steps]
+        rows[:, -1] = np.arange(len(self.position))
+        return rows
 
     def history(self) -> np.ndarray:
         """(N,) how many grid steps of the row's segment lie at or before it (itself included)."""
@@ -60,7 +64,7 @@ class SeriesFraming:
 
     def __init__(self, window: int, time_col: str | None = None, series_col: str | None = None,
                  max_gap: int = 3, step_seconds: float | None = None, known_series: Sequence[str] = (),
-                 covariates: Sequence[str] = ()) -> None:
+                 covariates: Sequence[str] = (), origin_ns: int | None = None) -> None:
         self.window = int(window)
         self.time_col = time_col
         self.series_col = series_col
@@ -69,6 +73,10 @@ class SeriesFraming:
         self.known_series = list(known_series)
         self._known = frozenset(self.known_series)
         self.covariates = check_covariates(covariates, time_col)
+        # A training timestamp (ns since the epoch): the grid's steps lie a whole number of steps from
+        # it, for every input, so a request, a chunk or a restart sees the same grid as one pass.
+        # None (models saved before it): each series' first row in the input anchors its grid.
+        self.origin_ns = origin_ns
 
     # ------------------------------------------------------------------ fitting
     def learn(self, data: Any) -> "SeriesFraming":
@@ -85,6 +93,7 @@ class SeriesFraming:
                 raise DataError(f"'{self.time_col}' needs at least two distinct timestamps per series to learn "
                                 "the sampling step")
             self.step_seconds = float(np.median(positive))
+            self.origin_ns = int(times.astype("datetime64[ns]").astype(np.int64).min())
         self.known_series = sorted({str(s) for s in series})[:MAX_KNOWN_SERIES]
         self._known = frozenset(self.known_series)
         return self
@@ -112,6 +121,12 @@ class SeriesFraming:
                 continue
             for j, row in enumerate(rows):
                 missing = 0 if j == 0 else int(steps[j] - steps[j - 1] - 1)
+                if missing < 0:  # the same grid step as the row before: the last reading of a step wins
+                    position[row] = position[rows[j - 1]]
+                    source[position[row]] = row
+                    notes[row].append(f"within the same {_duration(self.step_seconds or 0)} step as the reading "
+                                      "before it, which it replaces in later windows")
+                    continue
                 if missing > self.max_gap:
                     start = len(source)
                     notes[row].append(f"gap of {missing} steps before this row (more than max_gap={self.max_gap}): "
@@ -132,10 +147,10 @@ class SeriesFraming:
         return metrics, layout
 
     def _steps(self, times: np.ndarray | None, rows: np.ndarray, name: str) -> np.ndarray:
-        """Grid step of each row of one series; refuses unsorted, duplicate or too fine timestamps."""
+        """Grid step of each row of one series; refuses unsorted or duplicate timestamps."""
         if times is None:
             return np.arange(len(rows))
-        t = times[rows].astype("datetime64[ns]").astype(np.int64) / 1e9
+        t = times[rows].astype("datetime64[ns]").astype(np.int64)
         what = f" of series {name!r}" if self.series_col is not None else ""
         d = np.diff(t)
         if (d < 0).any():
@@ -149,14 +164,12 @@ class SeriesFraming:
                             "keep one row per time step (e.g. drop_duplicates or aggregate)",
                             reason="duplicate_timestamp", column=self.time_col, rows=[int(rows[i + 1])])
         assert self.step_seconds is not None
-        steps = np.rint((t - t[0]) / self.step_seconds).astype(np.int64)
-        if (np.diff(steps) == 0).any():
-            i = int(np.flatnonzero(np.diff(steps) == 0)[0])
-            raise DataError(f"rows{what} at row {int(rows[i + 1])} are closer together than the model's step of "
-                            f"{_duration(self.step_seconds)}; resample to that step (e.g. "
-                            f"df.resample('{int(self.step_seconds)}s', on='{self.time_col}').mean())",
-                            reason="timestamps_too_close", column=self.time_col, rows=[int(rows[i + 1])])
-        return steps
+        # Each row goes to the nearest step of the grid (half-way up), in integer nanoseconds so that
+        # a row half-way between two steps always goes the same way; rows that land on one step share
+        # it (irregular sampling: `split` lets the last one stand for the step).
+        step_ns = max(1, round(self.step_seconds * 1e9))
+        origin = int(t[0]) if self.origin_ns is None else self.origin_ns
+        return (t - origin + step_ns // 2) // step_ns
 
     # ------------------------------------------------------------------ columns
     def _time_and_series(self, data: Any) -> tuple[np.ndarray | None, np.ndarray]:
@@ -215,7 +228,7 @@ class SeriesFraming:
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "time_col": self.time_col, "series_col": self.series_col,
                 "max_gap": self.max_gap, "step_seconds": self.step_seconds, "known_series": self.known_series,
-                "covariates": list(self.covariates)}
+                "covariates": list(self.covariates), "origin_ns": self.origin_ns}
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> "SeriesFraming":
@@ -301,4 +314,8 @@ def _n_rows(data: Any) -> int:
 
 
 def _duration(seconds: float) -> str:
-    return str(pd.Timedelta(seconds=seconds))
+    """A step as people write it: 5 min, 1 h, 1.5 s."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
