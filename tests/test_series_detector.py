@@ -344,3 +344,24 @@ def test_covariates_need_a_time_column_and_known_names():
         SeriesDetector("knn", covariates=["time_of_day"]).fit(history.drop(columns="ts"))
     with pytest.raises(ValueError, match="unknown covariate.*'hour'.*time_of_day, day_of_week"):
         SeriesDetector("knn", time_col="ts", covariates=["hour"]).fit(history)
+
+
+def test_each_series_keeps_its_own_phase_on_the_grid():
+    """Hosts scraped at different offsets within the step: each keeps its grid from training, so a
+    host half a step off another, with a second of jitter, gets one step per reading (no shared
+    steps, no gaps) in any later request, cut anywhere."""
+    rng = np.random.default_rng(3)
+    parts = []
+    for host, offset, jitter in (("a", 0.0, 0.0), ("b", 150.0, 1.0)):
+        x = wave(900, seed=len(parts))
+        seconds = offset + 300.0 * np.arange(900) + rng.uniform(-jitter, jitter, 900)
+        parts.append(pd.DataFrame({"ts": pd.Timestamp("2026-01-05") + pd.to_timedelta(seconds, unit="s"),
+                                   "host": host, "cpu": x[:, 0], "load": x[:, 1]}))
+    data = pd.concat(parts, ignore_index=True)
+    history = data.groupby("host").head(600)
+    det = SeriesDetector("pca", window=8, time_col="ts", series_col="host", random_state=0).fit(history)
+    later = data.groupby("host").tail(300)
+    for cut in (0, 1, 117):
+        notes = det.score_frame(later.groupby("host").nth(slice(cut, None)))["notes"]
+        assert not notes.str.contains("within the same|gap of", regex=True).any()
+    assert det.framing_.origins_ns.keys() == {"a", "b"}

@@ -64,7 +64,7 @@ class SeriesFraming:
 
     def __init__(self, window: int, time_col: str | None = None, series_col: str | None = None,
                  max_gap: int = 3, step_seconds: float | None = None, known_series: Sequence[str] = (),
-                 covariates: Sequence[str] = (), origin_ns: int | None = None) -> None:
+                 covariates: Sequence[str] = (), origins_ns: Mapping[str, int] | None = None) -> None:
         self.window = int(window)
         self.time_col = time_col
         self.series_col = series_col
@@ -73,10 +73,12 @@ class SeriesFraming:
         self.known_series = list(known_series)
         self._known = frozenset(self.known_series)
         self.covariates = check_covariates(covariates, time_col)
-        # A training timestamp (ns since the epoch): the grid's steps lie a whole number of steps from
-        # it, for every input, so a request, a chunk or a restart sees the same grid as one pass.
-        # None (models saved before it): each series' first row in the input anchors its grid.
-        self.origin_ns = origin_ns
+        # Per known series, its first training timestamp (ns since the epoch): its grid's steps lie a
+        # whole number of steps from it in every input, so a request, a file chunk and one pass see
+        # one grid, and each series keeps its own phase (scrape offsets differ between hosts, and a
+        # shared anchor half a step off one host's phase would split its jittered readings). A series
+        # not in it (unseen, or a model saved before): its first row in the input anchors its grid.
+        self.origins_ns = dict(origins_ns or {})
 
     # ------------------------------------------------------------------ fitting
     def learn(self, data: Any) -> "SeriesFraming":
@@ -93,9 +95,12 @@ class SeriesFraming:
                 raise DataError(f"'{self.time_col}' needs at least two distinct timestamps per series to learn "
                                 "the sampling step")
             self.step_seconds = float(np.median(positive))
-            self.origin_ns = int(times.astype("datetime64[ns]").astype(np.int64).min())
         self.known_series = sorted({str(s) for s in series})[:MAX_KNOWN_SERIES]
         self._known = frozenset(self.known_series)
+        if times is not None:
+            ns = times.astype("datetime64[ns]").astype(np.int64)
+            self.origins_ns = {str(series[rows[0]]): int(ns[rows].min()) for rows in _group_rows(series)
+                               if str(series[rows[0]]) in self._known}
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -168,7 +173,7 @@ class SeriesFraming:
         # a row half-way between two steps always goes the same way; rows that land on one step share
         # it (irregular sampling: `split` lets the last one stand for the step).
         step_ns = max(1, round(self.step_seconds * 1e9))
-        origin = int(t[0]) if self.origin_ns is None else self.origin_ns
+        origin = self.origins_ns.get(name, int(t[0]))
         return (t - origin + step_ns // 2) // step_ns
 
     # ------------------------------------------------------------------ columns
@@ -228,7 +233,7 @@ class SeriesFraming:
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "time_col": self.time_col, "series_col": self.series_col,
                 "max_gap": self.max_gap, "step_seconds": self.step_seconds, "known_series": self.known_series,
-                "covariates": list(self.covariates), "origin_ns": self.origin_ns}
+                "covariates": list(self.covariates), "origins_ns": self.origins_ns}
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> "SeriesFraming":
