@@ -210,7 +210,8 @@ def train(
                 raise DataError("--augment adds independent rows; it does not apply to series models")
             model = model or DEFAULT_SERIES_MODEL
             detector = SeriesDetector(model=model, window=_window(window), time_col=time_col, series_col=series_col,
-                                      covariates=tuple(_split_list(covariates)), target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators, score=score,
+                                      covariates=tuple(_split_list(covariates)), target_fpr=target_fpr,
+                                      epochs=epochs, n_estimators=n_estimators, score=score,
                                       random_state=seed, device=device, verbose=progress).fit(X, checkpoint=checkpoint)
             stats = detector.alert_stats_
             per_day = f"{stats['alerts_per_day']:.2f} per day" if "alerts_per_day" in stats else \

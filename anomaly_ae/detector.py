@@ -218,7 +218,8 @@ class Detector(Estimator):
         if not 0.0 < self.target_fpr < 1.0:
             raise InvalidParameterError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.neighbor_reference not in ("rows", "prototypes"):
-            raise InvalidParameterError(f"neighbor_reference must be 'rows' or 'prototypes', got {self.neighbor_reference!r}")
+            raise InvalidParameterError(f"neighbor_reference must be 'rows' or 'prototypes', "
+                                        f"got {self.neighbor_reference!r}")
         if isinstance(self.n_prototypes, bool) or not isinstance(self.n_prototypes, (int, np.integer)) \
                 or self.n_prototypes < 1:
             raise InvalidParameterError(f"n_prototypes must be an integer >= 1, got {self.n_prototypes!r}")

@@ -111,8 +111,8 @@ async def test_a_model_with_calendar_covariates_scores_streamed_rows_as_offline(
         assert info["series"]["covariates"] == ["time_of_day"]
         for t in range(context, context + 5):
             sent = np.concatenate([rows[t - context: t + 1] for rows in by_host.values()])
-            response = await score(client, {"records": records(stream.loc[sent]), "score_last": 1, "explain": True, "top_k": 9,
-                                            "ids": [int(i) for i in sent]})
+            response = await score(client, {"records": records(stream.loc[sent]), "score_last": 1, "explain": True,
+                                            "top_k": 9, "ids": [int(i) for i in sent]})
             assert response.status_code == 200, response.text
             ScoreResponse.model_validate(response.json())
             for result in response.json()["results"]:

@@ -5,8 +5,9 @@ series column (a host, a sensor: windows never cross series). `SeriesFraming` ch
 places every row on a regular grid of the training step (rows that land on one step, as irregular
 sampling gives: each is scored when it comes, and the last one stands for the step in later
 windows), fills short gaps by carrying the last row forward and restarts the series after long
-ones, and returns, for every input row, the indices of the `window` grid steps ending at it. Scores are causal: a row's window holds only it
-and rows before it, so scoring history offline gives what a live stream would have got.
+ones, and returns, for every input row, the indices of the `window` grid steps ending at it.
+Scores are causal: a row's window holds only it and rows before it, so scoring history offline
+gives what a live stream would have got.
 
 No torch here: windows are index arrays into the preprocessed rows (`SeriesLayout.windows`).
 """
@@ -247,11 +248,13 @@ def check_covariates(covariates: Sequence[str], time_col: str | None) -> tuple[s
     names = tuple(str(c) for c in covariates)
     unknown = [c for c in names if c not in COVARIATES]
     if unknown:
-        raise InvalidParameterError(f"unknown covariate(s) {', '.join(map(repr, unknown))}; choose from {', '.join(COVARIATES)}")
+        raise InvalidParameterError(f"unknown covariate(s) {', '.join(map(repr, unknown))}; "
+                                    f"choose from {', '.join(COVARIATES)}")
     if len(set(names)) != len(names):
         raise InvalidParameterError(f"covariates repeat a name: {list(names)}")
     if names and time_col is None:
-        raise InvalidParameterError(f"covariates {list(names)} are read from the timestamps: give the time column as well (time_col, or --time-col)")
+        raise InvalidParameterError(f"covariates {list(names)} are read from the timestamps: give the time "
+                                    "column as well (time_col, or --time-col)")
     return names
 
 

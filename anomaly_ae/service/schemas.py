@@ -399,8 +399,9 @@ class SeriesInfo(BaseModel):
                                      "restart the window (noted).")
     alert_rule: AlertRuleInfo
     n_known_series: int = Field(description="Series in the training data (others are scored, with a note).")
-    covariates: list[str] = Field(default_factory=list, description="Calendar inputs the model reads from the time "
-                                                                    "column (time_of_day, day_of_week); nothing to send.")
+    covariates: list[str] = Field(default_factory=list,
+                                  description="Calendar inputs the model reads from the time column (time_of_day, "
+                                              "day_of_week); nothing to send.")
 
 
 class ModelInfo(BaseModel):
