@@ -283,17 +283,17 @@ def score(
 def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int) -> tuple[Any, Any]:
     """Score one chunk of a series file with the rows before it, so every row's window is the one a
     single pass would have seen; returns the chunk's rows and the context for the next chunk."""
-    import pandas as pd
-
     import numpy as np
+    import pandas as pd
 
     framing = detector.framing_
     frame = chunk if context is None else pd.concat([context, chunk], ignore_index=True)
-    result = detector.score_frame(frame, top_k=top_k).iloc[len(frame) - len(chunk):]
+    scored = detector.inference_.score(frame, top_k=top_k)  # score_frame's path, keeping the layout
+    result = scored.frame(top_k=top_k).iloc[len(frame) - len(chunk):]
     result.index = chunk.index
     # Carried: each series' rows on its last window - 1 grid steps, and up to max_gap steps before them
     # (a filled step repeats an earlier row); by steps, not rows, as several rows can share a step.
-    _, layout = framing.split(frame)
+    layout = scored.layout
     reach = framing.window - 1 + framing.max_gap
     kept = [rows[layout.position[rows] >= layout.position[rows[-1]] - reach] for rows in layout.order]
     context = frame.iloc[np.sort(np.concatenate(kept))] if kept else frame.iloc[:0]

@@ -45,7 +45,7 @@ class Estimator:
         for key, value in params.items():
             name, _, sub = key.partition("__")
             if name not in valid:
-                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; "
+                raise exceptions.InvalidParameterError(f"invalid parameter {name!r} for {type(self).__name__}; "
                                  f"valid parameters are {valid}")
             if sub:
                 nested.setdefault(name, {})[sub] = value
