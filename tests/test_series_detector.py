@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 from sklearn.base import clone
@@ -276,6 +277,7 @@ def test_knn_windows_of_many_series_are_scored_in_parts(monkeypatch):
     rows = np.r_[20:60:3, 220:260:3]
     whole = det.inference_.score(data, top_k=2, rows=rows)
     monkeypatch.setattr(neighbors, "MAX_CROSS", 40 * len(det.scorer_.neighbors._sliding(16)[0].T))
+    monkeypatch.setattr(neighbors, "BOUNDED_MAX_WINDOWS", 0)  # halves of a few windows: still by products
     parts = det.inference_.score(data, top_k=2, rows=rows)
     np.testing.assert_allclose(parts.scores, whole.scores, rtol=1e-9)
     assert parts.top_features == whole.top_features
@@ -283,12 +285,44 @@ def test_knn_windows_of_many_series_are_scored_in_parts(monkeypatch):
 
 def test_knn_a_window_scores_the_same_alone_or_among_others():
     """A stream's new row scored alone (as the service and the watcher do) and inside a whole history
-    (as an offline pass does): the same score to float64 rounding of float32 products."""
+    (as an offline pass does): the same score to float32 rounding. Alone, the window's distances are
+    measured directly to the reference windows its lower bounds leave (float64 sums of float32
+    differences); among others, through float32 products of rows."""
     det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", random_state=0).fit(frame(1500))
     data = frame(400, seed=5)
+    data.loc[data.index[240:250], "cpu"] += 3.0  # and rows of an incident
     every = det.inference_.score(data).scores
-    alone = [det.inference_.score(data, rows=np.array([i])).scores[0] for i in (17, 250, 399, 650, 799)]
-    np.testing.assert_allclose(alone, every[[17, 250, 399, 650, 799]], rtol=1e-9)
+    rows = (17, 245, 250, 399, 650, 799)
+    alone = [det.inference_.score(data, rows=np.array([i])).scores[0] for i in rows]
+    np.testing.assert_allclose(alone, every[list(rows)], rtol=2e-6)
+
+
+def test_knn_bounded_search_finds_the_brute_force_neighbours():
+    """A few windows are searched with lower bounds from the reference's main directions: the same
+    mean distances and nearest-window gaps as measuring every reference window, or None (brute force)
+    when the bounds rule out too little: on isotropic noise, and allowed on a reference of a few rows
+    or with no spread at all."""
+    from anomaly_ae.models.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(0)
+    t = np.arange(3000)
+    rows = np.column_stack([np.sin(2 * np.pi * t / 200), np.cos(2 * np.pi * t / 90)]) + 0.05 * rng.normal(size=(3000, 2))
+    windows = np.stack([rows[i:i + 16].reshape(-1) for i in range(len(rows) - 16)]).astype(np.float32)
+    for reference in (windows, windows[:40], np.zeros((50, 32), dtype=np.float32)):
+        knn = NearestNeighbors((32,), len(reference), k=5)
+        knn.set_reference(torch.from_numpy(reference))
+        queries = np.concatenate([windows[[7, 1500]] + 0.01, 3 + windows[[9]]]).astype(np.float32)
+        brute, brute_gaps = knn.distances(torch.from_numpy(queries))
+        bounded = knn._bounded_distances(queries[:2])
+        if bounded is None:  # allowed where the bounds rule out too little: not on the long reference
+            assert len(reference) < len(windows)
+            continue
+        np.testing.assert_allclose(bounded[0], brute.numpy()[:2], rtol=1e-5)
+        np.testing.assert_allclose(bounded[1], brute_gaps.numpy()[:2], atol=1e-5)
+    noise = rng.normal(size=(2000, 32)).astype(np.float32)  # no main directions: the bounds rule out little
+    knn = NearestNeighbors((32,), len(noise), k=5)
+    knn.set_reference(torch.from_numpy(noise))
+    assert knn._bounded_distances(rng.normal(size=(1, 32)).astype(np.float32)) is None
 
 
 def test_calendar_covariates_are_points_on_the_unit_circle():

@@ -53,6 +53,10 @@ class NearestNeighbors(nn.Module):
         window, n_features = windows.shape[1], x.shape[1]
         if self.reference.device.type != "cpu" or self.reference.shape[1] != window * n_features:
             return None
+        if len(windows) <= BOUNDED_MAX_WINDOWS:
+            bounded = self._bounded_distances(x[windows].reshape(len(windows), -1).astype(np.float32))
+            if bounded is not None:
+                return bounded
         index = self._sliding(window)
         if index is None:
             return None
@@ -81,6 +85,74 @@ class NearestNeighbors(nn.Module):
         queries = x[windows].reshape(len(windows), -1).astype(np.float32)
         gaps = np.square(queries - self.reference.numpy()[nearest], dtype=np.float32)
         return np.sqrt(values).mean(1), gaps.astype(np.float64)
+
+    def _bounded_distances(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`distances` of a few flattened queries (b, D) float32, measured only to the reference rows
+        that a lower bound cannot rule out; None when too many remain (brute force is then cheaper).
+
+        With V an orthonormal basis of the reference's main directions (`_projection`), every
+        |q - r|^2 >= |V'q - V'r|^2 + (|q - VV'q| - |r - VV'r|)^2: a product with p columns instead of D.
+        The exact distances to each query's BOUNDED_FIRST rows of smallest bound give its k-th smallest
+        distance so far, tau; only rows whose bound is below tau can be nearer, and those are measured
+        too, so the result is the brute-force one. Exact distances in float64 from the float32 values."""
+        basis, projected_t, projected_sq, residual, reference_sq = self._projection()
+        reference = self.reference.numpy()
+        n, k = len(reference), min(self.k, len(reference))
+        exact = queries.astype(np.float64)
+        query_sq = np.square(exact).sum(1)
+        query_projected = exact @ basis
+        query_projected_sq = np.square(query_projected).sum(1)
+        query_residual = np.sqrt(np.maximum(query_sq - query_projected_sq, 0.0))
+        # float32 products (half the time of float64 ones here): their rounding is inside the slack below
+        bound = (projected_sq + query_projected_sq[:, None]) - 2 * (query_projected.astype(np.float32) @ projected_t)
+        bound += np.square(residual - query_residual[:, None])  # (b, n)
+
+        def measure(rows: np.ndarray) -> np.ndarray:  # (rows, b) squared distances
+            d2 = reference_sq[rows, None] + query_sq - 2 * (reference[rows].astype(np.float64) @ exact.T)
+            return np.maximum(d2, 0.0)
+
+        first = np.argpartition(bound, BOUNDED_FIRST - 1, axis=1)[:, :BOUNDED_FIRST] if n > BOUNDED_FIRST \
+            else np.tile(np.arange(n), (len(queries), 1))
+        rows = np.unique(first)
+        d2 = measure(rows)
+        tau = np.partition(d2, k - 1, axis=0)[k - 1]  # (b,): every query's k-th smallest so far
+        # rows whose bound is below tau may be nearer; the slack covers the bounds' float32 rounding
+        maybe = bound <= (tau * (1 + 1e-5) + 1e-5 * (projected_sq.max() + query_sq))[:, None]
+        maybe[:, rows] = False
+        extra = np.flatnonzero(maybe.any(0))
+        if len(extra) > BOUNDED_MAX_SHARE * n:
+            return None
+        rows, d2 = np.concatenate([rows, extra]), np.concatenate([d2, measure(extra)])
+        smallest = np.argpartition(d2, k - 1, axis=0)[:k] if k < len(d2) else np.tile(np.arange(len(d2))[:, None], len(queries))
+        values = np.take_along_axis(d2, smallest, axis=0)  # (k, b)
+        nearest = rows[smallest[values.argmin(0), np.arange(len(queries))]]
+        gaps = np.square(queries - reference[nearest], dtype=np.float32)
+        return np.sqrt(values).mean(0), gaps.astype(np.float64)
+
+    def _projection(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(basis (D, p) with orthonormal columns, the reference rows' coordinates in it (p, n) float32,
+        their squared norms (n,), the rows' distances to its span (n,) and their squared norms (n,),
+        float64), built on first use and kept until the
+        reference changes. The basis: the main directions of up to 256 reference rows taken at even
+        steps (any orthonormal basis gives valid bounds; a good one gives tight ones)."""
+        key = (self.reference.data_ptr(), self.reference._version)
+        cached = getattr(self, "_projection_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        reference = self.reference.numpy()
+        sample = reference[np.linspace(0, len(reference) - 1, min(len(reference), 256)).astype(int)].astype(np.float64)
+        eigenvalues, vectors = np.linalg.eigh(sample @ sample.T)
+        top = np.argsort(eigenvalues)[::-1][:BOUNDED_COMPONENTS]
+        top = top[eigenvalues[top] > 1e-9 * max(float(eigenvalues.max(initial=0.0)), 1e-300)]
+        basis = np.linalg.qr((sample.T @ vectors[:, top]) / np.sqrt(eigenvalues[top]))[0]
+        projected = reference.astype(np.float64) @ basis
+        projected_sq = np.square(projected).sum(1)
+        reference_sq = np.square(reference, dtype=np.float64).sum(1)
+        residual = np.sqrt(np.maximum(reference_sq - projected_sq, 0.0))
+        index = (np.ascontiguousarray(basis), np.ascontiguousarray(projected.T, dtype=np.float32), projected_sq,
+                 residual, reference_sq)
+        self._projection_cache = (key, index)
+        return index
 
     def _sliding(self, window: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
         """(base rows transposed (F, m) float32, each reference window's first base row (n,; None when
@@ -124,6 +196,16 @@ def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndar
     return out
 
 
+# Windows scored at once up to which lower bounds are tried first (`_bounded_distances`): a stream's new
+# row sent with the context its model asks for. More windows (an incident's context rows, or the cut
+# windows of a series' first rows, whose bounds rule out little) go straight to brute force, which
+# costs about the same for one window or a hundred.
+BOUNDED_MAX_WINDOWS = 8
+# Main directions of the reference in the bounds, exact distances measured first, and the share of the
+# reference past which the bounds rule out too little to beat brute force.
+BOUNDED_COMPONENTS = 16
+BOUNDED_FIRST = 16
+BOUNDED_MAX_SHARE = 1 / 8
 # Base rows above this share of the reference's window rows: windows sampled too far apart to share rows.
 MAX_BASE_SHARE = 0.25
 # The (query rows x base rows) products, and (windows x reference) distances, kept at once: more in parts.
