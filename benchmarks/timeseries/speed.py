@@ -122,9 +122,10 @@ def service_times(det: SeriesDetector, request: pd.DataFrame, repeats: int) -> d
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = list(rows[0])
+    head = list(dict.fromkeys(k for r in rows for k in r))  # rows of earlier runs may lack later columns
+    head = [k for k in head if k not in ("calls", "load_1min", "run")] + ["calls", "load_1min", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows])
+    return "\n".join(lines + ["| " + " | ".join(str(r.get(k, "")) for k in head) + " |" for r in rows])
 
 
 def main() -> None:
