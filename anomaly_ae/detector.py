@@ -247,7 +247,8 @@ class Detector(Estimator):
             return module.eval(), History()
         batch_size = self.batch_size or int(np.clip(len(x_train) // 20, 16, 256))
         config = TrainConfig(epochs=self.epochs, batch_size=batch_size, learning_rate=self.learning_rate,
-                             weight_decay=self.weight_decay, patience=self.patience)
+                             weight_decay=self.weight_decay, patience=self.patience,
+                             epoch_samples=getattr(self, "epoch_windows", None))
         with epoch_progress(self.epochs, label, enabled=self.verbose) as on_epoch:
             history = train(module, t_train, t_val, config, seed=seed, on_epoch=on_epoch,
                             checkpoint=checkpoint, checkpoint_name=checkpoint_name)

@@ -41,6 +41,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 20
     min_delta: float = 1e-4  # relative improvement that counts as progress
+    # Samples an epoch draws (seeded, without replacement; None: every one). A series model's windows
+    # overlap by all but one step, so a long history repeats itself: past this many, an epoch's cost
+    # stops growing with the history while every step still lies in most epochs' windows.
+    epoch_samples: int | None = None
 
 
 @dataclass
@@ -257,9 +261,9 @@ def train(model: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor, config: 
     epoch = first_epoch - 1
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(x_train), generator=generator).to(x_train.device)
+        order = torch.randperm(len(x_train), generator=generator)[:config.epoch_samples].to(x_train.device)
         running, seen = 0.0, 0
-        for start in range(0, len(x_train), batch_size):
+        for start in range(0, len(order), batch_size):
             batch = x_train[order[start:start + batch_size]]
             if disc_optimizer is not None:
                 disc_optimizer.zero_grad(set_to_none=True)

@@ -381,6 +381,12 @@ def test_covariates_need_a_time_column_and_known_names():
         SeriesDetector("knn", time_col="ts", covariates=["hour"]).fit(history)
 
 
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "all"])
+def test_epoch_windows_must_be_a_positive_count_or_none(bad):
+    with pytest.raises(InvalidParameterError, match="epoch_windows must be a positive number"):
+        SeriesDetector("tcn", epoch_windows=bad).fit(np.zeros((100, 2)))
+
+
 def test_each_series_keeps_its_own_phase_on_the_grid():
     """Hosts scraped at different offsets within the step: each keeps its grid from training, so a
     host half a step off another, with a second of jitter, gets one step per reading (no shared

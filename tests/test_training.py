@@ -174,3 +174,27 @@ def test_batch_larger_than_the_data_is_one_batch():
     model = tiny_autoencoder()
     history = train(model, x_train[:5], x_val, TrainConfig(epochs=2, batch_size=256))
     assert len(history.train_loss) == 2 and all(math.isfinite(v) for v in history.train_loss)
+
+
+def test_an_epoch_draws_at_most_epoch_samples_rows_and_different_ones_each_epoch():
+    """`epoch_samples` caps the rows an epoch trains on (a series model's overlapping windows); each
+    epoch draws its own seeded subset, so over epochs every row is used."""
+
+    class Recorder(ScriptedLoss):
+        def __init__(self) -> None:
+            super().__init__([1.0 - 0.01 * i for i in range(6)])
+            self.seen: list[list[int]] = [[]]
+
+        def loss(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                self.seen[-1].extend(int(v) for v in x[:, 0])
+            else:
+                self.seen.append([])
+            return super().loss(x)
+
+    model = Recorder()
+    x_train = torch.arange(100, dtype=torch.float32)[:, None].repeat(1, 3)
+    train(model, x_train, torch.zeros(4, 3), TrainConfig(epochs=6, batch_size=8, patience=10, epoch_samples=30))
+    epochs = [rows for rows in model.seen if rows]
+    assert len(epochs) == 6 and all(len(rows) == len(set(rows)) == 30 for rows in epochs)
+    assert len({tuple(sorted(rows)) for rows in epochs}) == 6 and len(set().union(*map(set, epochs))) > 80

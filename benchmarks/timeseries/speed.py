@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/timeseries_speed.md"))
+    parser.add_argument("--epoch-windows", default="default",
+                        help="SeriesDetector's epoch_windows for the learned models: a number, 'all', or the default")
     parser.add_argument("--code", default=CHECKOUT,
                         help="what the package imported is (e.g. a commit put first on PYTHONPATH); a row is kept per "
                              "model and code, so one file can hold the same model before and after a change")
@@ -141,12 +143,14 @@ def main() -> None:
     series = telemetry(STEPS + WINDOW, METRICS, seed=0)
     history, request = series.iloc[:STEPS], series.iloc[STEPS:].reset_index(drop=True)  # the next 64 steps
     incident = telemetry(WINDOW, METRICS, seed=1)  # other loadings: every row anomalous
+    epoch_windows = {} if args.epoch_windows == "default" else {
+        "epoch_windows": None if args.epoch_windows == "all" else int(args.epoch_windows)}
     rows: list[dict] = []
     run = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     for model in args.models:
         set_threads(args.threads)
         start = time.perf_counter()
-        det = SeriesDetector(model, window=WINDOW, random_state=0, device="cpu").fit(history)
+        det = SeriesDetector(model, window=WINDOW, random_state=0, device="cpu", **epoch_windows).fit(history)
         fit_s = time.perf_counter() - start
         epochs = max((len(h.train_loss) for h in det.history_), default=0)
         set_threads(1)
@@ -161,6 +165,9 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
             ms = np.array(times) * 1000
             rows.append({"model": model, "code": args.code, "fit_s": round(fit_s, 1), "epochs": epochs,
+                         "epoch_windows": ("all" if det.epoch_windows is None else det.epoch_windows) if epochs else "-",
+                         "best_val_loss": round(min((min(h.val_loss) for h in det.history_ if h.val_loss),
+                                                    default=float("nan")), 5),
                          "inference_all_64_median_ms": round(float(np.median(ms)), 2),
                          "inference_all_64_p95_ms": round(float(np.quantile(ms, 0.95)), 2),
                          **service_times(det, request, args.repeats),
@@ -176,10 +183,15 @@ def main() -> None:
 def write(args: argparse.Namespace, measured: list[dict]) -> None:
     # rows of models not measured in this run are kept from earlier runs (each row says its run and load)
     store = args.out.with_suffix(".json")
-    done = {(r["model"], r["code"]) for r in measured}
-    earlier = [{"model": r["model"], "code": r.get("code", CHECKOUT), **r}
+    def key(r: dict) -> tuple:
+        return r["model"], r["code"], r["epoch_windows"]
+
+    done = {key(r) for r in measured}
+    # rows from before epoch_windows existed trained on every window (closed-form models on none)
+    earlier = [{"model": r["model"], "code": r.get("code", CHECKOUT),
+                "epoch_windows": r.get("epoch_windows", "all" if r.get("epochs") else "-"), **r}
                for r in (json.loads(store.read_text()) if store.exists() else [])]
-    kept = [r for r in earlier if (r["model"], r["code"]) not in done]
+    kept = [r for r in earlier if key(r) not in done]
     rows = sorted(kept + measured, key=lambda r: r["run"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps(rows, indent=1) + "\n")
@@ -190,7 +202,9 @@ def write(args: argparse.Namespace, measured: list[dict]) -> None:
         f"right after: {os.cpu_count()} cores shared with other jobs) on {platform.machine()} with "
         f"{args.threads} torch threads for training and 1 torch and 1 BLAS thread for scoring. "
         f"Training: {STEPS} steps x {METRICS} metrics, "
-        f"window {WINDOW}, default epochs and early stopping. Scoring, `--repeats` calls each (default 300): "
+        f"window {WINDOW}, default epochs and early stopping; `epoch_windows` the training windows each epoch draws "
+        "(`all`: every one of the ~8,000, as every row measured before the setting existed; `--epoch-windows`), "
+        "`best_val_loss` the held-out windows' loss of the weights kept. Scoring, `--repeats` calls each (default 300): "
         "`inference_all_64` scores all 64 rows of a 64-step request (a DataFrame) through `InferencePath.score` "
         "with top-3 explanations; `service` sends the same rows as JSON to POST /v1/score with `score_last: 1` "
         "(63 context rows, 1 new row, top-3) through the real app in process (auth, validation, worker thread, "
