@@ -193,16 +193,21 @@ class Detector(Estimator):
         scorer = ModelScorer(members, score, device=device, n_samples=self.n_samples, seed=self.random_state)
         k = self._resolved("neighbors")
         if k > 0:
-            if self.neighbor_reference == "prototypes":
-                reference = kmeans_prototypes(x_train, self.n_prototypes, self.random_state)
-            else:
-                reference = x_train[np.sort(rng.permutation(len(x_train))[: self.max_reference])]
-            neighbors = NearestNeighbors(tuple(x_train.shape[1:]), len(reference), k).to(device)
-            neighbors.set_reference(torch.from_numpy(reference).to(device))
-            scorer.add_neighbors(neighbors, x_val)
+            scorer.add_neighbors(self._neighbors(x_train, k, device, rng), x_val)
         self.model_spec_, self.history_, self.score_type_, self.device_ = spec, histories, score, device
         self.input_shape_ = list(x_train.shape[1:])
         return scorer
+
+    def _neighbors(self, x: np.ndarray, k: int, device: torch.device, rng: np.random.Generator) -> NearestNeighbors:
+        """The neighbour term over model-input rows x: up to `max_reference` of them (sampled, kept
+        in order) or their k-means prototypes."""
+        if self.neighbor_reference == "prototypes":
+            reference = kmeans_prototypes(x, self.n_prototypes, self.random_state)
+        else:
+            reference = x[np.sort(rng.permutation(len(x))[: self.max_reference])]
+        neighbors = NearestNeighbors(tuple(x.shape[1:]), len(reference), k).to(device)
+        neighbors.set_reference(torch.from_numpy(reference).to(device))
+        return neighbors
 
     def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
         """The fitted state that scoring reads (shared by fit and load)."""

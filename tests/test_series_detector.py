@@ -297,6 +297,19 @@ def test_knn_a_window_scores_the_same_alone_or_among_others():
     np.testing.assert_allclose(alone, every[list(rows)], rtol=2e-6)
 
 
+def test_knn_reference_holds_the_whole_history_once_the_tail_has_calibrated():
+    """knn's threshold comes from the held-out tail scored against the head's windows; then the
+    reference takes every window of the history, tail included (the rows scored next follow it in
+    time): fresh normal data is still flagged near the 1% target, and the history's own windows are
+    their own nearest neighbours."""
+    history = frame(1500)
+    det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", random_state=0).fit(history)
+    assert det.scorer_.neighbors.reference.shape[0] == len(history)
+    assert det.predict(frame(3000, seed=11)).mean() < 0.04
+    tail = history.groupby("host").tail(100)
+    assert (det.decision_function(history)[tail.index] < det.threshold_).mean() > 0.99
+
+
 def test_knn_bounded_search_finds_the_brute_force_neighbours():
     """A few windows are searched with lower bounds from the reference's main directions: the same
     mean distances and nearest-window gaps as measuring every reference window, or None (brute force)
