@@ -166,8 +166,8 @@ def main() -> None:
             ms = np.array(times) * 1000
             rows.append({"model": model, "code": args.code, "fit_s": round(fit_s, 1), "epochs": epochs,
                          "epoch_windows": ("all" if det.epoch_windows is None else det.epoch_windows) if epochs else "-",
-                         "best_val_loss": round(min((min(h.val_loss) for h in det.history_ if h.val_loss),
-                                                    default=float("nan")), 5),
+                         "best_val_loss": round(min(min(h.val_loss) for h in det.history_ if h.val_loss), 5)
+                         if epochs else "-",
                          "inference_all_64_median_ms": round(float(np.median(ms)), 2),
                          "inference_all_64_p95_ms": round(float(np.quantile(ms, 0.95)), 2),
                          **service_times(det, request, args.repeats),
