@@ -49,7 +49,8 @@ class NearestNeighbors(nn.Module):
         base rows^T: one (rows x base rows x F) product for every pair, where the flattened windows
         cost (windows x reference x window x F), and base rows small enough to stay in cache where
         the flattened reference (10,000 windows of 64 x 38 values: 97 MB) is read from memory for
-        each request."""
+        each request. Up to BOUNDED_MAX_WINDOWS windows (a stream's new rows) are first searched with
+        lower bounds (`_bounded_distances`), whatever the reference holds."""
         window, n_features = windows.shape[1], x.shape[1]
         if self.reference.device.type != "cpu" or self.reference.shape[1] != window * n_features:
             return None
