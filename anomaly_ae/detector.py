@@ -209,6 +209,10 @@ class Detector(Estimator):
         neighbors.set_reference(torch.from_numpy(reference).to(device))
         return neighbors
 
+    def _epoch_samples(self) -> int | None:
+        """Training samples an epoch draws (None: all; `SeriesDetector.epoch_windows`)."""
+        return None
+
     def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
         """The fitted state that scoring reads (shared by fit and load)."""
         self.scorer_, self.calibration_, self.threshold_ = scorer, calibration, calibration.threshold
@@ -253,7 +257,7 @@ class Detector(Estimator):
         batch_size = self.batch_size or int(np.clip(len(x_train) // 20, 16, 256))
         config = TrainConfig(epochs=self.epochs, batch_size=batch_size, learning_rate=self.learning_rate,
                              weight_decay=self.weight_decay, patience=self.patience,
-                             epoch_samples=getattr(self, "epoch_windows", None))
+                             epoch_samples=self._epoch_samples())
         with epoch_progress(self.epochs, label, enabled=self.verbose) as on_epoch:
             history = train(module, t_train, t_val, config, seed=seed, on_epoch=on_epoch,
                             checkpoint=checkpoint, checkpoint_name=checkpoint_name)

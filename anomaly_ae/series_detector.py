@@ -204,6 +204,9 @@ class SeriesDetector(Detector):
                                         f"{self.epoch_windows!r}")
         check_covariates(self.covariates, self.time_col)
 
+    def _epoch_samples(self) -> int | None:
+        return None if self.epoch_windows is None else int(self.epoch_windows)
+
     def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
         self.scorer_, self.calibration_, self.threshold_ = scorer, calibration, calibration.threshold
         self.window_ = self.framing_.window

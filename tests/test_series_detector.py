@@ -394,6 +394,23 @@ def test_covariates_need_a_time_column_and_known_names():
         SeriesDetector("knn", time_col="ts", covariates=["hour"]).fit(history)
 
 
+def test_epoch_windows_reaches_the_training_loop(monkeypatch):
+    import anomaly_ae.detector as detector_module
+
+    seen = []
+    real_train = detector_module.train
+
+    def spy(model, x_train, x_val, config, **kwargs):
+        seen.append(config.epoch_samples)
+        return real_train(model, x_train, x_val, config, **kwargs)
+
+    monkeypatch.setattr(detector_module, "train", spy)
+    history = np.random.default_rng(0).normal(size=(300, 2))
+    SeriesDetector("tcn", window=8, epochs=2, epoch_windows=64, random_state=0).fit(history)
+    SeriesDetector("tcn", window=8, epochs=2, random_state=0).fit(history)
+    assert seen == [64, None]
+
+
 @pytest.mark.parametrize("bad", [0, -5, 2.5, "all"])
 def test_epoch_windows_must_be_a_positive_count_or_none(bad):
     with pytest.raises(InvalidParameterError, match="epoch_windows must be a positive number"):

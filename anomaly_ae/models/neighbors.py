@@ -135,9 +135,9 @@ class NearestNeighbors(nn.Module):
     def _projection(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(basis (D, p) with orthonormal columns, the reference rows' coordinates in it (p, n) float32,
         their squared norms (n,), the rows' distances to its span (n,) and their squared norms (n,),
-        float64), built on first use and kept until the
-        reference changes. The basis: the main directions of up to 256 reference rows taken at even
-        steps (any orthonormal basis gives valid bounds; a good one gives tight ones)."""
+        float64), built on first use and kept until the reference changes. The basis: the main
+        directions of up to 256 reference rows taken at even steps (any orthonormal basis gives
+        valid bounds; a good one gives tight ones)."""
         key = (self.reference.data_ptr(), self.reference._version)
         cached = getattr(self, "_projection_cache", None)
         if cached is not None and cached[0] == key:
