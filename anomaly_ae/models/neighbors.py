@@ -126,7 +126,8 @@ class NearestNeighbors(nn.Module):
         if len(extra) > BOUNDED_MAX_SHARE * n:
             return None
         rows, d2 = np.concatenate([rows, extra]), np.concatenate([d2, measure(extra)])
-        smallest = np.argpartition(d2, k - 1, axis=0)[:k] if k < len(d2) else np.tile(np.arange(len(d2))[:, None], len(queries))
+        smallest = np.argpartition(d2, k - 1, axis=0)[:k] if k < len(d2) \
+            else np.tile(np.arange(len(d2))[:, None], len(queries))
         values = np.take_along_axis(d2, smallest, axis=0)  # (k, b)
         nearest = rows[smallest[values.argmin(0), np.arange(len(queries))]]
         gaps = np.square(queries - reference[nearest], dtype=np.float32)
@@ -143,7 +144,8 @@ class NearestNeighbors(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         reference = self.reference.numpy()
-        sample = reference[np.linspace(0, len(reference) - 1, min(len(reference), 256)).astype(int)].astype(np.float64)
+        picked = np.linspace(0, len(reference) - 1, min(len(reference), 256)).astype(int)
+        sample = reference[picked].astype(np.float64)
         eigenvalues, vectors = np.linalg.eigh(sample @ sample.T)
         top = np.argsort(eigenvalues)[::-1][:BOUNDED_COMPONENTS]
         top = top[eigenvalues[top] > 1e-9 * max(float(eigenvalues.max(initial=0.0)), 1e-300)]
@@ -200,9 +202,9 @@ def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndar
 
 
 # Windows scored at once up to which lower bounds are tried first (`_bounded_distances`): a stream's new
-# row sent with the context its model asks for. More windows (an incident's context rows, or the cut
-# windows of a series' first rows, whose bounds rule out little) go straight to brute force, which
-# costs about the same for one window or a hundred.
+# row and the rows before it that the alert rule counts (5 by default). More windows (an incident's
+# context rows, scored when the rule's cooldown decides) go straight to brute force, which costs about
+# the same for one window or a hundred.
 BOUNDED_MAX_WINDOWS = 8
 # Main directions of the reference in the bounds, exact distances measured first, and the share of the
 # reference past which the bounds rule out too little to beat brute force.
