@@ -1,5 +1,7 @@
 """The maths of the model modules: KL, ELBO/IWAE ordering, reparametrisation gradients, shapes."""
 
+import numpy as np
+import pytest
 import torch
 
 from anomaly_ae.models import build_model
@@ -96,3 +98,29 @@ def test_pca_from_the_scatter_matrix_reconstructs_as_the_svd_does():
     reference.components[:k] = vt[:k].float()
     torch.testing.assert_close(fitted.feature_errors(x)["errors"], reference.feature_errors(x)["errors"],
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_reference, n_features", [(10_000, 30), (500, 3), (37, 5), (3, 4)])
+def test_nearest_neighbours_equal_float64_brute_force(n_reference, n_features):
+    """The CPU search ranks rows by float32 products and picks from a few groups of columns: the
+    same neighbours, distances and gaps as float64 brute force (reference sizes with and without
+    columns past the last whole group; fewer rows than k), for a row alone as in a batch, and for
+    queries that are reference rows (distance 0, where products alone lose precision)."""
+    from anomaly_ae.models.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(n_reference)
+    reference = rng.normal(size=(n_reference, n_features)).astype(np.float32) * 10 + 50
+    queries = rng.normal(size=(300, n_features)).astype(np.float32) * 10 + 50
+    queries[:3] = reference[:3]
+    neighbours = NearestNeighbors((n_features,), n_reference, k=5)
+    neighbours.set_reference(torch.from_numpy(reference))
+    means, gaps = neighbours.distances(torch.from_numpy(queries))
+
+    exact = np.sqrt(np.square(queries[:, None, :].astype(np.float64) - reference[None]).sum(-1))
+    order = np.argsort(exact, 1)
+    k = min(5, n_reference)
+    np.testing.assert_allclose(means.numpy(), np.take_along_axis(exact, order[:, :k], 1).mean(1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gaps.numpy(), np.square(queries - reference[order[:, 0]]), rtol=1e-5, atol=1e-5)
+    assert (gaps.numpy()[:3] == 0).all()  # a reference row's nearest is itself, exactly
+    alone = torch.cat([neighbours.distances(torch.from_numpy(queries[j:j + 1]))[0] for j in range(20)])
+    np.testing.assert_array_equal(alone.numpy(), means.numpy()[:20])
