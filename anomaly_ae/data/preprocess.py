@@ -104,9 +104,12 @@ class Preprocessor:
         if numeric:
             # Every numeric column in one vectorised step: the same arithmetic as column by column,
             # without per-column overhead (which dominates small batches such as 1-row requests).
-            x = np.empty((n_rows, len(numeric)))
-            for j, name in enumerate(numeric):
-                x[:, j] = np.asarray(data[name], dtype=np.float64)
+            if isinstance(data, pd.DataFrame):
+                x = data[numeric].to_numpy(dtype=np.float64)
+            else:
+                x = np.empty((n_rows, len(numeric)))
+                for j, name in enumerate(numeric):
+                    x[:, j] = np.asarray(data[name], dtype=np.float64)
             params = [self.numeric[name] for name in numeric]
             missing = np.isnan(x)
             if missing.any():

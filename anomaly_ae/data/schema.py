@@ -120,13 +120,29 @@ class Schema:
         if len(data) == 0:
             raise DataError("the input has no rows; send at least one sample")
         self._check_column_names([str(c) for c in data.columns])
-        data = data.copy()
-        data.columns = [str(c) for c in data.columns]
+        if not all(isinstance(c, str) for c in data.columns):
+            data = data.copy()
+            data.columns = [str(c) for c in data.columns]
         report = CheckReport()
-        out = {}
-        for col in self.columns:
-            out[col.name] = self._check_column(col, data[col.name], report)
+        numeric = self._check_numeric_frame(data)
+        if numeric is not None and numeric.shape[1] == len(self.columns):
+            return numeric, report
+        out = {col.name: numeric[col.name] if numeric is not None and col.kind == "numeric"
+               else self._check_column(col, data[col.name], report) for col in self.columns}
         return pd.DataFrame(out, index=data.index), report
+
+    def _check_numeric_frame(self, data: pd.DataFrame) -> pd.DataFrame | None:
+        """The numeric columns at once when they are numpy numbers, all finite (the common case): one
+        float64 block, where the column-by-column checks cost about 1 ms per column; None otherwise,
+        and the column-by-column checks then report the first problem with its rows."""
+        names = [col.name for col in self.columns if col.kind == "numeric"]
+        if not data.columns.is_unique or not all(isinstance(d, np.dtype) and d.kind in "iuf"
+                                                 for d in data.dtypes[names]):
+            return None
+        block = data[names].to_numpy(dtype=np.float64)
+        if not np.isfinite(block).all():
+            return None
+        return pd.DataFrame(block, index=data.index, columns=names)
 
     def _check_column_names(self, present: list[str]) -> None:
         known = set(self.names)
