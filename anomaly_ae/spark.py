@@ -159,8 +159,8 @@ def _score_series(group: pd.DataFrame, *, name: str, fallback: str, sha: str, fe
 
 
 def _time_order(values: pd.Series) -> Any:
-    """Row order by time: timestamps, ISO 8601 text or numbers (a sequence number); stable for ties, which
-    the model then refuses as duplicate timestamps."""
+    """Row order by time: timestamps, ISO 8601 text or numbers (a sequence number); stable for ties (rows
+    with one timestamp keep their order, and the model lets the last stand for the step)."""
     if not (pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_numeric_dtype(values)):
         try:
             values = pd.to_datetime(values, utc=True, format="mixed")

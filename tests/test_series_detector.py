@@ -115,9 +115,14 @@ def test_bad_time_input_gets_clear_errors_and_notes(fitted):
     test = frame(100, seed=9)
     with pytest.raises(DataError, match="not in time order"):
         fitted.decision_function(test.iloc[::-1])
-    dup = pd.concat([test.iloc[:5], test.iloc[4:5], test.iloc[5:]])
-    with pytest.raises(DataError, match="duplicate timestamp"):
-        fitted.decision_function(dup)
+    # a timestamp twice (a reading sent again, corrected): both rows scored, the first as it came, the
+    # second then stands for the step (noted), so later rows score as if only the second had been sent
+    again = test.iloc[4:5].assign(cpu=test.cpu.iloc[4] + 1.0)
+    twice = fitted.score_frame(pd.concat([test.iloc[:5], again, test.iloc[5:]]))
+    assert "at the same timestamp as the reading before it" in twice.notes.iloc[5]
+    assert twice.score.iloc[4] == pytest.approx(fitted.score_frame(test).score.iloc[4], rel=1e-9)
+    replaced = fitted.score_frame(pd.concat([test.iloc[:4], again, test.iloc[5:]]))
+    np.testing.assert_allclose(twice.score.to_numpy()[5:], replaced.score.to_numpy()[4:], rtol=1e-9)
     # sampled finer than the model's 5-minute step: readings that land on one step are each scored when
     # they come (causally: as if the stream ended there), and the last one stands for the step afterwards
     fine = test[test.host == "a"].copy()

@@ -130,8 +130,9 @@ class SeriesFraming:
                 if missing < 0:  # the same grid step as the row before: the last reading of a step wins
                     position[row] = position[rows[j - 1]]
                     source[position[row]] = row
-                    notes[row].append(f"within the same {_duration(self.step_seconds or 0)} step as the reading "
-                                      "before it, which it replaces in later windows")
+                    where = ("at the same timestamp" if times[rows[j]] == times[rows[j - 1]]
+                             else f"within the same {_duration(self.step_seconds or 0)} step")
+                    notes[row].append(f"{where} as the reading before it, which it replaces in later windows")
                     continue
                 if missing > self.max_gap:
                     start = len(source)
@@ -153,7 +154,9 @@ class SeriesFraming:
         return metrics, layout
 
     def _steps(self, times: np.ndarray | None, rows: np.ndarray, name: str) -> np.ndarray:
-        """Grid step of each row of one series; refuses unsorted or duplicate timestamps."""
+        """Grid step of each row of one series; refuses unsorted timestamps. Rows with one timestamp
+        (a reading sent twice, or two readings of one step) share its step, like readings that land on
+        one step (`split`: the last stands for it)."""
         if times is None:
             return np.arange(len(rows))
         t = times[rows].astype("datetime64[ns]").astype(np.int64)
@@ -164,11 +167,6 @@ class SeriesFraming:
             raise DataError(f"timestamps in '{self.time_col}'{what} are not in time order at row {int(rows[i + 1])}; "
                             f"sort the rows by '{self.time_col}' first", reason="unsorted_timestamps",
                             column=self.time_col, rows=[int(rows[i + 1])])
-        if (d == 0).any():
-            i = int(np.flatnonzero(d == 0)[0])
-            raise DataError(f"duplicate timestamp in '{self.time_col}'{what} at row {int(rows[i + 1])}; "
-                            "keep one row per time step (e.g. drop_duplicates or aggregate)",
-                            reason="duplicate_timestamp", column=self.time_col, rows=[int(rows[i + 1])])
         assert self.step_seconds is not None
         # Each row goes to the nearest step of the grid (half-way up), in integer nanoseconds so that
         # a row half-way between two steps always goes the same way; rows that land on one step share
