@@ -211,8 +211,9 @@ class Ours:
     With covariates (`+time_of_day`, `+day_of_week`) the detector gets a DataFrame: a "ts" column
     holding the series' timestamps (as the file gives them) and the metric columns, and
     `time_col="ts", covariates=[...]`; it then also places the rows on its step grid (gaps filled
-    or the window restarted, as SeriesDetector documents) and refuses timestamps it cannot place
-    (unsorted, duplicate, closer than its step). A series without timestamps is refused here."""
+    or the window restarted, as SeriesDetector documents; readings on one step, one timestamp twice
+    included, each scored, the last standing for the step) and refuses timestamps out of time order.
+    A series without timestamps is refused here."""
 
     seed_free = False
     TIME_COL = "ts"
