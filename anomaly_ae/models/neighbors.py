@@ -56,9 +56,8 @@ class NearestNeighbors(nn.Module):
         gaps = np.empty(queries.shape, dtype=np.float32)
         for start in range(0, len(queries), QUERY_CHUNK):
             part = queries[start:start + QUERY_CHUNK]
-            rank = part @ reference_t  # (c, n)
-            rank *= -2.0
-            rank += reference_sq
+            # torch's product: it follows the process's torch threads (2 while fitting, 1 in a worker)
+            rank = torch.addmm(reference_sq, torch.from_numpy(part), reference_t, alpha=-2.0).numpy()  # (c, n)
             picked = _smallest(rank, k)  # (c, k)
             differences = part[:, None, :] - reference[picked]  # (c, k, D)
             d2 = np.einsum("ckd,ckd->ck", differences, differences, dtype=np.float64)
@@ -67,15 +66,16 @@ class NearestNeighbors(nn.Module):
             gaps[start:start + len(part)] = np.square(differences[np.arange(len(part)), nearest])
         return means, gaps
 
-    def _brute_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(reference transposed (D, n), squared norms (n,)), float32, built on first use and kept
-        until the reference changes."""
+    def _brute_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reference transposed (D, n), squared norms (n,)), float32 tensors, built on first use and
+        kept until the reference changes."""
         key = (self.reference.data_ptr(), self.reference._version)
         cached = getattr(self, "_brute_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         reference = self.reference.numpy()
-        index = (np.ascontiguousarray(reference.T), np.square(reference, dtype=np.float64).sum(1).astype(np.float32))
+        index = (self.reference.T.contiguous(),
+                 torch.from_numpy(np.square(reference, dtype=np.float64).sum(1).astype(np.float32)))
         self._brute_cache = (key, index)
         return index
 
