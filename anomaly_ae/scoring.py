@@ -15,6 +15,7 @@ import torch
 
 from anomaly_ae.models.base import ScoredModule
 from anomaly_ae.models.neighbors import NearestNeighbors
+from anomaly_ae.models.stacked import StackedAutoencoders
 
 
 # The score of a detector that is the neighbour term alone (model "knn").
@@ -53,6 +54,21 @@ def score_array(model: ScoredModule, x: np.ndarray, score: str, device: torch.de
     return np.concatenate(totals), np.concatenate(contributions)
 
 
+@torch.inference_mode()
+def stacked_score_array(stack: StackedAutoencoders, x: np.ndarray, device: torch.device, batch_size: int = 4096
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """`score_array` averaged over the stacked members: (mean score (N,), mean contributions (N, F))."""
+    totals, contributions = [], []
+    for start in range(0, max(len(x), 1), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+        errors = stack.feature_errors(batch)  # (members, N, F)
+        totals.append(errors.mean(-1).double().mean(0).cpu().numpy())
+        contributions.append(errors.double().mean(0).cpu().numpy())
+    if len(totals) == 1:
+        return totals[0], contributions[0]
+    return np.concatenate(totals), np.concatenate(contributions)
+
+
 def location_spread(values: np.ndarray) -> list[float]:
     """Median and the 90th-percentile distance above it: a robust scale for one score term."""
     median = float(np.median(values))
@@ -79,11 +95,23 @@ class ModelScorer:
         self._eps = [latent_noise(m, score_type, n_samples, seed, device) for m in self.members]
 
     def member_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        stack = self._stack()
+        if stack is not None:
+            return stacked_score_array(stack, x, self.device)
         totals, contributions = 0.0, 0.0
         for member, eps in zip(self.members, self._eps):
             total, contrib = score_array(member, x, self.score_type, self.device, eps)
             totals, contributions = totals + total, contributions + contrib
         return totals / len(self.members), contributions / len(self.members)
+
+    def _stack(self) -> StackedAutoencoders | None:
+        """The members as one stack when they are dense autoencoders of one shape (the default's three),
+        built on first use and again whenever their weights change."""
+        key = tuple((p.data_ptr(), p._version) for member in self.members for p in member.parameters())
+        if getattr(self, "_stack_key", None) != key:
+            self._stacked = StackedAutoencoders.of(self.members) if self.score_type == "recon" else None
+            self._stack_key = key
+        return self._stacked
 
     def neighbor_distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.neighbors is not None

@@ -112,3 +112,33 @@ def test_vae_sampled_scores_are_reproducible_from_the_seed(telemetry_train, X, s
     assert np.array_equal(sa, b.decision_function(rows))
     assert not np.allclose(sa, c.decision_function(rows))
     np.testing.assert_allclose(a.decision_function(rows.iloc[[13]]), sa[[13]], rtol=RTOL, atol=ATOL)
+
+
+def test_the_default_three_autoencoders_score_as_one_stack_as_each_alone(hybrid, X):
+    """The default's members (dense autoencoders of one shape) run as one stack of batched products:
+    the same scores and contributions as each member's own `score_array`, averaged; a member of
+    another shape, or another family, keeps the members one by one."""
+    from anomaly_ae.models.stacked import StackedAutoencoders
+
+    scorer = hybrid.scorer_
+    x = hybrid.inference_.score(X.head(300)).model_input
+    assert scorer._stack() is not None and len(scorer.members) == 3
+    stacked = scorer.member_scores(x)
+    alone = [score_array(m, x, scorer.score_type, scorer.device, None) for m in scorer.members]
+    np.testing.assert_allclose(stacked[0], np.mean([a[0] for a in alone], 0), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(stacked[1], np.mean([a[1] for a in alone], 0), rtol=RTOL, atol=ATOL)
+    one_row = scorer.member_scores(x[:1])
+    np.testing.assert_allclose(one_row[0], stacked[0][:1], rtol=RTOL, atol=ATOL)
+    assert StackedAutoencoders.of(scorer.members[:1]) is None  # one member: nothing to stack
+    other = Detector("vae", n_estimators=2, epochs=1, random_state=0).fit(X.head(200))
+    assert other.scorer_._stack() is None
+    bias = scorer.members[0].decoder[-1].bias
+    saved = bias.detach().clone()
+    with torch.no_grad():  # weights that change (training resumed) rebuild the stack
+        bias.add_(1.0)
+    try:
+        assert not np.allclose(scorer.member_scores(x[:5])[0], stacked[0][:5])
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    np.testing.assert_allclose(scorer.member_scores(x)[0], stacked[0], rtol=RTOL, atol=ATOL)
