@@ -8,7 +8,7 @@ module computes is the module's business (`ScoredModule.score_terms`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,28 +43,29 @@ def score_array(model: ScoredModule, x: np.ndarray, score: str, device: torch.de
     """(score (N,), per-feature contributions (N, F)) of one module, in batches."""
     if model.training:  # eval() walks every submodule: a sizeable share of a 1-row call
         model.eval()
-    totals, contributions = [], []
-    for start in range(0, max(len(x), 1), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
-        total, contrib = model.score_terms(batch, score, eps)
-        totals.append(total.double().cpu().numpy())
-        contributions.append(contrib.double().cpu().numpy())
-    if len(totals) == 1:  # the common case (and the service's): no copy
-        return totals[0], contributions[0]
-    return np.concatenate(totals), np.concatenate(contributions)
+    return _in_batches(lambda batch: model.score_terms(batch, score, eps), x, device, batch_size)
 
 
 @torch.inference_mode()
 def stacked_score_array(stack: StackedAutoencoders, x: np.ndarray, device: torch.device, batch_size: int = 4096
                         ) -> tuple[np.ndarray, np.ndarray]:
     """`score_array` averaged over the stacked members: (mean score (N,), mean contributions (N, F))."""
+    def terms(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        errors = stack.feature_errors(batch)  # (members, N, F)
+        return errors.mean(-1).double().mean(0), errors.double().mean(0)
+
+    return _in_batches(terms, x, device, batch_size)
+
+
+def _in_batches(terms: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], x: np.ndarray,
+                device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     totals, contributions = [], []
     for start in range(0, max(len(x), 1), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
-        errors = stack.feature_errors(batch)  # (members, N, F)
-        totals.append(errors.mean(-1).double().mean(0).cpu().numpy())
-        contributions.append(errors.double().mean(0).cpu().numpy())
-    if len(totals) == 1:
+        total, contrib = terms(batch)
+        totals.append(total.double().cpu().numpy())
+        contributions.append(contrib.double().cpu().numpy())
+    if len(totals) == 1:  # the common case (and the service's): no copy
         return totals[0], contributions[0]
     return np.concatenate(totals), np.concatenate(contributions)
 

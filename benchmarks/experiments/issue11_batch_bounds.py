@@ -16,7 +16,6 @@ standardised on the reference. One thread.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from inprocess_speed import median_ms  # noqa: E402
 from serve_bench import make_data  # noqa: E402
 
 from anomaly_ae.models.neighbors import NearestNeighbors, _smallest  # noqa: E402
@@ -47,16 +47,6 @@ def load(name: str) -> tuple[np.ndarray, np.ndarray]:
     return ((reference - mean) / scale).astype(np.float32), ((queries - mean) / scale).astype(np.float32)
 
 
-def median_ms(call, repeats: int = 7) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
 def main() -> None:
     torch.set_num_threads(1)
     lines = ["# Lower bounds for a batch's exact neighbour search (issue 11)", "",
@@ -74,7 +64,7 @@ def main() -> None:
         n, d = reference.shape
         neighbours = NearestNeighbors((d,), n, 5)
         neighbours.set_reference(torch.from_numpy(reference))
-        exact_ms = median_ms(lambda: neighbours.nearest(queries))
+        exact_ms = median_ms(lambda: neighbours.nearest(queries), 7)
         sample = reference[np.linspace(0, n - 1, min(n, 1024)).astype(int)].astype(np.float64)
         _, vectors = np.linalg.eigh(sample.T @ sample)
         for p in (4, 8, 16):
@@ -101,7 +91,7 @@ def main() -> None:
             exact = np.square(queries[:, None, :] - reference[first]).sum(-1)
             tau = np.sort(exact, 1)[:, 4]
             left = (bound <= tau[:, None] * (1 + 1e-4)).sum(1)
-            lines.append(f"| {name} | {n} | {d} | {p} | {exact_ms:.1f} | {median_ms(bounds):.1f} | "
+            lines.append(f"| {name} | {n} | {d} | {p} | {exact_ms:.1f} | {median_ms(bounds, 7):.1f} | "
                          f"{left.mean():.0f} | {np.percentile(left, 90):.0f} | {left.max()} |")
             print(lines[-1], flush=True)
     lines += ["", "Reading: where the data has few main directions (serve_bench, cover, magic.gamma at p = 8) the "
