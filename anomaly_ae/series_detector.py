@@ -31,7 +31,8 @@ AUTO_WINDOW_BOUNDS = (16, 128)
 DEFAULT_WINDOW = 32
 # The default model, chosen by the time-series benchmark: mean distance to the 5 nearest training
 # windows had the best mean VUS-PR on NASA MSL (0.605 vs 0.536 for windowed PCA and 0.532 for
-# TSB-AD's KMeansAD, benchmarks/results/timeseries_msl.md); the sequence autoencoders are not yet benchmarked.
+# TSB-AD's KMeansAD, benchmarks/results/timeseries_msl.md), ahead of the sequence models too (tcn 0.563,
+# gru 0.537, vae 0.536 over seeds 0-2) at a fraction of their cost.
 DEFAULT_SERIES_MODEL = "knn"
 
 
