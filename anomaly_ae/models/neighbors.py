@@ -8,9 +8,22 @@ rows, or k-means prototypes of them (`kmeans_prototypes`), which keep raw rows o
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import nn
+
+
+class _Projection(NamedTuple):
+    """`NearestNeighbors._bounded_distances`'s index of the reference rows (n of them)."""
+    basis: np.ndarray  # (D, p) orthonormal columns: the main directions
+    projected_t: np.ndarray  # (p, n) float32: the rows' coordinates in the basis
+    projected_sq: np.ndarray  # (n,) float32: their squared norms
+    residual: np.ndarray  # (n,) float32: the rows' distances to the basis' span
+    reference_sq: np.ndarray  # (n,) float64: the rows' squared norms
+    reference_sq32: np.ndarray  # (n,) float32: the same
+    reference_sq_max: float
 
 
 class NearestNeighbors(nn.Module):
@@ -134,12 +147,13 @@ class NearestNeighbors(nn.Module):
 
         With V an orthonormal basis of the reference's main directions (`_projection`), every
         |q - r|^2 >= |V'q - V'r|^2 + (|q - VV'q| - |r - VV'r|)^2: a product with p columns instead of D.
-        The exact distances to each query's BOUNDED_FIRST rows of smallest bound give its k-th smallest
-        distance so far, tau; only rows whose bound is below tau can be nearer, and those are measured
-        too, so the result is the brute-force one. Float64 products of the float32 values: float32 ones
-        (a third of the time) put a stream's scores ~2e-6 off an offline pass's, past what the watcher's
-        equality with it allows."""
-        basis, projected_t, projected_sq, residual, reference_sq = self._projection()
+        The BOUNDED_FIRST rows of smallest bound over all queries give each query's k-th smallest
+        distance so far, tau; only rows whose bound is below tau can be nearer. Those rows are ranked
+        by float32 products, and the ones a product's rounding (`_product_slack`) leaves among the
+        k nearest are measured by float64 products of the float32 values, so the result is the
+        brute-force one: float32 values alone (a third of the time) put a stream's scores ~2e-6 off
+        an offline pass's, past what the watcher's equality with it allows."""
+        basis, projected_t, projected_sq, residual, reference_sq, reference_sq32, reference_sq_max = self._projection()
         reference = self.reference.numpy()
         n, k = len(reference), min(self.k, len(reference))
         exact = queries.astype(np.float64)
@@ -147,39 +161,45 @@ class NearestNeighbors(nn.Module):
         query_projected = exact @ basis
         query_projected_sq = np.square(query_projected).sum(1)
         query_residual = np.sqrt(np.maximum(query_sq - query_projected_sq, 0.0))
-        # float32 products (half the time of float64 ones here): their rounding is inside the slack below
-        bound = (projected_sq + query_projected_sq[:, None]) - 2 * (query_projected.astype(np.float32) @ projected_t)
-        bound += np.square(residual - query_residual[:, None])  # (b, n)
+        # float32 throughout (a (b, n) block each step): its rounding is inside the slack below
+        bound = query_projected.astype(np.float32) @ projected_t
+        bound *= -2.0
+        bound += projected_sq
+        bound += query_projected_sq.astype(np.float32)[:, None]
+        gap = residual - query_residual.astype(np.float32)[:, None]
+        gap *= gap
+        bound += gap  # (b, n)
+        slack = _product_slack(queries.shape[1], query_sq, reference_sq_max)  # (b,)
+        query_sq32 = query_sq.astype(np.float32)
 
-        def measure(rows: np.ndarray) -> np.ndarray:  # (rows, b) squared distances
-            d2 = reference_sq[rows, None] + query_sq - 2 * (reference[rows].astype(np.float64) @ exact.T)
-            return np.maximum(d2, 0.0)
+        def rank(rows: np.ndarray) -> np.ndarray:  # (rows, b) float32, within `slack` of the exact values
+            return reference_sq32[rows, None] + query_sq32 - 2 * (reference[rows] @ queries.T)
 
-        first = np.argpartition(bound, BOUNDED_FIRST - 1, axis=1)[:, :BOUNDED_FIRST] if n > BOUNDED_FIRST \
-            else np.tile(np.arange(n), (len(queries), 1))
-        rows = np.unique(first)
-        d2 = measure(rows)
-        tau = np.partition(d2, k - 1, axis=0)[k - 1]  # (b,): every query's k-th smallest so far
-        # rows whose bound is below tau may be nearer; the slack covers the bounds' float32 rounding
-        maybe = bound <= (tau * (1 + 1e-5) + 1e-5 * (projected_sq.max() + query_sq))[:, None]
+        # consecutive windows of a stream share their nearest rows: the smallest bound over all queries
+        rows = np.argpartition(bound.min(0), BOUNDED_FIRST - 1)[:BOUNDED_FIRST] if n > BOUNDED_FIRST else np.arange(n)
+        d2 = rank(rows)
+        tau = np.partition(d2, k - 1, axis=0)[k - 1] + slack  # at least every query's exact k-th smallest
+        maybe = bound <= (tau * (1 + 1e-5) + 1e-5 * (float(projected_sq.max()) + query_sq))[:, None]
         maybe[:, rows] = False
         extra = np.flatnonzero(maybe.any(0))
         if len(extra) > BOUNDED_MAX_SHARE * n:
             return None
-        rows, d2 = np.concatenate([rows, extra]), np.concatenate([d2, measure(extra)])
-        smallest = np.argpartition(d2, k - 1, axis=0)[:k] if k < len(d2) \
-            else np.tile(np.arange(len(d2))[:, None], len(queries))
-        values = np.take_along_axis(d2, smallest, axis=0)  # (k, b)
-        nearest = rows[smallest[values.argmin(0), np.arange(len(queries))]]
+        rows, d2 = np.concatenate([rows, extra]), np.concatenate([d2, rank(extra)])
+        kth = np.partition(d2, k - 1, axis=0)[k - 1] if k < len(d2) else d2.max(0)
+        close = rows[(d2 <= kth + 2 * slack).any(1)]  # every query's exact k nearest are among these
+        measured = reference_sq[close, None] + query_sq - 2 * (reference[close].astype(np.float64) @ exact.T)
+        np.maximum(measured, 0.0, out=measured)
+        smallest = np.argpartition(measured, k - 1, axis=0)[:k] if k < len(close) \
+            else np.tile(np.arange(len(close))[:, None], len(queries))
+        values = np.take_along_axis(measured, smallest, axis=0)  # (k, b)
+        nearest = close[smallest[values.argmin(0), np.arange(len(queries))]]
         gaps = np.square(queries - reference[nearest], dtype=np.float32)
         return np.sqrt(values).mean(0), gaps.astype(np.float64)
 
-    def _projection(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(basis (D, p) with orthonormal columns, the reference rows' coordinates in it (p, n) float32,
-        their squared norms (n,), the rows' distances to its span (n,) and their squared norms (n,),
-        float64), built on first use and kept until the reference changes. The basis: the main
-        directions of up to 256 reference rows taken at even steps (any orthonormal basis gives
-        valid bounds; a good one gives tight ones)."""
+    def _projection(self) -> _Projection:
+        """The reference's main directions and what the bounds need of each row, built on first use
+        and kept until the reference changes. The basis: the main directions of up to 256 reference rows taken at even
+        steps (any orthonormal basis gives valid bounds; a good one gives tight ones)."""
         key = (self.reference.data_ptr(), self.reference._version)
         cached = getattr(self, "_projection_cache", None)
         if cached is not None and cached[0] == key:
@@ -195,8 +215,9 @@ class NearestNeighbors(nn.Module):
         projected_sq = np.square(projected).sum(1)
         reference_sq = np.square(reference, dtype=np.float64).sum(1)
         residual = np.sqrt(np.maximum(reference_sq - projected_sq, 0.0))
-        index = (np.ascontiguousarray(basis), np.ascontiguousarray(projected.T, dtype=np.float32), projected_sq,
-                 residual, reference_sq)
+        index = _Projection(np.ascontiguousarray(basis), np.ascontiguousarray(projected.T, dtype=np.float32),
+                            projected_sq.astype(np.float32), residual.astype(np.float32), reference_sq,
+                            reference_sq.astype(np.float32), float(reference_sq.max(initial=0.0)))
         self._projection_cache = (key, index)
         return index
 
@@ -247,10 +268,10 @@ def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndar
 # context rows, scored when the rule's cooldown decides) go straight to brute force, which costs about
 # the same for one window or a hundred.
 BOUNDED_MAX_WINDOWS = 8
-# Main directions of the reference in the bounds, exact distances measured first, and the share of the
-# reference past which the bounds rule out too little to beat brute force.
+# Main directions of the reference in the bounds, rows ranked first (smallest bound over all queries),
+# and the share of the reference past which the bounds rule out too little to beat brute force.
 BOUNDED_COMPONENTS = 16
-BOUNDED_FIRST = 16
+BOUNDED_FIRST = 32
 BOUNDED_MAX_SHARE = 1 / 8
 # Queries ranked against the reference at once: a (chunk x 10,000) float32 block stays in cache.
 QUERY_CHUNK = 128
@@ -260,6 +281,13 @@ MAX_BASE_SHARE = 0.25
 MAX_CROSS = 1 << 24
 # Steps between neighbouring reference windows looked for (a reference sampled from up to 8x more windows).
 MAX_SHIFT = 8
+
+
+def _product_slack(length: int, query_sq: np.ndarray, reference_sq_max: float) -> np.ndarray:
+    """An upper bound on how far float32 |r|^2 + |q|^2 - 2 q.r of vectors of `length` values lies from
+    the exact value, for every reference row r: a dot product's rounding is at most length * 2^-24 *
+    |q| |r| in any summation order; the norms' and the sum's roundings add the rest."""
+    return 3 * length * 2.0 ** -24 * (np.sqrt(query_sq * reference_sq_max) + query_sq + reference_sq_max)
 
 
 def _smallest(values: np.ndarray, k: int) -> np.ndarray:
