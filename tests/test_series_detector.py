@@ -339,6 +339,16 @@ def test_knn_bounded_search_finds_the_brute_force_neighbours():
             continue
         np.testing.assert_allclose(bounded[0], np.sqrt(np.sort(d2, 1)[:, :5]).mean(1), rtol=1e-4)
         np.testing.assert_allclose(bounded[1], (queries[:2] - reference[nearest]) ** 2, atol=1e-6)
+    # near-ties that float32 products cannot order: the float64 measure decides, as brute force does
+    crowded = (np.repeat(windows[1000:1200], 8, axis=0) + 1e-5 * rng.normal(size=(1600, 32))).astype(np.float32)
+    knn = NearestNeighbors((32,), len(crowded), k=5)
+    knn.set_reference(torch.from_numpy(crowded))
+    queries = (crowded[[5, 20, 37]] + 1e-5 * rng.normal(size=(3, 32))).astype(np.float32)
+    d2 = ((queries[:, None].astype(np.float64) - crowded[None]) ** 2).sum(-1)
+    bounded = knn._bounded_distances(queries)
+    assert bounded is not None
+    np.testing.assert_allclose(bounded[0], np.sqrt(np.sort(d2, 1)[:, :5]).mean(1), rtol=1e-6)
+    np.testing.assert_array_equal(bounded[1], ((queries - crowded[d2.argmin(1)]) ** 2).astype(np.float64))
     noise = rng.normal(size=(2000, 32)).astype(np.float32)  # no main directions: the bounds rule out little
     knn = NearestNeighbors((32,), len(noise), k=5)
     knn.set_reference(torch.from_numpy(noise))
