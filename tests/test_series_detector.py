@@ -349,6 +349,12 @@ def test_knn_bounded_search_finds_the_brute_force_neighbours():
     assert bounded is not None
     np.testing.assert_allclose(bounded[0], np.sqrt(np.sort(d2, 1)[:, :5]).mean(1), rtol=1e-6)
     np.testing.assert_array_equal(bounded[1], ((queries - crowded[d2.argmin(1)]) ** 2).astype(np.float64))
+    knn = NearestNeighbors((32,), len(windows), k=40)  # more neighbours than the rows ranked first
+    knn.set_reference(torch.from_numpy(windows))
+    d2 = ((windows[[7, 8]].astype(np.float64)[:, None] - windows[None]) ** 2).sum(-1)
+    bounded = knn._bounded_distances(windows[[7, 8]])
+    assert bounded is not None
+    np.testing.assert_allclose(bounded[0], np.sqrt(np.sort(d2, 1)[:, :40]).mean(1), rtol=1e-6)
     noise = rng.normal(size=(2000, 32)).astype(np.float32)  # no main directions: the bounds rule out little
     knn = NearestNeighbors((32,), len(noise), k=5)
     knn.set_reference(torch.from_numpy(noise))

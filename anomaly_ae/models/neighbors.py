@@ -82,9 +82,8 @@ class NearestNeighbors(nn.Module):
     def _brute_index(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(reference transposed (D, n'), squared norms (n',)) as float32 tensors, and a group size:
         n' = n rounded up to whole groups of about sqrt(n) columns (a multiple of GROUP_STEP), the extra
-        columns at infinity
-        (never picked), so `_smallest` views the groups without a copy. Built on first use and kept
-        until the reference changes."""
+        columns at infinity (never picked), so `_smallest` views the groups without a copy. Built on
+        first use and kept until the reference changes."""
         key = (self.reference.data_ptr(), self.reference._version)
         cached = getattr(self, "_brute_cache", None)
         if cached is not None and cached[0] == key:
@@ -185,7 +184,8 @@ class NearestNeighbors(nn.Module):
             return reference_sq32[rows, None] + query_sq32 - 2 * (reference[rows] @ queries.T)
 
         # consecutive windows of a stream share their nearest rows: the smallest bound over all queries
-        rows = np.argpartition(bound.min(0), BOUNDED_FIRST - 1)[:BOUNDED_FIRST] if n > BOUNDED_FIRST else np.arange(n)
+        first = max(BOUNDED_FIRST, k)
+        rows = np.argpartition(bound.min(0), first - 1)[:first] if n > first else np.arange(n)
         d2 = rank(rows)
         tau = np.partition(d2, k - 1, axis=0)[k - 1] + slack  # at least every query's exact k-th smallest
         maybe = bound <= (tau * (1 + 1e-5) + 1e-5 * (float(projected_sq.max()) + query_sq))[:, None]
@@ -299,9 +299,10 @@ MAX_SHIFT = 8
 
 def _product_slack(length: int, query_sq: np.ndarray, reference_sq_max: float) -> np.ndarray:
     """An upper bound on how far float32 |r|^2 + |q|^2 - 2 q.r of vectors of `length` values lies from
-    the exact value, for every reference row r: a dot product's rounding is at most length * 2^-24 *
-    |q| |r| in any summation order; the norms' and the sum's roundings add the rest."""
-    return 3 * length * 2.0 ** -24 * (np.sqrt(query_sq * reference_sq_max) + query_sq + reference_sq_max)
+    the exact value, for every reference row r: a dot product's rounding is at most about length *
+    2^-24 * |q| |r| in any summation order (doubled here), and the norms' and the two sums' roundings
+    at most 2^-24 times each of |q|^2, |r|^2 and 2 |q| |r| (counted 8 times here)."""
+    return (2 * length + 8) * 2.0 ** -24 * (np.sqrt(query_sq * reference_sq_max) + query_sq + reference_sq_max)
 
 
 def _smallest(values: torch.Tensor, k: int, size: int, n: int) -> np.ndarray:
