@@ -67,10 +67,14 @@ class NearestNeighbors(nn.Module):
         k = min(self.k, len(reference))
         means = np.empty(len(queries))
         gaps = np.empty(queries.shape, dtype=np.float32)
+        # one block for every chunk: a fresh (chunk x n) block each time cost as much as the product
+        # itself (new pages from the system for each), per call so concurrent requests never share it
+        block = torch.empty(min(QUERY_CHUNK, len(queries)), reference_t.shape[1])
         for start in range(0, len(queries), QUERY_CHUNK):
             part = queries[start:start + QUERY_CHUNK]
             # torch's product: it follows the process's torch threads (2 while fitting, 1 in a worker)
-            rank = torch.addmm(reference_sq, torch.from_numpy(part), reference_t, alpha=-2.0)  # (c, groups x size)
+            rank = torch.addmm(reference_sq, torch.from_numpy(part), reference_t, alpha=-2.0,
+                               out=block[:len(part)])  # (c, groups x size)
             picked = _smallest(rank, k, size, len(reference))  # (c, k)
             differences = part[:, None, :] - reference[picked]  # (c, k, D)
             d2 = np.einsum("ckd,ckd->ck", differences, differences, dtype=np.float64)
