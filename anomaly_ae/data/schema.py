@@ -145,8 +145,8 @@ class Schema:
         return pd.DataFrame(block, index=data.index, columns=names)
 
     def _check_column_names(self, present: list[str]) -> None:
-        known = set(self.names)
-        missing = [n for n in self.names if n not in set(present)]
+        known, given = set(self.names), set(present)
+        missing = [n for n in self.names if n not in given]
         extra = [c for c in present if c not in known]
         if missing:
             raise SchemaError(f"missing column(s): {', '.join(missing)}; the model needs every training column",
