@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from threadpoolctl import threadpool_limits
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/: serve_bench's data
 
+from inprocess_speed import median_ms  # noqa: E402
 from serve_bench import make_data  # noqa: E402
 
 import anomaly_ae  # noqa: E402
@@ -37,17 +37,6 @@ from anomaly_ae import Detector  # noqa: E402
 from anomaly_ae.models.neighbors import NearestNeighbors  # noqa: E402
 
 OUT = HERE.parents[1] / "results" / "experiments" / "issue11_neighbour_search.json"
-
-
-def median_ms(call, repeats: int) -> float:
-    for _ in range(max(3, repeats // 10)):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 2)
 
 
 def main() -> None:
