@@ -211,8 +211,9 @@ class NearestNeighbors(nn.Module):
 
     def _projection(self) -> _Projection:
         """The reference's main directions and what the bounds need of each row, built on first use
-        and kept until the reference changes. The basis: the main directions of up to 256 reference rows taken at even
-        steps (any orthonormal basis gives valid bounds; a good one gives tight ones)."""
+        and kept until the reference changes. The basis: the main directions of up to 256 reference
+        rows taken at even steps (any orthonormal basis gives valid bounds; a good one gives tight
+        ones)."""
         key = (self.reference.data_ptr(), self.reference._version)
         cached = getattr(self, "_projection_cache", None)
         if cached is not None and cached[0] == key:
