@@ -200,7 +200,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load first")
-    parser.add_argument("--traps", action="store_true", help="also measure the TCP_NODELAY and 2-thread traps, and 1 worker with 2 threads")
+    parser.add_argument("--traps", action="store_true",
+                        help="also measure the TCP_NODELAY and 2-thread traps, and 1 worker with 2 threads")
     parser.add_argument("--model", default="hybrid",
                         help="model family to serve (default: the Detector default users get)")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve.json")

@@ -24,6 +24,7 @@ class _Projection(NamedTuple):
     reference_sq: np.ndarray  # (n,) float64: the rows' squared norms
     reference_sq32: np.ndarray  # (n,) float32: the same
     reference_sq_max: float
+    projected_sq_max: float
 
 
 class NearestNeighbors(nn.Module):
@@ -165,7 +166,8 @@ class NearestNeighbors(nn.Module):
         k nearest are measured by float64 products of the float32 values, so the result is the
         brute-force one: float32 values alone (a third of the time) put a stream's scores ~2e-6 off
         an offline pass's, past what the watcher's equality with it allows."""
-        basis, projected_t, projected_sq, residual, reference_sq, reference_sq32, reference_sq_max = self._projection()
+        (basis, projected_t, projected_sq, residual, reference_sq, reference_sq32, reference_sq_max,
+         projected_sq_max) = self._projection()
         reference = self.reference.numpy()
         n, k = len(reference), min(self.k, len(reference))
         exact = queries.astype(np.float64)
@@ -192,7 +194,7 @@ class NearestNeighbors(nn.Module):
         rows = np.argpartition(bound.min(0), first - 1)[:first] if n > first else np.arange(n)
         d2 = rank(rows)
         tau = np.partition(d2, k - 1, axis=0)[k - 1] + slack  # at least every query's exact k-th smallest
-        maybe = bound <= (tau * (1 + 1e-5) + 1e-5 * (float(projected_sq.max()) + query_sq))[:, None]
+        maybe = bound <= (tau * (1 + 1e-5) + 1e-5 * (projected_sq_max + query_sq))[:, None]
         maybe[:, rows] = False
         extra = np.flatnonzero(maybe.any(0))
         if len(extra) > BOUNDED_MAX_SHARE * n:
@@ -231,7 +233,8 @@ class NearestNeighbors(nn.Module):
         residual = np.sqrt(np.maximum(reference_sq - projected_sq, 0.0))
         index = _Projection(np.ascontiguousarray(basis), np.ascontiguousarray(projected.T, dtype=np.float32),
                             projected_sq.astype(np.float32), residual.astype(np.float32), reference_sq,
-                            reference_sq.astype(np.float32), float(reference_sq.max(initial=0.0)))
+                            reference_sq.astype(np.float32), float(reference_sq.max(initial=0.0)),
+                            float(projected_sq.max(initial=0.0)))
         self._projection_cache = (key, index)
         return index
 
