@@ -13,6 +13,7 @@ No torch here: the model step is whatever `scorer.score(x) -> (scores, contribut
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -26,6 +27,11 @@ from anomaly_ae.data.windows import SeriesFraming, SeriesLayout
 from anomaly_ae.exceptions import ScoringError
 
 Columns = Mapping[str, Sequence[Any]]
+
+# Rows from which a batch's model step is split in two halves when a helper thread is given: the two
+# halves scored at once took 2.0 against 2.7 ms for 256 rows of the default (one torch thread each),
+# 5.8 against 9.5 ms for 1,000; at 128 rows the hand-over cost what the halves saved.
+SPLIT_MIN_ROWS = 256
 
 
 class RowScorer(Protocol):
@@ -125,7 +131,7 @@ class InferencePath:
     # ------------------------------------------------------------------ the path
     def score(self, data: pd.DataFrame | np.ndarray | Columns, *, top_k: int = 0,
               shares: bool = False, step_shares: bool = False, rows: np.ndarray | None = None,
-              layout: SeriesLayout | None = None) -> ScoreResult:
+              layout: SeriesLayout | None = None, helper: Executor | None = None) -> ScoreResult:
         """Validate and score `data`; `top_k > 0` adds each row's top contributing features,
         `shares=True` every column's share (for `Detector.explain`), `step_shares=True` (series
         models) every (step of the window, column)'s share.
@@ -135,7 +141,12 @@ class InferencePath:
         follow `rows`, and its alerts are left to the caller, who holds the earlier steps.
 
         `layout` (series models): `data` is already split by `framing.split` (its metric columns),
-        and this is the layout it returned."""
+        and this is the layout it returned.
+
+        `helper` (row models): a thread that scores the second half of a batch of SPLIT_MIN_ROWS or
+        more while this one scores the first. Rows score independently: the result is the same to
+        float32 rounding, as for rows scored in separate calls. torch and numpy release the GIL in
+        their kernels. The service passes one when a worker has nothing else to score."""
         if self.framing is not None and layout is None:
             data, layout = self.framing.split(data)
         if isinstance(data, Mapping):
@@ -153,7 +164,7 @@ class InferencePath:
             checked = _take_rows(checked, rows)
             index = index[rows] if index is not None else None
         if layout is None:
-            scores, contributions = self.scorer.score(x)
+            scores, contributions = self._score_rows(x, helper)
         else:
             scores, contributions, steps = self.score_windows(series_input(x, layout), layout,
                                                               keep_steps=step_shares, rows=rows)
@@ -195,6 +206,15 @@ class InferencePath:
             if any(layout.notes):
                 result.notes = [a + b for a, b in zip(layout.notes, result.notes or [[]] * len(scores))]
         return result
+
+    def _score_rows(self, x: np.ndarray, helper: Executor | None) -> tuple[np.ndarray, np.ndarray]:
+        if helper is None or len(x) < SPLIT_MIN_ROWS:
+            return self.scorer.score(x)
+        half = len(x) // 2
+        second = helper.submit(self.scorer.score, x[half:])
+        scores, contributions = self.scorer.score(x[:half])
+        more_scores, more_contributions = second.result()
+        return np.concatenate([scores, more_scores]), np.concatenate([contributions, more_contributions])
 
     def score_windows(self, x: np.ndarray, layout: SeriesLayout, chunk: int = 2048, keep_steps: bool = False,
                       rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -41,6 +41,33 @@ def test_scores_do_not_depend_on_how_rows_are_split_into_calls(detector, X):
     np.testing.assert_allclose(np.concatenate(pieces), full, rtol=RTOL, atol=ATOL)
 
 
+def test_a_helper_thread_scores_half_a_large_batch_to_the_same_result(detector, X):
+    """The service hands a request it scores alone a second thread (`InferencePath.score(helper=)`):
+    a batch of SPLIT_MIN_ROWS or more is scored in two halves at once, and nothing in the result changes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from anomaly_ae.inference import SPLIT_MIN_ROWS
+
+    class Counting(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            self.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    rows = X.head(SPLIT_MIN_ROWS + 1)
+    path = detector.inference_
+    alone = path.score(rows, top_k=2)
+    with Counting(1) as helper:
+        split = path.score(rows, top_k=2, helper=helper)
+        small = path.score(rows.head(SPLIT_MIN_ROWS - 1), helper=helper)
+        assert helper.submitted == 1  # the large batch only
+    np.testing.assert_allclose(split.scores, alone.scores, rtol=RTOL, atol=ATOL)
+    assert split.top_features == alone.top_features
+    assert np.array_equal(split.is_anomaly, alone.is_anomaly)
+    np.testing.assert_allclose(small.scores, alone.scores[:SPLIT_MIN_ROWS - 1], rtol=RTOL, atol=ATOL)
+
+
 def test_scores_do_not_depend_on_row_order_or_company(detector, X):
     full = detector.decision_function(X)
     perm = np.random.default_rng(0).permutation(len(X))

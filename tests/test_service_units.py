@@ -188,6 +188,52 @@ class _Recorder:
         return self.closed
 
 
+def test_admission_gives_the_split_helper_only_to_a_request_scored_alone():
+    """A request admitted while the worker scores nothing else may use a second thread; one admitted
+    while another scores gets none (both cores are busy then), and without `split` none ever does."""
+    import asyncio
+    import threading
+
+    from anomaly_ae.service.limits import Admission
+
+    def work(tag, seen, gate, helper=None):
+        seen[tag] = helper
+        gate.wait(10)
+        return tag
+
+    async def run(admission):
+        seen, hold, free = {}, threading.Event(), threading.Event()
+        free.set()
+        first = asyncio.create_task(admission.score(work, "first", seen, hold))
+        for _ in range(500):  # the first request is scoring (holds its place and thread)
+            if "first" in seen:
+                break
+            await asyncio.sleep(0.01)
+        await admission.score(work, "second", seen, free)
+        hold.set()
+        await first
+        await admission.score(work, "third", seen, free)
+        return seen
+
+    split = Admission(8, 8, threads=2, release_interval_s=0, split=True)
+    assert asyncio.run(run(split)) == {"first": split.helper, "second": None, "third": split.helper}
+    assert split.helper is not None
+    plain = Admission(8, 8, threads=2, release_interval_s=0)
+    assert asyncio.run(run(plain)) == {"first": None, "second": None, "third": None}
+
+
+@pytest.mark.parametrize("cores, workers, torch_threads, enabled, expected", [
+    (2, 1, 1, True, True), (1, 1, 1, True, False), (2, 2, 1, True, False), (2, 1, 2, True, False),
+    (8, 2, 2, True, True), (2, 1, 1, False, False)])
+def test_requests_are_split_only_where_cores_are_spare(monkeypatch, cores, workers, torch_threads, enabled, expected):
+    from anomaly_ae.service.app import _can_split
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    settings = ServiceSettings(model_uri="m", workers=workers, torch_threads=torch_threads,
+                               split_large_requests=enabled)
+    assert _can_split(settings) is expected
+
+
 def test_coalescing_transport_sends_each_response_once():
     raw = _Recorder()
     t = CoalescingTransport(raw)

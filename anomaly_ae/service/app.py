@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import os
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -58,6 +59,7 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
             yield
         finally:
             await holder.stop()
+            app.state.admission.close()
             metrics.mark_process_dead()
 
     app = FastAPI(title="anomaly-ae scoring service", version=__version__, description=DESCRIPTION,
@@ -67,12 +69,19 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
     app.state.keys = KeyRing(settings)
     app.state.parser = ScoreRequestParser(settings.max_rows, settings.max_top_k, settings.max_id_length)
     app.state.admission = Admission(settings.max_concurrency, settings.max_body_reads, settings.scoring_threads,
-                                    settings.memory_release_interval_s)
+                                    settings.memory_release_interval_s, split=_can_split(settings))
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(ObservabilityMiddleware)
     _document(app)
     return app
+
+
+def _can_split(settings: ServiceSettings) -> bool:
+    """Whether a request scored alone may take a second thread: only where every worker's torch threads
+    have a spare core each (`split_large_requests`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return settings.split_large_requests and cores >= 2 * settings.workers * settings.torch_threads
 
 
 def _document(app: FastAPI) -> None:

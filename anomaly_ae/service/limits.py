@@ -11,6 +11,10 @@ kernels). Admitted requests beyond that wait their turn without a thread: measur
 concurrent 10,000-row requests, one thread per admitted request (32 per worker) starved the event
 loop of the GIL (7 of 127 liveness probes over 1 s) and held 1.5 GiB of batches at once.
 
+A request that the worker scores alone may use a second thread (`split`: a one-thread executor passed
+to the work as `helper`), where the worker's share of the cores would otherwise leave a core idle: the
+two halves of a large row-model batch then score at once (`InferencePath.score`).
+
 When the last admitted request has scored (the worker is idle), the memory its batches freed is handed
 back to the operating system (`runtime.release_free_memory`, at most once per `release_interval_s`,
 in a thread of its own): the allocator otherwise keeps it resident after a burst of large requests.
@@ -19,7 +23,9 @@ in a thread of its own): the allocator otherwise keeps it resident after a burst
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import anyio
@@ -41,8 +47,9 @@ def overloaded(what: str) -> ApiError:
 
 class Admission:
     def __init__(self, max_scoring: int, max_body_reads: int, threads: int = 2, release_interval_s: float = 1.0,
-                 release: Callable[[], object] = release_free_memory) -> None:
+                 release: Callable[[], object] = release_free_memory, split: bool = False) -> None:
         self.max_scoring = max_scoring
+        self.helper = ThreadPoolExecutor(1, thread_name_prefix="anomaly-ae-split") if split else None
         self.scoring = 0  # requests holding a scoring place (only the event loop's thread changes it)
         self.threads = anyio.CapacityLimiter(min(threads, max_scoring))
         self.body_reads = anyio.CapacityLimiter(max_body_reads)
@@ -63,19 +70,25 @@ class Admission:
             self.body_reads.release()
 
     async def score(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(*args)` in a worker thread (one of `threads`, waiting for a free one) holding a scoring
-        place; 503 when all places are taken."""
+        """Run `work(*args, helper=...)` in a worker thread (one of `threads`, waiting for a free one) holding
+        a scoring place; 503 when all places are taken. `helper` is the split executor when this request is
+        the only one the worker is scoring, else None."""
         if self.scoring >= self.max_scoring:
             raise overloaded("scoring requests")
+        helper = self.helper if self.scoring == 0 else None
         self.scoring += 1
         metrics.SCORING_IN_FLIGHT.inc()
         try:
-            return await anyio.to_thread.run_sync(work, *args, limiter=self.threads)
+            return await anyio.to_thread.run_sync(functools.partial(work, *args, helper=helper), limiter=self.threads)
         finally:
             self.scoring -= 1
             metrics.SCORING_IN_FLIGHT.dec()
             if self.scoring == 0:
                 self._release_when_due()
+
+    def close(self) -> None:
+        if self.helper is not None:
+            self.helper.shutdown(wait=False)
 
     def _release_when_due(self) -> None:
         """Hand freed memory back now that the worker is idle, without making any response wait: at once in

@@ -21,6 +21,7 @@ rows are counted apart (`context_rows_total`).
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -36,8 +37,10 @@ from anomaly_ae.service.schemas import SCORE_LAST, ScoreRequestParser
 ROWS_PER_CHUNK = 1000
 
 
-def score_batch(model: LoadedModel, body: bytes, parser: ScoreRequestParser) -> bytes:
-    """Body bytes -> response JSON bytes; raises ApiError or the package's errors for bad input."""
+def score_batch(model: LoadedModel, body: bytes, parser: ScoreRequestParser, helper: Executor | None = None) -> bytes:
+    """Body bytes -> response JSON bytes; raises ApiError or the package's errors for bad input. `helper`: a
+    second thread that may score half of a large row-model batch (`Admission.score` gives one to a request
+    the worker scores alone)."""
     request = parser.parse(body)
     scorer = model.scorer
     series = getattr(scorer, "contract", None) is not None
@@ -48,7 +51,7 @@ def score_batch(model: LoadedModel, body: bytes, parser: ScoreRequestParser) -> 
     # to report, and numpy's warning would otherwise reach the service log.
     with np.errstate(over="ignore"):
         if not series:
-            result = scorer.score(request.columns, request.top_k)
+            result = scorer.score(request.columns, request.top_k, helper)
             metrics.record_scores(result.scores, result.p_values, result.severity)
             model.drift.update(result.checked, result.missing, result.unseen, result.model_input)
             return _response(model, result, request.ids, None)

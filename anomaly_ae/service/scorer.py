@@ -14,6 +14,7 @@ integers) among the columns, checked here as strictly as `check_columns` checks 
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -51,10 +52,12 @@ class Scorer:
     def kind(self) -> str:
         return "detector" if self.contract is None else "series"
 
-    def score(self, columns: dict[str, Any], top_k: int = 0) -> ScoreResult:
+    def score(self, columns: dict[str, Any], top_k: int = 0, helper: Executor | None = None) -> ScoreResult:
+        """`helper`: a second thread for a large batch of a row model (`InferencePath.score`)."""
         if self.contract is not None:
             self._check_keys(columns)
-        return self.path.score(columns, top_k=top_k)
+            helper = None
+        return self.path.score(columns, top_k=top_k, helper=helper)
 
     def score_new(self, columns: dict[str, Any], top_k: int, score_last: int | None) -> tuple[ScoreResult, NewRows]:
         """Series models: score the last `score_last` rows of each series (all when None), the context

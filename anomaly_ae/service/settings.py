@@ -75,6 +75,13 @@ class ServiceSettings(BaseSettings):
                                              "system (glibc malloc_trim; nothing elsewhere), at most this often; "
                                              "0 = never. Without it a worker stayed ~20 MiB larger after bursts of "
                                              "10,000-row requests.")
+    split_large_requests: bool = Field(True, description="When a worker is scoring nothing else, a row model's "
+                                       "request of 256 rows or more has its two halves scored at once on two "
+                                       "threads: the same scores (to float32 rounding), sooner (the default's "
+                                       "model step on 1,000 rows took 5.8 against 9.5 ms, measured). Only where "
+                                       "there are at least two cores per worker's torch threads (cores >= 2 x "
+                                       "workers x torch_threads): elsewhere the halves would take cores other "
+                                       "workers use.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (1: more threads per "
                                                     "worker fight the other workers for the cores).")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field("auto", description="auto: uvloop when installed.")
