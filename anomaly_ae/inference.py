@@ -29,8 +29,9 @@ from anomaly_ae.exceptions import ScoringError
 Columns = Mapping[str, Sequence[Any]]
 
 # Rows from which a batch's model step is split in two halves when a helper thread is given: the two
-# halves scored at once took 2.0 against 2.7 ms for 256 rows of the default (one torch thread each),
-# 5.8 against 9.5 ms for 1,000; at 128 rows the hand-over cost what the halves saved.
+# halves scored at once took 2.0 against 2.3 ms for 256 rows of the default (one torch thread each),
+# 6.8 against 9.6 ms for 1,000; at 128 rows the hand-over cost what the halves saved
+# (benchmarks/results/experiments/issue11_split.md).
 SPLIT_MIN_ROWS = 256
 
 

@@ -78,7 +78,7 @@ class ServiceSettings(BaseSettings):
     split_large_requests: bool = Field(True, description="When a worker is scoring nothing else, a row model's "
                                        "request of 256 rows or more has its two halves scored at once on two "
                                        "threads: the same scores (to float32 rounding), sooner (the default's "
-                                       "model step on 1,000 rows took 5.8 against 9.5 ms, measured). Only where "
+                                       "model step on 1,000 rows took 6.8 against 9.6 ms, measured). Only where "
                                        "there are at least two cores per worker's torch threads (cores >= 2 x "
                                        "workers x torch_threads): elsewhere the halves would take cores other "
                                        "workers use.")
