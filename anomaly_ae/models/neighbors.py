@@ -328,7 +328,7 @@ def _smallest(values: torch.Tensor, k: int, size: int, n: int) -> np.ndarray:
         return values[:, :n].topk(k, largest=False, sorted=False).indices.numpy()
     grouped = values.view(c, groups, size)
     best = grouped.amin(2).topk(k, largest=False, sorted=False).indices.numpy()  # (c, k) groups
-    # numpy's fancy indexing copies the k groups in a fifth of the time of torch's gather (measured)
+    # numpy's fancy indexing copies the k groups several times faster than torch's gather at these sizes
     rows = np.arange(c)[:, None]
     candidates = torch.from_numpy(grouped.numpy()[rows, best].reshape(c, -1))
     picked = candidates.topk(k, largest=False, sorted=False).indices.numpy()  # positions in the k groups

@@ -11,9 +11,9 @@ registry failures are retried at the next poll.
 from __future__ import annotations
 
 import asyncio
-import gc
 import concurrent.futures
 import functools
+import gc
 import hashlib
 import json
 import logging
