@@ -56,7 +56,6 @@ class Scorer:
         """`helper`: a second thread for a large batch of a row model (`InferencePath.score`)."""
         if self.contract is not None:
             self._check_keys(columns)
-            helper = None
         return self.path.score(columns, top_k=top_k, helper=helper)
 
     def score_new(self, columns: dict[str, Any], top_k: int, score_last: int | None) -> tuple[ScoreResult, NewRows]:
