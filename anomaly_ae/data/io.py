@@ -284,6 +284,10 @@ class AtomicTableWriter:
             raise RuntimeError("an AtomicTableWriter can be used for one 'with' block only")
         started = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Before this writer's own file exists: a signal turned into an exception while the stale files
+        # were being looked for, after the file was made, left the file behind (__exit__ does not run
+        # when __enter__ raises).
+        remove_stale_temp_files(self.path, before=started)
         # Same directory so os.replace is a rename within one file system, hence atomic.
         self._tmp = self.path.with_name(f".{self.path.name}.{HOST_TAG}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
@@ -297,7 +301,6 @@ class AtomicTableWriter:
                 self._raw.close()
             self._tmp.unlink(missing_ok=True)
             raise
-        remove_stale_temp_files(self.path, before=started)
         return self
 
     def write(self, frame: pd.DataFrame) -> None:
