@@ -13,7 +13,7 @@ No torch here: the model step is whatever `scorer.score(x) -> (scores, contribut
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -213,7 +213,10 @@ class InferencePath:
             return self.scorer.score(x)
         half = len(x) // 2
         second = helper.submit(self.scorer.score, x[half:])
-        scores, contributions = self.scorer.score(x[:half])
+        try:
+            scores, contributions = self.scorer.score(x[:half])
+        finally:  # the helper is free again when this returns, even if the first half failed
+            wait([second])
         more_scores, more_contributions = second.result()
         return np.concatenate([scores, more_scores]), np.concatenate([contributions, more_contributions])
 
