@@ -187,6 +187,72 @@ class TsbReference:
         return s, s > self.threshold
 
 
+def _tsb_deep_models() -> dict:
+    """TSB-AD 1.5's deep semi-supervised models, built as its `run_<name>` wrappers build them, with
+    Optimal_Multi_algo_HP_dict's settings (arguments the dict leaves out take the wrapper's default).
+    Imported on first use: they need torch, tqdm, torchinfo and numba (`make bench-ts-env`)."""
+    # TSB-AD 1.5 predates numpy 2 (its early stopping reads np.Inf) and scikit-learn 1.6 (its
+    # AutoEncoder's check_is_fitted has no estimator tags): two shims, the models are unchanged.
+    if not hasattr(np, "Inf"):
+        np.Inf = np.inf
+    import TSB_AD.models.AE as tsb_ae
+    from TSB_AD.models.CNN import CNN
+    from TSB_AD.models.LSTMAD import LSTMAD
+    from TSB_AD.models.OmniAnomaly import OmniAnomaly
+    from TSB_AD.models.USAD import USAD
+
+    tsb_ae.check_is_fitted = lambda *args, **kwargs: None
+    hp = TSB_HP
+    return {
+        "USAD": lambda f: USAD(win_size=hp["USAD"]["win_size"], feats=f, lr=hp["USAD"]["lr"]),
+        "OmniAnomaly": lambda f: OmniAnomaly(win_size=hp["OmniAnomaly"]["win_size"], feats=f,
+                                             lr=hp["OmniAnomaly"]["lr"]),
+        "AutoEncoder": lambda f: tsb_ae.AutoEncoder(slidingWindow=100, batch_size=128, epochs=50,
+                                                    hidden_neurons=hp["AutoEncoder"]["hidden_neurons"]),
+        "CNN": lambda f: CNN(window_size=hp["CNN"]["window_size"], num_channel=hp["CNN"]["num_channel"],
+                             feats=f, lr=0.0008, batch_size=128),
+        "LSTMAD": lambda f: LSTMAD(window_size=hp["LSTMAD"]["window_size"], pred_len=1,
+                                   lr=hp["LSTMAD"]["lr"], feats=f, batch_size=128),
+    }
+
+
+class TsbDeep:
+    """A TSB-AD deep reference (USAD, OmniAnomaly, AutoEncoder, CNN, LSTMAD) under TSB-AD's own
+    semi-supervised protocol (`run_Semisupervise_AD`: fit on the training rows, score every row);
+    seeded through torch's and numpy's global generators; threshold by window_pca's rule."""
+
+    def __init__(self, name: str, seed: int):
+        self.name, self.seed = name, seed
+
+    def fit(self, train):
+        import torch
+
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            # the models print their device when built, and progress bars on every epoch
+            self.model = _tsb_deep_models()[self.name](train.shape[1])
+            self.model.fit(train)
+            self.threshold = tail_threshold(self._scores(train))
+        return self
+
+    def _scores(self, X):
+        # TSB-AD's AutoEncoder cannot store the scores of a last batch of one row under numpy 2 (a
+        # shape error); its rows are scored one by one in eval mode, so another batch size gives
+        # the same scores.
+        odd = self.name == "AutoEncoder" and len(X) % self.model.batch_size == 1
+        self.model.batch_size += odd
+        try:
+            return np.asarray(self.model.decision_function(X), dtype=np.float64).ravel()
+        finally:
+            self.model.batch_size -= odd
+
+    def score(self, X):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            s = self._scores(X)
+        return s, s > self.threshold
+
+
 class TsbUnsupervised:
     """TSB-AD's own protocol for these models: run_Unsupervise_AD on the whole series (test rows
     included), no threshold. Only to compare with the reference figures; fit() does nothing."""
@@ -272,6 +338,11 @@ METHODS = {
     "tsbad_pca_unsup": lambda seed: TsbUnsupervised("PCA", seed),
     "tsbad_kmeansad_unsup": lambda seed: TsbUnsupervised("KMeansAD", seed),
     "tsbad_iforest_unsup": lambda seed: TsbUnsupervised("IForest", seed),
+    "tsbad_usad": lambda seed: TsbDeep("USAD", seed),
+    "tsbad_omnianomaly": lambda seed: TsbDeep("OmniAnomaly", seed),
+    "tsbad_autoencoder": lambda seed: TsbDeep("AutoEncoder", seed),
+    "tsbad_cnn": lambda seed: TsbDeep("CNN", seed),
+    "tsbad_lstmad": lambda seed: TsbDeep("LSTMAD", seed),
 }
 DEFAULT_METHODS = ["random", "window_pca", "tsbad_pca", "tsbad_kmeansad", "tsbad_iforest"]
 

@@ -15,5 +15,7 @@ pip install -e .
 # the top of TSB_AD/models/feature.py) need beyond the project's own packages; neither pins numpy.
 # Installed before TSB-AD so pip has no unmet TSB-AD requirements to complain about.
 pip install statsmodels hurst
+# What its deep references (USAD, OmniAnomaly, AutoEncoder, CNN, LSTMAD) import beyond torch.
+pip install tqdm torchinfo numba
 pip install --no-deps tsb-ad==1.5
 "$VENV/bin/python" -c "import numpy, anomaly_ae, TSB_AD.evaluation.metrics, TSB_AD.models.PCA, TSB_AD.models.IForest, TSB_AD.models.KMeansAD; print('numpy', numpy.__version__, '- TSB_AD and anomaly_ae import')"
