@@ -238,8 +238,8 @@ class TsbDeep:
 
     def _scores(self, X):
         # TSB-AD's AutoEncoder cannot store the scores of a last batch of one row under numpy 2 (a
-        # shape error); its rows are scored one by one in eval mode, so another batch size gives
-        # the same scores.
+        # shape error); in eval mode a row's score depends on that row alone, so a batch one row
+        # larger gives the same scores.
         odd = self.name == "AutoEncoder" and len(X) % self.model.batch_size == 1
         self.model.batch_size += odd
         try:

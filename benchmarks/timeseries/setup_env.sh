@@ -18,4 +18,4 @@ pip install statsmodels hurst
 # What its deep references (USAD, OmniAnomaly, AutoEncoder, CNN, LSTMAD) import beyond torch.
 pip install tqdm torchinfo numba
 pip install --no-deps tsb-ad==1.5
-"$VENV/bin/python" -c "import numpy, anomaly_ae, TSB_AD.evaluation.metrics, TSB_AD.models.PCA, TSB_AD.models.IForest, TSB_AD.models.KMeansAD; print('numpy', numpy.__version__, '- TSB_AD and anomaly_ae import')"
+"$VENV/bin/python" -c "import numpy, anomaly_ae, TSB_AD.evaluation.metrics, TSB_AD.models.PCA, TSB_AD.models.IForest, TSB_AD.models.KMeansAD, TSB_AD.models.USAD, TSB_AD.models.OmniAnomaly, TSB_AD.models.AE, TSB_AD.models.CNN, TSB_AD.models.LSTMAD; print('numpy', numpy.__version__, '- TSB_AD and anomaly_ae import')"
