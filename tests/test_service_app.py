@@ -336,7 +336,8 @@ async def test_a_body_that_never_arrives_times_out(served):
 
 
 async def test_scoring_beyond_max_concurrency_is_refused_fast_with_retry_after(served):
-    async with in_process(settings(served, max_concurrency=1)) as (app, client):
+    # inline_max_body_bytes=0: these small requests are held in a worker thread, as large ones are
+    async with in_process(settings(served, max_concurrency=1, inline_max_body_bytes=0)) as (app, client):
         await ready(client)
         model = app.state.holder.current
         entered, release = threading.Event(), threading.Event()
@@ -367,11 +368,31 @@ async def test_scoring_beyond_max_concurrency_is_refused_fast_with_retry_after(s
         assert app.state.admission.scoring == 0
 
 
+async def test_small_requests_are_scored_on_the_event_loop_and_large_ones_in_a_thread(served):
+    async with in_process(settings(served, inline_max_body_bytes=4096)) as (app, client):
+        await ready(client)
+        model = app.state.holder.current
+        score, threads = model.scorer.score, []
+
+        def recorded(columns, top_k, helper=None):
+            threads.append(threading.get_ident())
+            return score(columns, top_k, helper)
+
+        model.scorer.score = recorded
+        loop_thread = threading.get_ident()  # the test's event loop is the app's
+        small, large = {"records": rows(1)}, {"records": rows(200)}
+        assert len(json.dumps(small)) <= 4096 < len(json.dumps(large))
+        for body in (small, large):
+            assert (await client.post("/v1/score", json=body, headers=SCORE)).status_code == 200
+        assert threads[0] == loop_thread and threads[1] != loop_thread
+
+
 async def test_admitted_requests_beyond_scoring_threads_wait_for_a_thread(served):
     """Only `scoring_threads` admitted requests work at once; the others wait without a thread. With a
     thread per request (32 per worker), 64 concurrent 10,000-row requests starved the event loop of
     the GIL: liveness probes over 1 s in the reliability suite."""
-    async with in_process(settings(served, max_concurrency=8, scoring_threads=2)) as (app, client):
+    config = settings(served, max_concurrency=8, scoring_threads=2, inline_max_body_bytes=0)  # held in threads
+    async with in_process(config) as (app, client):
         await ready(client)
         model = app.state.holder.current
         score, release, lock = model.scorer.score, threading.Event(), threading.Lock()
@@ -440,8 +461,8 @@ def test_release_free_memory_works_where_glibc_does_and_is_a_no_op_elsewhere():
 async def test_freed_memory_is_released_once_the_worker_is_idle(served):
     """After the last admitted request has scored, never while one is scoring or waiting, and at most
     once per memory_release_interval_s: the end of a burst within the interval is released at its end."""
-    async with in_process(settings(served, max_concurrency=8, scoring_threads=2,
-                                   memory_release_interval_s=0.5)) as (app, client):
+    async with in_process(settings(served, max_concurrency=8, scoring_threads=2, memory_release_interval_s=0.5,
+                                   inline_max_body_bytes=0)) as (app, client):
         await ready(client)
         admission, model = app.state.admission, app.state.holder.current
         released: list[tuple[float, int]] = []

@@ -204,15 +204,15 @@ def test_admission_gives_the_split_helper_only_to_a_request_scored_alone():
     async def run(admission):
         seen, hold, free = {}, threading.Event(), threading.Event()
         free.set()
-        first = asyncio.create_task(admission.score(work, "first", seen, hold))
+        first = asyncio.create_task(admission.score(work, "first", seen, hold, size=10_000))
         for _ in range(500):  # the first request is scoring (holds its place and thread)
             if "first" in seen:
                 break
             await asyncio.sleep(0.01)
-        await admission.score(work, "second", seen, free)
+        await admission.score(work, "second", seen, free, size=10_000)
         hold.set()
         await first
-        await admission.score(work, "third", seen, free)
+        await admission.score(work, "third", seen, free, size=10_000)
         return seen
 
     split = Admission(8, 8, threads=2, release_interval_s=0, split=True)
@@ -220,6 +220,31 @@ def test_admission_gives_the_split_helper_only_to_a_request_scored_alone():
     assert split.helper is not None
     plain = Admission(8, 8, threads=2, release_interval_s=0)
     assert asyncio.run(run(plain)) == {"first": None, "second": None, "third": None}
+
+
+def test_admission_scores_small_bodies_on_the_event_loop_and_large_ones_in_a_thread():
+    """A body of at most inline_max_bytes is scored on the loop's own thread (the hop to a worker thread
+    costs about as much as its work), holding a scoring place like any other; a larger one in a thread."""
+    import asyncio
+    import threading
+
+    from anomaly_ae.service.limits import Admission
+
+    def work(admission, helper=None):
+        return threading.get_ident(), admission.scoring, helper
+
+    async def run(admission, size):
+        return await admission.score(work, admission, size=size)
+
+    admission = Admission(8, 8, threads=2, release_interval_s=0, split=True, inline_max_bytes=4096)
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop on this thread
+    assert asyncio.run(run(admission, 4096)) == (loop_thread, 1, None)
+    thread, scoring, helper = asyncio.run(run(admission, 4097))
+    assert thread != loop_thread and scoring == 1 and helper is admission.helper
+    assert admission.scoring == 0
+    admission.close()
+    off = Admission(8, 8, threads=2, release_interval_s=0)  # inline_max_bytes=0: every body in a thread
+    assert asyncio.run(run(off, 1))[0] != loop_thread
 
 
 @pytest.mark.parametrize("cores, workers, torch_threads, enabled, expected", [

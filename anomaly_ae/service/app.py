@@ -69,7 +69,8 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
     app.state.keys = KeyRing(settings)
     app.state.parser = ScoreRequestParser(settings.max_rows, settings.max_top_k, settings.max_id_length)
     app.state.admission = Admission(settings.max_concurrency, settings.max_body_reads, settings.scoring_threads,
-                                    settings.memory_release_interval_s, split=_can_split(settings))
+                                    settings.memory_release_interval_s, split=_can_split(settings),
+                                    inline_max_bytes=settings.inline_max_body_bytes)
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(ObservabilityMiddleware)

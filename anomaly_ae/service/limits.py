@@ -11,6 +11,11 @@ kernels). Admitted requests beyond that wait their turn without a thread: measur
 concurrent 10,000-row requests, one thread per admitted request (32 per worker) starved the event
 loop of the GIL (7 of 127 liveness probes over 1 s) and held 1.5 GiB of batches at once.
 
+A small request (a body of at most `inline_max_bytes`: a few rows) is scored on the event loop's own
+thread instead, still holding a scoring place: its work (~0.5 ms for one row of the default model)
+costs about what the hop to a worker thread and back costs (0.1-0.2 ms of the ~1 ms a 1-row request
+took end to end, measured), and a loop that scores it holds the GIL no longer than the thread would.
+
 A request that the worker scores alone may use a second thread (`split`: a one-thread executor passed
 to the work as `helper`), where the worker's share of the cores would otherwise leave a core idle: the
 two halves of a large row-model batch then score at once (`InferencePath.score`).
@@ -47,8 +52,10 @@ def overloaded(what: str) -> ApiError:
 
 class Admission:
     def __init__(self, max_scoring: int, max_body_reads: int, threads: int = 2, release_interval_s: float = 1.0,
-                 release: Callable[[], object] = release_free_memory, split: bool = False) -> None:
+                 release: Callable[[], object] = release_free_memory, split: bool = False,
+                 inline_max_bytes: int = 0) -> None:
         self.max_scoring = max_scoring
+        self.inline_max_bytes = inline_max_bytes
         self.helper = ThreadPoolExecutor(1, thread_name_prefix="anomaly-ae-split") if split else None
         self.scoring = 0  # requests holding a scoring place (only the event loop's thread changes it)
         self.threads = anyio.CapacityLimiter(min(threads, max_scoring))
@@ -69,16 +76,19 @@ class Admission:
         finally:
             self.body_reads.release()
 
-    async def score(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(*args, helper=...)` in a worker thread (one of `threads`, waiting for a free one) holding
-        a scoring place; 503 when all places are taken. `helper` is the split executor when this request is
-        the only one the worker is scoring, else None."""
+    async def score(self, work: Callable[..., T], *args: Any, size: int) -> T:
+        """Run `work(*args, helper=...)` holding a scoring place (503 when all places are taken): in a worker
+        thread (one of `threads`, waiting for a free one), or on the event loop's thread when the request's
+        body is `size` <= inline_max_bytes bytes. `helper` is the split executor when this request is the only
+        one the worker is scoring in a thread, else None."""
         if self.scoring >= self.max_scoring:
             raise overloaded("scoring requests")
         helper = self.helper if self.scoring == 0 else None
         self.scoring += 1
         metrics.SCORING_IN_FLIGHT.inc()
         try:
+            if size <= self.inline_max_bytes:
+                return work(*args, helper=None)
             return await anyio.to_thread.run_sync(functools.partial(work, *args, helper=helper), limiter=self.threads)
         finally:
             self.scoring -= 1

@@ -44,7 +44,8 @@ async def score(model: CurrentModel, body: ScoreBody, admission: AdmissionDep, p
     """Score samples sent as `records` or as `columns` + `data`; optionally explain each score. A series model
     takes its time and series columns too; with `score_last: N` the last N rows of each series are new and
     only they are returned (the rows before them complete their windows), each with its `row` and `alert`."""
-    return Response(await admission.score(score_batch, model, body, parser), media_type="application/json")
+    scored = await admission.score(score_batch, model, body, parser, size=len(body))
+    return Response(scored, media_type="application/json")
 
 
 @router.get("/v1/model", dependencies=[Depends(require_score)], response_model=ModelInfo,
