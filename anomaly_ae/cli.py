@@ -257,7 +257,7 @@ def score(
     data: Path = typer.Argument(..., help="CSV or Parquet file to score."),
     output: Path = typer.Option(..., "--output", "-o", help="Output CSV or Parquet (written atomically)."),
     top_k: int = typer.Option(3, help="Top contributing features per row (0 for none)."),
-    chunk_rows: int = typer.Option(50_000, help="Rows per chunk: bounds memory on large files."),
+    chunk_rows: int = typer.Option(50_000, min=1, help="Rows per chunk: bounds memory on large files."),
     max_line_bytes: int = typer.Option(DEFAULT_MAX_LINE_BYTES, min=1,
                                        help="Longest CSV line accepted, in bytes (refuses files without newlines)."),
     keep_cols: Optional[str] = typer.Option(None, help="Comma-separated input columns to copy to the output."),
@@ -267,6 +267,9 @@ def score(
     """Score a file in chunks; writes score, p_value, is_anomaly, severity and top features per row."""
     from anomaly_ae.exceptions import DataError
 
+    # the output replaces its path when complete: naming the input there would lose the input
+    if output.resolve() == data.resolve() or (output.exists() and data.exists() and output.samefile(data)):
+        raise DataError(f"--output {output} is the input file; write the scores to another path")
     if engine == "spark":
         from anomaly_ae.spark import score_parquet_with_spark
 
@@ -361,6 +364,8 @@ def evaluate(
 
     if synthetic_anomalies == (label_col is not None):
         raise DataError("give either --label-col (labelled data) or --synthetic-anomalies (normal data), not both")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():  # before the work, not after it
+        raise DataError(f"--out-dir {out_dir} is a file; give a directory (it is created if missing)")
     detector = Detector.load(model)
     frame = read_table(data)
     if synthetic_anomalies:

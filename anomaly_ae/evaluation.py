@@ -27,9 +27,19 @@ class EvaluationReport:
 
 
 def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> EvaluationReport:
-    labels = np.asarray(labels).astype(int)
-    if set(np.unique(labels)) - {0, 1}:
-        raise DataError("labels must be 0 (normal) or 1 (anomaly)")
+    raw = np.asarray(labels)
+    if raw.dtype.kind in "biuf":
+        valid = np.isin(raw, (0, 1))
+    else:  # text or mixed (a CSV column with one stray word is read as text): "0" and "1" count as labels
+        raw = np.array([v.strip() if isinstance(v, str) else v for v in raw.tolist()], dtype=object)
+        valid = np.array([v in ("0", "1") if isinstance(v, str) else v in (0, 1) for v in raw.tolist()], dtype=bool)
+    if not valid.all():
+        bad = np.flatnonzero(~valid)
+        example = raw[bad[0]].item() if isinstance(raw[bad[0]], np.generic) else raw[bad[0]]
+        raise DataError(f"labels must be 0 (normal) or 1 (anomaly); row {int(bad[0])} holds {example!r}"
+                        f"{f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''}; fix or drop those rows",
+                        rows=bad[:5].tolist())
+    labels = raw.astype(int)
     n_anom, n_norm = int(labels.sum()), int((labels == 0).sum())
     if n_anom == 0 or n_norm == 0:
         raise DataError(f"evaluation needs both normal and anomalous rows; got {n_norm} normal and {n_anom} anomalous")

@@ -58,6 +58,29 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert result.exit_code == 2 and "no saved model" in result.output
 
 
+def test_scoring_refuses_to_write_over_its_input_and_bad_options_are_one_line(tmp_path):
+    train = make_telemetry(300, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
+    write_table(train, tmp_path / "train.csv")
+    assert runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"),
+                               "--model", "pca", "--no-progress"]).exit_code == 0
+    before = (tmp_path / "train.csv").read_bytes()
+    for output in (tmp_path / "train.csv", tmp_path / "." / "train.csv"):
+        result = runner.invoke(app, ["score", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", str(output)])
+        assert result.exit_code == 2 and "is the input file" in result.output
+    assert (tmp_path / "train.csv").read_bytes() == before
+    result = runner.invoke(app, ["score", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o",
+                                 str(tmp_path / "out.csv"), "--chunk-rows", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "out.csv").exists()
+    labelled = train.assign(label=["x"] + [0] * (len(train) - 1))
+    write_table(labelled, tmp_path / "labelled.csv")
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "labelled.csv"),
+                                 "--label-col", "label"])
+    assert result.exit_code == 2 and "row 0 holds 'x'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "train.csv"), "--synthetic-anomalies",
+                                 "--out-dir", str(tmp_path / "train.csv")])
+    assert result.exit_code == 2 and "is a file; give a directory" in result.output
+
+
 def test_failed_scoring_leaves_the_old_output_untouched(tmp_path):
     train = make_telemetry(400, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
     write_table(train, tmp_path / "train.csv")

@@ -144,6 +144,9 @@ def test_parquet_with_schema_but_no_rows(tmp_path):
 
 @pytest.mark.parametrize("name, content, fragment", [
     ("ragged.csv", b"a,b\n1,2\n3,4,5,6\n", "could not parse"),
+    # pandas would read the extra first field as the row label and shift every value a column over
+    ("shifted.csv", b"a,b\n9,1,2\n3,4\n", "line 2 has more fields than the header"),
+    ("semicolons.csv", b"a;b\n1;2\n", "looks ';'-separated"),
     ("binary.csv", b"a,b\n\xff\xfe\x00,1\n", "could not parse"),
     ("broken.csv.gz", b"not gzip at all", "could not parse"),
     ("garbage.parquet", b"definitely not parquet", "could not parse"),
@@ -151,9 +154,10 @@ def test_parquet_with_schema_but_no_rows(tmp_path):
 def test_unparsable_files(tmp_path, name, content, fragment):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(DataError) as info:
-        read_table(path)
-    assert fragment in str(info.value) and name in str(info.value)
+    for call in (read_table, lambda p: list(iter_table_chunks(p))):
+        with pytest.raises(DataError) as info:
+            call(path)
+        assert fragment in str(info.value) and name in str(info.value)
 
 
 def test_bad_line_in_a_later_chunk_fails_while_streaming(tmp_path):

@@ -447,8 +447,21 @@ def _check_input(path: str | Path) -> tuple[Path, Format]:
 
 
 def _csv_header(path: Path, max_line_bytes: int) -> list[str]:
+    """The header's column names. A first row with more fields than the header is refused: pandas
+    would take its first fields as the row labels and shift every value one column over, silently
+    (a later row with too many fields is refused by pandas itself)."""
     with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle:
-        return [str(c) for c in pd.read_csv(handle, nrows=0).columns]
+        first = pd.read_csv(handle, nrows=1)
+    if len(first.columns) == 1:
+        separator = next((c for c in (";", "\t", "|") if c in str(first.columns[0])), None)
+        if separator is not None:
+            name = str(first.columns[0])
+            raise DataError(f"the header of '{path}' is one column, {name[:60]!r}: the file looks "
+                            f"{separator!r}-separated; save it comma-separated")
+    if not isinstance(first.index, pd.RangeIndex):
+        raise DataError(f"could not parse '{path}' as CSV (line 2 has more fields than the header's "
+                        f"{len(first.columns)}); {_CONTENT_HINTS['csv']}")
+    return [str(c) for c in first.columns]
 
 
 def _csv_data_size(path: Path) -> int:
