@@ -116,6 +116,11 @@ class SeriesDetector(Detector):
         pre = Preprocessor(self.max_categories, flags_as_indicators=True).fit(_take(checked, train_rows), schema)
         x = model_input(pre, schema, checked)
         framing.window = self._resolve_window(x[train_rows])
+        longest = max(len(rows) for rows in layout.order)
+        if framing.window > longest:
+            raise DataError(f"window {framing.window} is longer than the longest training series ({longest} steps), "
+                            "so no training window is complete; choose a window of at most a quarter of the "
+                            "history, or send a longer history")
         x = series_input(x, layout)
         windows = layout.windows(framing.window)
         sequence = self._models[self.model].sequence
@@ -197,8 +202,12 @@ class SeriesDetector(Detector):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if self.window != "auto" and (not isinstance(self.window, (int, np.integer)) or self.window < 1):
+        if self.window != "auto" and (isinstance(self.window, bool) or not isinstance(self.window, (int, np.integer))
+                                      or self.window < 1):
             raise InvalidParameterError(f"window must be a positive number of steps or 'auto', got {self.window!r}")
+        if self.time_col is not None and self.time_col == self.series_col:
+            raise InvalidParameterError(f"time_col and series_col are both {self.time_col!r}; name two different "
+                                        "columns (or leave series_col out for one series)")
         if int(self.max_gap) < 0:
             raise InvalidParameterError(f"max_gap must be >= 0 steps, got {self.max_gap}")
         if self.epoch_windows is not None and (not isinstance(self.epoch_windows, (int, np.integer))

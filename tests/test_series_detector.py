@@ -150,6 +150,44 @@ def test_bad_time_input_gets_clear_errors_and_notes(fitted):
     assert notes.str.contains("series 'zzz' was not in the training data").all()
 
 
+def test_time_and_series_values_pandas_would_misread_are_refused(fitted):
+    """Each of these was scored without a word before: numbers read as nanoseconds since 1970, "now",
+    dates nanoseconds cannot hold (wrapped into another century), a missing id read as a series "nan"."""
+    test = frame(60, seed=9)
+    cases = [(test.assign(ts=np.arange(len(test)) * 300 + 1_767_571_200), "holds numbers, not timestamps"),
+             (test.assign(ts=["now"] + test.ts.astype(str).tolist()[1:]), "holds 'now' at row 0"),
+             (test.assign(ts=test.ts.astype(str).str.cat(["\x00"] * len(test))), "not timestamps"),
+             (test.assign(ts=["1600-01-01T00:00:00Z"] + test.ts.astype(str).tolist()[1:]), "must lie between"),
+             (test.assign(host=[np.nan] + test.host.tolist()[1:]), "'host' is missing at row 0"),
+             (pd.concat([test, test[["host"]]], axis=1), "duplicate column names"),
+             (test.head(0), "no rows")]
+    for data, message in cases:
+        with pytest.raises(DataError, match=message):
+            fitted.decision_function(data)
+    with pytest.raises(DataError, match="holds numbers"):  # training refuses them too
+        SeriesDetector("pca", window=8, time_col="ts").fit(frame(200, hosts=("a",)).assign(ts=np.arange(200)))
+    # what it does take: datetime values, text, time zones
+    expected = fitted.decision_function(test)
+    for ts in (test.ts.astype(str), test.ts.dt.tz_localize("UTC").dt.tz_convert("Europe/Paris")):
+        np.testing.assert_allclose(fitted.decision_function(test.assign(ts=ts)), expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(window=True), "window must be a positive number"),
+    (dict(alert_min_steps=6, alert_within=5), "alert_min_steps <= alert_within"),
+    (dict(alert_within=0), "alert_min_steps <= alert_within"),
+    (dict(alert_cooldown=-1), "alert_cooldown must be >= 0"),
+    (dict(time_col="ts", series_col="ts"), "time_col and series_col are both 'ts'")])
+def test_bad_series_parameters_are_refused(params, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        SeriesDetector("pca", **params).fit(np.random.default_rng(0).normal(size=(200, 2)))
+
+
+def test_a_window_longer_than_the_history_is_refused():
+    with pytest.raises(DataError, match="window 50 is longer than the longest training series"):
+        SeriesDetector("pca", window=50).fit(np.random.default_rng(0).normal(size=(30, 2)))
+
+
 def test_array_input_is_one_series_in_row_order():
     x = wave(1200, 0)
     det = SeriesDetector("knn", window=8, random_state=0).fit(x[:1000])

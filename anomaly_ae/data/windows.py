@@ -178,30 +178,65 @@ class SeriesFraming:
     # ------------------------------------------------------------------ columns
     def _time_and_series(self, data: Any) -> tuple[np.ndarray | None, np.ndarray]:
         n = _n_rows(data)
+        if n == 0:
+            raise DataError("the input has no rows; send at least one sample")
+        if isinstance(data, pd.DataFrame) and data.columns.duplicated().any():
+            names = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+            raise DataError(f"duplicate column names: {names}; give each column once", reason="duplicate_column",
+                            column=names[0])
         times = None
         if self.time_col is not None:
-            raw = self._column(data, self.time_col)
-            try:
-                parsed = pd.to_datetime(pd.Series(raw), utc=True, format="mixed") if len(raw) else pd.Series([])
-            except (ValueError, TypeError) as exc:
-                raise DataError(f"'{self.time_col}' holds values that are not timestamps ({exc}); send ISO 8601 "
-                                "text such as 2026-01-05T10:00:00Z", reason="invalid_timestamp",
-                                column=self.time_col) from None
-            if parsed.isna().any():
-                row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-                raise DataError(f"'{self.time_col}' is missing at row {row}; every row needs a timestamp",
-                                reason="missing_value", column=self.time_col, rows=[row])
-            times = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+            times = self._timestamps(self._column(data, self.time_col))
         if self.series_col is not None:
             raw = self._column(data, self.series_col)
-            series = np.asarray([None if v is None else str(v) for v in raw], dtype=object)
-            if any(v is None for v in series):
+            # NaN, NaT and pd.NA as well as None: str() would make a series called "nan"
+            absent = pd.isna(pd.Series(list(raw), dtype=object)).to_numpy()
+            series = np.asarray([None if gone else str(v) for v, gone in zip(raw, absent)], dtype=object)
+            if absent.any():
                 missing = [row for row, v in enumerate(series) if v is None]
                 raise DataError(f"'{self.series_col}' is missing at row {missing[0]}; every row needs a series id",
                                 reason="missing_value", column=self.series_col, rows=missing[:MAX_ROWS_NAMED_IN_ERRORS])
         else:
             series = np.full(n, ONE_SERIES, dtype=object)
         return times, series
+
+    def _timestamps(self, raw: Sequence[Any]) -> np.ndarray:
+        """The time column as datetime64[ns] (UTC, naive), refusing what pandas would misread silently:
+        numbers (read as nanoseconds since 1970), words such as "now", and dates nanoseconds cannot hold."""
+        column = self.time_col
+        values = pd.Series(list(raw) if not isinstance(raw, pd.Series) else raw)
+        kind = pd.api.types.infer_dtype(values, skipna=True)
+        if kind in ("integer", "floating", "mixed-integer", "mixed-integer-float", "decimal", "boolean", "complex"):
+            raise DataError(f"'{column}' holds numbers, not timestamps; send ISO 8601 text such as "
+                            "2026-01-05T10:00:00Z or datetime values (epoch seconds: convert them first, e.g. "
+                            "pd.to_datetime(frame[col], unit='s'))", reason="invalid_timestamp", column=column)
+        if kind in ("string", "mixed"):
+            text = values[values.map(lambda v: isinstance(v, str))]
+            odd = text.str.strip().str.lower().isin(("now", "today", "tomorrow", "yesterday")) | \
+                text.str.contains(r"[\x00-\x1f]", regex=True)
+            if odd.any():
+                row = int(odd.index[odd.to_numpy()][0])
+                raise DataError(f"'{column}' holds {text[odd].iloc[0][:60]!r} at row {row}: words such as 'now' and "
+                                "control characters are not timestamps; send ISO 8601 text such as "
+                                "2026-01-05T10:00:00Z", reason="invalid_timestamp", column=column, rows=[row])
+        try:
+            parsed = pd.to_datetime(values, utc=True, format="mixed")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DataError(f"'{column}' holds values that are not timestamps ({exc}); send ISO 8601 "
+                            "text such as 2026-01-05T10:00:00Z", reason="invalid_timestamp", column=column) from None
+        if parsed.isna().any():
+            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise DataError(f"'{column}' is missing at row {row}; every row needs a timestamp",
+                            reason="missing_value", column=column, rows=[row])
+        naive = parsed.dt.tz_localize(None)
+        # pandas keeps dates outside 1677-2262 at a coarser unit; in nanoseconds they would wrap around
+        outside = ((naive < pd.Timestamp.min) | (naive > pd.Timestamp.max)).to_numpy()
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise DataError(f"'{column}' holds {naive.iloc[row]} at row {row}; timestamps must lie between "
+                            f"{pd.Timestamp.min:%Y-%m-%d} and {pd.Timestamp.max:%Y-%m-%d}", reason="invalid_timestamp",
+                            column=column, rows=[row])
+        return naive.to_numpy(dtype="datetime64[ns]")
 
     def _column(self, data: Any, name: str) -> Sequence[Any]:
         if isinstance(data, pd.DataFrame):
@@ -216,9 +251,9 @@ class SeriesFraming:
                         f"not a bare {type(data).__name__}", reason="missing_column", column=name)
 
     def _missing(self, name: str) -> DataError:
-        return DataError(f"column '{name}' is missing; the model was trained with it as its "
-                         f"{'time' if name == self.time_col else 'series'} column", reason="missing_column",
-                         column=name)
+        kind = "time" if name == self.time_col else "series"
+        return DataError(f"column '{name}' is missing; it is named as the {kind} column ({kind}_col), so every "
+                         "row needs it: check the name", reason="missing_column", column=name)
 
     def _drop_keys(self, data: Any) -> Any:
         keys = [c for c in (self.time_col, self.series_col) if c is not None]
