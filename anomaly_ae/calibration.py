@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_ae.exceptions import InvalidParameterError
+
 SEVERITY_LEVELS = ("normal", "low", "medium", "high", "critical")
 
 
@@ -94,9 +96,10 @@ class AlertRule:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.within:
-            raise ValueError(f"alert rule needs 1 <= min_steps <= within, got {self.min_steps} of {self.within}")
+            raise InvalidParameterError(f"the alert rule needs 1 <= alert_min_steps <= alert_within, got "
+                                        f"{self.min_steps} of {self.within}")
         if self.cooldown < 0:
-            raise ValueError(f"alert cooldown must be >= 0 steps, got {self.cooldown}")
+            raise InvalidParameterError(f"alert_cooldown must be >= 0 steps, got {self.cooldown}")
 
     def apply(self, flags: np.ndarray) -> np.ndarray:
         """Bool per step: an alert fires at this step."""

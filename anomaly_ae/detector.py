@@ -6,6 +6,8 @@ scikit-learn's contract (parameters stored untouched, `fit` returns self, learne
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -232,6 +234,23 @@ class Detector(Estimator):
         if isinstance(self.n_prototypes, bool) or not isinstance(self.n_prototypes, (int, np.integer)) \
                 or self.n_prototypes < 1:
             raise InvalidParameterError(f"n_prototypes must be an integer >= 1, got {self.n_prototypes!r}")
+        for name in ("epochs", "n_samples", "max_reference", "max_categories"):
+            _check_integer(name, getattr(self, name), 1)
+        _check_integer("patience", self.patience, 0)
+        _check_integer("random_state", self.random_state, 0)
+        for name in ("batch_size", "latent_dim"):
+            if getattr(self, name) is not None:
+                _check_integer(name, getattr(self, name), 1)
+        if self.hidden_dims is not None:
+            for width in self.hidden_dims:
+                _check_integer("each of hidden_dims", width, 1)
+        _check_number("learning_rate", self.learning_rate, positive=True)
+        for name in ("weight_decay", "beta", "noise", "sparsity", "adversarial_weight", "latent_weight"):
+            _check_number(name, getattr(self, name))
+        if not 0.0 < self.variance_kept <= 1.0:
+            raise InvalidParameterError(f"variance_kept must be in (0, 1], got {self.variance_kept!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise InvalidParameterError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
         networks = self._models[self.model].spec is not None
         if networks and self._resolved("n_estimators") < 1:
             raise InvalidParameterError(f"n_estimators must be >= 1, got {self.n_estimators}")
@@ -317,7 +336,8 @@ class Detector(Estimator):
         if top_k is None:
             result = self._inference(X, shares=True)
             return pd.DataFrame(result.shares, columns=self.feature_names_, index=result.index)
-        frame = self._inference(X, top_k=max(1, int(top_k))).frame(top_k=max(1, int(top_k)))
+        _check_integer("top_k", top_k, 1)
+        frame = self._inference(X, top_k=int(top_k)).frame(top_k=int(top_k))
         return frame.drop(columns=["score", "p_value", "is_anomaly", "severity", "notes"])
 
     def score_frame(self, X: pd.DataFrame | np.ndarray, top_k: int = 3) -> pd.DataFrame:
@@ -339,3 +359,15 @@ class Detector(Estimator):
 
 def _take(data: pd.DataFrame | np.ndarray, idx: np.ndarray) -> pd.DataFrame | np.ndarray:
     return data.iloc[idx] if isinstance(data, pd.DataFrame) else data[idx]
+
+
+def _check_integer(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidParameterError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, positive: bool = False) -> None:
+    """A finite real number, >= 0 (> 0 when `positive`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise InvalidParameterError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")

@@ -279,7 +279,7 @@ class InferencePath:
             known = self._known[name]
             for i, v in enumerate(np.asarray(checked[name], dtype=object).tolist()):
                 if v is not None and v not in known:
-                    notes[i].append(f"unseen category {v!r} in '{name}'")
+                    notes[i].append(f"unseen category {_short(v)} in '{name}'")
         for name in missing:
             if name in self.preprocessor.numeric:
                 for i in np.flatnonzero(np.isnan(np.asarray(checked[name], dtype=np.float64))).tolist():
@@ -314,3 +314,9 @@ def _feature_names(schema: Schema) -> list[str]:
         s = schema.image
         return [f"pixel[{c},{h},{w}]" for c in range(s.channels) for h in range(s.height) for w in range(s.width)]
     return schema.names
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value's repr for a message, cut: a note repeats client input, which may be any length."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

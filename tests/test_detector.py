@@ -8,7 +8,7 @@ from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.metrics import roc_auc_score
 
 from anomaly_ae import Detector
-from anomaly_ae.exceptions import DataError, NotFittedError
+from anomaly_ae.exceptions import DataError, InvalidParameterError, NotFittedError, SchemaError
 from anomaly_ae.data.synthetic import LABEL_COLUMNS
 
 from conftest import FAST
@@ -215,6 +215,36 @@ def test_too_few_rows_and_bad_params(telemetry_train):
         Detector(model="gan").fit(telemetry_train)
     with pytest.raises(ValueError, match="target_fpr"):
         Detector(target_fpr=0).fit(telemetry_train)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(epochs=0), "epochs must be an integer >= 1"), (dict(epochs=2.5), "epochs must be an integer"),
+    (dict(batch_size=-5), "batch_size must be"), (dict(latent_dim=0), "latent_dim must be"),
+    (dict(hidden_dims=[32, 0]), "each of hidden_dims"), (dict(patience=-1), "patience must be"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a finite number > 0"),
+    (dict(learning_rate=0), "learning_rate must be"), (dict(noise=-1), "noise must be a finite number >= 0"),
+    (dict(model="pca", variance_kept=2), "variance_kept must be in"), (dict(device="tpu"), "device must be"),
+    (dict(random_state="x"), "random_state must be an integer")])
+def test_bad_training_parameters_are_refused_before_training(telemetry_train, params, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        Detector(**params).fit(telemetry_train)
+
+
+def test_inputs_the_checks_would_misread_are_refused(fitted, telemetry_train):
+    det, X = fitted("pca"), telemetry_train.drop(columns=list(LABEL_COLUMNS), errors="ignore")
+    column = X.select_dtypes("number").columns[0]
+    with pytest.raises(SchemaError, match="holds timestamps"):  # not nanoseconds since 1970
+        det.decision_function(X.assign(**{column: pd.Timestamp("2024-01-01")}))
+    with pytest.raises(SchemaError, match="duplicate column names"):
+        det.decision_function(pd.concat([X, X[[column]]], axis=1))
+    for top_k in (0, -1, 2.5, "3", True):
+        with pytest.raises(InvalidParameterError, match="top_k must be an integer >= 1"):
+            det.explain(X.head(3), top_k=top_k)
+    assert list(det.explain(X.head(3), top_k=2).columns[:2]) == ["feature_1", "contribution_1"]
+    nested = X.head(50).astype({column: object})
+    nested.at[nested.index[3], column] = [1.0]
+    with pytest.raises(DataError, match=f"column '{column}' holds a list in rows \\[3\\]"):
+        Detector(model="pca").fit(nested)
 
 
 def test_score_frame_keeps_the_input_index(fitted, telemetry_train):

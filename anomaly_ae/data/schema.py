@@ -88,6 +88,13 @@ class Schema:
             if _is_numeric(values):
                 columns.append(Column(name, "numeric", allow_missing=missing))
             else:
+                if values.dtype == object:
+                    nested = values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray))).to_numpy()
+                    if nested.any():
+                        rows = _rows(nested, values.index)
+                        raise DataError(f"column '{name}' holds a {type(values[nested].iloc[0]).__name__} in rows "
+                                        f"{rows}; each cell must be one number or one category (text)",
+                                        column=str(name), rows=rows)
                 cats = sorted({str(v) for v in values.dropna().unique()})
                 columns.append(Column(name, "categorical", allow_missing=missing, categories=tuple(cats)))
         return cls(columns=columns, from_array=from_array)
@@ -119,7 +126,11 @@ class Schema:
             raise DataError(f"expected a pandas DataFrame or a numpy array, got {type(data).__name__}")
         if len(data) == 0:
             raise DataError("the input has no rows; send at least one sample")
-        self._check_column_names([str(c) for c in data.columns])
+        names = pd.Index([str(c) for c in data.columns])
+        if names.duplicated().any():
+            raise SchemaError(f"duplicate column names: {sorted(set(names[names.duplicated()]))}; give each "
+                              "column once", column=str(names[names.duplicated()][0]), reason="duplicate_column")
+        self._check_column_names(list(names))
         if not all(isinstance(c, str) for c in data.columns):
             data = data.copy()
             data.columns = [str(c) for c in data.columns]
@@ -149,14 +160,18 @@ class Schema:
         missing = [n for n in self.names if n not in given]
         extra = [c for c in present if c not in known]
         if missing:
-            raise SchemaError(f"missing column(s): {', '.join(missing)}; the model needs every training column",
+            raise SchemaError(f"missing column(s): {_listed(missing)}; the model needs every training column",
                               column=missing[0], reason="missing_column")
         if extra:
-            raise SchemaError(f"unexpected column(s): {', '.join(extra)}; drop them or retrain with them",
-                              column=extra[0], reason="extra_column")
+            raise SchemaError(f"unexpected column(s): {_listed(extra)}; drop them or retrain with them",
+                              column=extra[0][:200], reason="extra_column")
 
     def _check_column(self, col: Column, values: pd.Series, report: CheckReport) -> pd.Series:
         if col.kind == "numeric":
+            if values.dtype.kind in "mM":  # pd.to_numeric would turn them into nanoseconds
+                raise SchemaError(f"column '{col.name}' must be numeric but holds "
+                                  f"{'durations' if values.dtype.kind == 'm' else 'timestamps'} ({values.dtype}); "
+                                  "convert it to a number first, or drop it", column=col.name, reason="dtype")
             numeric = pd.to_numeric(values, errors="coerce")
             bad = numeric.isna() & values.notna()
             if bad.any():
@@ -362,6 +377,13 @@ def _overflows(value: Any) -> bool:
     except (OverflowError, TypeError, ValueError):
         return True
     return False
+
+
+def _listed(names: list[str], most: int = 10, limit: int = 60) -> str:
+    """Column names for a message: at most `most`, each cut to `limit` characters (they may come from a
+    client and be of any length)."""
+    shown = [n if len(n) <= limit else n[: limit - 3] + "..." for n in names[:most]]
+    return ", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -258,7 +258,7 @@ class ScoreRequestParser:
             if kind == "too_long" and len(loc) == 1:
                 return ApiError(413, "too_many_rows", f"more than {self.max_rows} ids", field=field), None
             return ApiError(422, "invalid_ids", f"each id must be a string of at most {self.max_id_length} characters "
-                                                "or an integer", field=field), None
+                                                "or an integer of at most 64 bits", field=field), None
         if field == "columns":
             if kind == "duplicate_column":
                 return ApiError(422, "duplicate_column", error["msg"], field=field), None
