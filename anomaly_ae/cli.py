@@ -147,6 +147,10 @@ def train(
     tracked = experiment is not None or register is not None
     if out is None and not tracked:
         raise DataError("say where the model goes: --out DIR, and/or --experiment NAME / --register NAME for MLflow")
+    if register is not None:
+        from anomaly_ae.registry import check_model_name
+
+        check_model_name(register)
     if (data is None) == (prometheus is None):
         raise DataError("give the training data: a file (anomaly-ae train DATA ...) or a watch spec "
                         "(anomaly-ae train --prometheus SPEC ...), not both")

@@ -275,6 +275,23 @@ def test_unreachable_server_fails_fast(data, monkeypatch):
     assert time.monotonic() - start < 30
 
 
+def test_tracking_uri_passwords_are_never_repeated_and_unknown_schemes_are_one_line(data):
+    dead = f"http://alice:TopSecret77@127.0.0.1:{free_port()}"
+    with pytest.raises(RegistryUnavailableError, match="http://alice:\\*\\*\\*@127.0.0.1") as caught:
+        registry.resolve_model("models:/x@champion", tracking_uri=dead)
+    assert "TopSecret77" not in str(caught.value)
+    out = one_line_error(cli("models", "list", "x", "--tracking-uri", dead))
+    assert "TopSecret77" not in out and "alice:***@" in out
+    for uri in ("ftp://x", "notaurl"):
+        assert "cannot use" in one_line_error(cli("models", "list", "x", "--tracking-uri", uri))
+
+
+@pytest.mark.parametrize("name", ["a@b", "a/b", "a'b", " "])
+def test_a_name_models_uris_cannot_hold_is_refused_before_training(data, name):
+    out = one_line_error(cli("train", data["normal"], "--drop-cols", DROP, "--register", name, "--no-progress"))
+    assert "cannot register a model named" in out
+
+
 def test_hung_server_fails_within_bounded_time():
     """A server that accepts connections but never answers: bounded by the HTTP timeout and retries."""
     with socket.socket() as hung:

@@ -158,6 +158,15 @@ def test_drift_tracker_follows_a_shift():
     assert limited.numeric == ["x"] and limited.categorical == []
 
 
+def test_log_level_is_one_of_the_known_ones(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("ANOMALY_AE_LOG_LEVEL", "WARNING")
+    assert ServiceSettings(model_uri="m").log_level == "warning"
+    with pytest.raises(ValidationError, match="log_level"):  # uvicorn failed on it at start-up, with a traceback
+        ServiceSettings(model_uri="m", log_level="loud")
+
+
 def test_settings_read_comma_separated_keys_and_round_trip(monkeypatch):
     monkeypatch.setenv("ANOMALY_AE_MODEL_URI", "models:/m@champion")
     monkeypatch.setenv("ANOMALY_AE_API_KEYS", " score-key-aaaaaaaaaaaaaaaa , score-key-bbbbbbbbbbbbbbbb,")

@@ -83,6 +83,8 @@ def test_a_spec_file_loads_from_yaml_and_toml(tmp_path):
     ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {host: up}\n", "also a metric column"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\nsteps: 1\n", "steps: unknown field"),
     ("prometheus: {url: http://p\n", "is not valid YAML"),
+    ("prometheus: {url: http://p, timeout: .inf}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n",
+     "timeout must be a positive, finite duration"),
     ("- just\n- a list\n", "must be a mapping"),
 ])
 def test_a_malformed_spec_says_which_field_and_what_to_write(tmp_path, text, says):
@@ -102,6 +104,28 @@ def test_credentials_come_from_the_environment_only():
     assert credentials(basic.prometheus.auth, {"U": "me", "P": "pw"}) == {"auth": ("me", "pw")}
 
 
+def test_a_password_in_the_url_is_refused_without_being_repeated(tmp_path):
+    """httpx would use it for basic auth, and the URL is printed, logged and registered with the model."""
+    path = tmp_path / "watch.yml"
+    path.write_text("prometheus: {url: 'http://admin:Hunter2Secret@prom:9090'}\nseries_label: host\nstep: 15s\n"
+                    "metrics: {a: up}\n")
+    with pytest.raises(WatchSpecError, match="must not hold credentials") as caught:
+        load_spec(path)
+    assert "Hunter2Secret" not in str(caught.value)
+
+
+def test_tls_files_that_cannot_be_loaded_are_a_spec_error(tmp_path):
+    """A client certificate is loaded with or without a CA file (before, it was ignored without one)."""
+    for tls in ({"ca_file": str(tmp_path / "missing-ca.pem")},
+                {"cert_file": str(tmp_path / "missing.crt"), "key_file": str(tmp_path / "missing.key")}):
+        spec = make_spec(prometheus={"url": "https://p", "tls": tls})
+        with pytest.raises(WatchSpecError, match="prometheus.tls: cannot load"):
+            PrometheusSource(spec)
+    (tmp_path / "not-a-cert.pem").write_text("hello\n")
+    with pytest.raises(WatchSpecError, match="prometheus.tls: cannot load"):
+        PrometheusSource(make_spec(prometheus={"url": "https://p", "tls": {"ca_file": str(tmp_path / "not-a-cert.pem")}}))
+
+
 def test_times_read_as_now_relative_rfc3339_or_unix():
     now = 1_800_000_000.0
     assert parse_time("now", now) == now
@@ -112,6 +136,9 @@ def test_times_read_as_now_relative_rfc3339_or_unix():
     assert parse_time("1800000000", now) == now
     with pytest.raises(WatchSpecError, match="cannot read the time"):
         parse_time("yesterday", now)
+    for outside in ("nan", "inf", "-1e20", "-99999999d"):
+        with pytest.raises(WatchSpecError, match="outside 1970-9999"):
+            parse_time(outside, now)
 
 
 # ---------------------------------------------------------------------------- the source

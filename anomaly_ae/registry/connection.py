@@ -52,6 +52,15 @@ class HttpBounds:
         }
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):[^/\s@]*@")
+
+
+def redacted(text: str) -> str:
+    """`text` with the password of any URL in it (scheme://user:password@host) replaced by ***: a
+    tracking URI may carry one, and messages and logs must not."""
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+
+
 DEFAULT_BOUNDS = HttpBounds()
 _USER_SET = frozenset(k for k in DEFAULT_BOUNDS.environment() if k in os.environ)  # exported by the user: theirs
 _bounds_lock = threading.RLock()
@@ -87,7 +96,7 @@ class TrackingTarget:
     bounds: HttpBounds = field(default=DEFAULT_BOUNDS, compare=False)
 
     def short(self) -> str:
-        return f"the embedded store {self.embedded_db}" if self.embedded_db is not None else self.uri
+        return f"the embedded store {self.embedded_db}" if self.embedded_db is not None else redacted(self.uri)
 
     def experiment_artifacts(self, experiment: str) -> str | None:
         """Artifact location for a new experiment: <mlartifacts>/<experiment name> for the embedded
@@ -101,7 +110,7 @@ class TrackingTarget:
             return (f"embedded MLflow store {self.embedded_db} with artifacts in "
                     f"{self.embedded_db.parent / EMBEDDED_ARTIFACTS} (set MLFLOW_TRACKING_URI or "
                     "--tracking-uri to use a tracking server)")
-        return f"MLflow tracking server {self.uri}"
+        return f"MLflow tracking server {redacted(self.uri)}"
 
 
 def tracking_target(tracking_uri: str | None = None, *, create: bool = False,
@@ -126,8 +135,14 @@ def tracking_target(tracking_uri: str | None = None, *, create: bool = False,
 def client(uri: str):
     """One MlflowClient per tracking URI (cheap to reuse for polling; it holds no open request)."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except MlflowException as exc:  # a scheme MLflow has no store for (ftp://, a bare word, ...)
+        raise RegistryError(redacted(f"cannot use {uri!r} as the MLflow tracking URI ({_first_line(str(exc))}); "
+                                     "give http(s)://host:port of a tracking server, or sqlite:///path/mlflow.db"
+                                     )) from None
 
 
 _UNREACHABLE_HINTS = (
@@ -180,15 +195,16 @@ def translate(exc: BaseException, uri: str, action: str, *, error: type[AnomalyA
     (so a caller that loads by URI sees only ModelLoadError and its transient subclass)."""
     if isinstance(exc, AnomalyAEError):
         return exc
+    uri, action = redacted(uri), redacted(action)
     reason = _unreachable_reason(exc)
     if reason is not None:
-        return RegistryUnavailableError(
+        return RegistryUnavailableError(redacted(
             f"cannot reach the MLflow tracking server at {uri} while {action} ({reason}; "
             f"{bounds.timeout_s:g} s timeout, {bounds.max_retries} retries): check that the "
-            "server is running and that MLFLOW_TRACKING_URI / --tracking-uri points at it, then retry")
+            "server is running and that MLFLOW_TRACKING_URI / --tracking-uri points at it, then retry"))
     if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or isinstance(exc, OSError):
-        return error(f"{action} failed: {_first_line(str(exc))}")
-    return error(f"MLflow at {uri} refused {action}: {_first_line(str(exc))}")
+        return error(redacted(f"{action} failed: {_first_line(str(exc))}"))
+    return error(redacted(f"MLflow at {uri} refused {action}: {_first_line(str(exc))}"))
 
 
 @contextlib.contextmanager

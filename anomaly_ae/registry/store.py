@@ -70,6 +70,16 @@ def is_remote(uri: str | Path) -> bool:
     return str(uri).startswith(REMOTE_SCHEMES)
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a registered-model name that a models:/ URI cannot name afterwards (checked before training,
+    so a run is not logged for nothing)."""
+    bad = next((c for c in ("@", "/", "'", '"', "\\") if c in name), None)
+    if not name.strip() or bad is not None or any(ord(c) < 32 for c in name):
+        raise RegistryError(f"cannot register a model named {name[:60]!r}: "
+                            + (f"{bad!r} would break models:/NAME@ALIAS URIs or registry searches; " if bad else "")
+                            + "use letters, digits, '-', '_' and '.' (e.g. payments-detector)")
+
+
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME@ALIAS`` -> (NAME, None, ALIAS); ``models:/NAME/V`` -> (NAME, V, None)."""
     rest = uri[len("models:/"):].strip("/")

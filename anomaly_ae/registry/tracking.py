@@ -28,7 +28,7 @@ import pandas as pd
 
 from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
-from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, tracking_target
+from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, redacted, tracking_target
 from anomaly_ae.registry.pyfunc import save_pyfunc_model
 from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef,
                                        _labelled, register_run_model, saved_kind, version_tags)
@@ -57,7 +57,8 @@ class TrackedRun:
     def describe(self) -> str:
         lines = [f"logged run {self.run_id} in experiment {self.experiment!r} to {self.target.describe()}"]
         if self.target.uri.startswith(("http://", "https://")):
-            lines.append(f"view it at {self.target.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}")
+            lines.append(f"view it at {redacted(self.target.uri.rstrip('/'))}/#/experiments/{self.experiment_id}/runs/"
+                         f"{self.run_id}")
         if self.registered is not None:
             lines.append(f"registered {self.registered.uri}; promote it with `anomaly-ae promote "
                          f"{self.registered.name} --version {self.registered.version} --alias champion`")
@@ -206,7 +207,7 @@ def _experiment_id(c: Any, target: TrackingTarget, name: str) -> str:
     experiment = c.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
-            raise RegistryError(f"experiment {name!r} was deleted on {target.uri}; restore it "
+            raise RegistryError(f"experiment {name!r} was deleted on {target.short()}; restore it "
                                 f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
                                 "or choose another name")
         return experiment.experiment_id

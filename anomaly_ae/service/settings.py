@@ -97,9 +97,15 @@ class ServiceSettings(BaseSettings):
     control_dir: str | None = Field(None, description="A directory the workers of one service share, through "
                                                       "which an admin reload reaches every worker (serve creates "
                                                       "one when workers > 1).")
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="uvicorn's and the service's log level.")
     access_log: bool = Field(False, description="uvicorn's per-request access log (the request metrics count "
                                                 "every request either way).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

@@ -120,8 +120,9 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
     spec = load_spec(spec_path).spec
     shard = Shard.parse(shard_text)
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigurationError(f"--listen takes HOST:PORT (e.g. 0.0.0.0:9464), got {listen!r}")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"--listen takes HOST:PORT with a port from 1 to 65535 (e.g. 0.0.0.0:9464), "
+                                 f"got {listen!r}")
     stopping = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:
@@ -232,14 +233,18 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
     from anomaly_ae.exceptions import DataError
     from anomaly_ae.watch.source import TIME_COLUMN, PrometheusSource
     from anomaly_ae.watch.spec import load_spec
-    from anomaly_ae.watch.watcher import ModelSource
+    from anomaly_ae.watch.watcher import ModelSource, check_model_fits_spec
 
     set_threads(threads)
     spec = load_spec(spec_path).spec
-    detector, info = ModelSource(model_uri, tracking_uri=tracking_uri).load()
-    if getattr(detector, "framing_", None) is None:
-        raise DataError(f"{model_uri} is a row model; backtest a series model")
+    # before fetching and scoring, which may take minutes
+    if labels_path is not None and not labels_path.is_file():
+        raise DataError(f"--labels {labels_path} is not a file; give the CSV of known incidents (series,start,end)")
+    if out is not None and out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; give a directory (it is created if missing)")
     t0, t1 = _range(spec, start, end)
+    detector, info = ModelSource(model_uri, tracking_uri=tracking_uri).load()
+    check_model_fits_spec(detector, spec, model_uri)
     with PrometheusSource(spec) as source:
         table, frame, report = run_backtest(spec, detector, t0, t1, source)
     for line in report.lines():

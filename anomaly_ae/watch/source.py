@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_ae.exceptions import AnomalyAEError
-from anomaly_ae.watch.spec import WatchSpec, credentials
+from anomaly_ae.watch.spec import WatchSpec, WatchSpecError, credentials
 
 TIME_COLUMN = "timestamp"
 # Prometheus refuses a range query over more than 11,000 points per series; stay below it.
@@ -47,6 +47,25 @@ class QueryError(AnomalyAEError):
 SeriesPoints = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
+def tls_verification(tls: Any) -> Any:
+    """httpx's `verify`: a bool, or an SSL context when the spec names a CA file or a client certificate
+    (a client certificate is sent with or without a CA file of its own)."""
+    if not (tls.ca_file or tls.cert_file):
+        return not tls.insecure_skip_verify
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.insecure_skip_verify:
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise WatchSpecError(f"prometheus.tls: cannot load the CA file or client certificate ({exc}); check the "
+                             "paths under tls in the spec, and that they are PEM files") from None
+    return context
+
+
 class PrometheusSource:
     """Range queries against one Prometheus, with the spec's auth, TLS and timeout."""
 
@@ -58,13 +77,7 @@ class PrometheusSource:
         self.queries = {name: query.replace("$shard", ".*" if shard is None else str(shard))
                         for name, query in spec.metrics.items()}
         target = spec.prometheus
-        verify: Any = not target.tls.insecure_skip_verify
-        if target.tls.ca_file and verify:
-            import ssl
-
-            verify = ssl.create_default_context(cafile=target.tls.ca_file)
-            if target.tls.cert_file:
-                verify.load_cert_chain(target.tls.cert_file, target.tls.key_file)
+        verify = tls_verification(target.tls)
         self._client = httpx.Client(base_url=target.url, timeout=target.timeout, verify=verify,
                                     transport=transport, **credentials(target.auth, environ))
 

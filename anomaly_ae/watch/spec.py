@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tomllib
@@ -55,8 +56,8 @@ def parse_duration(value: Any, what: str = "duration") -> float:
         if not match:
             raise ValueError(f"{what} must be a duration such as 15s, 5m or 1h, got {value!r}")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if not seconds > 0:
-        raise ValueError(f"{what} must be positive, got {value!r}")
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{what} must be a positive, finite duration, got {value!r}")
     return seconds
 
 
@@ -102,6 +103,10 @@ class PrometheusTarget(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        if re.match(r"^https?://[^/\s]*@", value):  # not echoed: the part before @ may hold a password
+            raise ValueError("must not hold credentials (user:password@): name environment variables under "
+                             "auth.basic (username_env, password_env) or auth.bearer_token_env instead, so the "
+                             "secret stays out of the spec, the logs and the registered model")
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"must be an http(s) URL such as http://prometheus:9090, got {value!r}")
         return value.rstrip("/")
@@ -258,8 +263,16 @@ _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
 
 
 def parse_time(text: str, now: float) -> float:
-    """Unix seconds from "now", a negative duration before now ("-14d", "-6h"), RFC 3339 or unix seconds."""
-    text = str(text).strip()
+    """Unix seconds from "now", a negative duration before now ("-14d", "-6h"), RFC 3339 or unix seconds
+    (from 1970 to 9999: Prometheus' own times are unix seconds, and NaN or 1e20 mean nothing)."""
+    seconds = _unix_seconds(str(text).strip(), now)
+    if not 0 <= seconds < 253402300800:  # 9999-12-31
+        raise WatchSpecError(f"the time {text!r} is outside 1970-9999; use now, -14d / -6h / -30m, an RFC 3339 "
+                             "time (2026-11-01T00:00:00Z) or unix seconds")
+    return seconds
+
+
+def _unix_seconds(text: str, now: float) -> float:
     if text == "now":
         return now
     relative = _RELATIVE.match(text)

@@ -135,6 +135,25 @@ class Snapshot:
     now: float
 
 
+def check_model_fits_spec(detector: Any, spec: WatchSpec, uri: str) -> None:
+    """Refuse a model that cannot score what the spec's queries return: a row model, one series, other
+    metric columns or another step (the watcher and the backtest alike)."""
+    framing = getattr(detector, "framing_", None)
+    if framing is None:
+        raise ConfigurationError(f"{uri} is a row model; the watcher needs a series model "
+                                 "(train one with `anomaly-ae train --prometheus SPEC`)")
+    if not framing.series_col:
+        raise ConfigurationError(f"{uri} was trained on one series without a series column; the watcher "
+                                 "scores many: train with a series column (`train --prometheus` does)")
+    expected = list(spec.columns)
+    if list(detector.schema_.names) != expected:
+        raise ConfigurationError(f"{uri} was trained on columns {list(detector.schema_.names)} but the "
+                                 f"spec's metrics are {expected}; train it from this spec or use its spec")
+    if framing.step_seconds and abs(framing.step_seconds - spec.step) > 1e-6:
+        raise ConfigurationError(f"{uri} was trained at a step of {framing.step_seconds:g} s but the spec's "
+                                 f"step is {spec.step:g} s; use the same step")
+
+
 class Watcher:
     """Scores one shard of the spec's series with one SeriesDetector, step by step."""
 
@@ -150,20 +169,8 @@ class Watcher:
 
     # ------------------------------------------------------------------ the model
     def _use(self, detector: Any, model: ModelInfo) -> None:
-        framing = getattr(detector, "framing_", None)
-        if framing is None:
-            raise ConfigurationError(f"{model.uri} is a row model; the watcher needs a series model "
-                                     "(train one with `anomaly-ae train --prometheus SPEC`)")
-        if not framing.series_col:
-            raise ConfigurationError(f"{model.uri} was trained on one series without a series column; the watcher "
-                                     "scores many: train with a series column (`train --prometheus` does)")
-        expected = list(self.spec.columns)
-        if list(detector.schema_.names) != expected:
-            raise ConfigurationError(f"{model.uri} was trained on columns {list(detector.schema_.names)} but the "
-                                     f"spec's metrics are {expected}; train it from this spec or use its spec")
-        if framing.step_seconds and abs(framing.step_seconds - self.spec.step) > 1e-6:
-            raise ConfigurationError(f"{model.uri} was trained at a step of {framing.step_seconds:g} s but the spec's "
-                                     f"step is {self.spec.step:g} s; use the same step")
+        check_model_fits_spec(detector, self.spec, model.uri)
+        framing = detector.framing_
         with self._lock:
             self.detector, self.model = detector, model
             self.window = int(framing.window)
