@@ -240,6 +240,30 @@ async def test_unknown_routes_and_methods_use_the_error_shape(served):
         assert_error(await client.post("/v1/admin/reload?force=maybe", headers=ADMIN), 422, "invalid_parameter")
 
 
+async def test_shutdown_ends_even_when_a_reload_loop_loses_its_cancellation(served):
+    """Python 3.11's wait_for can drop a cancellation that lands as its lock is acquired; a reload loop
+    that lost one kept polling, and the shutdown that awaited it never ended (seen when the port could
+    not be bound while the model loaded: the process then ignored SIGTERM too)."""
+    from anomaly_ae.service.model_holder import STOP_WAIT_S
+
+    refreshing = asyncio.Event()
+
+    async def lose_cancellations(trigger, force=False):
+        refreshing.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # as a lost cancellation: the loop goes on
+
+    async with in_process(settings(served, poll_interval_s=0.01)) as (app, client):
+        await ready(client)
+        app.state.holder._safe_refresh = lose_cancellations
+        await asyncio.wait_for(refreshing.wait(), 10)  # the poll loop is inside a refresh now
+        started = time.monotonic()
+        await asyncio.wait_for(app.state.holder.stop(), STOP_WAIT_S + 5)  # hung for good before
+        assert time.monotonic() - started < STOP_WAIT_S + 1
+
+
 async def test_before_a_model_loads_scoring_is_503_and_probes_say_so(served):
     release = threading.Event()
 

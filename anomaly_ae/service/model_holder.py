@@ -43,6 +43,7 @@ TRANSIENT_ERRORS = tuple(t for t in (getattr(exceptions, "RegistryUnavailableErr
 MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyond this, skip polls
 # An admin reload that finds another refresh running (a poll, or with several workers the reload
 # another worker's admin call passed on) waits this long for it rather than answering 503 at once.
+STOP_WAIT_S = 5.0  # how long shutdown waits for the reload loops (a load in a thread runs to its end)
 ADMIN_WAIT_S = 5.0
 RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker
 SERVING_PREFIX = "serving-"  # in settings.control_dir: serving-PID, written by a worker once it has a model
@@ -172,6 +173,7 @@ class ModelHolder:
         self._last_outcome: RefreshOutcome | None = None
         self._stuck: list[threading.Thread] = []
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self._signal_seen = 0
 
     # -------------------------------------------------------------- lifecycle
@@ -212,12 +214,16 @@ class ModelHolder:
         marker = self._serving_marker()
         if marker is not None:
             marker.unlink(missing_ok=True)
+        # The loops also stop at their next turn: a cancellation can be lost (Python 3.11's wait_for drops
+        # one that lands as the awaited lock is acquired), and awaiting such a task hung the shutdown for
+        # good when the port could not be bound while the model loaded (seen: 3 starts in 7).
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for task in pending:
+                log.warning("%s did not stop within %g s; shutting down without it", task.get_name(), STOP_WAIT_S)
 
     # -------------------------------------------------------------- admin reloads across workers
     def _signal_path(self) -> Path | None:
@@ -245,7 +251,7 @@ class ModelHolder:
     async def _watch_reload_requests(self) -> None:
         path = self._signal_path()
         assert path is not None
-        while True:
+        while not self._stopping:
             await asyncio.sleep(1.0)
             stamp = self._signal_stamp()
             if stamp == self._signal_seen:
@@ -260,13 +266,13 @@ class ModelHolder:
 
     async def _run(self) -> None:
         interval = self.settings.poll_interval_s
-        while self.current is None:
+        while self.current is None and not self._stopping:
             await self._safe_refresh("startup")
             if self.current is None:
                 await asyncio.sleep(min(interval, 5.0) if interval > 0 else 5.0)
         if interval <= 0:
             return
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
             await self._safe_refresh("poll")
 
