@@ -14,6 +14,7 @@ No torch here: windows are index arrays into the preprocessed rows (`SeriesLayou
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -26,6 +27,9 @@ from anomaly_ae.exceptions import DataError, InvalidParameterError
 # A series id we record for notes about unseen series; beyond this many, new ids are not remembered.
 MAX_KNOWN_SERIES = 10_000
 ONE_SERIES = "__series__"
+# words pandas reads as a time (as it does control characters around a date): not timestamps
+_WORD_TIMES = re.compile(r"\s*(now|today|tomorrow|yesterday)\s*$", re.IGNORECASE)
+_NS_SECONDS = (int(pd.Timestamp.min.timestamp()), int(pd.Timestamp.max.timestamp()))  # what datetime64[ns] holds
 # Calendar covariates a series model can take from its time column (`calendar_covariates`).
 COVARIATES = ("time_of_day", "day_of_week")
 _DAY_NS = 86_400 * 10**9
@@ -210,13 +214,11 @@ class SeriesFraming:
             raise DataError(f"'{column}' holds numbers, not timestamps; send ISO 8601 text such as "
                             "2026-01-05T10:00:00Z or datetime values (epoch seconds: convert them first, e.g. "
                             "pd.to_datetime(frame[col], unit='s'))", reason="invalid_timestamp", column=column)
-        if kind in ("string", "mixed"):
-            text = values[values.map(lambda v: isinstance(v, str))]
-            odd = text.str.strip().str.lower().isin(("now", "today", "tomorrow", "yesterday")) | \
-                text.str.contains(r"[\x00-\x1f]", regex=True)
-            if odd.any():
-                row = int(odd.index[odd.to_numpy()][0])
-                raise DataError(f"'{column}' holds {text[odd].iloc[0][:60]!r} at row {row}: words such as 'now' and "
+        if kind in ("string", "mixed"):  # in Python: pandas' string methods cost ~0.1 ms a call on 64 rows
+            row = next((i for i, v in enumerate(values.tolist()) if isinstance(v, str) and (
+                not v.isprintable() or (len(v) < 12 and _WORD_TIMES.match(v)))), None)
+            if row is not None:
+                raise DataError(f"'{column}' holds {values.iloc[row][:60]!r} at row {row}: words such as 'now' and "
                                 "control characters are not timestamps; send ISO 8601 text such as "
                                 "2026-01-05T10:00:00Z", reason="invalid_timestamp", column=column, rows=[row])
         try:
@@ -228,15 +230,17 @@ class SeriesFraming:
             row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
             raise DataError(f"'{column}' is missing at row {row}; every row needs a timestamp",
                             reason="missing_value", column=column, rows=[row])
-        naive = parsed.dt.tz_localize(None)
-        # pandas keeps dates outside 1677-2262 at a coarser unit; in nanoseconds they would wrap around
-        outside = ((naive < pd.Timestamp.min) | (naive > pd.Timestamp.max)).to_numpy()
-        if outside.any():
-            row = int(np.flatnonzero(outside)[0])
-            raise DataError(f"'{column}' holds {naive.iloc[row]} at row {row}; timestamps must lie between "
-                            f"{pd.Timestamp.min:%Y-%m-%d} and {pd.Timestamp.max:%Y-%m-%d}", reason="invalid_timestamp",
-                            column=column, rows=[row])
-        return naive.to_numpy(dtype="datetime64[ns]")
+        times = parsed.dt.tz_localize(None).to_numpy()
+        if times.dtype != np.dtype("datetime64[ns]"):
+            # pandas keeps dates outside 1677-2262 at a coarser unit; in nanoseconds they would wrap around
+            seconds = times.astype("datetime64[s]").astype(np.int64)
+            outside = (seconds <= _NS_SECONDS[0]) | (seconds >= _NS_SECONDS[1])
+            if outside.any():
+                row = int(np.flatnonzero(outside)[0])
+                raise DataError(f"'{column}' holds {times[row]} at row {row}; timestamps must lie between "
+                                f"{pd.Timestamp.min:%Y-%m-%d} and {pd.Timestamp.max:%Y-%m-%d}",
+                                reason="invalid_timestamp", column=column, rows=[row])
+        return times.astype("datetime64[ns]")
 
     def _column(self, data: Any, name: str) -> Sequence[Any]:
         if isinstance(data, pd.DataFrame):
