@@ -12,9 +12,10 @@ concurrent 10,000-row requests, one thread per admitted request (32 per worker) 
 loop of the GIL (7 of 127 liveness probes over 1 s) and held 1.5 GiB of batches at once.
 
 A small request (a body of at most `inline_max_bytes`: a few rows) is scored on the event loop's own
-thread instead, still holding a scoring place: its work (~0.5 ms for one row of the default model)
-costs about what the hop to a worker thread and back costs (0.1-0.2 ms of the ~1 ms a 1-row request
-took end to end, measured), and a loop that scores it holds the GIL no longer than the thread would.
+thread instead, still holding a scoring place: its work is short (0.55 ms for one row of the default
+model) and the hop to a worker thread and back added 0.2 ms to it (1.04 against 0.82 ms a request in
+process, `benchmarks/results/experiments/issue11_inline.md`); a loop that scores it holds the GIL no
+longer than the thread would.
 
 A request that the worker scores alone may use a second thread (`split`: a one-thread executor passed
 to the work as `helper`), where the worker's share of the cores would otherwise leave a core idle: the

@@ -41,9 +41,9 @@ class ServiceSettings(BaseSettings):
                                                       "and hold more batches in memory.")
     inline_max_body_bytes: int = Field(4096, ge=0, description="Requests whose body is at most this many bytes "
                                        "(a few rows) are scored on the event loop's thread, not a worker thread: "
-                                       "the hop there and back cost 0.1-0.2 ms, a fifth of a 1-row request's time "
-                                       "(measured), more than their scoring blocks the loop. 0: every request in a "
-                                       "thread.")
+                                       "the hop there and back cost 0.2 ms, a fifth of a 1-row request's time in "
+                                       "process (benchmarks/results/experiments/issue11_inline.md), about what their "
+                                       "scoring blocks the loop for. 0: every request in a thread.")
     max_body_reads: int = Field(128, ge=1, description="Request bodies one worker reads at once; more get 503. "
                                                        "Separate from max_concurrency so that slow clients never "
                                                        "hold a scoring place; bounds memory at max_body_reads x "
