@@ -22,7 +22,7 @@ import pandas as pd
 
 from anomaly_ae.calibration import AlertRule, Calibration
 from anomaly_ae.data.preprocess import UNKNOWN, Preprocessor
-from anomaly_ae.data.schema import Schema
+from anomaly_ae.data.schema import Schema, short_repr
 from anomaly_ae.data.windows import SeriesFraming, SeriesLayout
 from anomaly_ae.exceptions import ScoringError
 
@@ -279,7 +279,7 @@ class InferencePath:
             known = self._known[name]
             for i, v in enumerate(np.asarray(checked[name], dtype=object).tolist()):
                 if v is not None and v not in known:
-                    notes[i].append(f"unseen category {_short(v)} in '{name}'")
+                    notes[i].append(f"unseen category {short_repr(v, 60)} in '{name}'")
         for name in missing:
             if name in self.preprocessor.numeric:
                 for i in np.flatnonzero(np.isnan(np.asarray(checked[name], dtype=np.float64))).tolist():
@@ -314,9 +314,3 @@ def _feature_names(schema: Schema) -> list[str]:
         s = schema.image
         return [f"pixel[{c},{h},{w}]" for c in range(s.channels) for h in range(s.height) for w in range(s.width)]
     return schema.names
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A value's repr for a message, cut: a note repeats client input, which may be any length."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

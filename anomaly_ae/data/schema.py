@@ -245,7 +245,7 @@ class Schema:
                     rows = _rows(bad, positions)
                     raise SchemaError(
                         f"column '{col.name}' must be numeric but has non-numeric values in rows {rows} "
-                        f"(e.g. {_short(values[rows[0]])}); send numbers (null for missing)",
+                        f"(e.g. {short_repr(values[rows[0]])}); send numbers (null for missing)",
                         column=col.name, rows=rows, reason="dtype")
             try:
                 arr = np.array(values, dtype=np.float64)
@@ -266,7 +266,7 @@ class Schema:
                 rows = _rows(bad, positions)
                 raise SchemaError(
                     f"column '{col.name}' is categorical but has values that are not text, numbers or booleans "
-                    f"in rows {rows} (e.g. {_short(values[rows[0]])})", column=col.name, rows=rows, reason="dtype")
+                    f"in rows {rows} (e.g. {short_repr(values[rows[0]])})", column=col.name, rows=rows, reason="dtype")
             values = [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in values]
             types = set(map(type, values))
         arr = np.empty(len(values), dtype=object)
@@ -386,7 +386,8 @@ def _listed(names: list[str], most: int = 10, limit: int = 60) -> str:
     return ", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _short(value: Any, limit: int = 40) -> str:
+def short_repr(value: Any, limit: int = 40) -> str:
+    """A value's repr for a message, cut to `limit` characters: messages repeat input of any length."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
