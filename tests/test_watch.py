@@ -122,8 +122,9 @@ def test_tls_files_that_cannot_be_loaded_are_a_spec_error(tmp_path):
         with pytest.raises(WatchSpecError, match="prometheus.tls: cannot load"):
             PrometheusSource(spec)
     (tmp_path / "not-a-cert.pem").write_text("hello\n")
+    not_a_cert = make_spec(prometheus={"url": "https://p", "tls": {"ca_file": str(tmp_path / "not-a-cert.pem")}})
     with pytest.raises(WatchSpecError, match="prometheus.tls: cannot load"):
-        PrometheusSource(make_spec(prometheus={"url": "https://p", "tls": {"ca_file": str(tmp_path / "not-a-cert.pem")}}))
+        PrometheusSource(not_a_cert)
 
 
 def test_times_read_as_now_relative_rfc3339_or_unix():

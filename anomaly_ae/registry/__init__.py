@@ -33,7 +33,7 @@ from anomaly_ae.registry.tracking import DataSource, TrackedRun, data_fingerprin
 
 __all__ = [
     "DataSource", "HttpBounds", "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
-    "check_connection", "check_model_name", "data_fingerprint", "download_model", "list_versions", "load_model", "log_generator_run",
-    "log_training_run", "promote",
+    "check_connection", "check_model_name", "data_fingerprint", "download_model", "list_versions", "load_model",
+    "log_generator_run", "log_training_run", "promote",
     "quiet_mlflow_logs", "resolve_model", "tracking_target",
 ]
