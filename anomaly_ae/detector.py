@@ -41,7 +41,8 @@ class Detector(Estimator):
         `anomaly_ae.models.DETECTOR_MODELS`). "hybrid" is an
         ensemble of 3 autoencoders plus the 5-nearest-neighbour density term: reconstruction
         error catches samples off the normal manifold, neighbour distance the rare ones on it.
-    latent_dim, hidden_dims : network size; None picks sizes from the number of features.
+    latent_dim, hidden_dims : network size; None picks sizes from the number of features, and
+        hidden_dims=[] means no hidden layer (a linear encoder and decoder).
     score : how a sample is scored; None picks the model's default ("recon" for autoencoders and
         PCA, "elbo" for the VAE, "recon+latent" for the AAE). The VAE also offers "recon" and "iwae".
     n_estimators : number of differently seeded networks whose scores are averaged (None: 3 for
@@ -242,6 +243,10 @@ class Detector(Estimator):
             if getattr(self, name) is not None:
                 _check_integer(name, getattr(self, name), 1)
         if self.hidden_dims is not None:
+            if isinstance(self.hidden_dims, (str, bytes)) or not hasattr(self.hidden_dims, "__iter__"):
+                raise InvalidParameterError(f"hidden_dims must be a list of layer widths such as [64, 32] (or None "
+                                            f"for sizes chosen from the number of features), got "
+                                            f"{self.hidden_dims!r}")
             for width in self.hidden_dims:
                 _check_integer("each of hidden_dims", width, 1)
         _check_number("learning_rate", self.learning_rate, positive=True)

@@ -220,7 +220,8 @@ def test_too_few_rows_and_bad_params(telemetry_train):
 @pytest.mark.parametrize("params, message", [
     (dict(epochs=0), "epochs must be an integer >= 1"), (dict(epochs=2.5), "epochs must be an integer"),
     (dict(batch_size=-5), "batch_size must be"), (dict(latent_dim=0), "latent_dim must be"),
-    (dict(hidden_dims=[32, 0]), "each of hidden_dims"), (dict(patience=-1), "patience must be"),
+    (dict(hidden_dims=[32, 0]), "each of hidden_dims"), (dict(hidden_dims=16), "a list of layer widths"),
+    (dict(hidden_dims="16,8"), "a list of layer widths"), (dict(patience=-1), "patience must be"),
     (dict(learning_rate=float("nan")), "learning_rate must be a finite number > 0"),
     (dict(learning_rate=0), "learning_rate must be"), (dict(noise=-1), "noise must be a finite number >= 0"),
     (dict(model="pca", variance_kept=2), "variance_kept must be in"), (dict(device="tpu"), "device must be"),
