@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from anomaly_ae import Detector, Generator
-from anomaly_ae.augment.command import (augment_training_data, balanced_allocation, generate_app,
+from anomaly_ae.augment.command import (_parse_conditions, augment_training_data, balanced_allocation, generate_app,
                                         synthetic_anomaly_report)
 from anomaly_ae.augment.perturb import KINDS, make_anomalies
 from anomaly_ae.data.io import read_table, write_table
@@ -145,6 +145,17 @@ def test_generate_cli_train_sample_report(rare_mode, tmp_path):
     assert result.exit_code == 2 and "never seen" in result.output
     result = runner.invoke(generate_app, ["sample", str(tmp_path / "missing"), "-o", str(out)])
     assert result.exit_code == 2
+
+
+def test_conditions_name_each_column_once():
+    assert _parse_conditions(["mode = maintenance", "site=a=b"]) == {"mode": "maintenance", "site": "a=b"}
+    assert _parse_conditions(["mode=x", "mode=x"]) == {"mode": "x"}
+    with pytest.raises(DataError, match="column 'mode' twice"):
+        _parse_conditions(["mode=x", "mode=y"])
+    with pytest.raises(DataError, match="no column name"):
+        _parse_conditions(["=x"])
+    with pytest.raises(DataError, match="COLUMN=VALUE"):
+        _parse_conditions(["mode"])
 
 
 def test_generate_cli_images_npz_and_grid(tmp_path):

@@ -231,8 +231,13 @@ def _parse_conditions(items: list[str] | None) -> dict[str, str] | None:
     for item in items or []:
         if "=" not in item:
             raise DataError(f"--condition takes COLUMN=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
+        key, value = (part.strip() for part in item.split("=", 1))
+        if not key:
+            raise DataError(f"--condition takes COLUMN=VALUE, got {item!r} (no column name)")
+        if key in out and out[key] != value:
+            raise DataError(f"--condition gives column {key!r} twice ({out[key]!r} and {value!r}); a sample has one "
+                            "value per column, so give each column once")
+        out[key] = value
     return out or None
 
 
