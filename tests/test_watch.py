@@ -86,6 +86,11 @@ def test_a_spec_file_loads_from_yaml_and_toml(tmp_path):
     ("prometheus: {url: http://p, timeout: .inf}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n",
      "timeout must be a positive, finite duration"),
     ("- just\n- a list\n", "must be a mapping"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {a: up, a: down}\n",
+     "the key 'a' is given twice"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nstep: 30s\nmetrics: {a: up}\n",
+     "the key 'step' is given twice in one mapping (first at line 3)"),
+    ("prometheus: {url: http://p}\n? [a, b]\n: 1\n", "unhashable key"),
 ])
 def test_a_malformed_spec_says_which_field_and_what_to_write(tmp_path, text, says):
     path = tmp_path / "watch.yml"

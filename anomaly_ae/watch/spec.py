@@ -27,6 +27,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -206,6 +207,31 @@ class LoadedSpec:
     text: str  # as written (it holds no secrets: only the names of the variables that do)
 
 
+def _load_yaml(text: str) -> Any:
+    """YAML as `yaml.safe_load` reads it, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last silently, so a second `threshold:` further down would override the first unseen."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            if not isinstance(key, Hashable):  # construct_mapping says so, with the place
+                break
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping (first at line {seen[key] + 1}); "
+                                "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_spec(path: str | Path) -> LoadedSpec:
     """Read and check a watch spec (.yml/.yaml or .toml)."""
     path = Path(path)
@@ -219,9 +245,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
         if path.suffix.lower() == ".toml":
             raw = tomllib.loads(text)
         else:
-            import yaml
-
-            raw = yaml.safe_load(text)
+            raw = _load_yaml(text)
     except Exception as exc:  # the parsers' errors say where (line, column)
         raise WatchSpecError(f"watch spec {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
                              f"{' '.join(str(exc).split())}") from None
