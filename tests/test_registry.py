@@ -223,6 +223,15 @@ def test_promotion_gate_refuses_a_worse_challenger(registered, mlflow_server, da
     with pytest.raises(RegistryError, match="needs labelled evaluation data"):
         registry.promote(NAME, bad, "champion", require_better_than="champion", tracking_uri=mlflow_server)
 
+    # a misspelt baseline alias is refused (it would let any challenger through), a new one is a first promotion
+    typo = [a if a != "champion" else "Champoin" for a in gate]
+    refused = one_line_error(cli("promote", NAME, "--version", bad, "--alias", "champion", *typo))
+    assert "no version holds @Champoin to compare with; did you mean @champion?" in refused
+    assert registry.resolve_model(f"models:/{NAME}@champion", tracking_uri=mlflow_server).version == good
+    first = [a if a != "champion" else "canary" for a in gate]
+    passed = cli("promote", NAME, "--version", bad, "--alias", "canary", *first)
+    assert passed.exit_code == 0 and "no version holds @canary yet" in passed.output, passed.output
+
 
 def test_resolve_model_refs(registered, mlflow_server, monkeypatch, tmp_path):
     detector, run = registered

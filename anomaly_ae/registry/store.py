@@ -11,6 +11,7 @@ safetensors. So a swapped weights file is caught by the manifest, and a swapped 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tempfile
@@ -445,6 +446,17 @@ def _gate(c: Any, target: TrackingTarget, result: Promotion, baseline_alias: str
                             "both versions are scored on it")
     baseline = _alias_version(c, result.name, baseline_alias)
     if baseline is None:
+        # A first promotion has nothing to compare with; an alias one letter off an existing one is a typo
+        # that would let any challenger through.
+        aliases = sorted(c.get_registered_model(result.name).aliases or {})
+        close = difflib.get_close_matches(baseline_alias.lower(), [a.lower() for a in aliases], n=1, cutoff=0.75)
+        if close:
+            meant = next(a for a in aliases if a.lower() == close[0])
+            raise PromotionRefused(
+                f"refusing to promote {result.name} v{result.version} to @{result.alias}: no version holds "
+                f"@{baseline_alias} to compare with; did you mean @{meant}? (the model's aliases: "
+                f"{', '.join('@' + a for a in aliases)}); @{result.alias} still points to "
+                f"{'v' + result.previous if result.previous else 'no version'}")
         return replace(result, note=f"no version holds @{baseline_alias} yet, so there was nothing to compare with")
     if baseline == result.version:
         return replace(result, note=f"v{baseline} already holds @{baseline_alias}")
