@@ -616,6 +616,33 @@ async def test_an_unreachable_registry_is_503_and_the_model_keeps_serving(served
         assert (await reload(client)).status_code == 200
 
 
+async def test_a_model_that_is_not_there_yet_is_retried_logged_once_and_named_in_readiness(served, caplog):
+    import logging
+
+    from anomaly_ae.exceptions import ModelLoadError
+
+    caplog.set_level(logging.WARNING, logger="anomaly_ae.service")
+    attempts = {"n": 0, "there": False}
+
+    def resolver(uri):
+        attempts["n"] += 1
+        if not attempts["there"]:
+            raise ModelLoadError("model 'served' has no alias @champion")
+        return resolve(uri)
+
+    # startup retries every poll interval (here 0.01 s) until the model is there
+    async with in_process(settings(served, poll_interval_s=0.01), resolver=resolver) as (_, client):
+        await until(lambda: _value(attempts["n"] >= 5))
+        error = assert_error(await client.get("/readyz"), 503, "not_ready")
+        assert "the last attempt failed: model_not_found" in error["message"], error
+        logged = [r.getMessage() for r in caplog.records if "has no alias @champion" in r.getMessage()]
+        assert len(logged) == 1 and "model_not_found" in logged[0], logged  # not once per attempt
+        assert_error(await reload(client), 503, "model_not_found")  # an operator's reload is answered in the log all the same
+        assert len([r for r in caplog.records if "has no alias @champion" in r.getMessage()]) == 2
+        attempts["there"] = True
+        await ready(client)
+
+
 @contextlib.contextmanager
 def held_loads(after: int = 1):
     """A loader whose loads after the first `after` wait for `release` (set on exit); `loading` is set

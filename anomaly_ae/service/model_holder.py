@@ -45,6 +45,7 @@ MAX_STUCK_THREADS = 3  # registry calls still running after their timeout; beyon
 # another worker's admin call passed on) waits this long for it rather than answering 503 at once.
 STOP_WAIT_S = 5.0  # how long shutdown waits for the reload loops (a load in a thread runs to its end)
 ADMIN_WAIT_S = 5.0
+REPEAT_LOG_S = 300.0  # a failure that repeats unchanged is logged again at most this often
 RELOAD_REQUEST = "reload-request.json"  # in settings.control_dir: an admin reload, for every worker
 SERVING_PREFIX = "serving-"  # in settings.control_dir: serving-PID, written by a worker once it has a model
 # An absolute file path in an error message (the registry downloads into temporary folders): a
@@ -163,6 +164,8 @@ class ModelHolder:
         self.uri = settings.model_uri
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
+        self.last_reason: str | None = None  # the last failure's reason code (readiness shows it)
+        self._repeated: tuple[tuple[str, str] | None, float, int] = (None, 0.0, 0)  # last failure logged, when, repeats
         self.last_checked: float | None = None
         bounds = registry_bounds(settings)
         self._resolver = resolver or functools.partial(resolve, bounds=bounds)
@@ -306,6 +309,8 @@ class ModelHolder:
             if waited and previous is not None and previous.reason in ("registry_timeout", "registry_unavailable"):
                 return previous
             self._last_outcome = outcome = await self._refresh(trigger, force)
+            if outcome.status in ("loaded", "unchanged"):
+                self._repeated, self.last_reason = (None, 0.0, 0), None
             return outcome
         finally:
             self._lock.release()
@@ -410,10 +415,19 @@ class ModelHolder:
     def _failed(self, trigger: str, reason: str, message: str) -> RefreshOutcome:
         message = without_paths(message)
         metrics.RELOAD_FAILURES.labels(reason).inc()
-        self.last_error = message
+        self.last_error, self.last_reason = message, reason
         serving = f"version {self.current.version}" if self.current is not None else "no model"
-        log.warning("model refresh (%s) of %s failed: %s: %s (serving %s)", trigger, self.uri_for_log, reason,
-                    message, serving)
+        # The same failure on every retry (a model not registered yet: every 5 s) is logged when it first
+        # happens and then every REPEAT_LOG_S with a count, so the log shows other events between them;
+        # an operator's reload is always answered in the log.
+        now, (last, since, repeats) = time.monotonic(), self._repeated
+        if trigger != "admin" and last == (reason, message) and now - since < REPEAT_LOG_S:
+            self._repeated = (last, since, repeats + 1)
+        else:
+            again = f" again ({repeats + 1} times in {now - since:.0f} s)" if last == (reason, message) else ""
+            log.warning("model refresh (%s) of %s failed%s: %s: %s (serving %s)", trigger, self.uri_for_log, again,
+                        reason, message, serving)
+            self._repeated = ((reason, message), now, 0)
         return RefreshOutcome("failed", reason=reason, message=message)
 
     def _refuse(self, trigger: str, version: str, reason: str, message: str) -> RefreshOutcome:

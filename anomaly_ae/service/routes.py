@@ -88,7 +88,10 @@ async def healthz() -> Response:
 async def readyz(holder: HolderDep) -> Response:
     model = holder.current
     if model is None:
-        raise ApiError(503, "not_ready", "no model loaded yet", headers={"Retry-After": "5"})
+        # the reason code only: the message may name hosts, and /readyz needs no key (the log has it all)
+        why = f" (the last attempt failed: {holder.last_reason}; the service log says why)" if holder.last_reason \
+            else ""
+        raise ApiError(503, "not_ready", f"no model loaded yet{why}", headers={"Retry-After": "5"})
     return _json({"status": "ready", "model": model.describe()})
 
 
