@@ -162,7 +162,7 @@ def test_a_long_range_is_fetched_in_chunks_under_the_point_limit(world):
 
 @pytest.mark.parametrize("fault, reason, says", [
     ("down", "unreachable", "cannot reach http://prometheus:9090"),
-    ("timeout", "timeout", "no answer"),
+    ("timeout", "timeout", "no complete answer"),
     ("http_500", "http_error", "HTTP 503: overloaded"),
     ("scalar", "bad_response", "not a range vector"),
     ("duplicate", "bad_series", "aggregate them to one per host"),
@@ -174,6 +174,45 @@ def test_query_faults_are_errors_with_a_reason_and_advice(world, fault, reason, 
     with PrometheusSource(make_spec(), transport=fake.transport()) as source, pytest.raises(QueryError) as caught:
         source.query_range(COLUMNS[0], T0, T0 + 10 * STEP)
     assert caught.value.reason == reason and says in str(caught.value)
+
+
+def test_an_answer_trickled_past_the_timeout_is_a_timeout():
+    """A real socket server that sends its answer a byte every 0.1 s: each read is quick, the whole is not."""
+    import socket
+    import threading
+    import time
+
+    body = b'{"status": "success", "data": {"resultType": "matrix", "result": []}}'
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(body))
+            for byte in body:
+                if stop.wait(0.1):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    spec = make_spec(prometheus={"url": f"http://127.0.0.1:{listener.getsockname()[1]}", "timeout": "1s"})
+    started = time.monotonic()
+    try:
+        with PrometheusSource(spec) as source, pytest.raises(QueryError) as caught:
+            source.query_range(COLUMNS[0], T0, T0 + 10 * STEP)  # the whole body would take ~7 s
+    finally:
+        stop.set()
+        listener.close()
+        server.join(5)
+    assert caught.value.reason == "timeout" and "no complete answer" in str(caught.value)
+    assert time.monotonic() - started < 3
 
 
 def test_the_frame_reports_gaps_stale_missing_and_dropped_series():

@@ -15,7 +15,9 @@ was dropped or odd is counted in a `FrameReport`, never silently lost.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -108,21 +110,31 @@ class PrometheusSource:
                 for name, chunks in parts.items()}
 
     def _request(self, metric: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        params = {**params, "timeout": _fmt(self.spec.prometheus.timeout)}
+        timeout = self.spec.prometheus.timeout
+        params = {**params, "timeout": _fmt(timeout)}
+        # httpx's timeout bounds each read, so a server that trickles its answer (a byte a second) would hold
+        # the step for good: the whole answer must arrive within `timeout`.
+        deadline = time.monotonic() + timeout
         try:
-            response = self._client.post("/api/v1/query_range", data=params)
+            with self._client.stream("POST", "/api/v1/query_range", data=params) as response:
+                chunks = []
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout("the answer did not arrive within the timeout")
+                content = b"".join(chunks)
         except httpx.TimeoutException:
-            raise QueryError(metric, "timeout", f"no answer from {self.spec.prometheus.url} within "
-                                                f"{self.spec.prometheus.timeout:g} s") from None
+            raise QueryError(metric, "timeout", f"no complete answer from {self.spec.prometheus.url} within "
+                                                f"{timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise QueryError(metric, "unreachable", f"cannot reach {self.spec.prometheus.url}: "
                                                     f"{type(exc).__name__}") from None
         try:
-            body = response.json()
+            body = json.loads(content)
         except ValueError:
             body = None
         if response.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
-            detail = body.get("error") if isinstance(body, dict) else response.text[:200]
+            detail = body.get("error") if isinstance(body, dict) else content[:200].decode(errors='replace')
             reason = "timeout" if isinstance(body, dict) and body.get("errorType") == "timeout" else "http_error"
             raise QueryError(metric, reason, f"Prometheus answered HTTP {response.status_code}: {detail}")
         data = body.get("data")
