@@ -637,7 +637,8 @@ async def test_a_model_that_is_not_there_yet_is_retried_logged_once_and_named_in
         assert "the last attempt failed: model_not_found" in error["message"], error
         logged = [r.getMessage() for r in caplog.records if "has no alias @champion" in r.getMessage()]
         assert len(logged) == 1 and "model_not_found" in logged[0], logged  # not once per attempt
-        assert_error(await reload(client), 503, "model_not_found")  # an operator's reload is answered in the log all the same
+        # an operator's reload is answered in the log all the same
+        assert_error(await reload(client), 503, "model_not_found")
         assert len([r for r in caplog.records if "has no alias @champion" in r.getMessage()]) == 2
         attempts["there"] = True
         await ready(client)
