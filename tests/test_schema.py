@@ -102,3 +102,24 @@ def test_clean_numeric_columns_are_checked_at_once_as_column_by_column(det, rows
     assert not report.missing_values and not report.unseen_categories
     rows["latency_ms"] = rows["latency_ms"].astype(object)
     assert det.schema_._check_numeric_frame(rows) is None
+
+
+def test_numbers_stored_as_objects_are_numeric_and_times_are_refused_at_fit():
+    from decimal import Decimal
+
+    from anomaly_ae.data.schema import Schema
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"dec": [Decimal(str(round(v, 3))) for v in rng.normal(size=50)],
+                          "ints": pd.Series(range(50), dtype=object), "text": ["a", "b"] * 25,
+                          "mixed": [1, "b"] * 25})
+    kinds = {c.name: c.kind for c in Schema.infer(frame).columns}
+    # a Parquet decimal column read as Decimal objects was one category per value before
+    assert kinds == {"dec": "numeric", "ints": "numeric", "text": "categorical", "mixed": "categorical"}
+    for times, says in [(pd.date_range("2026-01-01", periods=50, freq="h"), "holds times (datetime64"),
+                        (pd.to_timedelta(range(50), unit="s"), "holds durations"),
+                        (pd.Series(pd.date_range("2026-01-01", periods=50).date), "holds times (object"),
+                        (pd.period_range("2026-01", periods=50, freq="M"), "holds times (period")]:
+        with pytest.raises(DataError, match="convert it to a number") as caught:
+            Schema.infer(pd.DataFrame({"x": range(50), "when": times}))
+        assert "column 'when' " + says in str(caught.value)

@@ -7,6 +7,7 @@ names the column and rows instead of producing a silently wrong score.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import numbers
 from dataclasses import asdict, dataclass, field
@@ -85,7 +86,8 @@ class Schema:
         for name in frame.columns:
             values = frame[name]
             missing = bool(values.isna().any())
-            if _is_numeric(values):
+            _check_trainable(name, values)
+            if _is_numeric(values) or _numbers_as_objects(values):
                 columns.append(Column(name, "numeric", allow_missing=missing))
             else:
                 if values.dtype == object:
@@ -395,6 +397,32 @@ def short_repr(value: Any, limit: int = 40) -> str:
 def _require_rows(n: int) -> None:
     if n == 0:
         raise DataError("the training data has no rows; pass at least a few hundred normal samples")
+
+
+def _check_trainable(name: Any, values: pd.Series) -> None:
+    """Refuse timestamps and durations in training data: one-hot encoded as text, every new row would be
+    an unseen category (scoring refuses them in a numeric column for the same reason)."""
+    present = values.dropna()
+    times = (dt.date, dt.time, dt.timedelta, np.datetime64, np.timedelta64)
+    timelike = values.dtype.kind in "mM" or isinstance(values.dtype, pd.PeriodDtype) or (
+        values.dtype == object and len(present) > 0 and present.map(lambda v: isinstance(v, times)).all())
+    if timelike:
+        example = f", e.g. {short_repr(present.iloc[0])}" if len(present) else ""
+        raise DataError(f"column '{name}' holds {'durations' if values.dtype.kind == 'm' else 'times'} "
+                        f"({values.dtype}{example}); a model scores numbers and "
+                        "categories: convert it to a number (e.g. hour of day) or drop it (--drop-cols); for "
+                        "metric streams over time use SeriesDetector(time_col=...)", column=str(name))
+
+
+def _numbers_as_objects(values: pd.Series) -> bool:
+    """An object column that holds only numbers (Decimal from a database or a Parquet decimal column,
+    Python ints and floats): numeric, as its values say. Read as text it would be one category per
+    value, and a value far outside the training range only an unseen category."""
+    if values.dtype != object:
+        return False
+    present = values.dropna()
+    return bool(len(present)) and bool(present.map(
+        lambda v: isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_, complex))).all())
 
 
 def _is_numeric(values: pd.Series) -> bool:
