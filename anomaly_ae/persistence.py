@@ -127,6 +127,7 @@ def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Pat
     The swap is: NAME -> .NAME.old, staging -> NAME, delete .NAME.old. Whatever state a crash
     leaves is repaired first (`recover_directory`), so the next write always succeeds.
     """
+    _check_own_directory(path, kind)
     recover_directory(path, kind=kind)
     _refuse_foreign(path, kind)
     staging = _make_staging(path)
@@ -150,6 +151,7 @@ def check_writable(path: str | Path, *, kind: str = "model") -> Path:
     """Fail now, not after a long training, if a {kind} cannot be saved at ``path``: the place
     is another kind of directory, or its parent cannot be created or written."""
     path = Path(path)
+    _check_own_directory(path, kind)
     try:
         recover_directory(path, kind=kind)
         _refuse_foreign(path, kind)
@@ -199,6 +201,16 @@ def recover_directory(path: Path, *, kind: str = "model") -> None:
 
 # Staging dirs from versions without a pid in the name are only removed when nobody wrote them for this long.
 LEGACY_STAGING_AGE_S = 3600.0
+
+
+def _check_own_directory(path: Path, kind: str) -> None:
+    """A {kind} is a directory of its own, swapped in by renaming it: '.', '..', '/' or the current
+    directory cannot be renamed (and renaming the current one would leave the process in a deleted
+    directory)."""
+    resolved = path.resolve()
+    if path.name in ("", ".", "..") or resolved == Path.cwd().resolve() or resolved.parent == resolved:
+        raise ConfigurationError(f"cannot save the {kind} as '{path}': a {kind} is saved as a directory of its "
+                                 f"own; name a new one, e.g. '{path / kind}'")
 
 
 def _old(path: Path) -> Path:
@@ -252,6 +264,8 @@ def read_verified(path: Path, files: tuple[str, ...] = FILES, *, kind: str = "mo
     try:
         manifest = json.loads((path / MANIFEST).read_bytes())
         entries = manifest["files"]
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+            raise TypeError("files is not a mapping of file name to size and hash")
     except FileNotFoundError:
         raise ModelLoadError(f"{path} has no {MANIFEST}; it is not a {kind} saved by anomaly_ae") from None
     except (ValueError, KeyError, TypeError):

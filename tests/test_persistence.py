@@ -91,9 +91,10 @@ def test_missing_and_corrupt_manifest(saved, tmp_path):
     (saved / "schema.json").unlink()
     with pytest.raises(ModelLoadError, match="schema.json is missing"):
         Detector.load(saved)
-    (saved / MANIFEST).write_text("{not json")
-    with pytest.raises(ModelLoadError, match="corrupt"):
-        Detector.load(saved)
+    for text in ("{not json", '{"format_version": 1, "files": []}', '{"format_version": 1, "files": {"a": "b"}}'):
+        (saved / MANIFEST).write_text(text)
+        with pytest.raises(ModelLoadError, match="corrupt"):
+            Detector.load(saved)
     with pytest.raises(ModelLoadError, match="no saved model"):
         Detector.load(tmp_path / "nowhere")
 
@@ -128,3 +129,16 @@ def test_save_refuses_to_overwrite_a_foreign_directory(fitted, tmp_path):
     with pytest.raises(FileExistsError):
         fitted("pca").save(tmp_path / "docs")
     assert (tmp_path / "docs" / "notes.txt").read_text() == "keep me"
+
+
+def test_save_refuses_the_current_directory_and_the_root(fitted, tmp_path, monkeypatch):
+    from anomaly_ae.exceptions import ConfigurationError
+    from anomaly_ae.persistence import check_writable
+
+    monkeypatch.chdir(tmp_path)
+    for place in (".", "..", "/", str(tmp_path)):
+        with pytest.raises(ConfigurationError, match="saved as a directory of its own; name a new one"):
+            fitted("pca").save(place)
+        with pytest.raises(ConfigurationError, match="directory of its own"):
+            check_writable(place)
+    assert list(tmp_path.iterdir()) == []
