@@ -115,6 +115,8 @@ def test_bad_time_input_gets_clear_errors_and_notes(fitted):
     test = frame(100, seed=9)
     with pytest.raises(DataError, match="not in time order"):
         fitted.decision_function(test.iloc[::-1])
+    with pytest.raises(DataError, match="not in time order at row 1; sort the rows"):  # not "two distinct"
+        SeriesDetector(model="pca", window=8, time_col="ts").fit(test[["ts", "cpu"]].iloc[::-1])
     # a timestamp twice (a reading sent again, corrected): both rows scored, the first as it came, the
     # second then stands for the step (noted), so later rows score as if only the second had been sent
     again = test.iloc[4:5].assign(cpu=test.cpu.iloc[4] + 1.0)

@@ -92,8 +92,9 @@ class SeriesFraming:
         if times is not None:
             diffs = []
             for rows in _group_rows(series):
-                t = times[rows]
-                d = np.diff(t.astype("datetime64[ns]").astype(np.int64)) / 1e9
+                t = times[rows].astype("datetime64[ns]").astype(np.int64)
+                self._check_order(t, rows, series[rows[0]])  # reversed history: no positive step at all
+                d = np.diff(t) / 1e9
                 diffs.append(d[d > 0])
             positive = np.concatenate(diffs) if diffs else np.array([])
             if not len(positive):
@@ -157,6 +158,16 @@ class SeriesFraming:
             notes[row].append(f"warm-up: {int(history[row])} of {self.window} steps of history")
         return metrics, layout
 
+    def _check_order(self, t: np.ndarray, rows: np.ndarray, name: Any) -> None:
+        """Refuse one series' timestamps (int64 ns, at input positions `rows`) out of time order."""
+        d = np.diff(t)
+        if (d < 0).any():
+            i = int(np.flatnonzero(d < 0)[0])
+            what = f" of series {name!r}" if self.series_col is not None else ""
+            raise DataError(f"timestamps in '{self.time_col}'{what} are not in time order at row {int(rows[i + 1])}; "
+                            f"sort the rows by '{self.time_col}' first", reason="unsorted_timestamps",
+                            column=self.time_col, rows=[int(rows[i + 1])])
+
     def _steps(self, times: np.ndarray | None, rows: np.ndarray, name: str) -> np.ndarray:
         """Grid step of each row of one series; refuses unsorted timestamps. Rows with one timestamp
         (a reading sent twice, or two readings of one step) share its step, like readings that land on
@@ -164,13 +175,7 @@ class SeriesFraming:
         if times is None:
             return np.arange(len(rows))
         t = times[rows].astype("datetime64[ns]").astype(np.int64)
-        what = f" of series {name!r}" if self.series_col is not None else ""
-        d = np.diff(t)
-        if (d < 0).any():
-            i = int(np.flatnonzero(d < 0)[0])
-            raise DataError(f"timestamps in '{self.time_col}'{what} are not in time order at row {int(rows[i + 1])}; "
-                            f"sort the rows by '{self.time_col}' first", reason="unsorted_timestamps",
-                            column=self.time_col, rows=[int(rows[i + 1])])
+        self._check_order(t, rows, name)
         assert self.step_seconds is not None
         # Each row goes to the nearest step of the grid (half-way up), in integer nanoseconds so that
         # a row half-way between two steps always goes the same way; rows that land on one step share
