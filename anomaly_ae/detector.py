@@ -346,8 +346,9 @@ class Detector(Estimator):
         return frame.drop(columns=["score", "p_value", "is_anomaly", "severity", "notes"])
 
     def score_frame(self, X: pd.DataFrame | np.ndarray, top_k: int = 3) -> pd.DataFrame:
-        """score, p_value, is_anomaly, severity, the top_k contributing features and notes per row."""
-        return self._inference(X, top_k=top_k).frame(top_k=top_k)
+        """score, p_value, is_anomaly, severity, the top_k contributing features (none for 0) and notes per row."""
+        _check_integer("top_k", top_k, 0)
+        return self._inference(X, top_k=int(top_k)).frame(top_k=int(top_k))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

@@ -269,3 +269,17 @@ def test_knn_baseline_scores_by_neighbour_distance_alone(telemetry_train, teleme
         Detector(model="knn", neighbors=0).fit(telemetry_train)
     with pytest.raises(ValueError, match="'distance' only"):
         Detector(model="knn", score="elbo").fit(telemetry_train)
+
+
+def test_top_k_of_score_frame_and_the_pyfunc_is_checked(fitted, telemetry_train):
+    from anomaly_ae.registry.pyfunc import DetectorPyfunc
+
+    det, X = fitted("pca"), telemetry_train.drop(columns=list(LABEL_COLUMNS), errors="ignore").head(3)
+    assert not any(c.startswith("feature_") for c in det.score_frame(X, top_k=0).columns)
+    for bad in (-1, 2.7, "x", None):
+        with pytest.raises(InvalidParameterError, match="top_k must be an integer >= 0"):
+            det.score_frame(X, top_k=bad)
+    pyfunc = DetectorPyfunc(det)
+    assert "feature_3" in pyfunc.predict(X, params={"top_k": None}).columns  # unset: the default, 3
+    with pytest.raises(InvalidParameterError, match="top_k must be an integer >= 0, got -1"):
+        pyfunc.predict(X, params={"top_k": -1})

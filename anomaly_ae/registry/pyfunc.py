@@ -38,7 +38,8 @@ class DetectorPyfunc:
         self.detector = detector
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        top_k = int((params or {}).get("top_k", DEFAULT_TOP_K))
+        top_k = (params or {}).get("top_k")
+        top_k = DEFAULT_TOP_K if top_k is None else top_k  # MLflow passes None for a param left unset
         return self.detector.score_frame(model_input, top_k=top_k)
 
 
