@@ -135,6 +135,17 @@ def test_numeric_condition_uses_quantile_buckets():
     assert set(drawn[:, 1]) == {"a"} and len(set(drawn[:, 0])) == 4
     roundtrip = ConditionEncoder.from_dict(json.loads(json.dumps(enc.to_dict())))
     assert roundtrip.to_dict() == enc.to_dict()
+    # outside the training range the outer bucket would be drawn as if it were the value asked for
+    for encoder in (enc, roundtrip):
+        assert encoder.resolve({"x": 0.0})["x"] == enc.columns[0]["values"][0]
+        with pytest.raises(DataError, match=r"x=1000000000.0 is outside the training range 0..99"):
+            encoder.resolve({"x": 1e9})
+        with pytest.raises(DataError, match="x=nan is not a finite number"):
+            encoder.resolve({"x": "nan"})
+    saved_before = enc.to_dict()  # a generator saved without the range still refuses non-finite values
+    saved_before["columns"][0].pop("range")
+    with pytest.raises(DataError, match="not a finite number"):
+        ConditionEncoder.from_dict(saved_before).resolve({"x": float("inf")})
 
 
 def test_numeric_condition_column_is_generated_in_its_bucket(normal):

@@ -8,6 +8,7 @@ partial condition) draws contexts as often as the data had them. Everything is p
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -35,7 +36,8 @@ class ConditionEncoder:
                 edges = np.unique(np.quantile(arr, np.linspace(0, 1, n_bins + 1)[1:-1])).tolist()
                 bounds = [float(arr.min()), *edges, float(arr.max())]
                 labels = [f"{lo:.4g}..{hi:.4g}" for lo, hi in zip(bounds[:-1], bounds[1:])]
-                columns.append({"name": name, "kind": "numeric", "edges": edges, "values": labels})
+                columns.append({"name": name, "kind": "numeric", "edges": edges, "values": labels,
+                                "range": [float(arr.min()), float(arr.max())]})
             else:
                 columns.append({"name": name, "kind": "categorical",
                                 "values": sorted({str(v) for v in values})})
@@ -96,6 +98,15 @@ class ConditionEncoder:
                 except (TypeError, ValueError):
                     raise DataError(f"condition {col['name']}={value!r} is neither a number nor one of the "
                                     f"buckets {col['values']}") from None
+                # beyond the training range the outer bucket would be drawn as if it were the value asked for
+                low, high = col.get("range", (-math.inf, math.inf))  # generators saved before: no range
+                if not math.isfinite(value):
+                    raise DataError(f"condition {col['name']}={value!r} is not a finite number; choose a value "
+                                    f"or one of the buckets {col['values']}")
+                if not low <= value <= high:
+                    raise DataError(f"condition {col['name']}={value!r} is outside the training range "
+                                    f"{low:.6g}..{high:.6g}; choose a value inside it or one of the buckets "
+                                    f"{col['values']}")
                 out[col["name"]] = col["values"][int(np.searchsorted(np.asarray(col["edges"]), value, side="right"))]
             elif str(value) in col["values"]:
                 out[col["name"]] = str(value)
@@ -122,6 +133,7 @@ class ConditionEncoder:
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "ConditionEncoder":
         columns = [{**c, "values": [str(v) for v in c["values"]],
-                    **({"edges": [float(e) for e in c["edges"]]} if c["kind"] == "numeric" else {})}
+                    **({"edges": [float(e) for e in c["edges"]]} if c["kind"] == "numeric" else {}),
+                    **({"range": [float(r) for r in c["range"]]} if "range" in c else {})}
                    for c in payload["columns"]]
         return cls(columns, [[list(map(str, k)), int(v)] for k, v in payload["combos"]])
