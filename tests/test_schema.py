@@ -123,3 +123,18 @@ def test_numbers_stored_as_objects_are_numeric_and_times_are_refused_at_fit():
         with pytest.raises(DataError, match="convert it to a number") as caught:
             Schema.infer(pd.DataFrame({"x": range(50), "when": times}))
         assert "column 'when' " + says in str(caught.value)
+
+
+def test_an_array_for_a_model_fitted_on_named_columns_is_scored_with_a_warning(fitted, telemetry_train):
+    det = fitted("pca")
+    X = telemetry_train[det.schema_.names].head(3)
+    with pytest.warns(UserWarning, match="X is an array, but this model was fitted on named columns"):
+        from_array = det.decision_function(X.to_numpy())
+    np.testing.assert_allclose(from_array, det.decision_function(X))
+    import warnings
+
+    from anomaly_ae import Detector
+    array_fitted = Detector(model="pca").fit(np.random.default_rng(0).normal(size=(200, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fitted on an array: arrays are what it takes
+        array_fitted.decision_function(np.zeros((2, 3)))

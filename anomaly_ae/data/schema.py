@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import numbers
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -123,6 +124,12 @@ class Schema:
                     f"expected {self.n_features} columns, got {data.shape[1]}; pass the same features the model "
                     f"was trained on ({', '.join(self.names[:10])}{'...' if self.n_features > 10 else ''})",
                     reason="columns")
+            if not self.from_array and self.names != [f"x{i}" for i in range(self.n_features)]:
+                # as scikit-learn does: an array's columns are taken by position, so a different order
+                # would be scored silently wrong (models saved before `from_array` have x0, x1, ... names)
+                warnings.warn(f"X is an array, but this model was fitted on named columns "
+                              f"({_listed(self.names)}): its columns are taken in that order; pass a DataFrame "
+                              "so that the names are checked", UserWarning, stacklevel=5)
             data = pd.DataFrame(data, columns=self.names)
         if not isinstance(data, pd.DataFrame):
             raise DataError(f"expected a pandas DataFrame or a numpy array, got {type(data).__name__}")
