@@ -47,7 +47,7 @@ def benchmark(
 
     from .report import write_report
     from .runner import (BenchmarkError, default_anchor, default_fingerprints, parse_list,
-                         parse_seeds, run_benchmark)
+                         parse_seeds, read_rows, run_benchmark)
 
     err = Console(stderr=True)
 
@@ -56,6 +56,8 @@ def benchmark(
         raise typer.Exit(code=2)
 
     try:
+        if out.is_dir():
+            fail(f"--out {out} is a directory; name the result CSV, e.g. --out {out / 'adbench.csv'}")
         if not report_only:
             if not data_dir.is_dir():
                 fail(f"data folder {data_dir} not found; point --data-dir at a folder of "
@@ -71,6 +73,7 @@ def benchmark(
                           threads=threads, fingerprints=fp, progress=progress, console=err)
         if not out.exists():
             fail(f"no result file {out}")
+        read_rows(out)  # a CSV this command did not write is refused here, naming the columns it needs
         anc = anchor if anchor is not None else (default_anchor(data_dir) if data_dir.is_dir() else None)
         write_report(out, report, anc)
         err.print(f"results: {out}\nreport:  {report}")

@@ -16,6 +16,7 @@ import fcntl
 import os
 import time
 import warnings
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def discover(data_dir: str | Path, datasets: Sequence[str] | None = None) -> lis
         paths = {n: paths[n] for n in datasets}
     infos = []
     for name, p in paths.items():
-        X, y = load(p)
+        X, y = _load(p)
         n_normal, n_anom = int(np.sum(y == 0)), int(np.sum(y == 1))
         n_train = min((6 * n_normal) // 10, 10_000)
         n_test = min(n_normal - n_train, 20_000) + min(n_anom, 5_000)
@@ -353,7 +354,7 @@ def run_benchmark(
         for seed, info, name in todo:
             prog.update(task, description=f"{info.name} seed={seed} {name}")
             if cache is None or cache[0] != (info.name, seed):
-                X, y = load(info.path)
+                X, y = _load(info.path)
                 entry = fp.get((info.name, seed))
                 if entry is not None:
                     diffs = check_entry(entry, y, seed)
@@ -384,9 +385,24 @@ def parse_list(text: str | None) -> list[str]:
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        return [int(t) for t in parse_list(text)]
+        seeds = [int(t) for t in parse_list(text)]
     except ValueError as e:
         raise BenchmarkError(f"--seeds must be comma-separated integers, got {text!r}") from e
+    if not seeds:
+        raise BenchmarkError("--seeds names no seed; give at least one, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`protocol.load`, its failures (not an .npz, no X or y, shapes that do not match) as BenchmarkError."""
+    try:
+        if not zipfile.is_zipfile(path):  # numpy would call it pickled data, which it is not
+            raise ValueError("not a .npz (zip) archive")
+        return load(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise BenchmarkError(f"{path} is not an ADBench .npz with arrays X (rows x features) and y (labels, "
+                             f"1 = anomaly): {reason}") from None
 
 
 __all__ = ["COLUMNS", "BenchmarkError", "run_benchmark", "evaluate", "discover", "read_rows",
