@@ -63,6 +63,8 @@ def test_cvae_passes_quality_floors_on_held_out_data(cvae, held_out):
     assert check_floors(report) == [], report
     assert report["c2st_auc"] < 0.75
     assert set(report["per_condition"]) == {"batch", "day", "maintenance", "night"}
+    with pytest.raises(DataError, match="need at least 20 held-out rows to measure a generator's quality, got 2"):
+        cvae.evaluate(held_out.head(2))  # 2 rows gave a KS of 1.0 and a classifier accuracy of 0.5 as measures
 
 
 def test_untrained_and_collapsed_generators_fail_the_same_floors(normal, held_out, cvae):

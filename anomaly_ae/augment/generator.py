@@ -30,6 +30,7 @@ from anomaly_ae.training import History, TrainConfig, train
 
 GENERATORS = ("cvae", "gan", "cgan")
 MIN_TRAINING_ROWS = 20
+MIN_EVALUATION_ROWS = 20
 
 
 class Generator(Estimator):
@@ -344,6 +345,9 @@ class Generator(Estimator):
         in the same context (conditional) or as many unconditional draws."""
         self._check_fitted()
         checked, _ = self.schema_.check(X)
+        if len(checked) < MIN_EVALUATION_ROWS:  # a 2-fold real-vs-synthetic classifier and distances on 2 rows
+            raise DataError(f"need at least {MIN_EVALUATION_ROWS} held-out rows to measure a generator's quality, "
+                            f"got {len(checked)}; on fewer its measures say nothing")
         names = self.conditions_.names
         if self.schema_.image is not None:
             labels = (np.asarray(y).astype(str)[:, None] if names else np.empty((len(checked), 0), dtype=object))
