@@ -243,17 +243,6 @@ class Generator(Estimator):
             return out, (labels[:, 0] if labels.shape[1] else np.full(len(out), None, dtype=object))
         return out
 
-    def sample_like(self, context: pd.DataFrame | np.ndarray | None, n: int | None = None,
-                    random_state: int | None = None) -> pd.DataFrame | np.ndarray:
-        """One synthetic row per row of `context` (the condition columns of real rows, or image labels)."""
-        self._check_fitted()
-        rng = np.random.default_rng(random_state)
-        if context is None or not self.conditions_.names:
-            return self._generate(np.empty((int(n if n is not None else len(context)), 0), dtype=object), rng)
-        if not isinstance(context, pd.DataFrame):
-            context = pd.DataFrame({self.conditions_.names[0]: np.asarray(context).astype(str)})
-        return self._generate(self.conditions_.labels(context.reset_index(drop=True)), rng)
-
     def _model_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Generated rows in model space (n, n_outputs) or (n, C, H, W), in batches."""
         seed = int(rng.integers(2**31))
