@@ -124,3 +124,19 @@ def test_nearest_neighbours_equal_float64_brute_force(n_reference, n_features):
     assert (gaps.numpy()[:3] == 0).all()  # a reference row's nearest is itself, exactly
     alone = torch.cat([neighbours.distances(torch.from_numpy(queries[j:j + 1]))[0] for j in range(20)])
     np.testing.assert_array_equal(alone.numpy(), means.numpy()[:20])
+
+
+def test_pca_leaves_one_direction_out_when_every_one_is_needed_for_the_variance():
+    """Three uncorrelated inputs need all three components for 90% of the variance: kept, every row would
+    reconstruct exactly and its score be rounding noise."""
+    import numpy as np
+
+    from anomaly_ae.models.pca import PCA
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32))
+    pca = PCA((3,), 3)
+    pca.fit_closed_form(x)
+    assert int((pca.components.abs().sum(1) > 0).sum()) == 2
+    far = torch.tensor([[0.0, 0.0, 0.0], [30.0, -30.0, 30.0]])
+    errors = pca.feature_errors(far)["errors"].sum(1)
+    assert errors[1] > 100 * max(float(errors[0]), 1e-3)

@@ -19,7 +19,8 @@ class PCA(ScoredModule):
 
     @torch.no_grad()
     def fit_closed_form(self, x: torch.Tensor, *, variance_kept: float = 0.9, **_: object) -> None:
-        """Keep the fewest components that explain `variance_kept` of the training variance."""
+        """Keep the fewest components that explain `variance_kept` of the training variance, leaving at
+        least one direction out."""
         flat = x.flatten(1).double()
         mean = flat.mean(0)
         centred = flat - mean
@@ -33,7 +34,9 @@ class PCA(ScoredModule):
             variance = s**2
         ratio = variance.cumsum(0) / variance.sum().clamp_min(1e-12)
         k = int(torch.searchsorted(ratio, torch.tensor(variance_kept, dtype=ratio.dtype)).item()) + 1
-        k = min(k, self.components.shape[0], vt.shape[0])
+        # at most d - 1 components: with all d kept every row reconstructs exactly and the score is
+        # rounding noise (a few uncorrelated inputs need them all for 90% of the variance)
+        k = min(k, self.components.shape[0], vt.shape[0], flat.shape[1] - 1)
         components = torch.zeros_like(self.components)
         components[:k] = vt[:k].to(components.dtype)
         self.mean.copy_(mean.to(self.mean.dtype))
