@@ -138,3 +138,15 @@ def test_an_array_for_a_model_fitted_on_named_columns_is_scored_with_a_warning(f
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fitted on an array: arrays are what it takes
         array_fitted.decision_function(np.zeros((2, 3)))
+
+
+def test_complex_numbers_and_periods_are_refused_not_cut(det, rows):
+    from anomaly_ae.data.schema import Schema
+
+    with pytest.raises(DataError, match="column 'c' holds complex numbers"):
+        Schema.infer(pd.DataFrame({"x": range(20), "c": np.arange(20) + 1j}))
+    column = next(c.name for c in det.schema_.columns if c.kind == "numeric")
+    for values, says in [(np.arange(len(rows)) + 1j, "holds complex numbers"),
+                         (pd.period_range("2026-01", periods=len(rows), freq="M"), "holds periods")]:
+        with pytest.raises(SchemaError, match=f"column '{column}' must be numeric but {says}"):
+            det.decision_function(rows.assign(**{column: values}))

@@ -12,6 +12,7 @@ import itertools
 import numbers
 import warnings
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -177,9 +178,11 @@ class Schema:
 
     def _check_column(self, col: Column, values: pd.Series, report: CheckReport) -> pd.Series:
         if col.kind == "numeric":
-            if values.dtype.kind in "mM":  # pd.to_numeric would turn them into nanoseconds
-                raise SchemaError(f"column '{col.name}' must be numeric but holds "
-                                  f"{'durations' if values.dtype.kind == 'm' else 'timestamps'} ({values.dtype}); "
+            # pd.to_numeric would turn times into nanoseconds and keep complex numbers (then cut to their
+            # real part)
+            if values.dtype.kind in "mMc" or isinstance(values.dtype, pd.PeriodDtype):
+                what = {"m": "durations", "M": "timestamps", "c": "complex numbers"}.get(values.dtype.kind, "periods")
+                raise SchemaError(f"column '{col.name}' must be numeric but holds {what} ({values.dtype}); "
                                   "convert it to a number first, or drop it", column=col.name, reason="dtype")
             numeric = pd.to_numeric(values, errors="coerce")
             bad = numeric.isna() & values.notna()
@@ -410,6 +413,10 @@ def _check_trainable(name: Any, values: pd.Series) -> None:
     """Refuse timestamps and durations in training data: one-hot encoded as text, every new row would be
     an unseen category (scoring refuses them in a numeric column for the same reason)."""
     present = values.dropna()
+    if values.dtype.kind == "c":
+        raise DataError(f"column '{name}' holds complex numbers ({values.dtype}); a model scores real numbers: "
+                        "split it into its real and imaginary parts (or take its magnitude), or drop it",
+                        column=str(name))
     times = (dt.date, dt.time, dt.timedelta, np.datetime64, np.timedelta64)
     timelike = values.dtype.kind in "mM" or isinstance(values.dtype, pd.PeriodDtype) or (
         values.dtype == object and len(present) > 0 and present.map(lambda v: isinstance(v, times)).all())
@@ -422,14 +429,14 @@ def _check_trainable(name: Any, values: pd.Series) -> None:
 
 
 def _numbers_as_objects(values: pd.Series) -> bool:
-    """An object column that holds only numbers (Decimal from a database or a Parquet decimal column,
-    Python ints and floats): numeric, as its values say. Read as text it would be one category per
-    value, and a value far outside the training range only an unseen category."""
+    """An object column that holds only real numbers (Decimal from a database or a Parquet decimal
+    column, Python ints and floats): numeric, as its values say. Read as text it would be one category
+    per value, and a value far outside the training range only an unseen category."""
     if values.dtype != object:
         return False
     present = values.dropna()
     return bool(len(present)) and bool(present.map(
-        lambda v: isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_, complex))).all())
+        lambda v: isinstance(v, (numbers.Real, Decimal)) and not isinstance(v, (bool, np.bool_))).all())
 
 
 def _is_numeric(values: pd.Series) -> bool:
