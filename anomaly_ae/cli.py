@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -511,6 +512,22 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """A warning the package raises for the user (an identifier-like column, ...) as one line, not as
+    Python's file:line report."""
+    text = str(message)
+    if category is UserWarning:
+        print(f"warning: {text}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+
+
+@app.callback()
+def _setup() -> None:
+    """Anomaly detection with autoencoders trained on normal data."""
+    warnings.showwarning = _show_warning
 
 
 def main() -> None:  # pragma: no cover - console entry point

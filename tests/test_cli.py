@@ -118,3 +118,13 @@ def test_train_with_augmentation_records_provenance_and_synthetic_evaluation(tmp
 
     result = runner.invoke(app, ["evaluate", str(tmp_path / "m"), str(tmp_path / "n.csv")])
     assert result.exit_code == 2 and "--label-col" in result.output
+
+
+def test_train_warns_of_an_identifier_column_in_one_line(tmp_path):
+    train = make_telemetry(300, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
+    write_table(train.assign(request_id=[f"r{i}" for i in range(300)]), tmp_path / "train.csv")
+    result = runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "model"),
+                                 "--model", "pca", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "warning: column 'request_id' has 300 distinct values in 300 rows" in " ".join(result.output.split())
+    assert "UserWarning" not in result.output

@@ -283,3 +283,15 @@ def test_top_k_of_score_frame_and_the_pyfunc_is_checked(fitted, telemetry_train)
     assert "feature_3" in pyfunc.predict(X, params={"top_k": None}).columns  # unset: the default, 3
     with pytest.raises(InvalidParameterError, match="top_k must be an integer >= 0, got -1"):
         pyfunc.predict(X, params={"top_k": -1})
+
+
+def test_an_identifier_like_text_column_is_warned_of_at_fit(telemetry_train):
+    import warnings
+
+    X = telemetry_train.drop(columns=list(LABEL_COLUMNS), errors="ignore").head(300)
+    with pytest.warns(UserWarning, match="column 'request_id' has 300 distinct values in 300 rows: it looks like an "
+                                         "identifier"):
+        Detector(model="pca").fit(X.assign(request_id=[f"r{i}" for i in range(300)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a real category (mode) is not
+        Detector(model="pca").fit(X)
