@@ -70,6 +70,11 @@ def _in_batches(terms: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
     return np.concatenate(totals), np.concatenate(contributions)
 
 
+# Up to this many rows a stack of dense members is scored in numpy (`feature_errors_numpy`): 30 against
+# 51 us for 1 row of the default, 47 against 61 for 4, and slower than torch from about 16.
+NUMPY_MAX_ROWS = 4
+
+
 def location_spread(values: np.ndarray) -> list[float]:
     """Median and the 90th-percentile distance above it: a robust scale for one score term."""
     median = float(np.median(values))
@@ -99,6 +104,9 @@ class ModelScorer:
 
     def member_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         stack = self._stack()
+        if stack is not None and len(x) <= NUMPY_MAX_ROWS and self.device.type == "cpu":
+            errors = stack.feature_errors_numpy(np.asarray(x, dtype=np.float32))  # (members, N, F)
+            return errors.mean(-1).astype(np.float64).mean(0), errors.astype(np.float64).mean(0)
         if stack is not None:
             return stacked_score_array(stack, x, self.device)
         totals, contributions = 0.0, 0.0
@@ -119,6 +127,9 @@ class ModelScorer:
 
     def neighbor_distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.neighbors is not None
+        if self.neighbors.reference.device.type == "cpu":  # no round trip through torch tensors
+            distance, gaps = self.neighbors.nearest(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+            return distance, gaps.astype(np.float64)
         distance, gaps = self.neighbors.distances(torch.from_numpy(x).to(self.device))
         return distance.double().cpu().numpy(), gaps.double().cpu().numpy()
 

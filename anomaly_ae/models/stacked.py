@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import erf
 from torch import nn
 
 from anomaly_ae.models.autoencoder import Autoencoder
@@ -24,6 +26,7 @@ class StackedAutoencoders:
         self.weights = weights          # per Linear layer: (members, in, out)
         self.biases = biases            # per Linear layer: (members, 1, out)
         self.activations = activations  # per Linear layer: GELU after it
+        self._numpy: list[tuple[np.ndarray, np.ndarray]] | None = None  # the same as numpy arrays, on first use
 
     @classmethod
     def of(cls, members: Sequence[nn.Module]) -> "StackedAutoencoders | None":
@@ -47,6 +50,19 @@ class StackedAutoencoders:
             if activation:
                 h = F.gelu(h)
         return (h - x).pow(2)
+
+    def feature_errors_numpy(self, x: np.ndarray) -> np.ndarray:
+        """`feature_errors` of float32 rows x (N, F) on the CPU in numpy, the same to float32 rounding:
+        for a few rows (a 1-row request) torch's per-operation overhead is most of the cost (0.10 against
+        0.04 ms for one row through the default's three members, one thread)."""
+        if self._numpy is None:
+            self._numpy = [(w.cpu().numpy(), b.cpu().numpy()) for w, b in zip(self.weights, self.biases)]
+        h = x
+        for (weight, bias), activation in zip(self._numpy, self.activations):
+            h = h @ weight + bias  # (N, in) or (members, N, in) @ (members, in, out): (members, N, out)
+            if activation:  # exact GELU, as nn.GELU()
+                h = 0.5 * h * (1.0 + erf(h * np.float32(1 / np.sqrt(2))))
+        return np.square(h - x)
 
 
 def _dense_layers(member: nn.Module) -> list[tuple[nn.Linear, bool]] | None:
