@@ -163,7 +163,7 @@ def _time_order(values: pd.Series) -> Any:
     with one timestamp keep their order, and the model lets the last stand for the step)."""
     if not (pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_numeric_dtype(values)):
         try:
-            values = pd.to_datetime(values, utc=True, format="mixed")
+            values = pd.to_datetime(values, utc=True, format="ISO8601")  # as the model reads them
         except (ValueError, TypeError):
             return slice(None)  # left as it is: the model says what is wrong with the column
     return values.argsort(kind="stable").to_numpy()

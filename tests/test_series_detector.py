@@ -162,7 +162,10 @@ def test_time_and_series_values_pandas_would_misread_are_refused(fitted):
              (test.assign(ts=["1600-01-01T00:00:00Z"] + test.ts.astype(str).tolist()[1:]), "must lie between"),
              (test.assign(host=[np.nan] + test.host.tolist()[1:]), "'host' is missing at row 0"),
              (pd.concat([test, test[["host"]]], axis=1), "duplicate column names"),
-             (test.head(0), "no rows")]
+             (test.head(0), "no rows"),
+             # pandas' "mixed" parsing read '10:20' as today, and '07/01/2026' as July but '13/01/2026' as January
+             (test.assign(ts=test.ts.dt.strftime("%H:%M")), "holds '.*' at row 0, not an ISO 8601 timestamp"),
+             (test.assign(ts=test.ts.dt.strftime("%d/%m/%Y %H:%M")), "day/month orders and times without a date")]
     for data, message in cases:
         with pytest.raises(DataError, match=message):
             fitted.decision_function(data)

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from anomaly_ae.data.schema import MAX_ROWS_NAMED_IN_ERRORS
+from anomaly_ae.data.schema import MAX_ROWS_NAMED_IN_ERRORS, short_repr
 from anomaly_ae.exceptions import DataError, InvalidParameterError
 
 # A series id we record for notes about unseen series; beyond this many, new ids are not remembered.
@@ -227,10 +227,16 @@ class SeriesFraming:
                                 "control characters are not timestamps; send ISO 8601 text such as "
                                 "2026-01-05T10:00:00Z", reason="invalid_timestamp", column=column, rows=[row])
         try:
-            parsed = pd.to_datetime(values, utc=True, format="mixed")
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise DataError(f"'{column}' holds values that are not timestamps ({exc}); send ISO 8601 "
-                            "text such as 2026-01-05T10:00:00Z", reason="invalid_timestamp", column=column) from None
+            # ISO 8601 only: pandas' "mixed" read '10:20' as today at 10:20 and '07/01/2026' as July but
+            # '13/01/2026' as January, silently (then "not in time order" across a midnight)
+            parsed = pd.to_datetime(values, utc=True, format="ISO8601")
+        except (ValueError, TypeError, OverflowError):
+            row = next((i for i, v in enumerate(values.tolist()) if not _iso_timestamp(v)), None)
+            where = f"{short_repr(values.iloc[row])} at row {row}" if row is not None else "values"
+            raise DataError(f"'{column}' holds {where}, not an ISO 8601 timestamp; send a date and a time such as "
+                            "2026-01-05T10:00:00Z or 2026-01-05 10:00:00+02:00 (day/month orders and times "
+                            "without a date are ambiguous)", reason="invalid_timestamp", column=column,
+                            rows=[row] if row is not None else None) from None
         if parsed.isna().any():
             row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
             raise DataError(f"'{column}' is missing at row {row}; every row needs a timestamp",
@@ -369,3 +375,12 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g} {unit}"
     return f"{seconds:g} s"
+
+
+def _iso_timestamp(value: Any) -> bool:
+    """Whether pandas reads this one value as an ISO 8601 timestamp (the error path's search for the row)."""
+    try:
+        pd.to_datetime(value, utc=True, format="ISO8601")
+        return True
+    except (ValueError, TypeError, OverflowError):
+        return False
