@@ -10,6 +10,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from anomaly_ae.exceptions import AnomalyAEError
 
@@ -22,6 +23,6 @@ def friendly_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except (AnomalyAEError, FileExistsError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")  # the text as it is, not markup
             raise typer.Exit(code=2) from None
     return wrapper

@@ -128,3 +128,14 @@ def test_train_warns_of_an_identifier_column_in_one_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert "warning: column 'request_id' has 300 distinct values in 300 rows" in " ".join(result.output.split())
     assert "UserWarning" not in result.output
+
+
+def test_error_text_is_printed_as_it_is_not_as_rich_markup(tmp_path):
+    train = make_telemetry(300, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
+    write_table(train, tmp_path / "train.csv")
+    assert runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "model"),
+                               "--model", "pca", "--no-progress"]).exit_code == 0
+    write_table(train.head(5).assign(**{"[red]": 1.0}), tmp_path / "extra.csv")
+    result = runner.invoke(app, ["score", str(tmp_path / "model"), str(tmp_path / "extra.csv"),
+                                 "-o", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2 and "unexpected column(s): [red]; drop them" in result.output, result.output

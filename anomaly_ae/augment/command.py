@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anomaly_ae.exceptions import AnomalyAEError, DataError
@@ -198,7 +199,7 @@ def _friendly(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except (AnomalyAEError, FileExistsError, ValueError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(code=2) from None
     return wrapper
 

@@ -44,6 +44,7 @@ def benchmark(
 ) -> None:
     """Benchmark anomaly_ae detectors against PyOD on ADBench (one-class protocol)."""
     from rich.console import Console
+    from rich.markup import escape
 
     from .report import write_report
     from .runner import (BenchmarkError, default_anchor, default_fingerprints, parse_list,
@@ -52,7 +53,7 @@ def benchmark(
     err = Console(stderr=True)
 
     def fail(msg: str) -> None:
-        err.print(f"[red]error:[/] {msg}", highlight=False)
+        err.print(f"[red]error:[/] {escape(msg)}", highlight=False)
         raise typer.Exit(code=2)
 
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from anomaly_ae.console import console, friendly_errors
 from anomaly_ae.runtime import DEFAULT_THREADS, set_threads
@@ -49,7 +50,7 @@ def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str |
     with PrometheusSource(spec) as source:
         frame, report = fetch_frame(source, t0, t1, max_series=spec.watch.max_series)
     for line in report.lines():
-        console.print(f"[yellow]note:[/] {line}")
+        console.print(f"[yellow]note:[/] {escape(line)}")
     if frame.empty:
         raise DataError(f"the spec's queries returned no complete rows between {start} and {end}: check the "
                         f"queries in Prometheus' UI (each must return one series per '{spec.series_label}')")
@@ -248,7 +249,7 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
     with PrometheusSource(spec) as source:
         table, frame, report = run_backtest(spec, detector, t0, t1, source)
     for line in report.lines():
-        console.print(f"[yellow]note:[/] {line}")
+        console.print(f"[yellow]note:[/] {escape(line)}")
     days = (t1 - t0 + spec.step) / 86_400
     label = spec.series_label
     summary: dict[str, Any] = {
@@ -263,7 +264,7 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
         series = table[label].to_numpy()
         for name, marks in (("by_flagged_steps", flags), ("by_alerts", alerts)):
             summary[f"events_{name}"] = event_metrics(marks, truth, series).to_dict()
-    console.print(json.dumps(summary, indent=2, default=float))
+    console.print(json.dumps(summary, indent=2, default=float), markup=False)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         table.assign(**{TIME_COLUMN: table[TIME_COLUMN].dt.strftime("%Y-%m-%dT%H:%M:%SZ")}).to_csv(
