@@ -237,7 +237,24 @@ async def test_unknown_routes_and_methods_use_the_error_shape(served):
     async with in_process(settings(served)) as (_, client):
         assert_error(await client.get("/nope"), 404, "not_found")
         assert_error(await client.get("/v1/score", headers=SCORE), 405, "method_not_allowed")
-        assert_error(await client.post("/v1/admin/reload?force=maybe", headers=ADMIN), 422, "invalid_parameter")
+        error = assert_error(await client.post("/v1/admin/reload?force=maybe", headers=ADMIN), 422, "invalid_parameter")
+        assert error["message"].endswith("use true or false"), error
+
+
+async def test_records_with_different_fields_name_the_odd_field_the_same_way_every_time(served):
+    """The fields were compared in a set's order: by the worker's hash seed, a misspelt field in one
+    record blamed every other record for lacking it, or the record for lacking the right one."""
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        typo = rows(6)
+        typo[2]["latency"] = typo[2].pop("latency_ms")
+        error = assert_error(await client.post("/v1/score", json={"records": typo}, headers=SCORE), 422)
+        assert "rows [2] have the field 'latency' that the other records lack" in error["message"], error
+        lacking = rows(6)
+        for record in lacking[:4]:
+            record["extra"] = 1.0
+        error = assert_error(await client.post("/v1/score", json={"records": lacking}, headers=SCORE), 422)
+        assert "records in rows [4, 5] lack the field 'extra'" in error["message"], error
 
 
 async def test_shutdown_ends_even_when_a_reload_loop_loses_its_cancellation(served):
@@ -587,11 +604,11 @@ async def test_broken_versions_are_refused_and_the_last_good_model_serves(models
         assert "not retried" in assert_error(await reload(client), 409, "load_error")["message"]
         assert_error(await reload(client, force=True), 409, "load_error")
         assert await version(client) == good
-        # the same version's intact files (same manifest, so the same version): only a forced reload retries it
+        # the same version's intact files (same manifest, so the same version): a local directory's refusal
+        # stands for the files it saw, so the repaired directory is retried without force
         shutil.rmtree(served)
         shutil.copytree(models / "v2", served)
-        assert_error(await reload(client), 409, "load_error")
-        assert (await reload(client, force=True)).json()["status"] == "loaded"
+        assert (await reload(client)).json()["status"] == "loaded"
         assert await version(client) != good
         assert await mismatch() == 0 and await desired(await version(client)) == 1
 

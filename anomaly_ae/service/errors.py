@@ -83,4 +83,6 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg", "invalid request"))
+        if first.get("type") == "bool_parsing":  # pydantic's text does not say which words it takes
+            message += "; use true or false"
         return error_response(ApiError(422, "invalid_parameter", message, field=where or None))

@@ -49,6 +49,7 @@ Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 RowId = Union[StrictStr, StrictInt]
 REQUEST_FIELDS = ("records", "columns", "data", "ids", "explain", "top_k", "score_last")
 SCORE_LAST = "score_last"
+MAX_SERIES_ID_CHARS = 256  # as the request's `ids` (max_id_length's default): an id is echoed in notes
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,23 @@ def build_request_model(max_rows: int, max_top_k: int, max_id_length: int) -> An
             records = self.records
             if len(records) == 1:
                 return {name: [value] for name, value in records[0].items()}
-            columns = {}
-            for name in set(records[0]).union(*records[1:]):
-                values = [r.get(name, _ABSENT) for r in records]
-                if _ABSENT in values:
-                    rows = _bad_rows([v is _ABSENT for v in values])
-                    raise SchemaError(f"records in rows {rows} lack the field '{name}' that other records have; "
-                                      "every record needs every column", column=name, rows=rows,
-                                      reason="missing_column")
-                columns[name] = values
+            names = list(dict.fromkeys(name for record in records for name in record))  # first seen first
+            columns = {name: [r.get(name, _ABSENT) for r in records] for name in names}
+            uneven = [name for name in names if _ABSENT in columns[name]]
+            if uneven:
+                # the field fewest records have is named (a misspelt or extra one in a few records, rather
+                # than every other record blamed for lacking it); the same answer on every worker
+                name = min(uneven, key=lambda n: sum(v is not _ABSENT for v in columns[n]))
+                present = [v is not _ABSENT for v in columns[name]]
+                if 2 * sum(present) <= len(records):
+                    rows = _bad_rows(present)
+                    raise SchemaError(f"records in rows {rows} have the field '{name}' that the other records lack; "
+                                      "every record needs the same columns (check its spelling)", column=name,
+                                      rows=rows, reason="extra_column")
+                rows = _bad_rows([not p for p in present])
+                raise SchemaError(f"records in rows {rows} lack the field '{name}' that the other records have; "
+                                  "every record needs every column", column=name, rows=rows,
+                                  reason="missing_column")
             return columns
 
     class ColumnarScoreRequest(Options):
@@ -304,7 +313,8 @@ def model_request_schema(parser: ScoreRequestParser, columns: list[dict[str, Any
                                                        "per step at most."}
         if series.get("series_col") is not None:
             keys[series["series_col"]] = {"type": ["string", "integer"], "minimum": -2 ** 63,
-                                          "maximum": 2 ** 63 - 1, "description": "Series id (e.g. a host)."}
+                                          "maximum": 2 ** 63 - 1, "minLength": 1, "maxLength": MAX_SERIES_ID_CHARS,
+                                          "description": "Series id (e.g. a host)."}
         names = [*keys, *names]
         cells = {**keys, **cells}
     schema = parser.json_schema()
