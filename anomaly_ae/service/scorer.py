@@ -24,6 +24,7 @@ from anomaly_ae.data.preprocess import UNKNOWN
 from anomaly_ae.detector import Detector
 from anomaly_ae.exceptions import ModelLoadError, SchemaError
 from anomaly_ae.inference import ScoreResult
+from anomaly_ae.service.schemas import MAX_SERIES_ID_CHARS
 from anomaly_ae.series_stream import NewRows, StreamContract, score_new_rows
 
 SMOKE_SERIES = "__smoke__"
@@ -85,6 +86,13 @@ class Scorer:
                                               else v for v in values]
                 bad = [i for i, v in enumerate(values) if type(v) not in (str, int)]
                 expected = "series ids as text or integers"
+                odd = [i for i, v in enumerate(values) if (type(v) is str and not 0 < len(v) <= MAX_SERIES_ID_CHARS)
+                       or (type(v) is int and not -2 ** 63 <= v < 2 ** 63)]
+                if odd and not bad:  # an empty id, or one echoed into every note, or past a 64-bit integer
+                    raise SchemaError(f"column '{name}' has series ids that are empty, longer than "
+                                      f"{MAX_SERIES_ID_CHARS} characters or outside 64-bit integers in rows {odd[:5]}; "
+                                      "send a short, non-empty id per series", column=name, rows=odd[:5],
+                                      reason="dtype")
             if bad:
                 nulls = all(values[i] is None for i in bad)
                 raise SchemaError(f"column '{name}' {'is null' if nulls else 'has values of the wrong type'} in rows "
