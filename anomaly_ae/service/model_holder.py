@@ -170,7 +170,8 @@ class ModelHolder:
         bounds = registry_bounds(settings)
         self._resolver = resolver or functools.partial(resolve, bounds=bounds)
         self._loader = loader or functools.partial(load, bounds=bounds)
-        self._refused: dict[str, tuple[str, str]] = {}  # version -> (reason, message)
+        # version -> (reason, message, the local directory's files when refused: None for registry URIs)
+        self._refused: dict[str, tuple[str, str, Any]] = {}
         self._desired: tuple[str, str] | None = None  # (name, version) the URI resolved to last
         self._lock = asyncio.Lock()
         self._last_outcome: RefreshOutcome | None = None
@@ -338,8 +339,8 @@ class ModelHolder:
         self._set_desired((str(ref.name or ""), version))
         if current is not None and current.version == version and not force:
             return RefreshOutcome("unchanged", version=version)
-        if version in self._refused and not force:
-            reason, message = self._refused[version]
+        if version in self._refused and not force and self._refused[version][2] == self._local_files():
+            reason, message, _ = self._refused[version]
             return RefreshOutcome("refused", version=version, reason=reason,
                                   message=f"{message} (not retried until it changes; reload with force=true "
                                           "to retry)")
@@ -432,10 +433,20 @@ class ModelHolder:
 
     def _refuse(self, trigger: str, version: str, reason: str, message: str) -> RefreshOutcome:
         message = f"refused version {version}: {without_paths(message)}"
-        self._refused[version] = (reason, message)
+        self._refused[version] = (reason, message, self._local_files())
         outcome = self._failed(trigger, reason, message)
         outcome.status, outcome.version = "refused", version
         return outcome
+
+    def _local_files(self) -> Any:
+        """A local model directory's files as (name, size, mtime) when the URI names one, else None: its
+        version is its manifest's hash, so a file repaired beside an unchanged manifest must count too."""
+        if is_remote(self.uri):
+            return None
+        try:
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(self.uri)))
+        except OSError:
+            return ()
 
     @property
     def uri_for_log(self) -> str:
