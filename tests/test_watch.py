@@ -371,3 +371,32 @@ def test_queries_that_select_their_shard_are_sent_per_replica_and_not_hashed_aga
     assert seen and all(q.endswith('{watch_shard=~"2"}') for q in seen)
     assert {s.series for s in scores} == {f"host-{i}" for i in range(4)}  # Prometheus chose them; no re-hash
     assert PrometheusSource(spec).queries[COLUMNS[0]] == COLUMNS[0] + '{watch_shard=~".*"}'
+
+
+def test_backtest_ranges_and_incident_files_get_clear_errors(tmp_path):
+    from anomaly_ae.exceptions import DataError
+    from anomaly_ae.watch.command import _incident_rows, _range
+
+    spec = make_spec()
+    with pytest.raises(WatchSpecError, match="the start .* is after the end .*; swap them"):
+        _range(spec, repr(T0 + 10 * STEP), repr(T0))
+    assert _range(spec, repr(T0), repr(T0)) == (T0, T0)  # one step: [start, end] is inclusive
+    steps = T0 + np.arange(10) * STEP
+    table = pd.DataFrame({TIME_COLUMN: pd.to_datetime(np.r_[steps, steps], unit="s"),
+                          "host": ["host-0"] * 10 + ["host-1"] * 10})
+    good = tmp_path / "good.csv"
+    good.write_text(f"series,start,end\nhost-1,{T0 + 2 * STEP!r},{T0 + 4 * STEP!r}\n")
+    assert _incident_rows(good, table, "host").tolist() == [0] * 12 + [1] * 3 + [0] * 5
+    cases = {"empty.csv": (b"", "empty.csv is empty"),
+             "latin.csv": ("series,start,end\nhöst,1,2\n".encode("latin-1"), "cannot read the incidents"),
+             "blank.csv": (f"series,start,end\nhost-0,{T0!r},\n".encode(), "line 2 has an empty series, start or end"),
+             "extra.csv": (f"series,start,end\nhost-0,{T0!r},{T0!r},oops\n".encode(), "line 2 has 4 fields"),
+             "reversed.csv": (f"series,start,end\nhost-0,{T0 + STEP!r},{T0!r}\n".encode(), "line 2 ends"),
+             "unknown.csv": (f"series,start,end\nhost-0,{T0!r},{T0!r}\nhost-9,{T0!r},{T0!r}\n".encode(),
+                             "line 3 names the series 'host-9', which has no data"),
+             "badtime.csv": ("series,start,end\nhost-0,soon,later\n".encode(), "badtime.csv line 2: ")}
+    for name, (content, says) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError) as caught:
+            _incident_rows(tmp_path / name, table, "host")
+        assert says in str(caught.value), (name, str(caught.value))

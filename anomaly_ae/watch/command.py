@@ -29,7 +29,9 @@ def _range(spec: Any, start: str, end: str, context_steps: int = 0) -> tuple[flo
     t0, t1 = parse_time(start, now), parse_time(end, now)
     t0 = align(t0, spec.step) + (spec.step if align(t0, spec.step) < t0 else 0.0)
     t1 = align(t1, spec.step)
-    if t1 <= t0:
+    if parse_time(end, now) < parse_time(start, now):
+        raise WatchSpecError(f"the start {start} is after the end {end}; swap them")
+    if t1 < t0:
         raise WatchSpecError(f"the range from {start} to {end} holds no step of {spec.step:g} s; widen it")
     return t0 - context_steps * spec.step, t1
 
@@ -250,6 +252,9 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
         table, frame, report = run_backtest(spec, detector, t0, t1, source)
     for line in report.lines():
         console.print(f"[yellow]note:[/] {escape(line)}")
+    if not len(table):  # "0 alerts" from a range with no data would read as a quiet week
+        raise DataError(f"no step of the range {start} to {end} has data for the spec's metrics; check the range "
+                        "and the queries (the notes above say what was found)")
     days = (t1 - t0 + spec.step) / 86_400
     label = spec.series_label
     summary: dict[str, Any] = {
@@ -282,25 +287,53 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
 
 def _incident_rows(path: Path, table: Any, label: str) -> Any:
     """1 for rows inside a listed incident of their series."""
+    import csv
+
     import numpy as np
-    import pandas as pd
 
     from anomaly_ae.exceptions import DataError
-    from anomaly_ae.watch.spec import parse_time
     from anomaly_ae.watch.source import TIME_COLUMN
+    from anomaly_ae.watch.spec import WatchSpecError, parse_time
 
-    incidents = pd.read_csv(path, dtype=str)
-    needed = {"series", "start", "end"}
-    if not needed <= set(incidents.columns):
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            lines = list(csv.reader(handle))
+    except (OSError, UnicodeError, csv.Error) as exc:
+        raise DataError(f"cannot read the incidents in {path.name} ({type(exc).__name__}: {exc}); write a UTF-8 CSV "
+                        "with the header series,start,end and one incident per line") from None
+    if not lines:
+        raise DataError(f"{path.name} is empty; write a CSV with the header series,start,end and one incident per "
+                        "line")
+    header = [name.strip() for name in lines[0]]
+    if not {"series", "start", "end"} <= set(header):
         raise DataError(f"{path.name} needs the columns series,start,end (one incident per line); "
-                        f"it has {', '.join(incidents.columns)}")
+                        f"it has {', '.join(header)}")
     times = table[TIME_COLUMN].to_numpy().astype("datetime64[ms]").astype(np.int64) / 1000.0
     names = table[label].astype(str).to_numpy()
+    known = set(names.tolist())
     truth = np.zeros(len(table), dtype=np.int64)
     now = time.time()
-    for row in incidents.itertuples():
-        lo, hi = parse_time(row.start, now), parse_time(row.end, now)
-        truth[(names == str(row.series)) & (times >= lo) & (times <= hi)] = 1
+    for line, fields in enumerate(lines[1:], start=2):  # line 1 is the header
+        where = f"{path.name} line {line}"
+        if not any(field.strip() for field in fields):
+            continue  # a blank line
+        if len(fields) != len(header):
+            raise DataError(f"{where} has {len(fields)} fields where the header has {len(header)}")
+        row = dict(zip(header, (field.strip() for field in fields)))
+        series, start, end = row["series"], row["start"], row["end"]
+        if not (series and start and end):
+            raise DataError(f"{where} has an empty series, start or end; give all three")
+        try:
+            lo, hi = parse_time(start, now), parse_time(end, now)
+        except WatchSpecError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if hi < lo:
+            raise DataError(f"{where} ends ({end}) before it starts ({start}); swap them")
+        if series not in known:  # its recall would be computed over fewer incidents than listed
+            raise DataError(f"{where} names the series {series!r}, which has no data in the range "
+                            f"(series with data: {', '.join(sorted(known)[:10])}{'...' if len(known) > 10 else ''}); "
+                            "drop the line or check the series label")
+        truth[(names == series) & (times >= lo) & (times <= hi)] = 1
     return truth
 
 
