@@ -267,8 +267,9 @@ class SeriesFraming:
 
     def _missing(self, name: str) -> DataError:
         kind = "time" if name == self.time_col else "series"
-        return DataError(f"column '{name}' is missing; it is named as the {kind} column ({kind}_col), so every "
-                         "row needs it: check the name", reason="missing_column", column=name)
+        return DataError(f"column '{name}' is missing: the model was trained with it as its {kind} column "
+                         f"({kind}_col), so every row needs it; name your {kind} column '{name}'",
+                         reason="missing_column", column=name)
 
     def _drop_keys(self, data: Any) -> Any:
         keys = [c for c in (self.time_col, self.series_col) if c is not None]
