@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from anomaly_ae.service import metrics
 from anomaly_ae.service.auth import SECURITY, require_admin, require_score
-from anomaly_ae.service.deps import (AdmissionDep, CurrentModel, HolderDep, ParserDep, ScoreBody, SettingsDep)
+from anomaly_ae.service.deps import CurrentModel, HolderDep, ScoreCallDep, SettingsDep
 from anomaly_ae.service.errors import ApiError
 from anomaly_ae.service.schemas import ErrorResponse, ModelInfo, Readiness, ReloadResponse, ScoreResponse, Status
 from anomaly_ae.service.score_handler import score_batch
@@ -37,14 +37,13 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-@router.post("/v1/score", dependencies=[Depends(require_score)], response_model=ScoreResponse,
-             responses=_errors(400, 401, 403, 408, 413, 415, 422, 503), openapi_extra=SECURITY,
-             summary="Score a batch of samples")
-async def score(model: CurrentModel, body: ScoreBody, admission: AdmissionDep, parser: ParserDep) -> Response:
+@router.post("/v1/score", response_model=ScoreResponse, responses=_errors(400, 401, 403, 408, 413, 415, 422, 503),
+             openapi_extra=SECURITY, summary="Score a batch of samples")
+async def score(call: ScoreCallDep) -> Response:
     """Score samples sent as `records` or as `columns` + `data`; optionally explain each score. A series model
     takes its time and series columns too; with `score_last: N` the last N rows of each series are new and
     only they are returned (the rows before them complete their windows), each with its `row` and `alert`."""
-    scored = await admission.score(score_batch, model, body, parser, size=len(body))
+    scored = await call.admission.score(score_batch, call.model, call.body, call.parser, size=len(call.body))
     return Response(scored, media_type="application/json")
 
 
