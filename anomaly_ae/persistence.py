@@ -127,6 +127,7 @@ def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Pat
     The swap is: NAME -> .NAME.old, staging -> NAME, delete .NAME.old. Whatever state a crash
     leaves is repaired first (`recover_directory`), so the next write always succeeds.
     """
+    path = Path(path).expanduser()  # '~/models/x' from Python, as a shell would expand it
     _check_own_directory(path, kind)
     recover_directory(path, kind=kind)
     _refuse_foreign(path, kind)
@@ -150,7 +151,7 @@ def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Pat
 def check_writable(path: str | Path, *, kind: str = "model") -> Path:
     """Fail now, not after a long training, if a {kind} cannot be saved at ``path``: the place
     is another kind of directory, or its parent cannot be created or written."""
-    path = Path(path)
+    path = Path(path).expanduser()
     _check_own_directory(path, kind)
     try:
         recover_directory(path, kind=kind)
@@ -373,4 +374,4 @@ def resolve_model_path(path_or_uri: str | Path, kind: str = "detector") -> Path:
             raise ModelLoadError(f"loading {text} needs MLflow, a dependency of anomaly-ae: reinstall the package "
                                  f"or pip install 'mlflow>=3,<4' ({exc})") from None
         return download_model(text, kind=kind)
-    return Path(text)
+    return Path(text).expanduser()

@@ -142,3 +142,10 @@ def test_save_refuses_the_current_directory_and_the_root(fitted, tmp_path, monke
         with pytest.raises(ConfigurationError, match="directory of its own"):
             check_writable(place)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_home_relative_path_is_expanded_on_save_and_load(fitted, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved = fitted("pca").save("~/models/pca")
+    assert saved == tmp_path / "models" / "pca" and (saved / MANIFEST).exists()
+    assert Detector.load("~/models/pca").model == "pca"

@@ -114,7 +114,7 @@ def is_remote(uri: str) -> bool:
 
 
 def resolve_local(uri: str) -> LocalModelRef:
-    path = Path(uri)
+    path = Path(uri).expanduser()
     try:
         digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
     except OSError:
@@ -444,7 +444,8 @@ class ModelHolder:
         if is_remote(self.uri):
             return None
         try:
-            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(self.uri)))
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                                for e in os.scandir(Path(self.uri).expanduser())))
         except OSError:
             return ()
 
