@@ -74,6 +74,8 @@ def test_augment_refuses_what_it_cannot_do(rare_mode):
         augment_training_data(rare_mode, "cvae", 10, balance_col="shift")
     with pytest.raises(DataError, match=">= 1"):
         augment_training_data(rare_mode, "cvae", 0)
+    with pytest.raises(DataError, match=r"column\(s\) \['never'\] have no value in the training data"):
+        Generator("cvae", epochs=1).fit(rare_mode.assign(never=np.nan))  # its values would be invented
 
 
 def test_augment_saves_the_generator_it_hashed(rare_mode, tmp_path):

@@ -118,6 +118,12 @@ class Generator(Estimator):
             output_schema = Schema(generated, from_array=schema.from_array)
             if not output_schema.columns:
                 raise DataError("nothing left to generate: every column is a categorical condition")
+            # a column with no value in training would come out as invented numbers (its missing indicator
+            # is dropped from generated rows, so every value comes back present)
+            empty = [c.name for c in generated if checked[c.name].isna().all()]
+            if empty:
+                raise DataError(f"column(s) {empty} have no value in the training data (all missing): a generator "
+                                "cannot learn them; drop them")
         n = len(checked)
         if n < MIN_TRAINING_ROWS:
             raise DataError(f"need at least {MIN_TRAINING_ROWS} rows to train a generator, got {n}")
