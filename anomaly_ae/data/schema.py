@@ -180,8 +180,8 @@ class Schema:
         if col.kind == "numeric":
             # pd.to_numeric would turn times into nanoseconds and keep complex numbers (then cut to their
             # real part)
-            if values.dtype.kind in "mMc" or isinstance(values.dtype, pd.PeriodDtype):
-                what = {"m": "durations", "M": "timestamps", "c": "complex numbers"}.get(values.dtype.kind, "periods")
+            what = _not_real_numbers(values)
+            if what is not None:
                 raise SchemaError(f"column '{col.name}' must be numeric but holds {what} ({values.dtype}); "
                                   "convert it to a number first, or drop it", column=col.name, reason="dtype")
             numeric = pd.to_numeric(values, errors="coerce")
@@ -413,19 +413,29 @@ def _check_trainable(name: Any, values: pd.Series) -> None:
     """Refuse timestamps and durations in training data: one-hot encoded as text, every new row would be
     an unseen category (scoring refuses them in a numeric column for the same reason)."""
     present = values.dropna()
-    if values.dtype.kind == "c":
+    what = _not_real_numbers(values)
+    if what == "complex numbers":
         raise DataError(f"column '{name}' holds complex numbers ({values.dtype}); a model scores real numbers: "
                         "split it into its real and imaginary parts (or take its magnitude), or drop it",
                         column=str(name))
     times = (dt.date, dt.time, dt.timedelta, np.datetime64, np.timedelta64)
-    timelike = values.dtype.kind in "mM" or isinstance(values.dtype, pd.PeriodDtype) or (
-        values.dtype == object and len(present) > 0 and present.map(lambda v: isinstance(v, times)).all())
-    if timelike:
+    if what is None and values.dtype == object and len(present) > 0 and present.map(
+            lambda v: isinstance(v, times)).all():
+        what = "times"
+    if what is not None:
         example = f", e.g. {short_repr(present.iloc[0])}" if len(present) else ""
-        raise DataError(f"column '{name}' holds {'durations' if values.dtype.kind == 'm' else 'times'} "
+        raise DataError(f"column '{name}' holds {'durations' if what == 'durations' else 'times'} "
                         f"({values.dtype}{example}); a model scores numbers and "
                         "categories: convert it to a number (e.g. hour of day) or drop it (--drop-cols); for "
                         "metric streams over time use SeriesDetector(time_col=...)", column=str(name))
+
+
+def _not_real_numbers(values: pd.Series) -> str | None:
+    """What a column's dtype holds when it is no real number: "durations", "timestamps", "periods" or
+    "complex numbers" (fitting and scoring refuse them alike); else None."""
+    if isinstance(values.dtype, pd.PeriodDtype):
+        return "periods"
+    return {"m": "durations", "M": "timestamps", "c": "complex numbers"}.get(values.dtype.kind)
 
 
 def _numbers_as_objects(values: pd.Series) -> bool:

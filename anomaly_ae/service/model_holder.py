@@ -444,8 +444,8 @@ class ModelHolder:
         if is_remote(self.uri):
             return None
         try:
-            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                                for e in os.scandir(Path(self.uri).expanduser())))
+            entries = [(e.name, e.stat()) for e in os.scandir(Path(self.uri).expanduser())]
+            return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in entries))
         except OSError:
             return ()
 

@@ -26,11 +26,11 @@ def _range(spec: Any, start: str, end: str, context_steps: int = 0) -> tuple[flo
     from anomaly_ae.watch.spec import WatchSpecError, parse_time
 
     now = time.time()
-    t0, t1 = parse_time(start, now), parse_time(end, now)
-    t0 = align(t0, spec.step) + (spec.step if align(t0, spec.step) < t0 else 0.0)
-    t1 = align(t1, spec.step)
-    if parse_time(end, now) < parse_time(start, now):
+    first, last = parse_time(start, now), parse_time(end, now)
+    if last < first:
         raise WatchSpecError(f"the start {start} is after the end {end}; swap them")
+    t0 = align(first, spec.step) + (spec.step if align(first, spec.step) < first else 0.0)
+    t1 = align(last, spec.step)
     if t1 < t0:
         raise WatchSpecError(f"the range from {start} to {end} holds no step of {spec.step:g} s; widen it")
     return t0 - context_steps * spec.step, t1
