@@ -67,6 +67,20 @@ def test_every_family_builds_dense_and_conv_and_reconstructs_the_shape():
             assert torch.isfinite(model.loss(x))
 
 
+def test_recurrent_cells_read_several_steps_and_pad_the_oldest_end():
+    from anomaly_ae.models import SERIES_MODELS
+    spec = SERIES_MODELS["gru"].spec({"hidden_dims": None, "latent_dim": None}, (37, 3), 500)
+    assert spec["steps_per_cell"] == 3  # 37 steps in at most 16 cells: 13 cells, 2 zeros of padding
+    model = build_model(spec).eval()
+    x = torch.rand(4, 37, 3)
+    out = model(x)
+    assert out.shape == x.shape and model.cells == 13
+    torch.testing.assert_close(model(x[2:3]), out[2:3])  # a window's reconstruction is its own
+    # a model saved before cells read several steps has no steps_per_cell: one step a cell
+    old = build_model({k: v for k, v in spec.items() if k != "steps_per_cell"})
+    assert old.steps_per_cell == 1 and old.encoder.input_size == 3
+
+
 def test_denoising_corruption_only_while_training():
     model = build_model({"family": "autoencoder", "input_shape": [4], "latent_dim": 2, "hidden_dims": [8],
                          "corruption": "gaussian", "noise": 1.0})

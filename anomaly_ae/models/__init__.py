@@ -137,9 +137,17 @@ def _sequence(family: str, hidden: tuple[int, int], latent: int) -> SpecBuilder:
         window, metrics = input_shape
         width = list(params["hidden_dims"]) if params["hidden_dims"] is not None else [
             int(min(max(metrics, hidden[0]), hidden[1]))]
-        return {"family": family, "input_shape": [int(window), int(metrics)],
+        spec = {"family": family, "input_shape": [int(window), int(metrics)],
                 "latent_dim": int(params["latent_dim"] or latent), "hidden_dims": [int(h) for h in width]}
+        if family == "gru":
+            spec["steps_per_cell"] = -(-int(window) // MAX_RECURRENT_CELLS)
+        return spec
     return spec
+
+
+# The recurrent autoencoder's cells per window: its training cost grows with the recurrence's
+# length, so longer windows give each cell more steps (32 steps: 2 per cell, 64: 4).
+MAX_RECURRENT_CELLS = 16
 
 
 def _window_pca(params: Mapping[str, Any], input_shape: tuple[int, ...], n_train: int) -> dict[str, Any]:

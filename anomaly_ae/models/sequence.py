@@ -50,23 +50,34 @@ class TemporalConvAE(ScoredModule):
 class RecurrentAE(ScoredModule):
     """A GRU reads the window into one code; a second GRU, given the code at every step, writes the
     window back. The code must summarise the whole window's dynamics (LSTM-AE, Malhotra et al. 2016,
-    with GRU cells: as accurate here and faster on CPU)."""
+    with GRU cells: as accurate here and faster on CPU).
 
-    def __init__(self, input_shape: tuple[int, ...], latent_dim: int, hidden_dims: list[int]) -> None:
+    Each recurrent step reads `steps_per_cell` consecutive time steps side by side (a window not
+    divisible by it is padded with zeros, the training mean, at its oldest end): the recurrence is
+    sequential, so its length sets the cost of training, and 64 one-step cells cost about 3x what
+    16 four-step cells do."""
+
+    def __init__(self, input_shape: tuple[int, ...], latent_dim: int, hidden_dims: list[int],
+                 steps_per_cell: int = 1) -> None:
         super().__init__()
         window, metrics = input_shape
         hidden = hidden_dims[0] if hidden_dims else 64
         self.window = window
-        self.encoder = nn.GRU(metrics, hidden, batch_first=True)
+        self.steps_per_cell = steps_per_cell
+        self.pad = -window % steps_per_cell
+        self.cells = (window + self.pad) // steps_per_cell
+        self.encoder = nn.GRU(metrics * steps_per_cell, hidden, batch_first=True)
         self.to_code = nn.Linear(hidden, latent_dim)
         self.decoder = nn.GRU(latent_dim, hidden, batch_first=True)
-        self.to_metrics = nn.Linear(hidden, metrics)
+        self.to_metrics = nn.Linear(hidden, metrics * steps_per_cell)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, last = self.encoder(x)
+        n, window, metrics = x.shape
+        cells = F.pad(x, (0, 0, self.pad, 0)).reshape(n, self.cells, metrics * self.steps_per_cell)
+        _, last = self.encoder(cells)
         code = self.to_code(last[-1])
-        out, _ = self.decoder(code.unsqueeze(1).expand(-1, x.shape[1], -1).contiguous())
-        return self.to_metrics(out)
+        out, _ = self.decoder(code.unsqueeze(1).expand(-1, self.cells, -1).contiguous())
+        return self.to_metrics(out).reshape(n, self.cells * self.steps_per_cell, metrics)[:, self.pad:]
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self(x), x)
