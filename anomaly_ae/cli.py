@@ -261,7 +261,7 @@ def score(
     model: str = typer.Argument(..., help="Model directory or MLflow URI (models:/NAME@ALIAS)."),
     data: Path = typer.Argument(..., help="CSV or Parquet file to score."),
     output: Path = typer.Option(..., "--output", "-o", help="Output CSV or Parquet (written atomically)."),
-    top_k: int = typer.Option(3, help="Top contributing features per row (0 for none)."),
+    top_k: int = typer.Option(3, min=0, help="Top contributing features per row (0 for none)."),
     chunk_rows: int = typer.Option(50_000, min=1, help="Rows per chunk: bounds memory on large files."),
     max_line_bytes: int = typer.Option(DEFAULT_MAX_LINE_BYTES, min=1,
                                        help="Longest CSV line accepted, in bytes (refuses files without newlines)."),
@@ -288,20 +288,32 @@ def score(
     console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
 
 
-def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int) -> tuple[Any, Any]:
+def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int,
+                        alert_states: dict[Any, Any]) -> tuple[Any, Any]:
     """Score one chunk of a series file with the rows before it, so every row's window is the one a
-    single pass would have seen; returns the chunk's rows and the context for the next chunk."""
+    single pass would have seen; returns the chunk's rows and the context for the next chunk.
+    `alert_states` holds each series' alert rule state (its recent flags and cooldown) from the
+    chunks before: the rule reaches back to the series' first step, further than any context."""
     import numpy as np
     import pandas as pd
 
     framing = detector.framing_
+    offset = 0 if context is None else len(context)
     frame = chunk if context is None else pd.concat([context, chunk], ignore_index=True)
     scored = detector.inference_.score(frame, top_k=top_k)  # score_frame's path, keeping the layout
-    result = scored.frame(top_k=top_k).iloc[len(frame) - len(chunk):]
+    result = scored.frame(top_k=top_k).iloc[offset:]
     result.index = chunk.index
+    layout = scored.layout
+    alerts = np.zeros(len(frame), dtype=bool)
+    for rows in layout.order:
+        state = alert_states.get(layout.series[rows[0]])
+        if state is None:
+            state = alert_states[layout.series[rows[0]]] = detector.alert_rule_.start()
+        new = rows[rows >= offset]
+        alerts[new] = [state.step(bool(flag)) for flag in scored.is_anomaly[new].tolist()]
+    result["alert"] = alerts[offset:]
     # Carried: each series' rows on its last window - 1 grid steps, and up to max_gap steps before them
     # (a filled step repeats an earlier row); by steps, not rows, as several rows can share a step.
-    layout = scored.layout
     reach = framing.window - 1 + framing.max_gap
     kept = [rows[layout.position[rows] >= layout.position[rows[-1]] - reach] for rows in layout.order]
     context = frame.iloc[np.sort(np.concatenate(kept))] if kept else frame.iloc[:0]
@@ -328,6 +340,7 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
     passthrough = [c for c in keep if c not in detector.schema_.names and c not in own]
     rows = flagged = 0
     context = None  # series models: each series' rows on its last window - 1 steps, carried to the next chunk
+    alert_states: dict = {}  # and each series' alert rule state
     with AtomicTableWriter(output) as writer:
         for chunk in chunks:
             missing = [c for c in keep if c not in chunk.columns]
@@ -337,7 +350,7 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
             if framing is None:
                 result = detector.score_frame(features, top_k=top_k)
             else:
-                result, context = _score_with_context(detector, features, context, top_k)
+                result, context = _score_with_context(detector, features, context, top_k, alert_states)
             rows += len(result)
             flagged += int(result["is_anomaly"].sum())
             if keep:
@@ -363,16 +376,21 @@ def evaluate(
     """AUROC, AUPRC, FPR and recall at the calibrated threshold, with plots; or, without labels,
     detection rates on synthetic anomalies."""
     from anomaly_ae.detector import Detector
-    from anomaly_ae.data.io import read_table
+    from anomaly_ae.data.io import make_directory, read_table
     from anomaly_ae.evaluation import evaluate_scores, plot_roc_pr, plot_score_histogram
     from anomaly_ae.exceptions import DataError
 
     if synthetic_anomalies == (label_col is not None):
         raise DataError("give either --label-col (labelled data) or --synthetic-anomalies (normal data), not both")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():  # before the work, not after it
-        raise DataError(f"--out-dir {out_dir} is a file; give a directory (it is created if missing)")
+    if out_dir is not None:  # before the work, not after it
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DataError(f"--out-dir {out_dir} is a file; give a directory (it is created if missing)")
+        make_directory(out_dir, f"cannot create --out-dir {out_dir}")
     detector = Detector.load(model)
     frame = read_table(data)
+    if synthetic_anomalies and getattr(detector, "framing_", None) is not None:
+        raise DataError("--synthetic-anomalies perturbs single rows, so it applies to row models; for a series "
+                        "model, pass a labelled series with --label-col")
     if synthetic_anomalies:
         from anomaly_ae.augment.command import synthetic_anomaly_report
 

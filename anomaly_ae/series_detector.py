@@ -116,9 +116,12 @@ class SeriesDetector(Detector):
         pre = Preprocessor(self.max_categories, flags_as_indicators=True).fit(_take(checked, train_rows), schema)
         x = model_input(pre, schema, checked)
         framing.window = self._resolve_window(x[train_rows])
-        longest = max(len(rows) for rows in layout.order)
+        in_train = np.zeros(len(layout.position), dtype=bool)
+        in_train[train_rows] = True
+        longest = max(int(in_train[rows].sum()) for rows in layout.order)
         if framing.window > longest:
-            raise DataError(f"window {framing.window} is longer than the longest training series ({longest} steps), "
+            raise DataError(f"window {framing.window} is longer than the longest training stretch ({longest} steps, "
+                            f"after the last {self.validation_fraction:.0%} of each series is held out to calibrate), "
                             "so no training window is complete; choose a window of at most a quarter of the "
                             "history, or send a longer history")
         x = series_input(x, layout)
@@ -208,7 +211,11 @@ class SeriesDetector(Detector):
         if self.time_col is not None and self.time_col == self.series_col:
             raise InvalidParameterError(f"time_col and series_col are both {self.time_col!r}; name two different "
                                         "columns (or leave series_col out for one series)")
-        if int(self.max_gap) < 0:
+        for name in ("max_gap", "alert_min_steps", "alert_within", "alert_cooldown"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InvalidParameterError(f"{name} must be a whole number of steps, got {value!r}")
+        if self.max_gap < 0:
             raise InvalidParameterError(f"max_gap must be >= 0 steps, got {self.max_gap}")
         if self.epoch_windows is not None and (not isinstance(self.epoch_windows, (int, np.integer))
                                                or self.epoch_windows < 1):

@@ -182,6 +182,10 @@ def test_time_and_series_values_pandas_would_misread_are_refused(fitted):
     (dict(alert_min_steps=6, alert_within=5), "alert_min_steps <= alert_within"),
     (dict(alert_within=0), "alert_min_steps <= alert_within"),
     (dict(alert_cooldown=-1), "alert_cooldown must be >= 0"),
+    (dict(alert_cooldown=2.5), "alert_cooldown must be a whole number of steps, got 2.5"),
+    (dict(max_gap=None), "max_gap must be a whole number of steps, got None"),
+    (dict(max_gap=float("inf")), "max_gap must be a whole number"),
+    (dict(max_gap=1.5), "max_gap must be a whole number"),
     (dict(time_col="ts", series_col="ts"), "time_col and series_col are both 'ts'")])
 def test_bad_series_parameters_are_refused(params, message):
     with pytest.raises(InvalidParameterError, match=message):
@@ -189,8 +193,11 @@ def test_bad_series_parameters_are_refused(params, message):
 
 
 def test_a_window_longer_than_the_history_is_refused():
-    with pytest.raises(DataError, match="window 50 is longer than the longest training series"):
+    with pytest.raises(DataError, match="window 50 is longer than the longest training stretch"):
         SeriesDetector("pca", window=50).fit(np.random.default_rng(0).normal(size=(30, 2)))
+    # as long as the history, but its last 20% calibrates: no training window would be complete
+    with pytest.raises(DataError, match=r"window 16 is longer than the longest training stretch \(13 steps"):
+        SeriesDetector("knn", window=16).fit(np.random.default_rng(0).normal(size=(16, 2)))
 
 
 def test_array_input_is_one_series_in_row_order():

@@ -252,6 +252,17 @@ def _parquet_chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> I
             yield batch.to_pandas()
 
 
+def make_directory(path: Path, failure: str) -> None:
+    """`path.mkdir(parents=True, exist_ok=True)`, failing with a DataError that starts with `failure`
+    and says why (which part of the path is a file, or the system's reason)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocking = next((p for p in (path, *path.parents) if p.is_file()), None)
+        why = f"'{blocking}' is a file" if blocking is not None else (exc.strerror or str(exc))
+        raise DataError(f"{failure} ({why}); choose a directory you can write to") from None
+
+
 class AtomicTableWriter:
     """Stream DataFrame chunks into a CSV or Parquet file that appears only when complete.
 
@@ -283,7 +294,7 @@ class AtomicTableWriter:
         if self._tmp is not None:
             raise RuntimeError("an AtomicTableWriter can be used for one 'with' block only")
         started = time.time()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_directory(self.path.parent, f"cannot write '{self.path}': cannot create its directory")
         # Before this writer's own file exists: a signal turned into an exception while the stale files
         # were being looked for, after the file was made, left the file behind (__exit__ does not run
         # when __enter__ raises).
@@ -291,7 +302,11 @@ class AtomicTableWriter:
         # Same directory so os.replace is a rename within one file system, hence atomic.
         self._tmp = self.path.with_name(f".{self.path.name}.{HOST_TAG}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
-            self._raw = open(self._tmp, "xb")
+            try:
+                self._raw = open(self._tmp, "xb")
+            except OSError as exc:
+                raise DataError(f"cannot write '{self.path}' ({exc.strerror or exc}); choose a directory you can "
+                                "write to") from None
             if self._format == "csv":
                 gzipped = self.path.name.lower().endswith(".gz")
                 binary = gzip.GzipFile(fileobj=self._raw, mode="wb") if gzipped else self._raw
