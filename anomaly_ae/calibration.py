@@ -86,9 +86,13 @@ class Calibration:
 @dataclass
 class AlertRule:
     """When flagged steps become an alert, as monitoring teams expect: at least `min_steps` of the
-    last `within` steps above the threshold (k-of-n, which debounces single-step noise), then no
-    new alert for `cooldown` steps (one page per incident, not one per step; cf. Merlion's
-    AggregateAlarms). Applied to one series at a time, steps in time order."""
+    last `within` steps above the threshold (k-of-n, which debounces single-step noise), and not
+    within `cooldown` steps of an earlier step where that held: one page per incident, not one per
+    step, and a new page only once the condition has been clear for `cooldown` steps (cf. Merlion's
+    AggregateAlarms, Alertmanager's firing/resolved). An alert at a step depends on the flags of
+    its last `within - 1 + cooldown` steps only, so a stateless scorer given that many steps of
+    context fires exactly where a pass over the whole history does. Applied to one series at a
+    time, steps in time order."""
 
     min_steps: int = 3
     within: int = 5
@@ -103,11 +107,20 @@ class AlertRule:
 
     def apply(self, flags: np.ndarray) -> np.ndarray:
         """Bool per step: an alert fires at this step."""
-        flags = np.asarray(flags)
+        flags = np.asarray(flags, dtype=bool)
+        n = len(flags)
         if np.count_nonzero(flags) < self.min_steps:  # no window can hold min_steps flags (the usual case)
-            return np.zeros(len(flags), dtype=bool)
-        state = self.start()
-        return np.array([state.step(bool(f)) for f in flags.tolist()], dtype=bool)
+            return np.zeros(n, dtype=bool)
+        holds = np.convolve(flags.astype(np.int64), np.ones(self.within, dtype=np.int64))[:n] >= self.min_steps
+        if self.cooldown == 0:
+            return holds
+        held = np.convolve(holds.astype(np.int64), np.ones(self.cooldown, dtype=np.int64))[:n]  # in (t - cooldown, t]
+        return holds & (np.concatenate([[0], held[:-1]]) == 0)
+
+    @property
+    def lookback(self) -> int:
+        """Steps before a step whose flags decide whether an alert fires at it."""
+        return self.within - 1 + self.cooldown
 
     def start(self) -> "AlertState":
         """The rule's state for one series, fed one flag per step (a stream processor's form of `apply`)."""
@@ -118,19 +131,18 @@ class AlertRule:
 
 
 class AlertState:
-    """The alert rule over one series, one step at a time: the last `within` flags and the cooldown."""
+    """The alert rule over one series, one step at a time: its last `within` flags, and whether the
+    k-of-n condition held at each of its last `cooldown` steps."""
 
     def __init__(self, rule: AlertRule) -> None:
         self.rule = rule
         self.recent: deque[bool] = deque(maxlen=rule.within)
-        self.steps = 0  # steps seen
-        self.quiet_until = -1  # no new alert up to this step
+        self.held: deque[bool] = deque(maxlen=rule.cooldown)
 
     def step(self, flagged: bool) -> bool:
         """Take this step's flag; True when an alert fires at it."""
         self.recent.append(flagged)
-        index, self.steps = self.steps, self.steps + 1
-        if sum(self.recent) >= self.rule.min_steps and index > self.quiet_until:
-            self.quiet_until = index + self.rule.cooldown
-            return True
-        return False
+        holds = sum(self.recent) >= self.rule.min_steps
+        fires = holds and not any(self.held)
+        self.held.append(holds)
+        return fires

@@ -54,8 +54,8 @@ class SeriesDetector(Detector):
         (sin, cos), so a window is judged against normal windows at the same time of day (a night
         pattern by day is then anomalous). Explanations name them like columns. Default: none.
     alert_min_steps, alert_within, alert_cooldown : the alert rule: an alert fires when at least
-        `alert_min_steps` of the last `alert_within` steps are above the threshold, then stays
-        quiet for `alert_cooldown` steps.
+        `alert_min_steps` of the last `alert_within` steps are above the threshold and that held at
+        none of the `alert_cooldown` steps before (one alert per incident; `AlertRule`).
     epoch_windows : training windows an epoch of a learned model draws (seeded; default None: all).
         Windows overlap by all but one step, so a long history repeats itself: with a cap an epoch's
         cost stops growing with the history (every step still lies in most drawn windows), at some
@@ -243,7 +243,7 @@ class SeriesDetector(Detector):
         return result.step_shares
 
     def alerts(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """1 where the alert rule fires (k of n steps flagged, then a cooldown), per series in time order."""
+        """1 where the alert rule fires (k of n steps flagged, first time in a cooldown), per series in time order."""
         result = self._inference(X)
         assert result.alerts is not None
         return result.alerts.astype(np.int64)

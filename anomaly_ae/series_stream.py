@@ -10,16 +10,12 @@ What equals an offline pass (`SeriesDetector.score_frame` over the whole history
 
 - score, p-value, flag, severity and notes of a new row, when at least `window - 1` rows of its
   series precede it in the request (or all the rows the series has);
-- its alert's k-of-n part (`alert_rule.min_steps` of the last `alert_rule.within` steps flagged),
-  when `context_rows = window - 1 + within - 1` rows precede the new rows (or all the series has).
-  Context rows whose window reaches back before the request are then not counted as flagged:
-  their scores come from a cut window. A request with fewer context rows than `context_rows` is
-  taken to hold the start of its series (a client sends what it has), and every row counts, as
-  offline.
-- The alert's cooldown sees the alerts inside the request only: after an alert that a client got
-  in an earlier response, a later one may fire sooner than the cooldown in an offline pass (a
-  client that wants one page per incident across requests keeps the time of its last alert per
-  series; the example client does).
+- its alert, when `context_rows = window - 1 + alert_rule.lookback` rows precede the new rows (or
+  all the series has): an alert depends on the flags of the `lookback = within - 1 + cooldown`
+  steps before it (`AlertRule`), and those rows then have complete windows. Context rows whose
+  window reaches back before the request are not counted as flagged: their scores come from a cut
+  window. A request with fewer context rows than `context_rows` is taken to hold the start of its
+  series (a client sends what it has), and every row counts, as offline.
 
 No torch and no framework here: index arithmetic on the layout `SeriesFraming.split` returns.
 """
@@ -51,8 +47,8 @@ class StreamContract:
     @property
     def context_rows(self) -> int:
         """Rows of a series to send before its new rows: a full window for the scores, plus the
-        steps before the new rows that the alert rule counts."""
-        return self.window - 1 + self.alert_rule.within - 1
+        steps before the new rows whose flags decide their alerts (`AlertRule.lookback`)."""
+        return self.window - 1 + self.alert_rule.lookback
 
     @classmethod
     def of(cls, path: InferencePath) -> "StreamContract":
@@ -91,8 +87,8 @@ def score_new_rows(path: InferencePath, data: Any, score_last: int | None, *, to
     whole request). Scored: the new rows, and before them the rows the alert rule's k-of-n part
     counts (`within - 1`; flags only). The other context rows complete windows and are validated,
     never scored, unless a new row has `min_steps` of its last `within` steps flagged and the rule
-    has a cooldown: whether an earlier alert silences it then depends on every counted row before
-    it, and those are scored too (during an incident, and as before this shortcut)."""
+    has a cooldown: whether it alerts then depends on the rule's `lookback` steps before the new
+    rows, and those are scored too (during an incident)."""
     framing = path.framing
     if framing is None:
         raise ValueError("score_new_rows applies to series models")
@@ -122,7 +118,8 @@ def score_new_rows(path: InferencePath, data: Any, score_last: int | None, *, to
             steps = np.convolve((flags[rows] & counted[rows]).astype(np.int64), np.ones(rule.within, dtype=np.int64))
             if (steps[:len(rows)][new[rows]] >= rule.min_steps).any():  # an alert may fire: the cooldown decides
                 first_new = int(np.argmax(new[rows]))
-                rest.append(rows[:first_new][counted[rows[:first_new]] & ~needed[rows[:first_new]]])
+                look = rows[max(0, first_new - rule.lookback):first_new]
+                rest.append(look[counted[look] & ~needed[look]])
         extra = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
         if len(extra):
             flags[extra] = path.score(metrics, layout=layout, rows=extra).is_anomaly

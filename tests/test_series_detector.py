@@ -235,9 +235,18 @@ def test_save_load_round_trip_and_kinds(fitted, tmp_path):
 
 def test_alert_rule_k_of_n_and_cooldown():
     rule = AlertRule(min_steps=2, within=3, cooldown=4)
-    flags = np.array([1, 0, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1])
+    flags = np.array([1, 0, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 1])
     alerts = rule.apply(flags)
-    assert np.flatnonzero(alerts).tolist() == [5, 10, 18]
+    # 2 of 3 holds at 5-12, 18-20 and 27: one alert per incident, a new one after 4 clear steps
+    assert np.flatnonzero(alerts).tolist() == [5, 18, 27]
+    assert AlertRule(2, 3, 6).apply(flags).nonzero()[0].tolist() == [5, 27]  # 18 is 6 steps after 12
+    assert AlertRule(2, 3, 7).apply(flags).nonzero()[0].tolist() == [5]  # 27 is 7 steps after 20
+    assert AlertRule(2, 3, 0).apply(flags).sum() == 12  # no cooldown: every step where 2 of 3 hold
+    # each alert is decided by the rule's lookback (within - 1 + cooldown) steps before it
+    for t in range(rule.lookback, len(flags)):
+        assert rule.apply(flags[t - rule.lookback:t + 1])[-1] == alerts[t]
+    state = rule.start()
+    assert [state.step(bool(f)) for f in flags] == alerts.tolist()
     assert not AlertRule(3, 5, 0).apply(np.array([1, 0, 0, 0, 1, 0, 0, 0, 1])).any()
     with pytest.raises(ValueError):
         AlertRule(min_steps=4, within=3)

@@ -282,7 +282,7 @@ def _diagonal_sums(cross: np.ndarray, starts: list[int], window: int) -> np.ndar
 
 # Windows scored at once up to which lower bounds are tried first (`_bounded_distances`): a stream's new
 # row and the rows before it that the alert rule counts (5 by default). More windows (an incident's
-# context rows, scored when the rule's cooldown decides) go straight to brute force, which costs about
+# counted context rows, scored when the rule's cooldown decides) go straight to brute force, which costs about
 # the same for one window or a hundred.
 BOUNDED_MAX_WINDOWS = 8
 # Main directions of the reference in the bounds, rows ranked first (smallest bound over all queries),

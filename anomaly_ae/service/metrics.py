@@ -56,8 +56,8 @@ P_VALUES = Histogram("anomaly_ae_p_value", "Conformal p-values of scored rows.",
 # ---------------------------------------------------------------------------- series models
 CONTEXT_ROWS = Counter("anomaly_ae_context_rows_total", "Rows sent to series models as context: scored to complete "
                        "the windows of new rows, not returned (not in rows_scored_total).")
-ALERTS = Counter("anomaly_ae_alerts_total", "Alerts (series models' alert rule: k of n steps flagged, then a "
-                 "cooldown) among returned rows.")
+ALERTS = Counter("anomaly_ae_alerts_total", "Alerts (series models' alert rule: k of n steps flagged, one per "
+                 "incident) among returned rows.")
 UNSEEN_SERIES_ROWS = Counter("anomaly_ae_unseen_series_rows_total", "Returned rows of series that were not in the "
                              "model's training data (scored with the shared model).")
 SERIES_ROWS = Counter("anomaly_ae_series_rows_scored_total", "Rows scored per series (only with "

@@ -367,7 +367,8 @@ class ScoredSample(BaseModel):
     severity: Literal["normal", "low", "medium", "high", "critical"]
     top_features: Optional[list[FeatureContribution]] = Field(None, description="With explain=true.")
     alert: Optional[bool] = Field(None, description="Series models: the alert rule fires at this row (at least "
-                                                    "min_steps of the last `within` steps flagged, then a cooldown).")
+                                                    "min_steps of the last `within` steps flagged, and not at any "
+                                                    "of the `cooldown` steps before).")
     notes: list[str] = Field(description="Remarks that are not errors: unseen categories, imputed values; for "
                                          "series models also warm-up (less history than the window), gaps and "
                                          "series not seen in training.")
@@ -401,7 +402,7 @@ class SeriesInfo(BaseModel):
 
     window: int = Field(description="Steps in the window that scores a row (the row and the window - 1 before it).")
     context_rows: int = Field(description="Rows of each series to send before its new rows: window - 1 for exact "
-                                          "scores, plus within - 1 for the alert rule's k-of-n.")
+                                          "scores, plus within - 1 + cooldown for exact alerts.")
     time_col: Optional[str] = Field(description="Timestamp column (ISO 8601 text); null: rows are in time order.")
     series_col: Optional[str] = Field(description="Series id column; null: one series.")
     step_seconds: Optional[float] = Field(description="The sampling step learned in training.")

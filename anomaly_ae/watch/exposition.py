@@ -47,7 +47,7 @@ class WatchCollector:
             top.add_metric([s.series, s.top_metric], s.top_share)
         yield from (score, p_value, anomalous, top)
         alerts = counter("alerts", "Alerts fired by the model's alert rule (k of n steps above the threshold, "
-                                   "then a cooldown).", ["series"])
+                                   "one per incident: not again until a cooldown without it).", ["series"])
         for name, n in snap.alerts_total.items():
             alerts.add_metric([name], n)
         yield alerts

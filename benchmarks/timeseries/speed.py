@@ -19,7 +19,7 @@ in this process:
   `contract_server_mean_ms`: the same new row sent with the `context_rows` the model asks for, as a
   stream processor following GET /v1/model does (one window scored). `incident_server_mean_ms`: the same for 64
   rows that are all anomalous (a series of other loadings): a new row that may alert under the alert
-  rule's cooldown has every context row scored.
+  rule's cooldown has the rule's lookback (within - 1 + cooldown rows) scored.
 
     python benchmarks/timeseries/speed.py --out benchmarks/results/timeseries_speed.md
 
@@ -214,7 +214,7 @@ def write(args: argparse.Namespace, measured: list[dict]) -> None:
         "and the rows before the new one that the alert rule counts are scored too, on cut windows; "
         "`contract_server_mean_ms` sends the same new row with the `context_rows` the model asks for "
         "(GET /v1/model), so one 64-step window is scored; `incident_server_mean_ms` 64 anomalous rows, "
-        "where the alert rule's cooldown has every context row scored. The request is the 64 steps after the "
+        "where the alert rule's cooldown has its lookback scored. The request is the 64 steps after the "
         "training history. Goals (issue 12): fit < 120 s on 2 cores, "
         "service < 5 ms of server time at 1 worker.\n\n" + markdown_table(rows) + "\n")
 

@@ -1,11 +1,11 @@
 """A stream client for a series model behind `anomaly-ae serve`: the protocol of docs/serving.md, "Series models".
 
 The service keeps no state between requests. This client does: per series, the last `context_rows`
-rows it has sent (what `GET /v1/model` says a new row needs before it), and the time of the last
-alert it paged for. For every batch of new rows it posts, per series, those context rows and the new
-rows, with `"score_last": N` (N = new rows per series; series with different counts go in separate
-requests), and gets back the new rows only, scored as an offline pass over the whole history would
-score them.
+rows it has sent (what `GET /v1/model` says a new row needs before it: a window, and the steps the
+alert rule looks back over). For every batch of new rows it posts, per series, those context rows
+and the new rows, with `"score_last": N` (N = new rows per series; series with different counts go
+in separate requests), and gets back the new rows only, scored and alerted as an offline pass over
+the whole history would score and alert them.
 
     python deployment/examples/stream_client.py --url http://127.0.0.1:8000 --input metrics.csv
     # ANOMALY_AE_API_KEY in the environment; metrics.csv in time order, one row per (time, series)
@@ -15,7 +15,7 @@ or as a library:
     client = StreamClient("http://127.0.0.1:8000", api_key)
     for tick in rows_grouped_by_time:                # e.g. from Kafka, one list of dicts per interval
         for row, result in client.push(tick):
-            if result["page"]:
+            if result["alert"]:                      # one per incident (the model's alert rule)
                 notify(row, result)
 
 Standard library only. Not production code: no persistence of the context across restarts (after a
@@ -33,7 +33,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict, deque
-from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
 # (method, path, JSON body or None) -> (status, headers, parsed JSON)
@@ -63,7 +62,7 @@ class ServiceError(RuntimeError):
 
 
 class StreamClient:
-    """Scores live rows of a series model: keeps the context per series, sends new rows, pages on alerts."""
+    """Scores live rows of a series model: keeps the context per series, sends new rows."""
 
     def __init__(self, url: str = "", api_key: str | None = None, *, transport: Transport | None = None,
                  retries: int = 5) -> None:
@@ -77,16 +76,13 @@ class StreamClient:
         self.time_col: str = self.info["time_col"]
         self.series_col: str | None = self.info["series_col"]
         self.context_rows: int = self.info["context_rows"]
-        self.cooldown_s = self.info["alert_rule"]["cooldown"] * (self.info["step_seconds"] or 0.0)
         self.context: dict[Any, deque] = defaultdict(lambda: deque(maxlen=self.context_rows))
-        self.last_page: dict[Any, datetime] = {}
 
     def push(self, rows: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Score new rows (any series, each series in time order, after the rows pushed before).
 
         Returns (row, result) per row in the order given; result is the service's (score, p_value,
-        is_anomaly, severity, alert, notes, ...) plus `page`: an alert at least one cooldown after the
-        last one paged for its series (the service applies the cooldown within a request only)."""
+        is_anomaly, severity, alert, notes, ...)."""
         new: dict[Any, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         rows = list(rows)
         for i, row in enumerate(rows):
@@ -104,21 +100,10 @@ class StreamClient:
                     records.append(row)
             payload = self._call("POST", "/v1/score", {"records": records, "score_last": count})
             for i, result in zip(positions, payload["results"]):
-                out[i] = (rows[i], self._page(rows[i], result))
+                out[i] = (rows[i], result)
             for series in group:  # now part of the context of what comes next
                 self.context[series].extend(row for _, row in new[series])
         return out
-
-    def _page(self, row: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-        page = False
-        if result.get("alert"):
-            series = row.get(self.series_col) if self.series_col else None
-            at = _timestamp(row[self.time_col])
-            last = self.last_page.get(series)
-            if last is None or (at - last).total_seconds() > self.cooldown_s:
-                page = True
-                self.last_page[series] = at
-        return {**result, "page": page}
 
     def _call(self, method: str, path: str, body: Any) -> Any:
         for attempt in range(self.retries + 1):
@@ -130,10 +115,6 @@ class StreamClient:
                 continue
             raise ServiceError(status, payload)
         raise AssertionError("unreachable")
-
-
-def _timestamp(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def read_rows(path: str, text_cols: Iterable[str | None] = ()) -> Iterator[dict[str, Any]]:
@@ -188,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         for row, result in client.push(batch):
             if result["is_anomaly"] or result["alert"]:
                 where = row.get(client.series_col, "") if client.series_col else ""
-                flag = "PAGE " if result["page"] else ("alert" if result["alert"] else "     ")
+                flag = "ALERT" if result["alert"] else "     "
                 print(f"{flag} {row[client.time_col]} {where} score={result['score']:.4g} "
                       f"severity={result['severity']} {'; '.join(result['notes'])}")
     return 0
