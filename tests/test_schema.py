@@ -1,5 +1,7 @@
 """Bad input gets a clear error naming the column and rows, and what to do."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -150,3 +152,15 @@ def test_complex_numbers_and_periods_are_refused_not_cut(det, rows):
                          (pd.period_range("2026-01", periods=len(rows), freq="M"), "holds periods")]:
         with pytest.raises(SchemaError, match=f"column '{column}' must be numeric but {says}"):
             det.decision_function(rows.assign(**{column: values}))
+
+
+def test_true_and_false_in_a_numeric_column_are_refused_as_in_json(det, rows):
+    """Read as 1/0 they scored silently, where the service refuses them; at fit a bool column is categorical."""
+    column = next(c.name for c in det.schema_.columns if c.kind == "numeric")
+    mixed = rows[column].astype(object)
+    mixed.iloc[1] = True
+    for values, where in [(True, "[0, 1, 2"), (mixed, "[1]")]:
+        with pytest.raises(SchemaError, match=rf"column '{column}' must be numeric but holds True/False in rows "
+                                              + re.escape(where)):
+            det.decision_function(rows.assign(**{column: values}))
+    assert np.isfinite(det.decision_function(rows.assign(**{column: rows[column].astype(object)}))).all()

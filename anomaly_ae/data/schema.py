@@ -184,6 +184,15 @@ class Schema:
             if what is not None:
                 raise SchemaError(f"column '{col.name}' must be numeric but holds {what} ({values.dtype}); "
                                   "convert it to a number first, or drop it", column=col.name, reason="dtype")
+            # True/False would be read as 1/0 silently (the service refuses them in JSON; at fit a bool
+            # column is categorical)
+            flags = values.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy(dtype=bool) \
+                if values.dtype == object else np.full(len(values), pd.api.types.is_bool_dtype(values))
+            if flags.any():
+                rows = _rows(flags, values.index)
+                raise SchemaError(f"column '{col.name}' must be numeric but holds True/False in rows {rows}; the "
+                                  "model learned numbers there: send 1/0 if that is what they mean",
+                                  column=col.name, rows=rows, reason="dtype")
             numeric = pd.to_numeric(values, errors="coerce")
             bad = numeric.isna() & values.notna()
             if bad.any():
