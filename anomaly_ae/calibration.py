@@ -8,6 +8,7 @@ at the threshold is at most the target.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,7 +39,13 @@ class Calibration:
         # rows for the target it is the largest one, and the achieved rate is reported.
         # In exact arithmetic (the target as the decimal it was written as): in binary floating
         # point an integer product can round up and skip to the next order statistic.
-        k = min(n, math.ceil((n + 1) * (1 - Fraction(repr(float(target_fpr))))))
+        rank = math.ceil((n + 1) * (1 - Fraction(repr(float(target_fpr)))))
+        k = min(n, rank)
+        if rank > n:
+            warnings.warn(f"only {n} held-out normal samples calibrate the threshold, fewer than the "
+                          f"{math.ceil(1 / target_fpr) - 1} that a false-positive rate of {target_fpr:g} needs: the "
+                          "threshold is the largest of their scores, and new normal data may pass it more often; "
+                          "fit on more normal data or raise target_fpr", UserWarning, stacklevel=3)
         return cls(threshold=float(ref[k - 1]), target_fpr=float(target_fpr), reference_scores=ref)
 
     @property

@@ -59,9 +59,9 @@ class SeriesDetector(Detector):
     epoch_windows : training windows an epoch of a learned model draws (seeded; default None: all).
         Windows overlap by all but one step, so a long history repeats itself: with a cap an epoch's
         cost stops growing with the history (every step still lies in most drawn windows), at some
-        cost in fit (on 10,000 steps x 38 metrics, 2048 cut `gru`'s training from 394 s to 139 s and
-        raised its held-out loss from 0.246 to 0.304; on a faster machine, 4096 took 49 s instead of
-        202 s at a held-out loss of 0.334; benchmarks/results/timeseries_speed.md).
+        cost in fit (measured before `gru`'s cells read several steps: on 10,000 steps x 38 metrics,
+        4096 took 49 s instead of 202 s at a held-out loss of 0.334 instead of 0.246;
+        benchmarks/results/timeseries_speed.md).
     """
 
     _models: ClassVar[dict[str, DetectorModel]] = SERIES_MODELS

@@ -11,6 +11,7 @@ Conventions under test (read from the code):
 
 import json
 import math
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -36,7 +37,17 @@ def conformal_rank(n: int, alpha: str) -> int:
 def test_threshold_is_the_conformal_order_statistic(n, alpha, rank):
     assert conformal_rank(n, alpha) == rank  # the hand computation above
     scores = np.random.default_rng(n).permutation(np.arange(1.0, n + 1))  # unsorted on purpose
-    cal = Calibration.fit(scores, float(alpha))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cal = Calibration.fit(scores, float(alpha))
+    # too few held-out scores for the target (the conformal rank passes n): said, with what to do
+    too_few = math.ceil((n + 1) * (1 - Fraction(alpha))) > n
+    assert [str(w.message) for w in caught if "calibrate the threshold" in str(w.message)] == (
+        [f"only {n} held-out normal samples calibrate the threshold, fewer than the "
+         f"{math.ceil(1 / Fraction(alpha)) - 1} that a false-positive rate of {float(alpha):g} needs: the threshold "
+         "is the largest of their scores, and new normal data may pass it more often; fit on more normal data or "
+         "raise target_fpr"] if too_few else [])
+    assert too_few == ((n, alpha) in ((50, "0.01"),))
     assert cal.threshold == float(rank)  # score r is the r-th smallest
     assert cal.target_fpr == float(alpha)
     assert np.array_equal(cal.reference_scores, np.arange(1.0, n + 1))  # kept sorted, as float64
