@@ -80,12 +80,13 @@ def test_scoring_refuses_to_write_over_its_input_and_bad_options_are_one_line(tm
                                  "--out-dir", str(tmp_path / "train.csv")])
     assert result.exit_code == 2 and "is a file; give a directory" in result.output
     # outputs under a file, or where nothing can be created: one line naming the cause, before any work
+    under_a_file = f"'{tmp_path / 'train.csv'}' is a file"
     for command, message in ((["score", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o",
-                               str(tmp_path / "train.csv" / "out.csv")], f"'{tmp_path / 'train.csv'}' is a file"),
+                               str(tmp_path / "train.csv" / "out.csv")], under_a_file),
                              (["score", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o", "/proc/out.csv"],
                               "cannot write '/proc/out.csv'"),
                              (["evaluate", str(tmp_path / "m"), str(tmp_path / "train.csv"), "--synthetic-anomalies",
-                               "--out-dir", str(tmp_path / "train.csv" / "ev")], f"'{tmp_path / 'train.csv'}' is a file"),
+                               "--out-dir", str(tmp_path / "train.csv" / "ev")], under_a_file),
                              (["score", str(tmp_path / "m"), str(tmp_path / "train.csv"), "-o",
                                str(tmp_path / "out.csv"), "--top-k", "-1"], "greater than or equal to 0")):
         result = runner.invoke(app, command)
