@@ -6,6 +6,7 @@ scikit-learn's contract (parameters stored untouched, `fit` returns self, learne
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -220,6 +221,9 @@ class Detector(Estimator):
 
     def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
         """The fitted state that scoring reads (shared by fit and load)."""
+        # what the state was built with: set_params after fit changes nothing until the next fit, and
+        # save() writes these, so a saved model loads as the one in memory scores
+        self.fitted_params_ = copy.deepcopy(self.get_params())
         self.scorer_, self.calibration_, self.threshold_ = scorer, calibration, calibration.threshold
         self.inference_ = InferencePath(self.schema_, self.preprocessor_, scorer, calibration)
         self.n_features_in_ = len(self.inference_.feature_names)

@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,11 @@ def json_bytes(payload: Any) -> bytes:
 
 
 def save_detector(detector: "Detector", path: Path) -> Path:
-    params = detector.get_params()
+    params = dict(detector.fitted_params_)
+    if params != detector.get_params():
+        changed = sorted(k for k, v in detector.get_params().items() if params.get(k) != v)
+        warnings.warn(f"parameters changed by set_params since fit ({', '.join(changed)}) are not saved: the model "
+                      "is saved as it was fitted; fit again to apply them", UserWarning, stacklevel=3)
     if params["hidden_dims"] is not None:
         params["hidden_dims"] = [int(h) for h in params["hidden_dims"]]
     config = {

@@ -10,6 +10,7 @@ threshold would be set too low.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -227,6 +228,7 @@ class SeriesDetector(Detector):
         return None if self.epoch_windows is None else int(self.epoch_windows)
 
     def _set_fitted(self, scorer: ModelScorer, calibration: Calibration) -> None:
+        self.fitted_params_ = copy.deepcopy(self.get_params())  # as Detector's: what save() writes
         self.scorer_, self.calibration_, self.threshold_ = scorer, calibration, calibration.threshold
         self.window_ = self.framing_.window
         self.inference_ = InferencePath(self.schema_, self.preprocessor_, scorer, calibration,

@@ -118,6 +118,8 @@ def test_conditional_samples_follow_their_context(cvae, normal):
         cvae.sample(5, condition={"mode": "lunch"})
     with pytest.raises(DataError, match="cannot condition"):
         cvae.sample(5, condition={"cpu_util_pct": 5})
+    with pytest.raises(DataError, match=r"n=100000000000 is more than one draw holds \(\d+ of these"):
+        cvae.sample(10**11)  # refused before numpy asks for the memory (hundreds of GiB)
 
 
 def test_sampling_is_reproducible_and_fits_the_schema(cvae):
@@ -150,12 +152,25 @@ def test_numeric_condition_uses_quantile_buckets():
         ConditionEncoder.from_dict(saved_before).resolve({"x": float("inf")})
 
 
-def test_numeric_condition_column_is_generated_in_its_bucket(normal):
+def test_numeric_condition_column_is_generated_in_its_bucket(normal, tmp_path):
     gen = Generator("cvae", condition_cols="cpu_util_pct", epochs=40, quality=False, random_state=0).fit(normal)
     low = gen.sample(300, condition={"cpu_util_pct": normal["cpu_util_pct"].quantile(0.1)}, random_state=0)
     high = gen.sample(300, condition={"cpu_util_pct": normal["cpu_util_pct"].quantile(0.9)}, random_state=0)
     assert low["cpu_util_pct"].median() < normal["cpu_util_pct"].quantile(0.35)
     assert high["cpu_util_pct"].median() > normal["cpu_util_pct"].quantile(0.65)
+    # the CLI says the value picked a bucket and the values are generated (it said "cpu_util_pct=50")
+    from typer.testing import CliRunner
+
+    from anomaly_ae.cli import app
+
+    gen.save(tmp_path / "gen")
+    value = round(float(normal["cpu_util_pct"].median()), 1)
+    result = CliRunner().invoke(app, ["generate", "sample", str(tmp_path / "gen"), "-n", "20", "--condition",
+                                      f"cpu_util_pct={value}", "-o", str(tmp_path / "rows.csv")])
+    bucket = gen.conditions_.resolve({"cpu_util_pct": value})["cpu_util_pct"]
+    assert result.exit_code == 0 and " ".join(result.output.split()).startswith(
+        f"drew 20 rows with cpu_util_pct in its training bucket {bucket} (holding {value}; the values themselves "
+        "are generated)"), result.output
 
 
 def test_save_load_roundtrip_and_tamper_refusal(cvae, tmp_path):

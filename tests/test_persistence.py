@@ -149,3 +149,23 @@ def test_a_home_relative_path_is_expanded_on_save_and_load(fitted, tmp_path, mon
     saved = fitted("pca").save("~/models/pca")
     assert saved == tmp_path / "models" / "pca" and (saved / MANIFEST).exists()
     assert Detector.load("~/models/pca").model == "pca"
+
+
+def test_set_params_after_fit_is_not_saved_and_says_so(tmp_path):
+    """The saved model is the fitted one: parameters set since fit (here the neighbour count, the family
+    and the target) would have rebuilt another model around the old threshold, or crashed at scoring."""
+    import warnings
+
+    x = np.random.default_rng(0).normal(size=(600, 4))
+    det = Detector(model="knn").fit(x)
+    scores = det.decision_function(x[:20])
+    det.set_params(neighbors=1, model="pca", target_fpr=0.3)
+    with pytest.warns(UserWarning, match=r"parameters changed by set_params since fit \(model, neighbors, "
+                                         r"target_fpr\) are not saved"):
+        det.save(tmp_path / "m")
+    loaded = Detector.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.decision_function(x[:20]), scores)
+    assert (loaded.model, loaded.neighbors, loaded.target_fpr) == ("knn", None, 0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing pending: nothing said
+        loaded.save(tmp_path / "again")

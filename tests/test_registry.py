@@ -585,3 +585,15 @@ def test_cli_registers_a_generator_and_augments_training_from_the_registry(mlflo
                                              str(tmp_path / "m2"), "--augment", "models:/cli-generator/1",
                                              "--balance-col", "cpu_util_pct", "--no-progress"], env=env))
     assert "needs a generator conditioned on it" in out
+
+
+def test_a_mistyped_sqlite_store_is_an_error_when_loading_and_nothing_is_created(tmp_path):
+    """MLflow creates any sqlite:/// database it is pointed at: a read (load, promote, list) at a mistyped
+    path made an empty registry there, then said no model is registered."""
+    from anomaly_ae.registry.connection import tracking_target
+
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    with pytest.raises(RegistryError, match=f"there is no MLflow database at {missing}"):
+        tracking_target(f"sqlite:///{missing}")
+    assert not missing.parent.exists()
+    assert tracking_target(f"sqlite:///{missing}", create=True).uri == f"sqlite:///{missing}"  # training creates it

@@ -367,8 +367,13 @@ def sample_command(
             raise DataError(f"images are written as .npz or .png, not '{output.suffix}'")
     else:
         write_table(gen.sample(n, condition=cond, random_state=seed), output)
+    # a numeric condition picks the training bucket that holds it: the rows are drawn in that context,
+    # and the column's own values are generated, so they spread over and around the bucket
+    buckets = gen.conditions_.resolve(cond) if cond else {}
+    described = [f"{k}={v}" if buckets[k] == str(v) else f"{k} in its training bucket {buckets[k]} (holding {v}; "
+                 "the values themselves are generated)" for k, v in (cond or {}).items()]
     console.print(f"drew {n} {'images' if gen.schema_.image is not None else 'rows'}"
-                  f"{' with ' + ', '.join(f'{k}={v}' for k, v in cond.items()) if cond else ''} -> {output}")
+                  f"{' with ' + ', '.join(described) if described else ''} -> {output}")
 
 
 def _n_values(gen: Any) -> int:

@@ -33,6 +33,9 @@ MIN_TRAINING_ROWS = 20
 MIN_EVALUATION_ROWS = 20
 
 
+# Values (rows x columns) one `sample` call returns at most, as float64: 2 GiB.
+MAX_SAMPLE_VALUES = 2**28
+
 class Generator(Estimator):
     """Generative model of normal data: a conditional VAE, a WGAN-GP, or a conditional WGAN-GP.
 
@@ -238,6 +241,10 @@ class Generator(Estimator):
         self._check_fitted()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise DataError(f"n must be a whole number >= 1, got {n!r}")
+        most = MAX_SAMPLE_VALUES // max(1, int(self.n_features_in_))
+        if n > most:  # before numpy asks for the memory: a typo such as 10**11 rows is 745 GiB
+            raise DataError(f"n={n} is more than one draw holds ({most} of these {self.n_features_in_}-value rows, "
+                            f"about {MAX_SAMPLE_VALUES * 8 / 2**30:.0f} GiB); draw in several parts")
         if condition is not None and not isinstance(condition, Mapping):
             if len(self.conditions_.names) != 1:
                 raise DataError(f"pass the condition as a dict over the condition columns {self.conditions_.names}")

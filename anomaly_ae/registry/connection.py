@@ -121,6 +121,10 @@ def tracking_target(tracking_uri: str | None = None, *, create: bool = False,
     being created empty."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        database = _sqlite_file(uri)
+        if not create and database is not None and not database.exists():  # MLflow would create it, empty
+            raise RegistryError(f"there is no MLflow database at {database} ({redacted(uri)}): check the path; "
+                                "nothing was created")
         return TrackingTarget(uri=uri, bounds=bounds)
     db = (Path.cwd() / EMBEDDED_DB).resolve()
     if not create and not db.exists():
@@ -129,6 +133,14 @@ def tracking_target(tracking_uri: str | None = None, *, create: bool = False,
             "MLFLOW_TRACKING_URI (e.g. http://mlflow:5000) or run from the directory that holds mlflow.db")
     return TrackingTarget(uri=f"sqlite:///{db}", artifact_location=(db.parent / EMBEDDED_ARTIFACTS).as_uri(),
                           embedded_db=db, bounds=bounds)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` tracking URI (None for other stores and in-memory ones)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path if path.startswith("/") else f"./{path}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -46,8 +46,9 @@ class WatchSpecError(ConfigurationError):
     """The watch spec cannot be read or says something impossible."""
 
 
-def parse_duration(value: Any, what: str = "duration") -> float:
-    """Seconds from a Prometheus-style duration ("15s", "5m", "1h", "2d", "500ms") or a number of seconds."""
+def parse_duration(value: Any, what: str = "duration", most: float = math.inf) -> float:
+    """Seconds from a Prometheus-style duration ("15s", "5m", "1h", "2d", "500ms") or a number of seconds,
+    at most `most`."""
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a duration such as 15s, 5m or 1h, got {value!r}")
     if isinstance(value, (int, float)):
@@ -59,7 +60,13 @@ def parse_duration(value: Any, what: str = "duration") -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if not 0 < seconds < math.inf:
         raise ValueError(f"{what} must be a positive, finite duration, got {value!r}")
+    if seconds > most:
+        raise ValueError(f"{what} must be at most {most:g}s, got {value!r}")
     return seconds
+
+
+# A wait longer than this is a typo (e.g. 100000w); the operating system refuses the largest anyway.
+MAX_WAIT_SECONDS = 3600.0
 
 
 class _Strict(BaseModel):
@@ -115,7 +122,7 @@ class PrometheusTarget(_Strict):
     @field_validator("timeout", mode="before")
     @classmethod
     def _timeout(cls, value: Any) -> float:
-        return parse_duration(value, "timeout")
+        return parse_duration(value, "timeout", MAX_WAIT_SECONDS)
 
 
 class WatchOptions(_Strict):
@@ -125,7 +132,7 @@ class WatchOptions(_Strict):
     @field_validator("evaluation_delay", mode="before")
     @classmethod
     def _delay(cls, value: Any) -> float:
-        return 0.0 if value in (0, "0", "0s") else parse_duration(value, "evaluation_delay")
+        return 0.0 if value in (0, "0", "0s") else parse_duration(value, "evaluation_delay", MAX_WAIT_SECONDS)
 
 
 class ModelOptions(_Strict):
