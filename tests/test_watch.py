@@ -327,6 +327,30 @@ def test_a_model_that_does_not_fit_the_spec_is_refused(world):
                 ModelInfo("m", "1", "dir"))
 
 
+def test_a_query_changed_since_training_is_warned_of_and_the_order_of_metrics_is_free(world, caplog):
+    """The same column name over another query (a fraction become a percent) flagged every step without a
+    word; the spec's metrics listed in another order were refused, though columns are matched by name."""
+    import copy
+
+    from anomaly_ae.watch.watcher import check_model_fits_spec
+
+    detector = copy.copy(world[1])
+    detector.training_metadata_ = {"source": {"metrics": {c: c for c in COLUMNS}, "series_label": "host"}}
+    assert check_model_fits_spec(detector, make_spec(metrics={c: c for c in reversed(COLUMNS)}), "m") == []
+    assert check_model_fits_spec(detector, make_spec(metrics={c: f" {c} " for c in COLUMNS}), "m") == []
+    changed = {**{c: c for c in COLUMNS}, COLUMNS[0]: f"{COLUMNS[0]} * 100"}
+    notes = check_model_fits_spec(detector, make_spec(metrics=changed, series_label="instance"), "m")
+    assert notes == [f"metric '{COLUMNS[0]}' is queried as '{COLUMNS[0]} * 100' but m was trained on "
+                     f"'{COLUMNS[0]}': if its unit or meaning changed, every score is off; train again from this spec",
+                     "m was trained on series by 'host', the spec groups them by 'instance': its series are new to "
+                     "the model (scored with the shared model)"]
+    spec = make_spec(metrics=changed)
+    with caplog.at_level("WARNING", logger="anomaly_ae.watch"):
+        Watcher(spec, PrometheusSource(spec, transport=httpx.MockTransport(lambda r: httpx.Response(500))), detector,
+                ModelInfo("m", "1", "dir"))
+    assert f"metric '{COLUMNS[0]}' is queried as" in caplog.text
+
+
 def test_metrics_endpoint_exposes_scores_and_health(world):
     watcher, _ = watcher_for(world)
     watcher.evaluate(T0 + (TRAIN_STEPS + 50) * STEP)

@@ -247,7 +247,8 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
         raise DataError(f"--out {out} is a file; give a directory (it is created if missing)")
     t0, t1 = _range(spec, start, end)
     detector, info = ModelSource(model_uri, tracking_uri=tracking_uri).load()
-    check_model_fits_spec(detector, spec, model_uri)
+    for note in check_model_fits_spec(detector, spec, model_uri):
+        console.print(f"[yellow]warning:[/] {escape(note)}")
     with PrometheusSource(spec) as source:
         table, frame, report = run_backtest(spec, detector, t0, t1, source)
     for line in report.lines():

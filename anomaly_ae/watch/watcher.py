@@ -135,9 +135,11 @@ class Snapshot:
     now: float
 
 
-def check_model_fits_spec(detector: Any, spec: WatchSpec, uri: str) -> None:
+def check_model_fits_spec(detector: Any, spec: WatchSpec, uri: str) -> list[str]:
     """Refuse a model that cannot score what the spec's queries return: a row model, one series, other
-    metric columns or another step (the watcher and the backtest alike)."""
+    metric columns or another step (the watcher and the backtest alike). Returns warnings: a metric
+    queried otherwise than in training (the same column name over other units reads as an incident
+    everywhere), or series grouped by another label."""
     framing = getattr(detector, "framing_", None)
     if framing is None:
         raise ConfigurationError(f"{uri} is a row model; the watcher needs a series model "
@@ -146,12 +148,21 @@ def check_model_fits_spec(detector: Any, spec: WatchSpec, uri: str) -> None:
         raise ConfigurationError(f"{uri} was trained on one series without a series column; the watcher "
                                  "scores many: train with a series column (`train --prometheus` does)")
     expected = list(spec.columns)
-    if list(detector.schema_.names) != expected:
+    if sorted(detector.schema_.names) != sorted(expected):  # by name: the order of the spec's keys is free
         raise ConfigurationError(f"{uri} was trained on columns {list(detector.schema_.names)} but the "
                                  f"spec's metrics are {expected}; train it from this spec or use its spec")
     if framing.step_seconds and abs(framing.step_seconds - spec.step) > 1e-6:
         raise ConfigurationError(f"{uri} was trained at a step of {framing.step_seconds:g} s but the spec's "
                                  f"step is {spec.step:g} s; use the same step")
+    trained = (getattr(detector, "training_metadata_", None) or {}).get("source") or {}
+    notes = [f"metric '{column}' is queried as {spec.metrics[column]!r} but {uri} was trained on {query!r}: "
+             "if its unit or meaning changed, every score is off; train again from this spec"
+             for column, query in (trained.get("metrics") or {}).items()
+             if column in spec.metrics and " ".join(spec.metrics[column].split()) != " ".join(str(query).split())]
+    if trained.get("series_label") not in (None, spec.series_label):
+        notes.append(f"{uri} was trained on series by '{trained['series_label']}', the spec groups them by "
+                     f"'{spec.series_label}': its series are new to the model (scored with the shared model)")
+    return notes
 
 
 class Watcher:
@@ -169,7 +180,8 @@ class Watcher:
 
     # ------------------------------------------------------------------ the model
     def _use(self, detector: Any, model: ModelInfo) -> None:
-        check_model_fits_spec(detector, self.spec, model.uri)
+        for note in check_model_fits_spec(detector, self.spec, model.uri):
+            log.warning(note)
         framing = detector.framing_
         with self._lock:
             self.detector, self.model = detector, model
