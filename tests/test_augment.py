@@ -178,3 +178,11 @@ def test_generate_cli_images_npz_and_grid(tmp_path):
     assert result.exit_code == 0, result.output
     loaded = np.load(tmp_path / "s.npz")
     assert loaded["X"].shape == (6, 8, 8) and set(loaded["y"]) == {"4"}
+
+
+def test_a_generator_below_its_quality_floors_is_warned_of(rare_mode):
+    """Its rows were added as silently as a good generator's; the floors it misses are named."""
+    with pytest.warns(UserWarning, match=r"the generator misses its quality floors \(.*needs") as caught:
+        _, provenance = augment_training_data(rare_mode, "cvae", 50, seed=0, epochs=1, patience=1)
+    assert provenance["quality_floor_failures"] and all(f in str(caught[0].message)
+                                                        for f in provenance["quality_floor_failures"])

@@ -7,6 +7,7 @@ Register with ``app.add_typer(generate_app, name="generate")``.
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -104,6 +105,11 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
     synthetic = synthetic.astype(X.dtypes.to_dict(), errors="ignore")
     if save_to is not None:
         gen.save(save_to)
+    failures = check_floors(gen.quality_)
+    if failures:  # its rows would teach the detector a normal that is not the data's
+        warnings.warn(f"the generator misses its quality floors ({'; '.join(failures)}), so its rows may not look "
+                      "like the normal data; train a better one (more epochs or rows) or augment less",
+                      UserWarning, stacklevel=2)
     params = {k: v for k, v in gen.get_params().items() if k not in ("verbose", "device")}
     if params.get("condition_cols") is not None and not isinstance(params["condition_cols"], str):
         params["condition_cols"] = list(params["condition_cols"])
@@ -114,7 +120,7 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
         "generator_params": params,
         "anomaly_ae_version": __version__,
         "quality": summary(gen.quality_),
-        "quality_floor_failures": check_floors(gen.quality_),
+        "quality_floor_failures": failures,
         "rows_real": int(len(X)),
         "rows_synthetic": int(len(synthetic)),
         "calibrated_on": "real rows only",
