@@ -16,8 +16,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -303,6 +304,23 @@ def read_verified(path: Path, files: tuple[str, ...] = FILES, *, kind: str = "mo
 
 def load_detector(cls: type["Detector"], path_or_uri: str | Path) -> "Detector":
     path = resolve_model_path(path_or_uri)
+    with named_as(path_or_uri, path):
+        return _load_detector(cls, path)
+
+
+@contextmanager
+def named_as(path_or_uri: str | Path, path: Path) -> Iterator[None]:
+    """Errors about a downloaded model name the URI it came from, not the temporary folder it was
+    downloaded to (gone when the user reads the message)."""
+    try:
+        yield
+    except ModelLoadError as exc:
+        if str(path_or_uri) == str(path):
+            raise
+        raise ModelLoadError(str(exc).replace(str(path), str(path_or_uri))) from None
+
+
+def _load_detector(cls: type["Detector"], path: Path) -> "Detector":
     contents = read_verified(path)
     try:
         config = json.loads(contents["config.json"])

@@ -329,8 +329,12 @@ def test_tampered_artifacts_are_refused(registered, mlflow_server_info, data, tm
 
     original = stored.read_bytes()
     stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one flipped bit
-    with pytest.raises(ModelLoadError, match="does not match its SHA-256 in the manifest"):
+    with pytest.raises(ModelLoadError, match="does not match its SHA-256 in the manifest") as caught:
         Detector.load("models:/tamper-test/1")
+    # named by its URI, not by the temporary folder it was downloaded to (gone by then)
+    assert str(caught.value).startswith("models:/tamper-test/1/weights.safetensors does not match")
+    with pytest.raises(ModelLoadError, match="^models:/tamper-test/1/weights.safetensors does not match"):
+        registry.load_model("models:/tamper-test/1")  # the service's and the watcher's way in
 
     # Swap the file *and* rewrite the manifest to match: only the hash recorded in the registry catches it.
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -545,8 +549,9 @@ def test_tampered_generator_is_refused(registered_generator, mlflow_server_info,
     assert Generator.load("models:/tampered-generator/1").fingerprint_ == gen.fingerprint_
     original = stored.read_bytes()
     stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-    with pytest.raises(ModelLoadError, match="does not match its SHA-256 in the manifest"):
+    with pytest.raises(ModelLoadError, match="does not match its SHA-256 in the manifest") as caught:
         Generator.load("models:/tampered-generator/1")
+    assert str(caught.value).startswith("models:/tampered-generator/1/weights.safetensors does not match")
     manifest_path = stored.parent / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["files"]["weights.safetensors"]["sha256"] = sha256(stored.read_bytes())

@@ -23,8 +23,8 @@ from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.models import build_model
-from anomaly_ae.persistence import (RETIRED_PARAMS, json_bytes, manifest_bytes, read_verified, resolve_model_path, sha256,
-                                    write_directory)
+from anomaly_ae.persistence import (RETIRED_PARAMS, json_bytes, manifest_bytes, named_as, read_verified,
+                                    resolve_model_path, sha256, write_directory)
 from anomaly_ae.runtime import resolve_device
 from anomaly_ae.training import History
 from anomaly_ae.version import __version__
@@ -75,6 +75,11 @@ def save_generator(gen: "Generator", path: Path) -> Path:
 
 def load_generator(cls: type["Generator"], path_or_uri: str | Path) -> "Generator":
     path = resolve_model_path(path_or_uri, kind="generator")
+    with named_as(path_or_uri, path):
+        return _load_generator(cls, path)
+
+
+def _load_generator(cls: type["Generator"], path: Path) -> "Generator":
     contents = read_verified(path, FILES, kind="generator", format_name=FORMAT, format_version=FORMAT_VERSION)
     try:
         config = json.loads(contents["config.json"])

@@ -23,7 +23,8 @@ import pandas as pd
 
 from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import DataError, ModelLoadError, RegistryError
-from anomaly_ae.persistence import FORMAT_VERSION, MANIFEST, REMOTE_SCHEMES, manifest_digest, manifest_hashes
+from anomaly_ae.persistence import (FORMAT_VERSION, MANIFEST, REMOTE_SCHEMES, manifest_digest, manifest_hashes,
+                                    named_as)
 from anomaly_ae.registry.connection import (DEFAULT_BOUNDS, HttpBounds, TrackingTarget, client, mlflow_errors,
                                            tracking_target)
 from anomaly_ae.registry.pyfunc import DATA_DIR
@@ -277,7 +278,9 @@ def load_model(uri: str, *, tracking_uri: str | None = None,
     if target is None:
         return Detector.load(Path(uri)), ref
     with tempfile.TemporaryDirectory(prefix="anomaly_ae-load-") as tmp:
-        return Detector.load(_download(ref, tags, target, Path(tmp))), ref
+        model_dir = _download(ref, tags, target, Path(tmp))
+        with named_as(ref.pinned_uri, model_dir):
+            return Detector.load(model_dir), ref
 
 
 # ---------------------------------------------------------------------- registering
@@ -421,7 +424,9 @@ def _load_any(uri: str, target: TrackingTarget) -> Any:
     from anomaly_ae.augment.generator import Generator
 
     with tempfile.TemporaryDirectory(prefix="anomaly_ae-load-") as tmp:
-        return Generator.load(_download(ref, tags, target, Path(tmp), kind="generator"))
+        model_dir = _download(ref, tags, target, Path(tmp), kind="generator")
+        with named_as(ref.pinned_uri, model_dir):
+            return Generator.load(model_dir)
 
 
 # An absolute path in an error message (downloads go to a temporary folder that is gone by then).
