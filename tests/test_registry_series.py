@@ -8,6 +8,7 @@ Models are tiny: PCA over windows of 8 steps, 300 steps of 2 hosts.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -118,9 +119,13 @@ def test_promotion_gate_scores_series_evaluation_data(registered, mlflow_server,
 
 def test_one_registered_name_holds_one_kind(registered, mlflow_server):
     row = Detector("pca").fit(make_telemetry(300, seed=1).drop(columns=list(LABEL_COLUMNS)))
-    with pytest.raises(RegistryError, match="holds series detectors; register this detector under another name"):
+    with pytest.raises(RegistryError, match="holds series detectors; register this detector under another name") \
+            as caught:
         registry.log_training_run(row, make_telemetry(300, seed=1).drop(columns=list(LABEL_COLUMNS)),
                                   experiment="series-registry-tests", register=NAME, tracking_uri=mlflow_server)
+    # the run was logged before the registry refused: the message says where its model is, and it loads
+    logged = re.search(r"the run is logged and its model is at (runs:/\w+/model)$", str(caught.value))
+    assert logged is not None and registry.load_model(logged.group(1), tracking_uri=mlflow_server)[0].model == "pca"
     with pytest.raises(ModelLoadError, match="is a registered series detector, not a generator"):
         registry.download_model(f"models:/{NAME}/{registered[1].registered.version}", tracking_uri=mlflow_server,
                                 kind="generator")

@@ -75,8 +75,8 @@ def is_remote(uri: str | Path) -> bool:
 def check_model_name(name: str) -> None:
     """Refuse a registered-model name that a models:/ URI cannot name afterwards (checked before training,
     so a run is not logged for nothing)."""
-    bad = next((c for c in ("@", "/", "'", '"', "\\") if c in name), None)
-    if not name.strip() or bad is not None or any(ord(c) < 32 for c in name):
+    bad = next((c for c in ("@", "/", ":", "'", '"', "\\") if c in name), None)  # ':' MLflow refuses itself
+    if not name.strip() or bad is not None or any(ord(c) < 32 for c in name) or name in (".", ".."):
         raise RegistryError(f"cannot register a model named {name[:60]!r}: "
                             + (f"{bad!r} would break models:/NAME@ALIAS URIs or registry searches; " if bad else "")
                             + "use letters, digits, '-', '_' and '.' (e.g. payments-detector)")
@@ -330,6 +330,14 @@ def register_run_model(target: TrackingTarget, run_id: str, artifact_uri: str, n
 
     One registered model holds one kind: a detector is never registered under a generator's name, nor a
     series detector (which takes time and series columns) under a row detector's."""
+    try:
+        return _register(target, run_id, artifact_uri, name, tags, description, artifact_path)
+    except RegistryError as exc:  # the run is logged by now: say where its model is
+        raise type(exc)(f"{exc}; the run is logged and its model is at runs:/{run_id}/{artifact_path}") from None
+
+
+def _register(target: TrackingTarget, run_id: str, artifact_uri: str, name: str, tags: dict[str, str],
+              description: str, artifact_path: str) -> ModelRef:
     from mlflow.exceptions import MlflowException
 
     kind = tags.get(KIND_TAG, "detector")
