@@ -327,6 +327,18 @@ def test_tampered_artifacts_are_refused(registered, mlflow_server_info, data, tm
     folder = stored.parent
     registry.load_model("models:/tamper-test/1")  # intact: loads
 
+    # the pyfunc wrapper mlflow's own loaders read: edited (its loader module could be another) or removed
+    mlmodel = next(p for p in mlflow_server_info.artifacts.rglob("MLmodel") if run.run_id in str(p))
+    wrapper = mlmodel.read_bytes()
+    mlmodel.write_bytes(wrapper.replace(b"anomaly_ae.registry.pyfunc", b"somebody.else"))
+    with pytest.raises(ModelLoadError, match="MLmodel does not match the SHA-256 recorded"):
+        registry.load_model("models:/tamper-test/1")
+    mlmodel.unlink()
+    with pytest.raises(registry.PromotionRefused, match="has no MLmodel file"):
+        registry.promote("tamper-test", "1", "champion")
+    mlmodel.write_bytes(wrapper)
+    registry.load_model("models:/tamper-test/1")
+
     original = stored.read_bytes()
     stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one flipped bit
     with pytest.raises(ModelLoadError, match="does not match its SHA-256 in the manifest") as caught:

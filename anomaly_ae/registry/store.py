@@ -12,6 +12,7 @@ safetensors. So a swapped weights file is caught by the manifest, and a swapped 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 import tempfile
@@ -38,6 +39,7 @@ FILES_TAG = "anomaly_ae.manifest"
 FORMAT_TAG = "anomaly_ae.format_version"
 PACKAGE_TAG = "anomaly_ae.version"
 KIND_TAG = "anomaly_ae.kind"  # detector, series or generator; versions registered without it are detectors
+MLMODEL_TAG = "anomaly_ae.mlmodel_sha256"  # the pyfunc wrapper's MLmodel (its loader module), as registered
 # Kinds that `Detector.load` reads (a series model comes back as a SeriesDetector), and how messages name each.
 DETECTOR_KINDS = ("detector", "series")
 KIND_NAMES = {"detector": "detector", "series": "series detector", "generator": "generator"}
@@ -229,6 +231,15 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
         raise ModelLoadError(
             f"{ref.pinned_uri}: {MANIFEST} does not match the SHA-256 recorded when the model was registered "
             f"(tag {MANIFEST_TAG}): the artifacts were modified after registration; refusing to load them")
+    if model_dir == local / "data" / DATA_DIR:  # logged as a pyfunc model: mlflow's own loaders read MLmodel
+        mlmodel = local / "MLmodel"
+        if not mlmodel.is_file():
+            raise ModelLoadError(f"{ref.pinned_uri} has no MLmodel file (the pyfunc wrapper that "
+                                 "mlflow.pyfunc.load_model and `mlflow models serve` read): register it again")
+        recorded = tags.get(MLMODEL_TAG)  # versions registered before the tag existed have none
+        if recorded is not None and hashlib.sha256(mlmodel.read_bytes()).hexdigest() != recorded:
+            raise ModelLoadError(f"{ref.pinned_uri}: MLmodel does not match the SHA-256 recorded when the model was "
+                                 f"registered (tag {MLMODEL_TAG}): it was modified after registration; refusing it")
     return model_dir
 
 

@@ -30,7 +30,7 @@ from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
 from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, redacted, tracking_target
 from anomaly_ae.registry.pyfunc import save_pyfunc_model
-from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef,
+from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MLMODEL_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef,
                                        _labelled, register_run_model, saved_kind, version_tags)
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
             save_pyfunc_model(detector, model_dir, tmp / "pyfunc", X, run_id=run_id,
                               artifact_path=MODEL_ARTIFACT_PATH)
             c.log_artifacts(run_id, str(tmp / "pyfunc"), MODEL_ARTIFACT_PATH)
-            tags = version_tags(model_dir)
+            tags = {**version_tags(model_dir),
+                    MLMODEL_TAG: hashlib.sha256((tmp / "pyfunc" / "MLmodel").read_bytes()).hexdigest()}
             c.set_tag(run_id, MANIFEST_TAG, tags[MANIFEST_TAG])
     registered = None
     if register:
