@@ -229,8 +229,16 @@ def test_promotion_gate_refuses_a_worse_challenger(registered, mlflow_server, da
     assert "no version holds @Champoin to compare with; did you mean @champion?" in refused
     assert registry.resolve_model(f"models:/{NAME}@champion", tracking_uri=mlflow_server).version == good
     first = [a if a != "champion" else "canary" for a in gate]
+    # a first promotion still scores the challenger on the gate's data: data it cannot score is refused
+    missing_a_column = pd.read_csv(data["eval"]).drop(columns=["cpu_util_pct"])
+    unfit = [a if a != data["eval"] else data["eval"].with_name("unfit.csv") for a in first]
+    missing_a_column.to_csv(data["eval"].with_name("unfit.csv"), index=False)
+    refused = one_line_error(cli("promote", NAME, "--version", bad, "--alias", "canary", *unfit))
+    assert f"refusing to promote {NAME} v{bad} to @canary: v{bad} cannot score" in refused
+    assert "missing column(s): cpu_util_pct" in refused and "@canary still points to no version" in refused
     passed = cli("promote", NAME, "--version", bad, "--alias", "canary", *first)
     assert passed.exit_code == 0 and "no version holds @canary yet" in passed.output, passed.output
+    assert f"@canary -> {NAME} v{bad}; auroc 0." in passed.output
 
 
 def test_resolve_model_refs(registered, mlflow_server, monkeypatch, tmp_path):

@@ -393,6 +393,8 @@ class Promotion:
         gate = ""
         if self.metric and self.baseline_score is not None:
             gate = (f"; {self.metric} {self.score:.4f} vs {self.baseline_score:.4f} of v{self.baseline_version}")
+        elif self.metric and self.score is not None:  # a first promotion through the gate
+            gate = f"; {self.metric} {self.score:.4f}"
         return f"{moved}{was}{gate}{'; ' + self.note if self.note else ''}"
 
 
@@ -481,16 +483,26 @@ def _gate(c: Any, target: TrackingTarget, result: Promotion, baseline_alias: str
                 f"@{baseline_alias} to compare with; did you mean @{meant}? (the model's aliases: "
                 f"{', '.join('@' + a for a in aliases)}); @{result.alias} still points to "
                 f"{'v' + result.previous if result.previous else 'no version'}")
-        return replace(result, note=f"no version holds @{baseline_alias} yet, so there was nothing to compare with")
     if baseline == result.version:
         return replace(result, note=f"v{baseline} already holds @{baseline_alias}")
     X, labels, source = _labelled(eval_data, label_col, drop_cols)
-    scores = {}
-    for version in (result.version, baseline):
+    stays = f"@{result.alias} still points to {'v' + result.previous if result.previous else 'no version'}"
+
+    def score(version: str) -> float:
         detector = (loaded or {}).get(version) or load_model(f"models:/{result.name}/{version}",
                                                              tracking_uri=target.uri)[0]
-        report = evaluate_scores(detector.decision_function(X), labels, detector.threshold_)
-        scores[version] = float(getattr(report, metric))
+        try:
+            report = evaluate_scores(detector.decision_function(X), labels, detector.threshold_)
+        except DataError as exc:  # the gate's data must fit the model it lets through
+            raise PromotionRefused(f"refusing to promote {result.name} v{result.version} to @{result.alias}: "
+                                   f"v{version} cannot score {source} ({exc}); {stays}") from None
+        return float(getattr(report, metric))
+
+    if baseline is None:  # a first promotion: nothing to compare with, but the data is still checked
+        first = score(result.version)
+        return replace(result, metric=metric, score=first,
+                       note=f"no version holds @{baseline_alias} yet, so there was nothing to compare with")
+    scores = {version: score(version) for version in (result.version, baseline)}
     result = replace(result, metric=metric, score=scores[result.version], baseline_version=baseline,
                      baseline_score=scores[baseline])
     if result.score < result.baseline_score:
