@@ -108,7 +108,7 @@ def train(
     n_estimators: Optional[int] = typer.Option(None, help="Differently seeded networks whose scores are averaged "
                                                           "(default: 3 for hybrid, else 1)."),
     score: Optional[str] = typer.Option(None, help="Score type (recon, elbo, iwae, recon+latent)."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
     max_line_bytes: int = typer.Option(DEFAULT_MAX_LINE_BYTES, min=1,

@@ -52,7 +52,12 @@ class Estimator:
             else:
                 setattr(self, name, value)
         for name, sub_params in nested.items():
-            getattr(self, name).set_params(**sub_params)
+            inner = getattr(self, name)
+            if not hasattr(inner, "set_params"):
+                raise exceptions.InvalidParameterError(
+                    f"invalid parameter {name}__{next(iter(sub_params))}: {name} is {inner!r}, not an estimator "
+                    f"with parameters of its own; set {name} itself")
+            inner.set_params(**sub_params)
         return self
 
     def __repr__(self) -> str:

@@ -78,6 +78,8 @@ def test_estimator_contract_without_inheriting_from_scikit_learn():
     assert repr(det) == "Detector(epochs=5, model='ae')" and repr(Detector()) == "Detector()"
     with pytest.raises(ValueError, match="invalid parameter 'epoch' for Detector"):
         det.set_params(epoch=3)
+    with pytest.raises(ValueError, match="invalid parameter model__x: model is 'ae', not an estimator"):
+        det.set_params(model__x=1)  # an AttributeError from a str before
     assert get_tags(det).requires_fit and get_tags(det).estimator_type is None
     from sklearn.pipeline import Pipeline
     pipe = Pipeline([("detector", det)]).set_params(detector__epochs=7)

@@ -164,3 +164,14 @@ def test_true_and_false_in_a_numeric_column_are_refused_as_in_json(det, rows):
                                               + re.escape(where)):
             det.decision_function(rows.assign(**{column: values}))
     assert np.isfinite(det.decision_function(rows.assign(**{column: rows[column].astype(object)}))).all()
+
+
+def test_multiindex_columns_are_refused_saying_how_to_flatten(det, rows):
+    """Read as text, ("g", "mode") is no training column: the message listed every column as missing."""
+    from anomaly_ae import Detector
+
+    nested = rows.copy()
+    nested.columns = pd.MultiIndex.from_tuples([("g", c) for c in rows.columns])
+    for call in (lambda: det.decision_function(nested), lambda: Detector(model="pca").fit(nested)):
+        with pytest.raises(DataError, match=r"the columns are a MultiIndex \(e.g. \('g', .*get_level_values\(-1\)"):
+            call()

@@ -294,7 +294,7 @@ def train_command(
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore."),
     epochs: int = typer.Option(300, help="CVAE: maximum epochs (early stopping usually ends sooner)."),
     steps: int = typer.Option(2000, help="GAN: generator steps."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     experiment: Optional[str] = typer.Option(None, help="Log the run to this MLflow experiment."),
@@ -350,7 +350,7 @@ def sample_command(
     condition: Optional[List[str]] = typer.Option(None, "--condition", help="COLUMN=VALUE (repeatable)."),
     output: Path = typer.Option(..., "--output", "-o",
                                 help="CSV/Parquet for tables; .npz (X, y) or .png (a grid) for images."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
 ) -> None:
     """Draw synthetic normal rows, optionally all in one context."""
     import numpy as np
@@ -393,7 +393,7 @@ def report_command(
     model: str = typer.Argument(..., help="Saved generator directory or MLflow URI (models:/NAME@ALIAS)."),
     data: Path = typer.Argument(..., help="Real rows the generator did not see (CSV/Parquet, or .npz X, y)."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
 ) -> None:
     """Quality against real held-out data, beside the quality logged when it was trained."""
     from anomaly_ae.augment.generator import Generator

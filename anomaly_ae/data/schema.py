@@ -136,6 +136,7 @@ class Schema:
             raise DataError(f"expected a pandas DataFrame or a numpy array, got {type(data).__name__}")
         if len(data) == 0:
             raise DataError("the input has no rows; send at least one sample")
+        _refuse_multiindex(data)
         names = pd.Index([str(c) for c in data.columns])
         if names.duplicated().any():
             raise SchemaError(f"duplicate column names: {sorted(set(names[names.duplicated()]))}; give each "
@@ -369,10 +370,18 @@ def _check_categories(col: Column, text: np.ndarray, isna: np.ndarray, index: An
         report.unseen_categories[col.name] = unseen
 
 
+def _refuse_multiindex(data: pd.DataFrame) -> None:
+    """Tuples as column names would be read as their text, e.g. "('a', 'mode')", never as a column."""
+    if isinstance(data.columns, pd.MultiIndex):
+        raise DataError(f"the columns are a MultiIndex (e.g. {data.columns[0]!r}); flatten them to single names "
+                        "first, e.g. frame.columns = frame.columns.get_level_values(-1)")
+
+
 def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         if len(data.columns) == 0:
             raise DataError("the input has no columns")
+        _refuse_multiindex(data)
         out = data.copy()
         out.columns = [str(c) for c in out.columns]
         if out.columns.duplicated().any():
