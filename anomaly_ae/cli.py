@@ -292,8 +292,8 @@ def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int,
                         alert_states: dict[Any, Any]) -> tuple[Any, Any]:
     """Score one chunk of a series file with the rows before it, so every row's window is the one a
     single pass would have seen; returns the chunk's rows and the context for the next chunk.
-    `alert_states` holds each series' alert rule state (its recent flags and cooldown) from the
-    chunks before: the rule reaches back to the series' first step, further than any context."""
+    `alert_states` holds each series' alert rule state from the chunks before (its last flags, and
+    where the k-of-n held in the cooldown): the context rows are rescored for their windows only."""
     import numpy as np
     import pandas as pd
 
