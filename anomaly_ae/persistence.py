@@ -63,8 +63,9 @@ def json_bytes(payload: Any) -> bytes:
 
 def save_detector(detector: "Detector", path: Path) -> Path:
     params = dict(detector.fitted_params_)
-    if params != detector.get_params():
-        changed = sorted(k for k, v in detector.get_params().items() if params.get(k) != v)
+    # by repr: a parameter may be an array (hidden_dims=np.array([64, 32])), whose == is no bool
+    changed = sorted(k for k, v in detector.get_params().items() if repr(params.get(k)) != repr(v))
+    if changed:
         warnings.warn(f"parameters changed by set_params since fit ({', '.join(changed)}) are not saved: the model "
                       "is saved as it was fitted; fit again to apply them", UserWarning, stacklevel=3)
     if params["hidden_dims"] is not None:
