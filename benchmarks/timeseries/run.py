@@ -112,8 +112,12 @@ class WindowPCA:
         return s, s > self.threshold
 
 
-def _pad(s, window):
-    """TSB-AD's padding of window scores back to one score per row (centred windows)."""
+def _pad(s, window, causal=False):
+    """Window scores (one per window start) back to one score per row. TSB-AD's way centres each
+    window on its row, which so reads the (window - 1) // 2 rows after it; `causal`: each row gets
+    the score of the window ending at it, as a live stream (and our detectors) would."""
+    if causal:
+        return np.concatenate([np.full(window - 1, s[0]), s])
     return np.concatenate([np.full(math.ceil((window - 1) / 2), s[0]), s,
                            np.full((window - 1) // 2, s[-1])])
 
@@ -122,6 +126,8 @@ class _TsbPCA(PCA):
     """TSB-AD's PCA, fitted on the training rows. Its decision_function forgets the all-zero
     training columns that fit() prunes (shape mismatch on MSL's command flags); score with them
     pruned, as fit() scores the training rows."""
+
+    causal = False
 
     def _standardised(self, X):
         return self.scaler_.transform(Window(window=self.slidingWindow).convert(X))
@@ -134,12 +140,14 @@ class _TsbPCA(PCA):
     def decision_function(self, X):
         W = self._standardised(X)[:, self.keep_]
         s = np.sum(cdist(W, self.selected_components_) / self.selected_w_components_, axis=1)
-        return _pad(s, self.slidingWindow)
+        return _pad(s, self.slidingWindow, self.causal)
 
 
 class _TsbIForest(IForest):
     """TSB-AD's IForest, fitted on the training rows. Its decision_function skips the z-scoring
     that fit() applies to the windows; apply it (univariate: with the training windows' stats)."""
+
+    causal = False
 
     def fit(self, X, y=None):
         W = Window(window=self.slidingWindow).convert(X)
@@ -149,26 +157,33 @@ class _TsbIForest(IForest):
     def decision_function(self, X):
         W = Window(window=self.slidingWindow).convert(X)
         W = zscore(W, axis=1, ddof=1) if X.shape[1] > 1 else np.nan_to_num((W - self.mu_) / self.sd_)
-        return _pad(invert_order(self.detector_.decision_function(W)), self.slidingWindow)
+        return _pad(invert_order(self.detector_.decision_function(W)), self.slidingWindow, self.causal)
 
 
 class TsbReference:
     """TSB-AD 1.5's reference models with its published best hyper-parameters
     (Optimal_Multi_algo_HP_dict; window sizes as run_PCA / run_IForest default them), fitted on
-    the training rows only (semi-supervised), not on the whole series as TSB-AD's own scripts do."""
+    the training rows only (semi-supervised), not on the whole series as TSB-AD's own scripts do.
 
-    def __init__(self, name: str, seed: int):
-        self.name, self.seed = name, seed
+    Like TSB-AD, a row's score reads rows after it: PCA and IForest centre each 100-step window on
+    its row (49 rows ahead), KMeansAD averages the scores of every window holding the row (up to 39
+    rows ahead). `causal=True` scores each row by the window ending at it instead (the same fitted
+    model and window scores), which is what a detector of a live stream can do."""
+
+    def __init__(self, name: str, seed: int, causal: bool = False):
+        self.name, self.seed, self.causal = name, seed, causal
         self.seed_free = name == "PCA"   # full SVD, random_state fixed inside TSB-AD
 
     def _model(self):
         hp = TSB_HP[self.name]
         if self.name == "PCA":
-            return _TsbPCA(slidingWindow=100, **hp)
-        if self.name == "IForest":
-            return _TsbIForest(slidingWindow=100, random_state=self.seed, **hp)
-        m = KMeansAD(k=hp["n_clusters"], window_size=hp["window_size"], stride=1)
-        m.model.random_state = self.seed
+            m = _TsbPCA(slidingWindow=100, **hp)
+        elif self.name == "IForest":
+            m = _TsbIForest(slidingWindow=100, random_state=self.seed, **hp)
+        else:
+            m = KMeansAD(k=hp["n_clusters"], window_size=hp["window_size"], stride=1)
+            m.model.random_state = self.seed
+        m.causal = self.causal
         return m
 
     def fit(self, train):
@@ -179,7 +194,14 @@ class TsbReference:
         return self
 
     def _scores(self, X):
-        return self.model.predict(X) if self.name == "KMeansAD" else self.model.decision_function(X)
+        if self.name != "KMeansAD":
+            return self.model.decision_function(X)
+        if not self.causal:
+            return self.model.predict(X)
+        # KMeansAD.predict's window scores, before it spreads them over the rows they hold
+        windows = self.model._preprocess_data(X)
+        centres = self.model.model.cluster_centers_[self.model.model.predict(windows)]
+        return _pad(np.linalg.norm(windows - centres, axis=1), self.model.window_size, causal=True)
 
     def score(self, X):
         with contextlib.redirect_stdout(io.StringIO()):
@@ -335,6 +357,9 @@ METHODS = {
     "tsbad_pca": lambda seed: TsbReference("PCA", seed),
     "tsbad_kmeansad": lambda seed: TsbReference("KMeansAD", seed),
     "tsbad_iforest": lambda seed: TsbReference("IForest", seed),
+    "tsbad_pca_causal": lambda seed: TsbReference("PCA", seed, causal=True),
+    "tsbad_kmeansad_causal": lambda seed: TsbReference("KMeansAD", seed, causal=True),
+    "tsbad_iforest_causal": lambda seed: TsbReference("IForest", seed, causal=True),
     "tsbad_pca_unsup": lambda seed: TsbUnsupervised("PCA", seed),
     "tsbad_kmeansad_unsup": lambda seed: TsbUnsupervised("KMeansAD", seed),
     "tsbad_iforest_unsup": lambda seed: TsbUnsupervised("IForest", seed),
