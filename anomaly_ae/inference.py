@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_ae.calibration import AlertRule, Calibration
-from anomaly_ae.data.preprocess import UNKNOWN, Preprocessor
+from anomaly_ae.data.preprocess import CLIP, UNKNOWN, Preprocessor
 from anomaly_ae.data.schema import Schema, short_repr
 from anomaly_ae.data.windows import SeriesFraming, SeriesLayout
 from anomaly_ae.exceptions import ScoringError
@@ -157,6 +157,7 @@ class InferencePath:
             checked, report = self.schema.check(data)
             index = checked.index if isinstance(checked, pd.DataFrame) else pd.RangeIndex(len(checked))
         x = model_input(self.preprocessor, self.schema, checked)
+        clipped = self.clip_notes(x)
         steps = None
         if rows is not None:
             if layout is None:
@@ -190,6 +191,9 @@ class InferencePath:
                 result.top_contributions = np.take_along_axis(share_matrix, order, axis=1).tolist()
         if report.missing_values or report.unseen_categories:
             result.notes = self.notes(checked, report.missing_values, report.unseen_categories)
+        if clipped is not None:
+            clipped = clipped if rows is None else [clipped[i] for i in rows.tolist()]
+            result.notes = [a + b for a, b in zip(result.notes or [[] for _ in clipped], clipped)]
         if steps is not None:
             mapped = np.maximum(steps, 0.0)
             if self._groups is not None:
@@ -270,6 +274,24 @@ class InferencePath:
             contributions = contributions @ self._groups
         total = contributions.sum(1, keepdims=True)
         return np.divide(contributions, total, out=np.zeros_like(contributions), where=total > 0)
+
+    def clip_notes(self, x: np.ndarray) -> list[list[str]] | None:
+        """Per-row notes naming the values that preprocessing clipped at CLIP (training standard
+        deviations from the mean, or training ranges for images), None when none was: such a row is
+        scored as if its value lay at the limit, so its score stops growing with the value."""
+        hit = np.abs(x.reshape(len(x), -1)) >= CLIP
+        if not hit.any():
+            return None
+        unit = "training ranges outside its training values" if self._groups is None \
+            else "standard deviations from its training mean"
+        notes: list[list[str]] = [[] for _ in range(len(x))]
+        for i, j in zip(*np.nonzero(hit)):
+            name = self.feature_names[j] if self._groups is None else self.feature_names[int(self._groups[j].argmax())]
+            note = (f"'{name}' lies more than {CLIP:,.0f} {unit} and is scored as if at that limit; "
+                    "check it for unit or sensor errors")
+            if note not in notes[i]:
+                notes[i].append(note)
+        return notes
 
     def notes(self, checked: Any, missing: Mapping[str, int], unseen: Mapping[str, int]) -> list[list[str]]:
         """Per-row remarks that are not errors: categories never seen in training, imputed values."""

@@ -188,6 +188,12 @@ def test_constant_column_and_extreme_values_stay_finite(telemetry_train):
     probe["latency_ms"] = [1e308, -1e308, 0.0]
     scores = det.decision_function(probe)
     assert np.all(np.isfinite(scores)) and np.all(scores > det.threshold_)
+    # the clipped values are named: their rows are scored as if they lay at the clip
+    notes = det.score_frame(probe)["notes"]
+    assert "'latency_ms' lies more than 10,000 standard deviations" in notes.iloc[0]
+    assert "'constant'" not in notes.iloc[0] and "'latency_ms'" in notes.iloc[1]
+    assert "'constant' lies more than" in notes.iloc[2] and "'latency_ms'" not in notes.iloc[2]
+    assert det.score_frame(data.head(3))["notes"].eq("").all()
 
 
 def test_images_use_the_conv_models_on_digits():

@@ -76,6 +76,17 @@ def test_warm_up_rows_get_finite_scores_and_a_note(fitted):
     assert not out.iloc[20:40]["notes"].str.contains("warm-up").any()
 
 
+def test_a_clipped_value_is_noted_on_its_own_row_only(fitted):
+    test = frame(60, seed=7)
+    test.loc[50, test.columns[2]] = 1e12
+    out = fitted.score_frame(test)
+    clipped = out["notes"].str.contains(f"'{test.columns[2]}' lies more than 10,000 standard deviations")
+    assert clipped.tolist() == (test.index == 50).tolist()
+    # a stream's new rows (scored with their context) carry the same note
+    new_rows = fitted.inference_.score(test, rows=np.array([49, 50, 51]))
+    assert [any("lies more than" in n for n in row) for row in new_rows.notes] == [False, True, False]
+
+
 def test_detects_a_stuck_metric_that_stays_in_range(fitted):
     test = frame(600, seed=8)
     rows = test.index[(test.host == "a")][300:360]
