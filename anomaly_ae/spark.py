@@ -32,13 +32,14 @@ import sys
 import tempfile
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pandas as pd
 
-from anomaly_ae.exceptions import DataError, ModelLoadError, SchemaError
+from anomaly_ae.exceptions import DataError, ModelLoadError, SchemaError, ScoringError
 from anomaly_ae.runtime import set_threads
 
 if TYPE_CHECKING:
@@ -150,7 +151,8 @@ def _score_series(group: pd.DataFrame, *, name: str, fallback: str, sha: str, fe
     frame = pd.DataFrame({model_col: group[source] for model_col, source in inputs})
     for feature in features:
         frame[feature] = group[feature]
-    scored = detector.score_frame(frame, top_k=top_k).reset_index(drop=True)
+    with _in_part(f"one series' {len(group):,} rows, in time order"):
+        scored = detector.score_frame(frame, top_k=top_k).reset_index(drop=True)
     scored["is_anomaly"] = scored["is_anomaly"].astype(bool)
     scored["alert"] = scored["alert"].astype(bool)
     for output, source in keep:
@@ -169,6 +171,20 @@ def _time_order(values: pd.Series) -> Any:
     return values.argsort(kind="stable").to_numpy()
 
 
+@contextmanager
+def _in_part(part: str) -> Iterator[None]:
+    """An executor scores a part of the input; its errors' row numbers count from that part's first row,
+    not the input's, so the message says which part (the driver shows the message's first line)."""
+    try:
+        yield
+    except (SchemaError, DataError, ScoringError) as exc:
+        message = (f"{exc} (Spark scored {part} here: row numbers count from its first row, not the input's; "
+                   "find the rows by their values)")
+        if isinstance(exc, DataError):
+            raise type(exc)(message, column=exc.column, rows=exc.rows, reason=exc.reason) from None
+        raise type(exc)(message) from None
+
+
 def _score_batches(batches: Iterator[pd.DataFrame], *, name: str, fallback: str, sha: str,
                    features: list[str], keep: list[tuple[str, str]], top_k: int,
                    columns: list[str]) -> Iterator[pd.DataFrame]:
@@ -177,7 +193,8 @@ def _score_batches(batches: Iterator[pd.DataFrame], *, name: str, fallback: str,
         if batch.empty:
             continue
         batch = batch.reset_index(drop=True)
-        scored = detector.score_frame(batch[features], top_k=top_k).reset_index(drop=True)
+        with _in_part(f"a batch of {len(batch):,} rows"):
+            scored = detector.score_frame(batch[features], top_k=top_k).reset_index(drop=True)
         scored["is_anomaly"] = scored["is_anomaly"].astype(bool)
         for output, source in keep:
             scored[output] = batch[source]

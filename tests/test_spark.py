@@ -157,8 +157,10 @@ def test_bad_values_surface_as_the_package_error(spark, model_dir, incoming, tmp
     bad = incoming.head(50).copy()
     bad.loc[7, "cpu_util_pct"] = np.nan  # training had no missing cpu values
     bad.to_parquet(tmp_path / "bad.parquet", index=False)
-    with pytest.raises(SchemaError, match="cpu_util_pct"):
+    with pytest.raises(SchemaError, match="cpu_util_pct") as refused:
         score_parquet_with_spark(str(model_dir), str(tmp_path / "bad.parquet"), str(tmp_path / "out"), spark=spark)
+    # the row number counts within the executor's batch, and the message says so
+    assert "Spark scored a batch of" in str(refused.value) and "not the input's" in str(refused.value)
     assert not (tmp_path / "out").exists()
     with pytest.raises(DataError, match="Parquet"):
         score_parquet_with_spark(str(model_dir), str(tmp_path / "x.csv"), str(tmp_path / "out"), spark=spark)
