@@ -162,10 +162,7 @@ def train(
         if out is not None:
             check_writable(out)
         if tracked:
-            from anomaly_ae.registry import check_connection, quiet_mlflow_logs
-
-            quiet_mlflow_logs()
-            check_connection(tracking_uri)
+            _check_tracking(tracking_uri, register, "series")
         from anomaly_ae.watch.command import train_from_prometheus
 
         with _clean_exit_on_signals():
@@ -185,11 +182,9 @@ def train(
         checkpoint = Checkpointing(checkpoint_dir, every=checkpoint_every, resume=resume)
         checkpoint.prepare()
     X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
-    if tracked:  # an unreachable tracking server fails now, not after the training
-        from anomaly_ae.registry import check_connection, quiet_mlflow_logs
-
-        quiet_mlflow_logs()
-        check_connection(tracking_uri)
+    series = any(option is not None for option in (time_col, series_col, window, covariates))
+    if tracked:
+        _check_tracking(tracking_uri, register, "series" if series else "detector")
     provenance = None
     if augment is not None:
         from anomaly_ae.augment.command import augment_training_data
@@ -203,7 +198,7 @@ def train(
     kept = (f"the checkpoints in {checkpoint_dir} are kept: rerun with --resume to continue" if checkpoint_dir
             else "no model was saved")
     with _clean_exit_on_signals(kept):
-        if time_col is None and series_col is None and window is None and covariates is None:
+        if not series:
             model = model or "hybrid"
             detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
                                 score=score, random_state=seed, device=device, verbose=progress).fit(
@@ -239,6 +234,17 @@ def train(
         console.print(run.describe())
     if checkpoint is not None:  # the model is saved or logged: the checkpoints have served
         checkpoint.clear()
+
+
+def _check_tracking(tracking_uri: str | None, register: str | None, kind: str) -> None:
+    """Fail now, not after the training: an unreachable tracking server, or a --register name that holds
+    another kind of model."""
+    from anomaly_ae.registry import check_connection, check_registrable, quiet_mlflow_logs
+
+    quiet_mlflow_logs()
+    target = check_connection(tracking_uri)
+    if register is not None:
+        check_registrable(register, kind, target)
 
 
 def _window(text: str | None) -> int | str:

@@ -13,8 +13,10 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
 from anomaly_ae import Detector, SeriesDetector, registry
+from anomaly_ae.cli import app
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 from anomaly_ae.data.synthetic_series import SERIES_LABEL_COLUMNS, make_series_telemetry
 from anomaly_ae.exceptions import ModelLoadError, RegistryError
@@ -129,3 +131,18 @@ def test_one_registered_name_holds_one_kind(registered, mlflow_server):
     with pytest.raises(ModelLoadError, match="is a registered series detector, not a generator"):
         registry.download_model(f"models:/{NAME}/{registered[1].registered.version}", tracking_uri=mlflow_server,
                                 kind="generator")
+
+
+def test_the_cli_refuses_a_name_of_another_kind_before_training(registered, mlflow_server, tmp_path):
+    target = registry.tracking_target(mlflow_server)
+    registry.check_registrable(NAME, "series", target)
+    registry.check_registrable("never-registered", "detector", target)
+    with pytest.raises(RegistryError, match="holds series detectors"):
+        registry.check_registrable(NAME, "detector", target)
+    make_telemetry(300, seed=1).drop(columns=list(LABEL_COLUMNS)).to_csv(tmp_path / "rows.csv", index=False)
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "rows.csv"), "--model", "pca", "--register", NAME,
+                                      "--experiment", "kind-refused", "--tracking-uri", mlflow_server,
+                                      "--no-progress"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "holds series detectors; register this detector under another name" in result.output
+    assert "trained" not in result.output and "run is logged" not in result.output  # refused before training

@@ -362,12 +362,33 @@ def _register(target: TrackingTarget, run_id: str, artifact_uri: str, name: str,
                 raise
             existing = c.get_registered_model(name).tags.get(KIND_TAG, "detector")
             if existing != kind:
-                raise RegistryError(f"models:/{name} holds {KIND_NAMES.get(existing, existing)}s; register this "
-                                    f"{KIND_NAMES.get(kind, kind)} under another name (a service or job that "
-                                    f"loads models:/{name} sends the input of its kind)")
+                raise RegistryError(_other_kind(name, existing, kind))
         mv = c.create_model_version(name, source=f"{artifact_uri}/{artifact_path}", run_id=run_id,
                                     tags=tags, description=description)
     return ModelRef(f"models:/{name}/{mv.version}", name, str(mv.version), None, run_id)
+
+
+def _other_kind(name: str, existing: str, kind: str) -> str:
+    return (f"models:/{name} holds {KIND_NAMES.get(existing, existing)}s; register this {KIND_NAMES.get(kind, kind)} "
+            f"under another name (a service or job that loads models:/{name} sends the input of its kind)")
+
+
+def check_registrable(name: str, kind: str, target: TrackingTarget) -> None:
+    """Refuse, before training, a name that already holds another kind of model (`register_run_model`
+    refuses it too, but only once the run is logged). An embedded store not created yet holds no name."""
+    from mlflow.exceptions import MlflowException
+
+    if target.embedded_db is not None and not target.embedded_db.exists():
+        return
+    with mlflow_errors(target, f"reading registered model {name!r}"):
+        try:
+            existing = client(target.uri).get_registered_model(name).tags.get(KIND_TAG, "detector")
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return
+            raise
+    if existing != kind:
+        raise RegistryError(_other_kind(name, existing, kind))
 
 
 # ---------------------------------------------------------------------- promoting
