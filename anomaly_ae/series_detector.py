@@ -22,7 +22,7 @@ from anomaly_ae.data.schema import Schema
 from anomaly_ae.data.windows import SeriesFraming, SeriesLayout, check_covariates, dominant_period
 from anomaly_ae.detector import Detector, _take
 from anomaly_ae.exceptions import DataError, InvalidParameterError
-from anomaly_ae.inference import InferencePath, model_input, series_input
+from anomaly_ae.inference import InferencePath, ScoreResult, model_input, series_input
 from anomaly_ae.models import SERIES_MODELS, DetectorModel
 from anomaly_ae.scoring import ModelScorer
 from anomaly_ae.training import Checkpointing
@@ -235,6 +235,20 @@ class SeriesDetector(Detector):
                                         framing=self.framing_, sequence=self._models[self.model].sequence,
                                         alert_rule=self.alert_rule_)
         self.n_features_in_ = len(self.schema_.names)  # input columns; feature_names_ adds the covariates
+
+    def _normal_scores(self, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, ScoreResult, np.ndarray]:
+        """Only rows with a whole window of history calibrate: warm-up rows score from fewer steps."""
+        result = self._inference(X)
+        assert result.layout is not None
+        kept = np.flatnonzero(result.layout.history() >= self.window_)
+        if not len(kept):
+            raise DataError(f"no row of the recalibration data has {self.window_ - 1} steps of its series before it "
+                            f"(the window is {self.window_} steps); give longer stretches of normal history")
+        return result.scores[kept], result, kept
+
+    def _recalibrated(self, result: ScoreResult, kept: np.ndarray) -> None:
+        assert result.layout is not None
+        self.alert_stats_ = self._alert_stats(result.scores[kept] > self.threshold_, result.layout, kept)
 
     # ------------------------------------------------------------------ scoring
     def explain_steps(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

@@ -153,3 +153,23 @@ def test_error_text_is_printed_as_it_is_not_as_rich_markup(tmp_path):
     result = runner.invoke(app, ["score", str(tmp_path / "model"), str(tmp_path / "extra.csv"),
                                  "-o", str(tmp_path / "out.csv")])
     assert result.exit_code == 2 and "unexpected column(s): [red]; drop them" in result.output, result.output
+
+
+def test_recalibrate_saves_the_model_with_a_new_threshold(tmp_path):
+    write_table(make_telemetry(1500, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "train.csv")
+    recent = make_telemetry(800, 0.0, seed=4).drop(columns=["is_anomaly", "anomaly_kind"])
+    recent["latency_ms"] *= 1.3
+    write_table(recent, tmp_path / "recent.csv")
+    assert runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "model"),
+                               "--model", "pca", "--no-progress"]).exit_code == 0
+    result = runner.invoke(app, ["recalibrate", str(tmp_path / "model"), str(tmp_path / "recent.csv"),
+                                 "-o", str(tmp_path / "recalibrated"), "--target-fpr", "0.02"])
+    assert result.exit_code == 0, result.output
+    assert "recalibrated on 800 rows" in result.output and "for target FPR 0.02" in result.output
+    from anomaly_ae import Detector
+
+    old, new = Detector.load(tmp_path / "model"), Detector.load(tmp_path / "recalibrated")
+    assert new.target_fpr == 0.02 and new.threshold_ != old.threshold_
+    result = runner.invoke(app, ["recalibrate", str(tmp_path / "model"), str(tmp_path / "recent.csv"),
+                                 "-o", str(tmp_path / "recent.csv")])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "not a directory" in result.output

@@ -1,5 +1,7 @@
 """Detector behaviour: quality on synthetic telemetry, the estimator contract, calibration, explanations."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly_ae import Detector
 from anomaly_ae.exceptions import DataError, InvalidParameterError, NotFittedError, SchemaError
-from anomaly_ae.data.synthetic import LABEL_COLUMNS
+from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 
 from conftest import FAST
 
@@ -303,3 +305,29 @@ def test_an_identifier_like_text_column_is_warned_of_at_fit(telemetry_train):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a real category (mode) is not (60 held-out rows suit a 5% target)
         Detector(model="pca", target_fpr=0.05).fit(X)
+
+
+def test_recalibrate_on_drifted_normal_data_restores_the_target_rate(tmp_path):
+    data = make_telemetry(4000, 0.0, seed=3).drop(columns=list(LABEL_COLUMNS))
+    det = Detector("knn").fit(data.iloc[:2000])
+    drifted = data.iloc[2000:].copy()
+    drifted["latency_ms"] *= 1.3  # normal behaviour, on a new level
+    recent, later = drifted.iloc[:1000], drifted.iloc[1000:]
+    before, old = det.decision_function(later), det.threshold_
+    assert np.mean(before > old) > 0.05  # the drift breaks the old threshold
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # new normal rows: no warning
+        assert det.recalibrate(recent) is det
+    assert det.threshold_ > old and det.predict(later).mean() <= 0.03
+    np.testing.assert_array_equal(det.decision_function(later), before)  # the model itself is unchanged
+    assert det.p_values(later).min() >= 1 / 1001 and det.training_metadata_["recalibrated"]["rows"] == 1000
+    det.recalibrate(recent, target_fpr=0.05)
+    assert det.target_fpr == 0.05 and 0.02 <= det.predict(later).mean() <= 0.09
+    loaded = Detector.load(det.save(tmp_path / "model"))
+    assert loaded.threshold_ == det.threshold_ and loaded.target_fpr == 0.05
+    np.testing.assert_array_equal(loaded.predict(later), det.predict(later))
+    for bad in (0, 1.5, "0.1", True):
+        with pytest.raises(InvalidParameterError, match="target_fpr"):
+            det.recalibrate(recent, target_fpr=bad)
+    with pytest.warns(UserWarning, match="score lower than the held-out normal rows"):
+        det.recalibrate(data.iloc[:2000])  # the rows it trained on

@@ -528,3 +528,13 @@ def test_each_series_keeps_its_own_phase_on_the_grid():
         notes = det.score_frame(later.groupby("host").nth(slice(cut, None)))["notes"]
         assert not notes.str.contains("within the same|gap of", regex=True).any()
     assert det.framing_.origins_ns.keys() == {"a", "b"}
+
+
+def test_recalibrate_uses_rows_with_a_whole_window_and_updates_the_alert_statistics():
+    det = SeriesDetector("knn", window=8, time_col="ts", series_col="host", random_state=0).fit(frame(600))
+    recent = frame(300, seed=9)
+    det.recalibrate(recent)
+    assert det.alert_stats_["held_out_steps"] == 2 * (300 - 7)  # warm-up rows do not calibrate
+    assert len(det.calibration_.reference_scores) == 2 * (300 - 7) and "alerts_per_day" in det.alert_stats_
+    with pytest.raises(DataError, match="has 7 steps of its series before it"):
+        det.recalibrate(frame(5, seed=9))
