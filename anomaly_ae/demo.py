@@ -262,28 +262,36 @@ def series_story(out_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     found = {name: incidents_found(incidents, flagged[name], flagged_without[name]) for name in names}
     touched = {name: incidents_found(incidents, flagged[name]) for name in names}
 
-    table = Table(title="labelled incidents found, by kind",
-                  caption="found: at least one of its steps flagged that the same model does not flag when the "
-                          "same history is scored without the anomaly")
-    for column in ("kind", "stays in range row by row", "incidents", *names.values()):
-        table.add_column(column)
+    title = "labelled incidents found, by kind"
+    caption = ("found: at least one of its steps flagged that the same model does not flag when the same history "
+               "is scored without the anomaly")
+    columns = ["kind", "stays in range row by row", "incidents", *names.values()]
     kinds = sorted({kind for _, _, kind, _, _ in incidents}, key=lambda k: (k not in WINDOW_ONLY_KINDS, k))
+    rows = []
     for kind in kinds:
         ids = [i for i, incident in enumerate(incidents) if incident[2] == kind]
-        table.add_row(kind, "yes" if kind in WINDOW_ONLY_KINDS else "no", str(len(ids)),
-                      *(str(sum(found[name][i] for i in ids)) for name in names))
+        rows.append([kind, "yes" if kind in WINDOW_ONLY_KINDS else "no", str(len(ids)),
+                     *(str(sum(found[name][i] for i in ids)) for name in names)])
     total = {name: sum(found[name].values()) for name in names}
-    table.add_row("all incidents", "", str(len(incidents)), *(str(total[name]) for name in names), end_section=True)
-    table.add_row("incidents with any flagged step", "", str(len(incidents)),
-                  *(str(sum(touched[name].values())) for name in names))
+    rows.append(["all incidents", "", str(len(incidents)), *(str(total[name]) for name in names)])
+    rows.append(["incidents with any flagged step", "", str(len(incidents)),
+                 *(str(sum(touched[name].values())) for name in names)])
     normal = (rest.is_anomaly == 0).to_numpy()
     labels, hosts = rest.is_anomaly.to_numpy(), rest.host.to_numpy()
     false_runs = {name: event_metrics(flagged[name], labels, hosts).false_alarm_runs for name in names}
-    table.add_row("normal steps flagged", "", str(int(normal.sum())),
-                  *(f"{flagged[name][normal].mean():.1%}" for name in names))
-    table.add_row("false-alarm runs (touch no incident)", "", "",
-                  *(str(false_runs[name]) for name in names))
+    rows.append(["normal steps flagged", "", str(int(normal.sum())),
+                 *(f"{flagged[name][normal].mean():.1%}" for name in names)])
+    rows.append(["false-alarm runs (touch no incident)", "", "", *(str(false_runs[name]) for name in names)])
+    table = Table(title=title, caption=caption)
+    for column in columns:
+        table.add_column(column)
+    for i, row in enumerate(rows):
+        table.add_row(*row, end_section=i == len(kinds))
     console.print(table)
+    # the same table as a file, so the README's demo figures have one (benchmarks/results/demo_series.md)
+    (out_dir / "series_story.md").write_text("\n".join(
+        [f"# {title}", "", f"{caption}.", "", "| " + " | ".join(columns) + " |",
+         "|" + "---|" * len(columns), *("| " + " | ".join(row) + " |" for row in rows)]) + "\n")
 
     rule = ("the first in time, of the kinds that stay in range row by row, that the series detector finds and the "
             "row-by-row default does not")
