@@ -81,6 +81,9 @@ def read_training_data(path: Path, drop_cols: list[str], max_line_bytes: int = D
     unknown = [c for c in drop_cols if c not in frame.columns]
     if unknown:
         raise DataError(f"--drop-cols names column(s) not in {path}: {', '.join(unknown)}")
+    if drop_cols and len(set(drop_cols)) >= len(frame.columns):
+        raise DataError(f"--drop-cols names every column of {path}, so nothing is left to learn from; drop only ids "
+                        "and labels")
     return frame.drop(columns=drop_cols)
 
 
@@ -181,6 +184,10 @@ def train(
     if checkpoint_dir is not None:
         checkpoint = Checkpointing(checkpoint_dir, every=checkpoint_every, resume=resume)
         checkpoint.prepare()
+    for option, column in (("--time-col", time_col), ("--series-col", series_col)):
+        if column is not None and column in _split_list(drop_cols):
+            raise DataError(f"--drop-cols removes '{column}', the {option} column the series model reads; "
+                            "leave it out of --drop-cols")
     X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
     series = any(option is not None for option in (time_col, series_col, window, covariates))
     if tracked:
@@ -352,6 +359,10 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
             missing = [c for c in keep if c not in chunk.columns]
             if missing:
                 raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
+            extra = [c for c in chunk.columns if c not in detector.schema_.names and c not in own and c not in keep]
+            if extra:
+                raise DataError(f"{data} has column(s) the model was not trained on: {', '.join(map(str, extra[:10]))}; "
+                                "name them in --keep-cols to copy them to the output, or leave them out of the file")
             features = chunk.drop(columns=passthrough)
             if framing is None:
                 result = detector.score_frame(features, top_k=top_k)

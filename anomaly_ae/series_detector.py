@@ -11,6 +11,7 @@ threshold would be set too low.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -35,6 +36,26 @@ DEFAULT_WINDOW = 32
 # TSB-AD's KMeansAD, benchmarks/results/timeseries_msl.md), ahead of the sequence models too (tcn 0.563,
 # gru 0.537, vae 0.536 over seeds 0-2) at a fraction of their cost.
 DEFAULT_SERIES_MODEL = "knn"
+
+
+# Training refuses a history where this share of the rows or more land on a time step that another row
+# of their series also holds (only the last row of a step enters the windows after it): the rows of
+# several series, one step apart at most, read as one series.
+MAX_REPEATED_STEP_SHARE = 0.5
+
+
+def _check_repeated_steps(layout: SeriesLayout) -> None:
+    n = len(layout.position)
+    repeated = n - len(np.unique(layout.position))
+    if not repeated:
+        return
+    hint = ("if the data holds several series (hosts, sensors), name the column that tells them apart "
+            "(series_col, or --series-col)")
+    if repeated >= MAX_REPEATED_STEP_SHARE * n:
+        raise DataError(f"{repeated} of {n} training rows share a time step of their series with another row, and "
+                        f"only the last row of each step would be learned; {hint}")
+    warnings.warn(f"{repeated} of {n} training rows share a time step of their series with another row; the last "
+                  f"row of each step stands for it in the windows after it; {hint}", UserWarning, stacklevel=3)
 
 
 class SeriesDetector(Detector):
@@ -111,6 +132,7 @@ class SeriesDetector(Detector):
         framing = SeriesFraming(1, self.time_col, self.series_col, self.max_gap,
                                 covariates=self.covariates).learn(X)
         metrics, layout = framing.split(X)
+        _check_repeated_steps(layout)
         schema = Schema.infer(metrics)
         checked, _ = schema.check(metrics)
         train_rows, val_rows, stop_rows = self._split(layout)

@@ -152,7 +152,7 @@ def test_error_text_is_printed_as_it_is_not_as_rich_markup(tmp_path):
     write_table(train.head(5).assign(**{"[red]": 1.0}), tmp_path / "extra.csv")
     result = runner.invoke(app, ["score", str(tmp_path / "model"), str(tmp_path / "extra.csv"),
                                  "-o", str(tmp_path / "out.csv")])
-    assert result.exit_code == 2 and "unexpected column(s): [red]; drop them" in result.output, result.output
+    assert result.exit_code == 2 and "not trained on: [red]; name them in --keep-cols" in result.output, result.output
 
 
 def test_recalibrate_saves_the_model_with_a_new_threshold(tmp_path):
@@ -173,3 +173,16 @@ def test_recalibrate_saves_the_model_with_a_new_threshold(tmp_path):
     result = runner.invoke(app, ["recalibrate", str(tmp_path / "model"), str(tmp_path / "recent.csv"),
                                  "-o", str(tmp_path / "recent.csv")])
     assert result.exit_code == 2 and "Traceback" not in result.output and "not a directory" in result.output
+
+
+def test_column_options_that_contradict_each_other_or_the_file_are_one_line(tmp_path):
+    frame = make_telemetry(300, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
+    frame.insert(0, "ts", pd.date_range("2026-01-05", periods=len(frame), freq="5min"))
+    write_table(frame, tmp_path / "history.csv")
+    base = ["train", str(tmp_path / "history.csv"), "--out", str(tmp_path / "model"), "--no-progress"]
+    result = runner.invoke(app, [*base, "--time-col", "ts", "--drop-cols", "ts"])
+    assert result.exit_code == 2 and "--drop-cols removes 'ts', the --time-col column" in result.output
+    result = runner.invoke(app, [*base, "--drop-cols", ",".join(frame.columns)])
+    assert result.exit_code == 2 and "--drop-cols names every column" in result.output
+    result = runner.invoke(app, [*base, "--model", "pca"])  # a row model: the timestamps are no feature
+    assert result.exit_code == 2 and "column 'ts' holds times" in result.output

@@ -121,10 +121,18 @@ def test_numbers_stored_as_objects_are_numeric_and_times_are_refused_at_fit():
     for times, says in [(pd.date_range("2026-01-01", periods=50, freq="h"), "holds times (datetime64"),
                         (pd.to_timedelta(range(50), unit="s"), "holds durations"),
                         (pd.Series(pd.date_range("2026-01-01", periods=50).date), "holds times (object"),
-                        (pd.period_range("2026-01", periods=50, freq="M"), "holds times (period")]:
+                        (pd.period_range("2026-01", periods=50, freq="M"), "holds times (period"),
+                        # as a CSV gives them: ISO 8601 text, which would be one category per row
+                        (pd.date_range("2026-01-01", periods=50, freq="h").strftime("%Y-%m-%d %H:%M:%S"),
+                         "holds times"),
+                        (pd.date_range("2026-01-01", periods=50, tz="UTC").strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "holds times")]:
         with pytest.raises(DataError, match="convert it to a number") as caught:
             Schema.infer(pd.DataFrame({"x": range(50), "when": times}))
         assert "column 'when' " + says in str(caught.value)
+    # text that only starts like a date stays a category
+    assert Schema.infer(pd.DataFrame({"x": range(50), "build": ["2026-01-05-rc1", "2026-01-05"] * 25})).columns[1].kind \
+        == "categorical"
 
 
 def test_an_array_for_a_model_fitted_on_named_columns_is_scored_with_a_warning(fitted, telemetry_train):

@@ -538,3 +538,16 @@ def test_recalibrate_uses_rows_with_a_whole_window_and_updates_the_alert_statist
     assert len(det.calibration_.reference_scores) == 2 * (300 - 7) and "alerts_per_day" in det.alert_stats_
     with pytest.raises(DataError, match="has 7 steps of its series before it"):
         det.recalibrate(frame(5, seed=9))
+
+
+def test_several_series_read_as_one_are_refused_and_repeated_steps_warned():
+    both = frame(200).sort_values(["ts", "host"], kind="stable").drop(columns="host")  # no series column
+    with pytest.raises(DataError, match="200 of 400 training rows share a time step.*series_col"):
+        SeriesDetector("knn", window=8, time_col="ts").fit(both)
+    with pytest.raises(DataError, match="not in time order at row 200; sort the rows by 'ts' first \\(or, if the "
+                                        "rows hold several series one after another"):
+        SeriesDetector("knn", window=8, time_col="ts").fit(frame(200).drop(columns="host"))
+    once = frame(200, hosts=("a",))
+    sent_twice = pd.concat([once, once.iloc[[50, 90]]]).sort_values("ts", kind="stable")
+    with pytest.warns(UserWarning, match="2 of 202 training rows share a time step"):
+        SeriesDetector("knn", window=8, time_col="ts").fit(sent_twice)

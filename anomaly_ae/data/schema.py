@@ -440,12 +440,27 @@ def _check_trainable(name: Any, values: pd.Series) -> None:
     if what is None and values.dtype == object and len(present) > 0 and present.map(
             lambda v: isinstance(v, times)).all():
         what = "times"
+    if what is None and _all_iso_times(present):  # timestamps read from a CSV arrive as text
+        what = "times"
     if what is not None:
         example = f", e.g. {short_repr(present.iloc[0])}" if len(present) else ""
         raise DataError(f"column '{name}' holds {'durations' if what == 'durations' else 'times'} "
                         f"({values.dtype}{example}); a model scores numbers and "
                         "categories: convert it to a number (e.g. hour of day) or drop it (--drop-cols); for "
                         "metric streams over time use SeriesDetector(time_col=...)", column=str(name))
+
+
+# A date or a date and time as ISO 8601 writes them (what pandas and most exports write to CSV).
+_ISO_TIME = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+
+
+def _all_iso_times(present: pd.Series) -> bool:
+    """Whether every value of a column (missing ones dropped) is text holding an ISO 8601 date or time."""
+    if not len(present) or not isinstance(present.iloc[0], str) or not pd.Series(present.iloc[:1]).str.fullmatch(
+            _ISO_TIME).all():
+        return False
+    text = present.map(lambda v: v if isinstance(v, str) else None)
+    return bool(text.notna().all() and text.str.fullmatch(_ISO_TIME).all())
 
 
 def _not_real_numbers(values: pd.Series) -> str | None:

@@ -164,8 +164,11 @@ class SeriesFraming:
         if (d < 0).any():
             i = int(np.flatnonzero(d < 0)[0])
             what = f" of series {name!r}" if self.series_col is not None else ""
+            several = "" if self.series_col is not None else (
+                " (or, if the rows hold several series one after another, name the column that tells them apart: "
+                "series_col, or --series-col)")
             raise DataError(f"timestamps in '{self.time_col}'{what} are not in time order at row {int(rows[i + 1])}; "
-                            f"sort the rows by '{self.time_col}' first", reason="unsorted_timestamps",
+                            f"sort the rows by '{self.time_col}' first{several}", reason="unsorted_timestamps",
                             column=self.time_col, rows=[int(rows[i + 1])])
 
     def _steps(self, times: np.ndarray | None, rows: np.ndarray, name: str) -> np.ndarray:
