@@ -188,3 +188,21 @@ def test_pyarrow_is_imported_only_for_parquet(tmp_path):
             f"{str(tmp_path / 'u.csv')!r}); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_na_and_none_are_values_in_text_columns_and_missing_in_numbers(tmp_path):
+    (tmp_path / "na.csv").write_text("region,latency,plan\nEU,1.5,basic\nNA,NA,None\nAPAC,,null\nNA,2,nan\n")
+    frame = read_table(tmp_path / "na.csv")
+    assert frame["region"].tolist() == ["EU", "NA", "APAC", "NA"]  # North America, not a missing value
+    assert frame["latency"].dtype == float and frame["latency"].isna().tolist() == [False, True, True, False]
+    assert frame["plan"].iloc[1] == "None" and frame["plan"].iloc[2:].isna().all()  # "null", "nan": missing
+    chunks = list(iter_table_chunks(tmp_path / "na.csv", 1))
+    assert [c["region"].iloc[0] for c in chunks] == ["EU", "NA", "APAC", "NA"]
+    # a chunk whose number column holds only "NA" stays text; the schema check reads it as missing
+    assert chunks[1]["latency"].iloc[0] == "NA"
+    from anomaly_ae.data.schema import Schema
+
+    schema = Schema.infer(frame)
+    assert schema.columns[0].categories == ("APAC", "EU", "NA") and schema.columns[1].kind == "numeric"
+    checked, report = schema.check(chunks[1])
+    assert pd.isna(checked["latency"].iloc[0]) and report.missing_values == {"latency": 1}

@@ -194,6 +194,8 @@ class Schema:
                 raise SchemaError(f"column '{col.name}' must be numeric but holds True/False in rows {rows}; the "
                                   "model learned numbers there: send 1/0 if that is what they mean",
                                   column=col.name, rows=rows, reason="dtype")
+            if values.dtype == object or pd.api.types.is_string_dtype(values):
+                values = values.mask(values.isin(NUMBER_MISSING_TEXT))  # read from a CSV, a number's "NA" is missing
             numeric = pd.to_numeric(values, errors="coerce")
             bad = numeric.isna() & values.notna()
             if bad.any():
@@ -425,6 +427,11 @@ def short_repr(value: Any, limit: int = 40) -> str:
 def _require_rows(n: int) -> None:
     if n == 0:
         raise DataError("the training data has no rows; pass at least a few hundred normal samples")
+
+
+# Text that means a missing number (data.io reads the other missing markers of a CSV as NaN itself, and
+# leaves these two to the column: a text column can hold them as values).
+NUMBER_MISSING_TEXT = ("NA", "None")
 
 
 def _check_trainable(name: Any, values: pd.Series) -> None:
