@@ -42,7 +42,9 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     labels = raw.astype(int)
     n_anom, n_norm = int(labels.sum()), int((labels == 0).sum())
     if n_anom == 0 or n_norm == 0:
-        raise DataError(f"evaluation needs both normal and anomalous rows; got {n_norm} normal and {n_anom} anomalous")
+        raise DataError(f"evaluation needs both normal and anomalous rows; got {n_norm} normal and {n_anom} anomalous "
+                        "(for normal rows alone, `anomaly-ae evaluate --synthetic-anomalies` perturbs them in documented "
+                        "ways)")
     flagged = scores > threshold
     tp = int((flagged & (labels == 1)).sum())
     return EvaluationReport(

@@ -25,6 +25,13 @@ def test_missing_column(det, rows):
     assert err.value.reason == "missing_column" and err.value.column == "latency_ms"
 
 
+def test_a_missing_column_names_the_one_that_differs_by_case_or_spaces(det, rows):
+    with pytest.raises(SchemaError, match="the input has 'LATENCY_MS ' for 'latency_ms': rename them"):
+        det.decision_function(rows.rename(columns={"latency_ms": "LATENCY_MS "}))
+    with pytest.raises(SchemaError, match="also has column.* it was not trained on: lat$"):
+        det.decision_function(rows.rename(columns={"latency_ms": "lat"}))
+
+
 def test_extra_column(det, rows):
     rows["host"] = "a"
     with pytest.raises(SchemaError, match="unexpected column.*host.*drop them") as err:

@@ -547,6 +547,8 @@ def test_several_series_read_as_one_are_refused_and_repeated_steps_warned():
     with pytest.raises(DataError, match="not in time order at row 200; sort the rows by 'ts' first \\(or, if the "
                                         "rows hold several series one after another"):
         SeriesDetector("knn", window=8, time_col="ts").fit(frame(200).drop(columns="host"))
+    with pytest.raises(DataError, match="series column 'cpu' gives 400 series for 400 rows"):
+        SeriesDetector("knn", window=8, time_col="ts", series_col="cpu").fit(frame(200))  # a metric, not an id
     once = frame(200, hosts=("a",))
     sent_twice = pd.concat([once, once.iloc[[50, 90]]]).sort_values("ts", kind="stable")
     with pytest.warns(UserWarning, match="2 of 202 training rows share a time step"):

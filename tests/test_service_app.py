@@ -143,6 +143,7 @@ BAD_BODIES = {
     "Infinity literal": (b'{"columns": ["a"], "data": [[Infinity]]}', 400, "invalid_json"),
     "number beyond float": (b'{"columns": ["a"], "data": [[1e999]]}', 400, "invalid_json"),
     "empty body": (b"", 400, "invalid_json"),
+    "UTF-16 body": ('{"records": [{}]}'.encode("utf-16"), 400, "invalid_json"),
     "not an object": (b"[1, 2]", 422, "invalid_body"),
     "no rows field": (b'{"explain": true}', 422, "invalid_body"),
     "unknown top-level field": (b'{"records": [{}], "foo": 1}', 422, "unknown_field"),
@@ -176,6 +177,8 @@ async def test_malformed_bodies_get_one_error_shape_and_their_code(served):
             assert response.json()["error"]["code"] == code, (name, response.text)
         ragged = (await client.post("/v1/score", content=BAD_BODIES["ragged rows"][0], headers={**SCORE, **JSON}))
         assert ragged.json()["error"]["rows"] == [1]
+        utf16 = await client.post("/v1/score", content=BAD_BODIES["UTF-16 body"][0], headers={**SCORE, **JSON})
+        assert "send JSON encoded as UTF-8" in utf16.json()["error"]["message"]
 
 
 async def test_schema_violations_name_column_and_rows(served):

@@ -171,7 +171,13 @@ class Schema:
         missing = [n for n in self.names if n not in given]
         extra = [c for c in present if c not in known]
         if missing:
-            raise SchemaError(f"missing column(s): {_listed(missing)}; the model needs every training column",
+            # a header written by hand often differs only by case or spaces: name the column that was meant
+            near = {str(c).strip().casefold(): c for c in extra}
+            alike = [f"{short_repr(str(near[str(n).strip().casefold()]), 60)} for '{n}'" for n in missing
+                     if str(n).strip().casefold() in near][:5]
+            hint = f" (the input has {', '.join(alike)}: rename them)" if alike else (
+                f"; the input also has column(s) it was not trained on: {_listed(extra)}" if extra else "")
+            raise SchemaError(f"missing column(s): {_listed(missing)}; the model needs every training column{hint}",
                               column=missing[0], reason="missing_column")
         if extra:
             raise SchemaError(f"unexpected column(s): {_listed(extra)}; drop them or retrain with them",

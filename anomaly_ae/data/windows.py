@@ -89,9 +89,14 @@ class SeriesFraming:
     def learn(self, data: Any) -> "SeriesFraming":
         """Learn the sampling step and the series ids from the training history."""
         times, series = self._time_and_series(data)
+        groups = _group_rows(series)
+        if self.series_col is not None and len(groups) > 1 and len(groups) > len(series) / 2:
+            raise DataError(f"series column '{self.series_col}' gives {len(groups)} series for {len(series)} rows, "
+                            "most of them one row long: name the column that holds the host or sensor id",
+                            column=self.series_col)
         if times is not None:
             diffs = []
-            for rows in _group_rows(series):
+            for rows in groups:
                 t = times[rows].astype("datetime64[ns]").astype(np.int64)
                 self._check_order(t, rows, series[rows[0]])  # reversed history: no positive step at all
                 d = np.diff(t) / 1e9
@@ -105,7 +110,7 @@ class SeriesFraming:
         self._known = frozenset(self.known_series)
         if times is not None:
             ns = times.astype("datetime64[ns]").astype(np.int64)
-            self.origins_ns = {str(series[rows[0]]): int(ns[rows].min()) for rows in _group_rows(series)
+            self.origins_ns = {str(series[rows[0]]): int(ns[rows].min()) for rows in groups
                                if str(series[rows[0]]) in self._known}
         return self
 

@@ -212,6 +212,9 @@ class ScoreRequestParser:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
+            if "UTF-8" in str(exc):
+                raise ApiError(400, "invalid_json", f"the body is not UTF-8 text ({exc}); send JSON encoded as UTF-8"
+                               ) from None
             raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc}); note that NaN and Infinity are "
                                                 "not JSON: send null for a missing value") from None
         try:
