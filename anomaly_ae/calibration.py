@@ -45,7 +45,7 @@ class Calibration:
             warnings.warn(f"only {n} held-out normal samples calibrate the threshold, fewer than the "
                           f"{math.ceil(1 / target_fpr) - 1} that a false-positive rate of {target_fpr:g} needs: the "
                           "threshold is the largest of their scores, and new normal data may pass it more often; "
-                          "fit on more normal data or raise target_fpr", UserWarning, stacklevel=3)
+                          "fit (or recalibrate) on more normal data or raise target_fpr", UserWarning, stacklevel=3)
         return cls(threshold=float(ref[k - 1]), target_fpr=float(target_fpr), reference_scores=ref)
 
     @property

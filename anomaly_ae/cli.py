@@ -360,7 +360,8 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
             if missing:
                 raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
             extra = [c for c in chunk.columns if c not in detector.schema_.names and c not in own and c not in keep]
-            if extra:
+            # with a training column missing too, the schema's message says more (a near-match renamed)
+            if extra and all(c in chunk.columns for c in detector.schema_.names):
                 raise DataError(f"{data} has column(s) the model was not trained on: {', '.join(map(str, extra[:10]))}; "
                                 "name them in --keep-cols to copy them to the output, or leave them out of the file")
             features = chunk.drop(columns=passthrough)
@@ -491,6 +492,8 @@ def recalibrate(
                                        help="Longest CSV line accepted, in bytes (refuses files without newlines)."),
 ) -> None:
     """Calibrate a model's threshold, p-values and severity again on new normal data, keeping the model."""
+    import numpy as np
+
     from anomaly_ae.detector import Detector
     from anomaly_ae.persistence import check_writable
 
@@ -498,12 +501,12 @@ def recalibrate(
     detector = Detector.load(model)
     X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
     before = detector.threshold_
-    flagged = float(detector.predict(X).mean())
     detector.recalibrate(X, target_fpr=target_fpr)
+    scores = detector.calibration_.reference_scores  # the rows that calibrated
     path = detector.save(out)
-    console.print(f"recalibrated on {detector.training_metadata_['recalibrated']['rows']} rows: threshold "
-                  f"{before:.6g} -> {detector.threshold_:.6g} for target FPR {detector.target_fpr} (the old "
-                  f"threshold flagged {flagged:.1%} of these rows); saved to {path}")
+    console.print(f"recalibrated on {len(scores)} rows: threshold {before:.6g} -> {detector.threshold_:.6g} for "
+                  f"target FPR {detector.target_fpr} (the old threshold flagged {np.mean(scores > before):.1%} of "
+                  f"these rows); saved to {path}")
 
 
 @app.command()

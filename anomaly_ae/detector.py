@@ -371,11 +371,15 @@ class Detector(Estimator):
         Rows the model trained on score lower than new normal rows, and a threshold set on them
         flags too much: a warning says so when X scores that way against the current calibration."""
         self._check_fitted()
-        fpr = self.target_fpr if target_fpr is None else target_fpr
+        fpr = self.calibration_.target_fpr if target_fpr is None else target_fpr
         if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.integer, np.floating)) or not 0.0 < fpr < 1.0:
             raise InvalidParameterError(f"target_fpr must be in (0, 1), got {fpr!r}")
         scores, result, kept = self._normal_scores(X)
-        spread = np.sqrt(1 / (12 * max(len(scores), 1)) + 1 / (12 * len(self.calibration_.reference_scores)))
+        # neighbouring scores of a series model share all but one step of their windows: fewer independent ones
+        rows_per_score = self._rows_per_independent_score()
+        n_new = max(len(scores) / rows_per_score, 1.0)
+        n_old = max(len(self.calibration_.reference_scores) / rows_per_score, 1.0)
+        spread = np.sqrt(1 / (12 * n_new) + 1 / (12 * n_old))
         if len(scores) and float(np.mean(self.calibration_.p_values(scores))) > 0.5 + SEEN_ROWS_SPREADS * spread:
             warnings.warn("the recalibration rows score lower than the held-out normal rows the model was calibrated "
                           "on, as rows it trained on do: a threshold set on them flags too much new normal data; "
@@ -385,8 +389,12 @@ class Detector(Estimator):
         self.calibration_ = self.inference_.calibration = calibration
         self.threshold_ = calibration.threshold
         self._recalibrated(result, kept)
-        self.training_metadata_["recalibrated"] = {"rows": int(len(scores)), "target_fpr": float(fpr)}
+        self.training_metadata_.setdefault("recalibrations", []).append(
+            {"rows": int(len(scores)), "target_fpr": float(fpr)})
         return self
+
+    def _rows_per_independent_score(self) -> int:
+        return 1
 
     def _normal_scores(self, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, ScoreResult, np.ndarray]:
         """(the scores that calibrate, the scoring result, which of its rows they are)."""

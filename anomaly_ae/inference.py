@@ -276,21 +276,21 @@ class InferencePath:
         return np.divide(contributions, total, out=np.zeros_like(contributions), where=total > 0)
 
     def clip_notes(self, x: np.ndarray) -> list[list[str]] | None:
-        """Per-row notes naming the values that preprocessing clipped at CLIP (training standard
-        deviations from the mean, or training ranges for images), None when none was: such a row is
-        scored as if its value lay at the limit, so its score stops growing with the value."""
+        """Per-row notes naming the input columns whose values preprocessing clipped at CLIP (training
+        standard deviations from the mean, or training ranges for images), None when none was: such a
+        row is scored as if its value lay at the limit, so its score stops growing with the value."""
         hit = np.abs(x.reshape(len(x), -1)) >= CLIP
         if not hit.any():
             return None
+        if self._groups is not None:  # model inputs -> input columns
+            hit = (hit.astype(np.float32) @ self._groups[: hit.shape[1]]) > 0
         unit = "training ranges outside its training values" if self._groups is None \
             else "standard deviations from its training mean"
+        said = [f"'{name}' lies more than {CLIP:,.0f} {unit} and is scored as if at that limit; check it for unit or "
+                "sensor errors" for name in self.feature_names]
         notes: list[list[str]] = [[] for _ in range(len(x))]
-        for i, j in zip(*np.nonzero(hit)):
-            name = self.feature_names[j] if self._groups is None else self.feature_names[int(self._groups[j].argmax())]
-            note = (f"'{name}' lies more than {CLIP:,.0f} {unit} and is scored as if at that limit; "
-                    "check it for unit or sensor errors")
-            if note not in notes[i]:
-                notes[i].append(note)
+        for i in np.flatnonzero(hit.any(1)).tolist():
+            notes[i] = [said[j] for j in np.flatnonzero(hit[i]).tolist()]
         return notes
 
     def notes(self, checked: Any, missing: Mapping[str, int], unseen: Mapping[str, int]) -> list[list[str]]:

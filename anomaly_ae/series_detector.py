@@ -268,6 +268,9 @@ class SeriesDetector(Detector):
                             f"(the window is {self.window_} steps); give longer stretches of normal history")
         return result.scores[kept], result, kept
 
+    def _rows_per_independent_score(self) -> int:
+        return int(self.window_)
+
     def _recalibrated(self, result: ScoreResult, kept: np.ndarray) -> None:
         assert result.layout is not None
         self.alert_stats_ = self._alert_stats(result.scores[kept] > self.threshold_, result.layout, kept)

@@ -191,18 +191,25 @@ def test_pyarrow_is_imported_only_for_parquet(tmp_path):
 
 
 def test_na_and_none_are_values_in_text_columns_and_missing_in_numbers(tmp_path):
-    (tmp_path / "na.csv").write_text("region,latency,plan\nEU,1.5,basic\nNA,NA,None\nAPAC,,null\nNA,2,nan\n")
+    from anomaly_ae.data.schema import Column, Schema
+
+    (tmp_path / "na.csv").write_text("region,latency,plan,empty\nEU,1.5,basic,NA\nNA,NA,None,NA\n"
+                                     "APAC,,null,NA\nNA,2,nan,NA\n")
     frame = read_table(tmp_path / "na.csv")
     assert frame["region"].tolist() == ["EU", "NA", "APAC", "NA"]  # North America, not a missing value
-    assert frame["latency"].dtype == float and frame["latency"].isna().tolist() == [False, True, True, False]
     assert frame["plan"].iloc[1] == "None" and frame["plan"].iloc[2:].isna().all()  # "null", "nan": missing
-    chunks = list(iter_table_chunks(tmp_path / "na.csv", 1))
-    assert [c["region"].iloc[0] for c in chunks] == ["EU", "NA", "APAC", "NA"]
-    # a chunk whose number column holds only "NA" stays text; the schema check reads it as missing
-    assert chunks[1]["latency"].iloc[0] == "NA"
-    from anomaly_ae.data.schema import Schema
-
     schema = Schema.infer(frame)
-    assert schema.columns[0].categories == ("APAC", "EU", "NA") and schema.columns[1].kind == "numeric"
-    checked, report = schema.check(chunks[1])
-    assert pd.isna(checked["latency"].iloc[0]) and report.missing_values == {"latency": 1}
+    assert [(c.name, c.kind, c.allow_missing) for c in schema.columns] == [
+        ("region", "categorical", False), ("latency", "numeric", True), ("plan", "categorical", True),
+        ("empty", "numeric", True)]  # a column of NA alone: numbers that are all missing
+    assert schema.columns[0].categories == ("APAC", "EU", "NA")
+    checked, report = schema.check(frame)
+    assert checked["latency"].isna().tolist() == [False, True, True, False] and report.missing_values["latency"] == 2
+    # chunks agree with the whole file: the reader leaves NA to the schema
+    chunks = list(iter_table_chunks(tmp_path / "na.csv", 1))
+    assert [schema.check(c)[0]["region"].iloc[0] for c in chunks] == ["EU", "NA", "APAC", "NA"]
+    assert pd.isna(schema.check(chunks[1])[0]["latency"].iloc[0])
+    # a model whose training CSV never held "NA" in a text column (pandas read it as missing) still does
+    old = Schema(columns=[Column("region", "categorical", allow_missing=True, categories=("APAC", "EU"))])
+    checked, report = old.check(frame[["region"]])
+    assert checked["region"].isna().tolist() == [False, True, False, True] and not report.unseen_categories

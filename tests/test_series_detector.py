@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import pandas as pd
@@ -531,6 +533,15 @@ def test_each_series_keeps_its_own_phase_on_the_grid():
 
 
 def test_recalibrate_uses_rows_with_a_whole_window_and_updates_the_alert_statistics():
+    full = frame(3000)
+    det = SeriesDetector("knn", window=16, time_col="ts", series_col="host", random_state=0).fit(
+        full.groupby("host").head(1500))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # later normal history: no "rows it trained on" warning
+        det.recalibrate(full.groupby("host").tail(1500))
+    assert det.alert_stats_["held_out_steps"] == 2 * (1500 - 15)
+    with pytest.warns(UserWarning, match="score lower than the held-out normal rows"):
+        det.recalibrate(full.groupby("host").head(1500))  # the history it trained on
     det = SeriesDetector("knn", window=8, time_col="ts", series_col="host", random_state=0).fit(frame(600))
     recent = frame(300, seed=9)
     det.recalibrate(recent)

@@ -179,31 +179,15 @@ def _open_csv(path: Path, max_line_bytes: int) -> io.BufferedReader:
     return io.BufferedReader(_LineBoundedReader(path, max_line_bytes), buffer_size=1 << 16)
 
 
-# The texts pandas reads as missing by default, but for two that a text column can hold as values ("NA" for
-# North America or Namibia, "None" for a plan): those are left to each column, missing in a column of
-# numbers (R writes NA there; `Schema.check` reads them so too) and values in a column of text.
-VALUE_OR_MISSING = frozenset({"NA", "None"})
+# The texts pandas reads as missing by default, but for `NA_TEXT` ("NA", "None"), which a text column can
+# hold as values (North America or Namibia, a plan): the schema reads those as missing in a column of
+# numbers (R writes NA there) and keeps them as values in a column of text.
 MISSING_MARKERS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
                    "N/A", "NULL", "NaN", "n/a", "nan", "null"]
 
 
 def _read_csv(handle: BinaryIO, columns: list[str] | None, **options: Any) -> Any:
     return pd.read_csv(handle, usecols=columns, keep_default_na=False, na_values=MISSING_MARKERS, **options)
-
-
-def _numbers_with_markers(frame: pd.DataFrame) -> pd.DataFrame:
-    """A text column of numbers and "NA"/"None" becomes numbers with NaN; other text columns keep them."""
-    for name in frame.columns:
-        values = frame[name]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            continue
-        marker = values.isin(VALUE_OR_MISSING)
-        if not marker.any():
-            continue
-        rest = values[~marker & values.notna()]
-        if len(rest) and pd.to_numeric(rest, errors="coerce").notna().all():
-            frame[name] = pd.to_numeric(values.where(~marker), errors="coerce")
-    return frame
 
 
 def read_table(path: str | Path, columns: list[str] | None = None, *,
@@ -218,7 +202,7 @@ def read_table(path: str | Path, columns: list[str] | None = None, *,
         _check_columns(path, _csv_header(path, max_line_bytes), columns)
         check_fits_in_memory(path, _csv_data_size(path))
         with _translated_errors(path, fmt), _open_csv(path, max_line_bytes) as handle:
-            frame = _numbers_with_markers(_read_csv(handle, columns))
+            frame = _read_csv(handle, columns)
     else:
         with _translated_errors(path, fmt):
             parquet = _arrow()[1].ParquetFile(path)
@@ -268,8 +252,7 @@ def _csv_chunks(path: Path, chunk_rows: int, columns: list[str] | None,
     # A bad line surfaces only when the chunk holding it is parsed, so the loop is inside the guard.
     with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle, \
             _read_csv(handle, columns, chunksize=chunk_rows) as reader:
-        for chunk in reader:
-            yield _numbers_with_markers(chunk)
+        yield from reader
 
 
 def _parquet_chunks(path: Path, chunk_rows: int, columns: list[str] | None) -> Iterator[pd.DataFrame]:

@@ -86,7 +86,7 @@ class Schema:
         _require_rows(len(frame))
         columns = []
         for name in frame.columns:
-            values = frame[name]
+            values = _na_text_as_missing_numbers(frame[name])
             missing = bool(values.isna().any())
             _check_trainable(name, values)
             if _is_numeric(values) or _numbers_as_objects(values):
@@ -201,7 +201,7 @@ class Schema:
                                   "model learned numbers there: send 1/0 if that is what they mean",
                                   column=col.name, rows=rows, reason="dtype")
             if values.dtype == object or pd.api.types.is_string_dtype(values):
-                values = values.mask(values.isin(NUMBER_MISSING_TEXT))  # read from a CSV, a number's "NA" is missing
+                values = values.mask(values.isin(NA_TEXT))  # read from a CSV, a number's "NA" is missing
             numeric = pd.to_numeric(values, errors="coerce")
             bad = numeric.isna() & values.notna()
             if bad.any():
@@ -218,6 +218,11 @@ class Schema:
         # Built element-wise: Series.where(..., None) turns None back into NaN, which str() makes "nan".
         text = np.empty(len(values), dtype=object)
         text[:] = [None if missing else str(v) for v, missing in zip(values.to_numpy(dtype=object), isna)]
+        read_as_missing = [t for t in NA_TEXT if t not in col.categories]  # a model from before CSVs kept them
+        if read_as_missing:
+            na = np.isin(text, read_as_missing)
+            if na.any():
+                text[na], isna = None, isna | na
         _check_categories(col, text, isna, values.index, report, missing="")
         return pd.Series(text, index=values.index, dtype=object, name=col.name)
 
@@ -435,9 +440,10 @@ def _require_rows(n: int) -> None:
         raise DataError("the training data has no rows; pass at least a few hundred normal samples")
 
 
-# Text that means a missing number (data.io reads the other missing markers of a CSV as NaN itself, and
-# leaves these two to the column: a text column can hold them as values).
-NUMBER_MISSING_TEXT = ("NA", "None")
+# Text that a CSV reader leaves to the column (data.io reads pandas' other missing markers as NaN): a missing
+# value in a column of numbers (R writes NA there), a value in a column of text (North America, a plan),
+# and missing in a text column that never held it in training (as pandas read it before).
+NA_TEXT = ("NA", "None")
 
 
 def _check_trainable(name: Any, values: pd.Series) -> None:
@@ -482,6 +488,19 @@ def _not_real_numbers(values: pd.Series) -> str | None:
     if isinstance(values.dtype, pd.PeriodDtype):
         return "periods"
     return {"m": "durations", "M": "timestamps", "c": "complex numbers"}.get(values.dtype.kind)
+
+
+def _na_text_as_missing_numbers(values: pd.Series) -> pd.Series:
+    """A text column of numbers and `NA_TEXT` (or of `NA_TEXT` alone) as numbers with NaN; others as they are."""
+    if not (values.dtype == object or pd.api.types.is_string_dtype(values)):
+        return values
+    marker = values.isin(NA_TEXT)
+    if not marker.any():
+        return values
+    rest = values[~marker & values.notna()]
+    if len(rest) and pd.to_numeric(rest, errors="coerce").isna().any():
+        return values  # text: the markers are values
+    return pd.to_numeric(values.mask(marker), errors="coerce")
 
 
 def _numbers_as_objects(values: pd.Series) -> bool:

@@ -92,7 +92,7 @@ class SeriesFraming:
         groups = _group_rows(series)
         if self.series_col is not None and len(groups) > 1 and len(groups) > len(series) / 2:
             raise DataError(f"series column '{self.series_col}' gives {len(groups)} series for {len(series)} rows, "
-                            "most of them one row long: name the column that holds the host or sensor id",
+                            "fewer than two rows a series: name the column that holds the host or sensor id",
                             column=self.series_col)
         if times is not None:
             diffs = []
