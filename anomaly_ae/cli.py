@@ -362,8 +362,9 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
             extra = [c for c in chunk.columns if c not in detector.schema_.names and c not in own and c not in keep]
             # with a training column missing too, the schema's message says more (a near-match renamed)
             if extra and all(c in chunk.columns for c in detector.schema_.names):
-                raise DataError(f"{data} has column(s) the model was not trained on: {', '.join(map(str, extra[:10]))}; "
-                                "name them in --keep-cols to copy them to the output, or leave them out of the file")
+                shown = ", ".join(map(str, extra[:10]))
+                raise DataError(f"{data} has column(s) the model was not trained on: {shown}; name them in "
+                                "--keep-cols to copy them to the output, or leave them out of the file")
             features = chunk.drop(columns=passthrough)
             if framing is None:
                 result = detector.score_frame(features, top_k=top_k)

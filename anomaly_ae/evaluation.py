@@ -43,8 +43,8 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     n_anom, n_norm = int(labels.sum()), int((labels == 0).sum())
     if n_anom == 0 or n_norm == 0:
         raise DataError(f"evaluation needs both normal and anomalous rows; got {n_norm} normal and {n_anom} anomalous "
-                        "(for normal rows alone, `anomaly-ae evaluate --synthetic-anomalies` perturbs them in documented "
-                        "ways)")
+                        "(for normal rows alone, `anomaly-ae evaluate --synthetic-anomalies` perturbs them in "
+                        "documented ways)")
     flagged = scores > threshold
     tp = int((flagged & (labels == 1)).sum())
     return EvaluationReport(

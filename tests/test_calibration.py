@@ -45,8 +45,8 @@ def test_threshold_is_the_conformal_order_statistic(n, alpha, rank):
     assert [str(w.message) for w in caught if "calibrate the threshold" in str(w.message)] == (
         [f"only {n} held-out normal samples calibrate the threshold, fewer than the "
          f"{math.ceil(1 / Fraction(alpha)) - 1} that a false-positive rate of {float(alpha):g} needs: the threshold "
-         "is the largest of their scores, and new normal data may pass it more often; fit (or recalibrate) on more normal data or "
-         "raise target_fpr"] if too_few else [])
+         "is the largest of their scores, and new normal data may pass it more often; fit (or recalibrate) on more "
+         "normal data or raise target_fpr"] if too_few else [])
     assert too_few == ((n, alpha) in ((50, "0.01"),))
     assert cal.threshold == float(rank)  # score r is the r-th smallest
     assert cal.target_fpr == float(alpha)

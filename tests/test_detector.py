@@ -320,7 +320,8 @@ def test_recalibrate_on_drifted_normal_data_restores_the_target_rate(tmp_path):
         assert det.recalibrate(recent) is det
     assert det.threshold_ > old and det.predict(later).mean() <= 0.03
     np.testing.assert_array_equal(det.decision_function(later), before)  # the model itself is unchanged
-    assert det.p_values(later).min() >= 1 / 1001 and det.training_metadata_["recalibrations"] == [{"rows": 1000, "target_fpr": 0.01}]
+    assert det.p_values(later).min() >= 1 / 1001
+    assert det.training_metadata_["recalibrations"] == [{"rows": 1000, "target_fpr": 0.01}]
     det.recalibrate(recent, target_fpr=0.05)
     assert det.target_fpr == 0.05 and 0.02 <= det.predict(later).mean() <= 0.09
     loaded = Detector.load(det.save(tmp_path / "model"))

@@ -138,8 +138,8 @@ def test_numbers_stored_as_objects_are_numeric_and_times_are_refused_at_fit():
             Schema.infer(pd.DataFrame({"x": range(50), "when": times}))
         assert "column 'when' " + says in str(caught.value)
     # text that only starts like a date stays a category
-    assert Schema.infer(pd.DataFrame({"x": range(50), "build": ["2026-01-05-rc1", "2026-01-05"] * 25})).columns[1].kind \
-        == "categorical"
+    builds = pd.DataFrame({"x": range(50), "build": ["2026-01-05-rc1", "2026-01-05"] * 25})
+    assert Schema.infer(builds).columns[1].kind == "categorical"
 
 
 def test_an_array_for_a_model_fitted_on_named_columns_is_scored_with_a_warning(fitted, telemetry_train):

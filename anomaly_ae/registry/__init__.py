@@ -27,13 +27,15 @@ an incompatible model format raise ``ModelLoadError`` saying which and what to d
 from anomaly_ae.registry.connection import (HttpBounds, TrackingTarget, check_connection, quiet_mlflow_logs,
                                            tracking_target)
 from anomaly_ae.registry.store import (ModelRef, Promotion, PromotionRefused, VersionSummary, check_model_name,
-                                       check_registrable, download_model, list_versions, load_model, promote, resolve_model)
+                                       check_registrable, download_model, list_versions, load_model, promote,
+                                       resolve_model)
 from anomaly_ae.registry.generators import log_generator_run
 from anomaly_ae.registry.tracking import DataSource, TrackedRun, data_fingerprint, log_training_run
 
 __all__ = [
     "DataSource", "HttpBounds", "ModelRef", "Promotion", "PromotionRefused", "TrackedRun", "TrackingTarget", "VersionSummary",
-    "check_connection", "check_model_name", "check_registrable", "data_fingerprint", "download_model", "list_versions", "load_model",
+    "check_connection", "check_model_name", "check_registrable", "data_fingerprint", "download_model", "list_versions",
+    "load_model",
     "log_generator_run", "log_training_run", "promote",
     "quiet_mlflow_logs", "resolve_model", "tracking_target",
 ]
