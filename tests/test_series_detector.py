@@ -564,3 +564,20 @@ def test_several_series_read_as_one_are_refused_and_repeated_steps_warned():
     sent_twice = pd.concat([once, once.iloc[[50, 90]]]).sort_values("ts", kind="stable")
     with pytest.warns(UserWarning, match="2 of 202 training rows share a time step"):
         SeriesDetector("knn", window=8, time_col="ts").fit(sent_twice)
+
+
+def test_a_time_zone_on_one_side_only_is_noted_when_the_time_of_day_is_an_input(tmp_path):
+    history = frame(400)
+    det = SeriesDetector("knn", window=8, time_col="ts", series_col="host", covariates=["time_of_day"],
+                         random_state=0).fit(history)
+    later = frame(420).groupby("host").tail(20)
+    zoned = later.assign(ts=later.ts.dt.tz_localize("America/New_York"))
+    noted = det.score_frame(zoned)["notes"].str.contains("carry a time zone, which the training ones did not")
+    assert noted.all() and not det.score_frame(later)["notes"].str.contains("time zone").any()
+    # UTC said out loud is what naive timestamps are read as: no note
+    utc = later.assign(ts=later.ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert not det.score_frame(utc)["notes"].str.contains("time zone").any()
+    loaded = SeriesDetector.load(det.save(tmp_path / "model"))
+    assert loaded.framing_.zone == "naive" and loaded.score_frame(zoned)["notes"].str.contains("time zone").all()
+    without = SeriesDetector("knn", window=8, time_col="ts", series_col="host", random_state=0).fit(history)
+    assert not without.score_frame(zoned)["notes"].str.contains("time zone").any()  # no calendar input: no shift

@@ -69,7 +69,8 @@ class SeriesFraming:
 
     def __init__(self, window: int, time_col: str | None = None, series_col: str | None = None,
                  max_gap: int = 3, step_seconds: float | None = None, known_series: Sequence[str] = (),
-                 covariates: Sequence[str] = (), origins_ns: Mapping[str, int] | None = None) -> None:
+                 covariates: Sequence[str] = (), origins_ns: Mapping[str, int] | None = None,
+                 zone: str | None = None) -> None:
         self.window = int(window)
         self.time_col = time_col
         self.series_col = series_col
@@ -84,6 +85,10 @@ class SeriesFraming:
         # shared anchor half a step off one host's phase would split its jittered readings). A series
         # not in it (unseen, or a model saved before): its first row in the input anchors its grid.
         self.origins_ns = dict(origins_ns or {})
+        # The training timestamps' zone (`_zone`: naive, utc or offset; None: a model saved before). Naive ones
+        # are read as UTC, so with calendar covariates naive on one side and an offset on the other moves
+        # every time of day.
+        self.zone = zone
 
     # ------------------------------------------------------------------ fitting
     def learn(self, data: Any) -> "SeriesFraming":
@@ -109,6 +114,7 @@ class SeriesFraming:
         self.known_series = sorted({str(s) for s in series})[:MAX_KNOWN_SERIES]
         self._known = frozenset(self.known_series)
         if times is not None:
+            self.zone = _zone(self._column(data, self.time_col))
             ns = times.astype("datetime64[ns]").astype(np.int64)
             self.origins_ns = {str(series[rows[0]]): int(ns[rows].min()) for rows in groups
                                if str(series[rows[0]]) in self._known}
@@ -158,6 +164,13 @@ class SeriesFraming:
         layout = SeriesLayout(np.asarray(source, dtype=np.int64), np.asarray(segment_start, dtype=np.int64),
                               position, series, order, notes,
                               calendar_covariates(times, self.covariates) if self.covariates else None)
+        zones = {self.zone, _zone(self._column(data, self.time_col))} if self.covariates and self.zone else set()
+        if zones == {"naive", "offset"}:
+            said = ("carry a time zone, which the training ones did not" if self.zone == "naive"
+                    else "carry no time zone, which the training ones did")
+            for row_notes in notes:
+                row_notes.append(f"the timestamps {said}: both are read as UTC, so the time of day the model "
+                                 "compares may be off by the zone's offset; send them as in training")
         history = layout.history()
         for row in np.flatnonzero(history < self.window).tolist():
             notes[row].append(f"warm-up: {int(history[row])} of {self.window} steps of history")
@@ -291,7 +304,7 @@ class SeriesFraming:
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "time_col": self.time_col, "series_col": self.series_col,
                 "max_gap": self.max_gap, "step_seconds": self.step_seconds, "known_series": self.known_series,
-                "covariates": list(self.covariates), "origins_ns": self.origins_ns}
+                "covariates": list(self.covariates), "origins_ns": self.origins_ns, "zone": self.zone}
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> "SeriesFraming":
@@ -384,6 +397,22 @@ def _duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g} {unit}"
     return f"{seconds:g} s"
+
+
+# An ISO 8601 time's zone at its end: Z, or an offset such as +02:00 / -0500.
+_ZONE = re.compile(r".*[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+
+
+def _zone(raw: Sequence[Any]) -> str:
+    """A time column's zone, judged by its dtype or its first value: "naive" (none), "utc" or "offset"."""
+    first = raw.iloc[0] if isinstance(raw, pd.Series) else next(iter(raw), None)
+    if isinstance(first, str):
+        match = _ZONE.match(first.strip())
+        if match is None:
+            return "naive"
+        return "utc" if match.group(1).upper() in ("Z", "+00:00", "-00:00", "+0000", "-0000") else "offset"
+    offset = first.utcoffset() if getattr(first, "tzinfo", None) is not None else None
+    return "naive" if offset is None else "utc" if not offset else "offset"
 
 
 def _iso_timestamp(value: Any) -> bool:
