@@ -155,6 +155,8 @@ def train(
         from anomaly_ae.registry import check_model_name
 
         check_model_name(register)
+    if balance_col is not None and augment is None:
+        raise DataError("--balance-col chooses which rows --augment adds; give --augment too, or leave it out")
     if (data is None) == (prometheus is None):
         raise DataError("give the training data: a file (anomaly-ae train DATA ...) or a watch spec "
                         "(anomaly-ae train --prometheus SPEC ...), not both")

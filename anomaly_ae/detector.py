@@ -19,7 +19,7 @@ import torch
 
 from anomaly_ae import persistence
 from anomaly_ae.calibration import Calibration
-from anomaly_ae.data.preprocess import Preprocessor
+from anomaly_ae.data.preprocess import Preprocessor, warn_of_extreme_values
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.estimators import Estimator, require_fitted
 from anomaly_ae.exceptions import DataError, InvalidParameterError
@@ -153,6 +153,7 @@ class Detector(Estimator):
             raise DataError(f"need at least {MIN_TRAINING_ROWS} normal rows to train and calibrate, got {n}; "
                             "collect more normal data")
         _warn_of_identifiers(schema, n, self.max_categories)
+        warn_of_extreme_values(checked, schema)
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(n)
         n_val = max(2, int(round(n * self.validation_fraction)))
@@ -375,6 +376,9 @@ class Detector(Estimator):
         if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.integer, np.floating)) or not 0.0 < fpr < 1.0:
             raise InvalidParameterError(f"target_fpr must be in (0, 1), got {fpr!r}")
         scores, result, kept = self._normal_scores(X)
+        if len(scores) < MIN_TRAINING_ROWS:
+            raise DataError(f"recalibrating needs at least {MIN_TRAINING_ROWS} normal rows, got {len(scores)}; "
+                            "send more recent normal data")
         # neighbouring scores of a series model share all but one step of their windows: fewer independent ones
         rows_per_score = self._rows_per_independent_score()
         n_new = max(len(scores) / rows_per_score, 1.0)

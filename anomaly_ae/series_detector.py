@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_ae.calibration import AlertRule, Calibration
-from anomaly_ae.data.preprocess import Preprocessor
+from anomaly_ae.data.preprocess import Preprocessor, warn_of_extreme_values
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.data.windows import SeriesFraming, SeriesLayout, check_covariates, dominant_period
 from anomaly_ae.detector import Detector, _take
@@ -135,6 +135,7 @@ class SeriesDetector(Detector):
         _check_repeated_steps(layout)
         schema = Schema.infer(metrics)
         checked, _ = schema.check(metrics)
+        warn_of_extreme_values(checked, schema)
         train_rows, val_rows, stop_rows = self._split(layout)
         pre = Preprocessor(self.max_categories, flags_as_indicators=True).fit(_take(checked, train_rows), schema)
         x = model_input(pre, schema, checked)

@@ -292,7 +292,7 @@ def test_command_runs_and_reports(tmp_path):
 @pytest.mark.parametrize("case, says", [
     ("not_npz", "not a .npz (zip) archive"), ("no_keys", "X is not a file in the archive"),
     ("out_dir", "is a directory; name the result CSV"), ("foreign_csv", "use another --out file"),
-    ("no_seeds", "--seeds names no seed")])
+    ("no_seeds", "--seeds names no seed"), ("empty_csv", "holds no results; run the benchmark without --report-only")])
 def test_command_bad_inputs_are_one_line_errors(tmp_path, case, says):
     from typer.testing import CliRunner
 
@@ -303,12 +303,14 @@ def test_command_bad_inputs_are_one_line_errors(tmp_path, case, says):
     np.savez(data / "no_keys.npz", A=np.zeros(3))
     out = tmp_path / "r.csv"
     args = {"not_npz": ["--datasets", "not_npz"], "no_keys": ["--datasets", "no_keys"],
-            "out_dir": ["--datasets", "ok"], "foreign_csv": ["--report-only"],
+            "out_dir": ["--datasets", "ok"], "foreign_csv": ["--report-only"], "empty_csv": ["--report-only"],
             "no_seeds": ["--datasets", "ok", "--seeds", ""]}[case]
     if case == "out_dir":
         out = tmp_path
     if case == "foreign_csv":
         out.write_text("garbage,1\n")
+    if case == "empty_csv":
+        out.write_text("")
     res = CliRunner().invoke(_app(), ["--data-dir", str(data), "--out", str(out), "--report", str(tmp_path / "r.md"),
                                       "--detectors", "pca", "--seeds", "0", "--no-progress", *args])
     assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output

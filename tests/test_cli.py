@@ -186,3 +186,13 @@ def test_column_options_that_contradict_each_other_or_the_file_are_one_line(tmp_
     assert result.exit_code == 2 and "--drop-cols names every column" in result.output
     result = runner.invoke(app, [*base, "--model", "pca"])  # a row model: the timestamps are no feature
     assert result.exit_code == 2 and "column 'ts' holds times" in result.output
+
+
+def test_balance_col_without_augment_and_generate_without_epochs_are_one_line(tmp_path):
+    write_table(make_telemetry(300, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
+    result = runner.invoke(app, ["train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "m"),
+                                 "--balance-col", "mode"])
+    assert result.exit_code == 2 and "--balance-col chooses which rows --augment adds" in result.output
+    result = runner.invoke(app, ["generate", "train", str(tmp_path / "t.csv"), "-o", str(tmp_path / "g"),
+                                 "--epochs", "0"])
+    assert result.exit_code == 2 and "--epochs" in result.output and not (tmp_path / "g").exists()

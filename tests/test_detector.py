@@ -332,3 +332,21 @@ def test_recalibrate_on_drifted_normal_data_restores_the_target_rate(tmp_path):
             det.recalibrate(recent, target_fpr=bad)
     with pytest.warns(UserWarning, match="score lower than the held-out normal rows"):
         det.recalibrate(data.iloc[:2000])  # the rows it trained on
+
+
+def test_pca_keeps_a_residual_direction_when_one_hot_groups_lower_the_rank():
+    rng = np.random.default_rng(1)
+    data = pd.DataFrame(rng.normal(size=(300, 3)), columns=list("abc")).assign(cat=rng.choice(["u", "v"], 300))
+    det = Detector("pca").fit(data)
+    assert det.threshold_ > 1e-3  # not rounding noise: every row reconstructed exactly
+    far = data.head(10).assign(a=8.0, b=8.0, c=8.0)
+    assert det.predict(far).sum() >= 5 and det.predict(data.head(10)).sum() <= 1
+
+
+def test_an_extreme_training_value_is_warned_of_and_recalibrating_needs_rows():
+    data = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 3)), columns=list("abc"))
+    data.iloc[7, 0] = 1e300  # a unit or sensor error: it would set the scale or the threshold
+    with pytest.warns(UserWarning, match=r"column 'a' has training values .* in rows \[7\]"):
+        det = Detector("pca").fit(data)
+    with pytest.raises(DataError, match="at least 10 normal rows, got 3"):
+        det.recalibrate(data.iloc[20:23])

@@ -28,8 +28,8 @@ def benchmark(
                               help="Detectors whose existing rows (for the selected datasets and "
                                    "seeds) are dropped and recomputed, e.g. after a default changed."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch / BLAS / OpenMP threads."),
-    report: Path = typer.Option(Path("benchmarks/results/adbench.md"), "--report",
-                                help="Markdown report written after the run."),
+    report: Optional[Path] = typer.Option(None, "--report",
+                                          help="Markdown report written after the run; default: --out with .md."),
     fingerprints: Optional[Path] = typer.Option(
         None, "--fingerprints",
         help="protocol_fingerprint.json to check every split against; default: "
@@ -74,7 +74,10 @@ def benchmark(
                           threads=threads, fingerprints=fp, progress=progress, console=err)
         if not out.exists():
             fail(f"no result file {out}")
-        read_rows(out)  # a CSV this command did not write is refused here, naming the columns it needs
+        # a CSV this command did not write is refused here, naming the columns it needs
+        if not read_rows(out):
+            fail(f"{out} holds no results; run the benchmark without --report-only first")
+        report = report if report is not None else out.with_suffix(".md")
         anc = anchor if anchor is not None else (default_anchor(data_dir) if data_dir.is_dir() else None)
         write_report(out, report, anc)
         err.print(f"results: {out}\nreport:  {report}")

@@ -6,6 +6,8 @@ JSON: the saved model carries it and nothing has to be unpickled to apply it.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -207,6 +209,34 @@ class _NumericPlan(NamedTuple):
     positions: np.ndarray     # each one's output column
     flagged: np.ndarray       # which of them have a missing indicator,
     flag_positions: np.ndarray  # and its output column
+
+
+# A training value this many median absolute deviations from the median is taken for a unit or sensor
+# error: it alone sets the column's standard deviation, and every other value then standardises to
+# about the same number.
+EXTREME_DEVIATIONS = 1e6
+
+
+def warn_of_extreme_values(data: pd.DataFrame | np.ndarray, schema: Schema) -> None:
+    """Warn of numeric training values EXTREME_DEVIATIONS median absolute deviations or more from their
+    column's median (the rows that train and the rows that calibrate alike)."""
+    if schema.image is not None or not isinstance(data, pd.DataFrame):
+        return
+    for col in schema.columns:
+        if col.kind != "numeric":
+            continue
+        values = data[col.name]
+        arr = values.to_numpy(dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            gap = np.abs(arr - np.nanmedian(arr))
+            mad = float(np.nanmedian(gap))
+            extreme = np.isfinite(gap) & (gap > EXTREME_DEVIATIONS * mad) if mad > 0 else np.zeros(len(arr), bool)
+        if extreme.any():
+            rows = values.index[extreme][:5].tolist()
+            warnings.warn(f"column '{col.name}' has training values more than {EXTREME_DEVIATIONS:,.0f} median "
+                          f"absolute deviations from its median in rows {rows} (e.g. {arr[extreme][0]:.6g}): they set "
+                          "its scale or its threshold; check them for unit or sensor errors, or drop those rows",
+                          UserWarning, stacklevel=3)
 
 
 def _location_scale(finite: np.ndarray) -> tuple[float, float, float]:

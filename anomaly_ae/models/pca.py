@@ -34,9 +34,11 @@ class PCA(ScoredModule):
             variance = s**2
         ratio = variance.cumsum(0) / variance.sum().clamp_min(1e-12)
         k = int(torch.searchsorted(ratio, torch.tensor(variance_kept, dtype=ratio.dtype)).item()) + 1
-        # at most d - 1 components: with all d kept every row reconstructs exactly and the score is
-        # rounding noise (a few uncorrelated inputs need them all for 90% of the variance)
-        k = min(k, self.components.shape[0], vt.shape[0], flat.shape[1] - 1)
+        # fewer components than the data's rank: with all of them kept every row reconstructs exactly and
+        # the score is rounding noise (a few uncorrelated inputs need them all for 90% of the variance; a
+        # categorical column's one-hot group takes one from the rank, as its indicators sum to 1)
+        rank = int((variance > variance.max().clamp_min(1e-300) * 1e-10).sum())
+        k = min(k, self.components.shape[0], vt.shape[0], max(rank - 1, 1))
         components = torch.zeros_like(self.components)
         components[:k] = vt[:k].to(components.dtype)
         self.mean.copy_(mean.to(self.mean.dtype))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -266,10 +267,14 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
         "alerts_by_series": {str(k): int(v) for k, v in table.groupby(label)["alert"].sum().items() if v}}
     if labels_path is not None:
         truth = _incident_rows(labels_path, table, label)
+        if not truth.any():
+            console.print(f"[yellow]note:[/] no labelled incident of {escape(str(labels_path))} lies in the range "
+                          "scored, so event recall is undefined (null); widen --start/--end to cover them")
         flags, alerts = table["is_anomaly"].to_numpy(), table["alert"].to_numpy()
         series = table[label].to_numpy()
         for name, marks in (("by_flagged_steps", flags), ("by_alerts", alerts)):
             summary[f"events_{name}"] = event_metrics(marks, truth, series).to_dict()
+    summary = _finite_or_null(summary)  # strict JSON: an undefined rate is null, not NaN
     console.print(json.dumps(summary, indent=2, default=float), markup=False)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +288,17 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
             plot_series(values[spec.columns].to_numpy(), spec.columns, part["score"].to_numpy(),
                         float(detector.threshold_), None, out / f"series_{_safe(name)}.png",
                         title=f"{label}={name}: alerts at steps {np.flatnonzero(part['alert'].to_numpy()).tolist()[:8]}")
-        console.print(f"wrote scores.csv, summary.json and {max(1, len(alerting))} plot(s) to {out}")
+        plots = f"{len(alerting)} plot(s), one per alerting series" if alerting else \
+            "1 plot (no series alerted: the first one)"
+        console.print(f"wrote scores.csv, summary.json and {plots} to {out}")
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _incident_rows(path: Path, table: Any, label: str) -> Any:
