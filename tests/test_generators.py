@@ -133,6 +133,9 @@ def test_numeric_condition_uses_quantile_buckets():
     frame = pd.DataFrame({"x": np.arange(100.0), "m": ["a", "b"] * 50})
     enc = ConditionEncoder.fit(frame, ["x", "m"], {"x"}, n_bins=4)
     assert enc.dim == 4 + 2
+    assert enc.columns[0]["values"] == ["[0, 24.75)", "[24.75, 49.5)", "[49.5, 74.25)", "[74.25, 99]"]
+    integers = ConditionEncoder.fit(pd.DataFrame({"n": [0] * 50 + [1] * 100 + [2] * 150}), ["n"], {"n"}, n_bins=3)
+    assert integers.columns[0]["values"] == ["[0, 1)", "[1, 2)", "[2, 2]"]  # no bucket label overlaps another
     assert enc.resolve({"x": 10})["x"] == enc.columns[0]["values"][0]
     assert enc.resolve({"x": 99})["x"] == enc.columns[0]["values"][3]
     drawn = enc.draw(1000, {"m": "a"}, np.random.default_rng(0))

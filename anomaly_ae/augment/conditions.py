@@ -35,7 +35,9 @@ class ConditionEncoder:
                 arr = values.to_numpy(dtype=np.float64)
                 edges = np.unique(np.quantile(arr, np.linspace(0, 1, n_bins + 1)[1:-1])).tolist()
                 bounds = [float(arr.min()), *edges, float(arr.max())]
-                labels = [f"{lo:.4g}..{hi:.4g}" for lo, hi in zip(bounds[:-1], bounds[1:])]
+                # half-open [lo, hi) but the last, [lo, hi]: a value on an edge belongs to the bucket above it
+                labels = [f"[{lo:.4g}, {hi:.4g}{']' if i == len(bounds) - 2 else ')'}"
+                          for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
                 columns.append({"name": name, "kind": "numeric", "edges": edges, "values": labels,
                                 "range": [float(arr.min()), float(arr.max())]})
             else:
