@@ -140,7 +140,7 @@ class Detector(Estimator):
         resume)`); with `resume=True` a killed fit continues, finished networks are not
         retrained, and the result is identical to an uninterrupted fit.
         """
-        self._validate_params()
+        self.validate_params()
         if checkpoint is not None:
             checkpoint.prepare()
         schema = Schema.infer(X)
@@ -235,7 +235,9 @@ class Detector(Estimator):
         self.inference_ = InferencePath(self.schema_, self.preprocessor_, scorer, calibration)
         self.n_features_in_ = len(self.inference_.feature_names)
 
-    def _validate_params(self) -> None:
+    def validate_params(self) -> None:
+        """Raise InvalidParameterError for a parameter fit would refuse (fit calls it first; callers that
+        fetch or read data before fitting call it before that)."""
         if self.model not in self._models:
             raise InvalidParameterError(f"unknown model {self.model!r}; choose one of {', '.join(self._models)}")
         if not 0.0 < self.validation_fraction < 1.0:

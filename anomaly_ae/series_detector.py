@@ -123,7 +123,7 @@ class SeriesDetector(Detector):
     def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None, *,
             checkpoint: Checkpointing | None = None) -> "SeriesDetector":
         """Learn normal behaviour from the history X (normal rows only, in time order; y is ignored)."""
-        self._validate_params()
+        self.validate_params()
         alert_rule = AlertRule(int(self.alert_min_steps), int(self.alert_within), int(self.alert_cooldown))
         if checkpoint is not None:
             checkpoint.prepare()
@@ -227,8 +227,8 @@ class SeriesDetector(Detector):
             stats["alerts_per_day"] = alerts / days
         return stats
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
+    def validate_params(self) -> None:
+        super().validate_params()
         if self.window != "auto" and (isinstance(self.window, bool) or not isinstance(self.window, (int, np.integer))
                                       or self.window < 1):
             raise InvalidParameterError(f"window must be a positive number of steps or 'auto', got {self.window!r}")

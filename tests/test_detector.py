@@ -350,3 +350,9 @@ def test_an_extreme_training_value_is_warned_of_and_recalibrating_needs_rows():
         det = Detector("pca").fit(data)
     with pytest.raises(DataError, match="at least 10 normal rows, got 3"):
         det.recalibrate(data.iloc[20:23])
+
+
+def test_a_latent_code_as_wide_as_the_input_is_warned_of():
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    with pytest.warns(UserWarning, match="latent_dim=5 is not smaller than the model's 3 inputs"):
+        Detector("ae", latent_dim=5, epochs=2).fit(X)

@@ -428,3 +428,15 @@ def test_backtest_ranges_and_incident_files_get_clear_errors(tmp_path):
         with pytest.raises(DataError) as caught:
             _incident_rows(tmp_path / name, table, "host")
         assert says in str(caught.value), (name, str(caught.value))
+
+
+def test_a_bad_model_option_in_the_spec_fails_before_any_history_is_fetched(tmp_path):
+    from anomaly_ae.exceptions import InvalidParameterError
+    from anomaly_ae.watch.command import train_from_prometheus
+
+    path = tmp_path / "watch.yml"  # nothing listens at the URL: a fetch would fail with a connection error
+    path.write_text("prometheus: {url: 'http://127.0.0.1:9'}\nseries_label: host\nstep: 15s\n"
+                    "metrics: {a: up}\nmodel: {model: nosuch}\n")
+    with pytest.raises(InvalidParameterError, match="unknown model 'nosuch'"):
+        train_from_prometheus(path, "-1h", "now", model=None, window=None, out=None, experiment=None, register=None,
+                              tracking_uri=None, device="cpu", progress=False)

@@ -96,7 +96,7 @@ class Generator(Estimator):
     # ------------------------------------------------------------------ fitting
     def fit(self, X: pd.DataFrame | np.ndarray, y: Any = None) -> "Generator":
         """Learn the distribution of normal rows X (or images), conditioned on the context columns."""
-        self._validate_params()
+        self.validate_params()
         schema = Schema.infer(X)
         image = schema.image is not None
         cond_names = self._condition_names(image, y is not None)
@@ -164,7 +164,7 @@ class Generator(Estimator):
         self.n_features_in_ = schema.n_features if not image else int(np.prod(x.shape[1:]))
         return self
 
-    def _validate_params(self) -> None:
+    def validate_params(self) -> None:
         if self.model not in GENERATORS:
             raise ValueError(f"unknown generator {self.model!r}; choose one of {', '.join(GENERATORS)}")
         if not 0.0 < self.validation_fraction < 1.0:

@@ -9,6 +9,7 @@ Fitting, scoring, saving, loading, the CLI's help and the benchmark all read the
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -71,6 +72,10 @@ def _network_spec(family: str, params: Mapping[str, Any], input_shape: tuple[int
     for d in input_shape:
         n_inputs *= int(d)
     latent = params["latent_dim"] or default_latent_dim(n_inputs)
+    if params["latent_dim"] and latent >= n_inputs:
+        warnings.warn(f"latent_dim={latent} is not smaller than the model's {n_inputs} inputs: an autoencoder can then "
+                      "pass its input through and reconstruct anomalies as well as normal rows; choose a smaller "
+                      "latent_dim (or leave it unset for the default)", UserWarning, stacklevel=2)
     hidden = list(params["hidden_dims"]) if params["hidden_dims"] is not None else default_hidden_dims(n_inputs, latent)
     return {"family": family, "input_shape": list(input_shape), "latent_dim": int(latent),
             "hidden_dims": [int(h) for h in hidden]}

@@ -50,6 +50,15 @@ def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str |
     loaded = load_spec(spec_path)
     spec = loaded.spec
     t0, t1 = _range(spec, start, end)
+    opts = spec.model
+    chosen_window = window if window is not None else (opts.window or DEFAULT_WINDOW)
+    detector = SeriesDetector(model=model or opts.model or DEFAULT_SERIES_MODEL, window=chosen_window,
+                              time_col=TIME_COLUMN, series_col=spec.series_label, covariates=opts.covariates,
+                              max_gap=opts.max_gap,
+                              alert_min_steps=opts.alert_min_steps, alert_within=opts.alert_within,
+                              alert_cooldown=opts.alert_cooldown, target_fpr=opts.target_fpr, epochs=opts.epochs,
+                              random_state=opts.random_state, device=device, verbose=progress)
+    detector.validate_params()  # a bad model option fails now, not after the history is fetched
     with PrometheusSource(spec) as source:
         frame, report = fetch_frame(source, t0, t1, max_series=spec.watch.max_series)
     for line in report.lines():
@@ -60,14 +69,7 @@ def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str |
     fingerprint = frame_fingerprint(frame)
     console.print(f"fetched {report.n_rows} steps of {report.n_series} series x {len(spec.columns)} metrics from "
                   f"{spec.prometheus.url} (data fingerprint {fingerprint})")
-    opts = spec.model
-    chosen_window = window if window is not None else (opts.window or DEFAULT_WINDOW)
-    detector = SeriesDetector(model=model or opts.model or DEFAULT_SERIES_MODEL, window=chosen_window,
-                              time_col=TIME_COLUMN, series_col=spec.series_label, covariates=opts.covariates,
-                              max_gap=opts.max_gap,
-                              alert_min_steps=opts.alert_min_steps, alert_within=opts.alert_within,
-                              alert_cooldown=opts.alert_cooldown, target_fpr=opts.target_fpr, epochs=opts.epochs,
-                              random_state=opts.random_state, device=device, verbose=progress).fit(frame)
+    detector.fit(frame)
     provenance = {"prometheus_spec": loaded.path.name, "spec_fingerprint": spec.fingerprint(),
                   "query_fingerprint": fingerprint, "start": t0, "end": t1, "step_seconds": spec.step,
                   "series_label": spec.series_label, "metrics": spec.metrics, "report": report.to_dict()}
