@@ -190,8 +190,23 @@ def train(
         if column is not None and column in _split_list(drop_cols):
             raise DataError(f"--drop-cols removes '{column}', the {option} column the series model reads; "
                             "leave it out of --drop-cols")
-    X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
     series = any(option is not None for option in (time_col, series_col, window, covariates))
+    if not series:
+        model = model or "hybrid"
+        detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
+                            score=score, random_state=seed, device=device, verbose=progress)
+    else:
+        from anomaly_ae.series_detector import DEFAULT_SERIES_MODEL, SeriesDetector
+
+        if augment is not None:
+            raise DataError("--augment adds independent rows; it does not apply to series models")
+        model = model or DEFAULT_SERIES_MODEL
+        detector = SeriesDetector(model=model, window=_window(window), time_col=time_col, series_col=series_col,
+                                  covariates=tuple(_split_list(covariates)), target_fpr=target_fpr,
+                                  epochs=epochs, n_estimators=n_estimators, score=score,
+                                  random_state=seed, device=device, verbose=progress)
+    detector.validate_params()  # a bad option fails now, not after reading a large file
+    X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
     if tracked:
         _check_tracking(tracking_uri, register, "series" if series else "detector")
     provenance = None
@@ -208,20 +223,9 @@ def train(
             else "no model was saved")
     with _clean_exit_on_signals(kept):
         if not series:
-            model = model or "hybrid"
-            detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
-                                score=score, random_state=seed, device=device, verbose=progress).fit(
-                                    X, synthetic=synthetic, checkpoint=checkpoint)
+            detector.fit(X, synthetic=synthetic, checkpoint=checkpoint)
         else:
-            from anomaly_ae.series_detector import DEFAULT_SERIES_MODEL, SeriesDetector
-
-            if synthetic is not None:
-                raise DataError("--augment adds independent rows; it does not apply to series models")
-            model = model or DEFAULT_SERIES_MODEL
-            detector = SeriesDetector(model=model, window=_window(window), time_col=time_col, series_col=series_col,
-                                      covariates=tuple(_split_list(covariates)), target_fpr=target_fpr,
-                                      epochs=epochs, n_estimators=n_estimators, score=score,
-                                      random_state=seed, device=device, verbose=progress).fit(X, checkpoint=checkpoint)
+            detector.fit(X, checkpoint=checkpoint)
             stats = detector.alert_stats_
             per_day = f"{stats['alerts_per_day']:.2f} per day" if "alerts_per_day" in stats else \
                 f"{stats['alerts_per_1000_steps']:.2f} per 1000 steps"

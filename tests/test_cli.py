@@ -196,3 +196,11 @@ def test_balance_col_without_augment_and_generate_without_epochs_are_one_line(tm
     result = runner.invoke(app, ["generate", "train", str(tmp_path / "t.csv"), "-o", str(tmp_path / "g"),
                                  "--epochs", "0"])
     assert result.exit_code == 2 and "--epochs" in result.output and not (tmp_path / "g").exists()
+
+
+def test_bad_model_options_fail_before_the_data_is_read(tmp_path):
+    missing = str(tmp_path / "not-there.csv")  # never opened: the options are checked first
+    result = runner.invoke(app, ["train", missing, "--out", str(tmp_path / "m"), "--model", "nosuch"])
+    assert result.exit_code == 2 and "unknown model 'nosuch'" in result.output
+    result = runner.invoke(app, ["train", missing, "--out", str(tmp_path / "m"), "--time-col", "ts", "--window", "0"])
+    assert result.exit_code == 2 and "window must be a positive number of steps" in result.output
