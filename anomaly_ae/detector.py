@@ -386,7 +386,7 @@ class Detector(Estimator):
         n_new = max(len(scores) / rows_per_score, 1.0)
         n_old = max(len(self.calibration_.reference_scores) / rows_per_score, 1.0)
         spread = np.sqrt(1 / (12 * n_new) + 1 / (12 * n_old))
-        if len(scores) and float(np.mean(self.calibration_.p_values(scores))) > 0.5 + SEEN_ROWS_SPREADS * spread:
+        if float(np.mean(self.calibration_.p_values(scores))) > 0.5 + SEEN_ROWS_SPREADS * spread:
             warnings.warn("the recalibration rows score lower than the held-out normal rows the model was calibrated "
                           "on, as rows it trained on do: a threshold set on them flags too much new normal data; "
                           "recalibrate on normal data from after the training period", UserWarning, stacklevel=2)
