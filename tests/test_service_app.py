@@ -556,6 +556,21 @@ async def test_reload_loads_a_new_version_and_keeps_an_unchanged_one(models, ser
         assert (await reload(client, force=True)).json()["status"] == "loaded"
 
 
+async def test_a_version_that_takes_other_input_is_refused_unless_forced(models, served):
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        good = await version(client)
+        fewer = Detector.load(models / "v2")
+        fewer_columns = list(fewer.schema_.names[1:])
+        Detector("pca").fit(make_telemetry(300, seed=5)[fewer_columns]).save(served)  # one column less
+        error = assert_error(await reload(client), 409, "schema_changed")
+        assert f"no more {fewer.schema_.names[0]}" in error["message"] and "force=true" in error["message"]
+        assert await version(client) == good  # the last good model serves; its clients' requests still work
+        assert (await client.post("/v1/score", json={"records": rows(3)}, headers=SCORE)).status_code == 200
+        assert (await reload(client, force=True)).json()["status"] == "loaded"
+        assert await version(client) != good
+
+
 async def test_broken_versions_are_refused_and_the_last_good_model_serves(models, served, caplog):
     import logging
 

@@ -111,7 +111,7 @@ REJECTION_REASONS = ("overloaded", "not_ready")
 AUTH_STATUSES = ("401", "403")
 RELOAD_TRIGGERS = ("startup", "poll", "admin")
 RELOAD_FAILURE_REASONS = ("registry_timeout", "registry_unavailable", "model_not_found", "load_timeout",
-                          "smoke_test_failed", "load_error")
+                          "smoke_test_failed", "load_error", "schema_changed")
 
 
 def initialise_label_sets() -> None:

@@ -104,6 +104,30 @@ class RefreshOutcome:
 
 
 # ---------------------------------------------------------------------------- resolving and loading
+def input_of(scorer: Scorer) -> dict[str, Any]:
+    """What a request to this model must hold: its kind, input columns, and a series model's time and series keys."""
+    contract = scorer.contract
+    return {"kind": scorer.kind, "columns": list(scorer.schema.names),
+            "time_col": contract.time_col if contract is not None else None,
+            "series_col": contract.series_col if contract is not None else None}
+
+
+def input_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    parts = []
+    if old["kind"] != new["kind"]:
+        parts.append(f"a {new['kind']} model where a {old['kind']} model serves")
+    added = [c for c in new["columns"] if c not in old["columns"]]
+    removed = [c for c in old["columns"] if c not in new["columns"]]
+    if added:
+        parts.append(f"new column(s) {', '.join(added[:5])}{' ...' if len(added) > 5 else ''}")
+    if removed:
+        parts.append(f"no more {', '.join(removed[:5])}{' ...' if len(removed) > 5 else ''}")
+    for key in ("time_col", "series_col"):
+        if old[key] != new[key]:
+            parts.append(f"{key} {new[key]!r} instead of {old[key]!r}")
+    return "; ".join(parts) or "the columns in another order"
+
+
 def version_of(ref: Any) -> str:
     """A registry version, else the run id (runs:/ URIs), else the URI itself."""
     return str(ref.version or getattr(ref, "run_id", None) or ref.uri)
@@ -361,6 +385,12 @@ class ModelHolder:
             return self._failed(trigger, "registry_unavailable",
                                 f"could not download version {version} ({type(exc).__name__}); still serving "
                                 "the last good model")
+        if current is not None and not force and input_of(loaded.scorer) != input_of(current.scorer):
+            # a valid model that takes other input would fail every client's next request
+            return self._refuse(trigger, version, "schema_changed",
+                                f"it takes other input than the served version {current.version} "
+                                f"({input_change(input_of(current.scorer), input_of(loaded.scorer))}), so every "
+                                "request sent for that one would fail; reload with force=true to switch on purpose")
         if self.current is None:
             # The first load imported the registry client and its dependencies (mlflow for a models:/ URI),
             # after create_app froze the imports: frozen too, so that a full collection set off by a large
