@@ -622,3 +622,32 @@ def test_a_mistyped_sqlite_store_is_an_error_when_loading_and_nothing_is_created
         tracking_target(f"sqlite:///{missing}")
     assert not missing.parent.exists()
     assert tracking_target(f"sqlite:///{missing}", create=True).uri == f"sqlite:///{missing}"  # training creates it
+
+
+def test_a_registry_file_that_is_no_database_or_cannot_be_written_fails_before_training(data, tmp_path):
+    (tmp_path / "notdb.db").write_text("hello\n")
+    uri = f"sqlite:///{tmp_path / 'notdb.db'}"
+    assert "is not an SQLite database" in one_line_error(cli("train", data["normal"], "--drop-cols", DROP, "--model",
+                                                             "pca", "--register", "x", "--tracking-uri", uri))
+    assert "cannot open the MLflow store" in one_line_error(cli("models", "list", "x", "--tracking-uri", uri))
+    assert "needs the Python package" in one_line_error(cli("models", "list", "x", "--tracking-uri",
+                                                            "postgresql://u:pw@127.0.0.1:1/x"))
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    registry.check_connection(uri)  # creates the store
+    # read-only for root too: the immutable flag, where the file system has it; else permissions, unless root
+    locked = subprocess.run(["chattr", "+i", str(folder / "mlflow.db"), str(folder)],
+                            capture_output=True).returncode == 0
+    if not locked:
+        (folder / "mlflow.db").chmod(0o444)
+        folder.chmod(0o555)
+        if os.access(folder / "mlflow.db", os.W_OK):
+            pytest.skip("cannot make a file read-only here (root without chattr)")
+    try:
+        out = one_line_error(cli("train", data["normal"], "--drop-cols", DROP, "--model", "pca", "--register", "x",
+                                 "--tracking-uri", uri, "--no-progress"))
+        assert "cannot be used for writing" in out and "nothing was trained" in out and "trained pca" not in out
+    finally:
+        subprocess.run(["chattr", "-i", str(folder), str(folder / "mlflow.db")], capture_output=True)
+        folder.chmod(0o755)

@@ -155,6 +155,12 @@ def client(uri: str):
         raise RegistryError(redacted(f"cannot use {uri!r} as the MLflow tracking URI ({_first_line(str(exc))}); "
                                      "give http(s)://host:port of a tracking server, or sqlite:///path/mlflow.db"
                                      )) from None
+    except ImportError as exc:  # a database store whose driver is not installed (postgresql://, mysql://)
+        raise RegistryError(redacted(f"the tracking URI {uri!r} needs the Python package {exc.name or 'its driver'}, "
+                                     "which is not installed: pip install it, or use another store")) from None
+    except Exception as exc:  # the store's own errors (SQLAlchemy: a file that is no database, a locked one)
+        raise RegistryError(redacted(f"cannot open the MLflow store at {uri!r} ({type(exc).__name__}: "
+                                     f"{_first_line(str(exc))}); check that it is an MLflow database")) from None
 
 
 _UNREACHABLE_HINTS = (
@@ -247,7 +253,42 @@ def quiet_mlflow_logs() -> None:
 def check_connection(tracking_uri: str | None = None) -> TrackingTarget:
     """Fail fast (before a long training) if the tracking server cannot be reached: one bounded request."""
     target = tracking_target(tracking_uri, create=True)
+    database = _sqlite_file(target.uri)
+    if database is not None and database.exists():
+        _check_writable_sqlite(database, target.uri)  # a run would be logged after the training, and fail
     if target.embedded_db is None:
         with mlflow_errors(target, "checking the connection"):
             client(target.uri).search_experiments(max_results=1)
     return target
+
+
+def _check_writable_sqlite(database: Path, uri: str) -> None:
+    """Refuse a SQLite file that is no database, or that this process cannot write (read-only file or folder)."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{database}?mode=rw", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise RegistryError(redacted(f"cannot open the MLflow database {database} ({exc}); check the path and its "
+                                     f"permissions ({uri})")) from None
+    try:
+        try:
+            connection.execute("PRAGMA schema_version")
+        except sqlite3.DatabaseError as exc:
+            if "locked" in str(exc):
+                return
+            raise RegistryError(redacted(f"{database} is not an SQLite database ({exc}): check the tracking URI "
+                                         f"{uri}")) from None
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        # a change, rolled back: it opens the rollback journal, which fails on a read-only file or folder
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(f"PRAGMA user_version = {int(version)}")
+        connection.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        if "locked" in str(exc):  # another process writes to it right now: writable, only busy
+            return
+        raise RegistryError(redacted(f"the MLflow database {database} cannot be used for writing ({exc}); nothing "
+                                     "was trained: make it (and its folder) writable, or give another tracking "
+                                     "URI")) from None
+    finally:
+        connection.close()
