@@ -422,6 +422,10 @@ def test_serve_refuses_bad_settings_with_exit_code_2(tmp_path):
                                capture_output=True, text=True, timeout=120)
     assert short_key.returncode == 2 and "at least 16 characters" in short_key.stderr
     assert "short" not in short_key.stderr  # the key itself is never echoed
+    for keys, says in ((", ,", "names no key"), ('["aaaaaaaaaaaaaaaaaaaa"]', "not JSON")):  # auth off / a key of "[
+        refused = subprocess.run(base + ["--model", str(tmp_path)], env={**env, "ANOMALY_AE_API_KEYS": keys},
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and says in refused.stderr and "aaaaaaaa" not in refused.stderr
     (tmp_path / "a-file").write_text("")
     unwritable = subprocess.run(base + ["--model", str(tmp_path)], capture_output=True, text=True, timeout=120,
                                 env={**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "a-file" / "metrics")})

@@ -111,7 +111,14 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            text = value.strip()
+            if text.startswith("[") or text.startswith('"'):  # a JSON list would be taken literally, quotes and all
+                raise ValueError("keys are a comma-separated list (key1,key2), not JSON: drop the brackets and quotes")
+            keys = [k.strip() for k in value.split(",") if k.strip()]
+            if text and not keys:  # set, but to nothing usable: auth would be silently off
+                raise ValueError("the variable is set but names no key; give comma-separated keys, or unset it to "
+                                 "serve without auth")
+            return keys
         if isinstance(value, (list, tuple)):
             return [k for k in value if (k.get_secret_value() if isinstance(k, SecretStr) else str(k)).strip()]
         return value
