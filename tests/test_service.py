@@ -422,6 +422,12 @@ def test_serve_refuses_bad_settings_with_exit_code_2(tmp_path):
                                capture_output=True, text=True, timeout=120)
     assert short_key.returncode == 2 and "at least 16 characters" in short_key.stderr
     assert "short" not in short_key.stderr  # the key itself is never echoed
+    same_port = subprocess.run(base + ["--model", str(tmp_path), "--port", "9000", "--metrics-port", "9000"],
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert same_port.returncode == 2 and "metrics_port 9000 is the port the API listens on" in same_port.stderr
+    endless = subprocess.run(base + ["--model", str(tmp_path)], env={**env, "ANOMALY_AE_LOAD_TIMEOUT_S": "inf"},
+                             capture_output=True, text=True, timeout=120)
+    assert endless.returncode == 2 and "finite number" in endless.stderr
     for keys, says in ((", ,", "names no key"), ('["aaaaaaaaaaaaaaaaaaaa"]', "not JSON")):  # auth off / a key of "[
         refused = subprocess.run(base + ["--model", str(tmp_path)], env={**env, "ANOMALY_AE_API_KEYS": keys},
                                  capture_output=True, text=True, timeout=120)

@@ -549,6 +549,8 @@ async def test_reload_loads_a_new_version_and_keeps_an_unchanged_one(models, ser
         await ready(client)
         first = await version(client)
         assert (await reload(client)).json()["status"] == "unchanged"
+        asked = await client.post("/v1/admin/reload?version=9", headers=ADMIN)  # not a thing a reload takes
+        assert_error(asked, 422, "unknown_parameter")
         Detector.load(models / "v2").save(served)
         response = await reload(client)
         assert response.status_code == 200 and response.json()["status"] == "loaded"

@@ -9,7 +9,7 @@ import datetime as dt
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from anomaly_ae.service import metrics
@@ -65,9 +65,14 @@ async def model_info(model: CurrentModel, settings: SettingsDep) -> Response:
 @router.post("/v1/admin/reload", dependencies=[Depends(require_admin)], response_model=ReloadResponse,
              responses=_errors(401, 403, 409, 422, 503), openapi_extra=SECURITY,
              summary="Re-resolve the model URI and reload now")
-async def reload(holder: HolderDep,
+async def reload(holder: HolderDep, request: Request,
                  force: bool = Query(False, description="Reload even if the version is unchanged, or retry a "
                                                         "refused version.")) -> Response:
+    unknown = sorted(set(request.query_params) - {"force"})
+    if unknown:  # e.g. ?version=9: the reload loads what the URI names, whatever else is asked
+        raise ApiError(422, "unknown_parameter", f"unknown query parameter(s) {', '.join(unknown)[:200]}; a reload "
+                       "takes only force=true and loads the version the model URI names (move the alias to "
+                       "choose another)")
     outcome = await holder.refresh("admin", force=force)
     holder.broadcast_reload(force)  # with several workers, the others reload too
     if outcome.status in ("loaded", "unchanged") and holder.current is not None:

@@ -16,7 +16,8 @@ ENV_PREFIX = "ANOMALY_AE_"
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # allow_inf_nan: an infinite timeout or interval would be a wait that never ends, silently
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     # what to serve
     model_uri: str = Field(..., description="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a local "
@@ -122,6 +123,14 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, (list, tuple)):
             return [k for k in value if (k.get_secret_value() if isinstance(k, SecretStr) else str(k)).strip()]
         return value
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> "ServiceSettings":
+        if self.metrics_port is not None and self.metrics_port == self.port and \
+                (self.metrics_host or self.host) == self.host:
+            raise ValueError(f"metrics_port {self.metrics_port} is the port the API listens on; give /metrics "
+                             "another port, or leave metrics_port unset to serve /metrics on the API's listener")
+        return self
 
     @model_validator(mode="after")
     def _keys_are_long_enough(self) -> "ServiceSettings":
