@@ -44,9 +44,16 @@ def scoring_job(tmp_path_factory):
     return root
 
 
+# The child's writer pauses after each chunk, so that a signal sent once the temporary output exists lands
+# mid-write however fast the scoring is (200 chunks: 10 s in all; the test signals within a poll of 0.05 s).
+_SLOW_WRITER = ("import sys, time; from anomaly_ae.data import io; write = io.AtomicTableWriter.write; "
+                "io.AtomicTableWriter.write = lambda self, frame: (write(self, frame), time.sleep(0.05))[0]; "
+                "from anomaly_ae.cli import main; sys.argv[0] = 'anomaly-ae'; sys.exit(main())")
+
+
 def _start(job: Path, output: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen([sys.executable, "-m", "anomaly_ae.cli", "score", str(job / "model"), str(job / "big.csv"),
+    return subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, "score", str(job / "model"), str(job / "big.csv"),
                              "-o", str(output), "--chunk-rows", "50"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
@@ -68,18 +75,30 @@ def test_sigterm_mid_write_removes_the_temporary_file(scoring_job, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no temporary file, no output
 
 
-def test_sigint_mid_write_exits_130_and_removes_the_temporary_file(scoring_job, tmp_path):
+def test_sigint_mid_write_exits_130_and_removes_the_temporary_file(scoring_job, tmp_path, monkeypatch):
     """In-process (the handler runs in the main thread, the signal comes from a watcher thread), with
     SIGINT handled as in an interactive shell (a runner started in the background inherits it ignored)."""
     from typer.testing import CliRunner
 
     from anomaly_ae.cli import app
+    from anomaly_ae.data import io as data_io
 
     output = tmp_path / "scores.csv"
+    # after its first chunk the writer waits for the signal: it lands mid-write however fast the scoring is
+    # (on a quiet machine all 200 chunks were written between two polls of the watcher)
+    sent = threading.Event()
+    write = data_io.AtomicTableWriter.write
+
+    def write_then_wait(self, frame):
+        write(self, frame)
+        sent.wait(60)
+
+    monkeypatch.setattr(data_io.AtomicTableWriter, "write", write_then_wait)
 
     def interrupt_when_writing() -> None:
         _wait_for(lambda: _temp_files(output), 60, "the temporary output")
         os.kill(os.getpid(), signal.SIGINT)
+        sent.set()
 
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
