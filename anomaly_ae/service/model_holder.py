@@ -112,7 +112,11 @@ def input_of(scorer: Scorer) -> dict[str, Any]:
             "series_col": contract.series_col if contract is not None else None}
 
 
-def input_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+def input_change(served: Scorer, loaded: Scorer) -> str | None:
+    """How the loaded model's input differs from the served one's, None when it takes the same."""
+    old, new = input_of(served), input_of(loaded)
+    if old == new:
+        return None
     parts = []
     if old["kind"] != new["kind"]:
         parts.append(f"a {new['kind']} model where a {old['kind']} model serves")
@@ -385,12 +389,13 @@ class ModelHolder:
             return self._failed(trigger, "registry_unavailable",
                                 f"could not download version {version} ({type(exc).__name__}); still serving "
                                 "the last good model")
-        if current is not None and not force and input_of(loaded.scorer) != input_of(current.scorer):
+        change = input_change(current.scorer, loaded.scorer) if current is not None and not force else None
+        if change is not None:
             # a valid model that takes other input would fail every client's next request
             return self._refuse(trigger, version, "schema_changed",
-                                f"it takes other input than the served version {current.version} "
-                                f"({input_change(input_of(current.scorer), input_of(loaded.scorer))}), so every "
-                                "request sent for that one would fail; reload with force=true to switch on purpose")
+                                f"it takes other input than the served version {current.version} ({change}), so "
+                                "every request sent for that one would fail; reload with force=true to switch on "
+                                "purpose")
         if self.current is None:
             # The first load imported the registry client and its dependencies (mlflow for a models:/ URI),
             # after create_app froze the imports: frozen too, so that a full collection set off by a large
