@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -69,22 +70,29 @@ def _split_list(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
 
-def read_training_data(path: Path, drop_cols: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
-                       ) -> pd.DataFrame | np.ndarray:
-    """Tables (CSV/Parquet) become DataFrames; .npy/.npz arrays (e.g. images) stay arrays."""
-    from anomaly_ae.data.io import read_array, read_table
+def read_training_data(path: Path, drop_cols: list[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                       text_columns: Sequence[str] = (), *, for_training: bool = False) -> pd.DataFrame | np.ndarray:
+    """Tables (CSV/Parquet) become DataFrames; .npy/.npz arrays (e.g. images) stay arrays. For training, a
+    warning names the columns of codes written with leading zeros, which a model learns as categories."""
+    from anomaly_ae.data.io import code_columns, read_array, read_table
     from anomaly_ae.exceptions import DataError
 
     if path.suffix in (".npy", ".npz"):
         return read_array(path)
-    frame = read_table(path, max_line_bytes=max_line_bytes)
+    frame = read_table(path, text_columns=text_columns, max_line_bytes=max_line_bytes)
     unknown = [c for c in drop_cols if c not in frame.columns]
     if unknown:
         raise DataError(f"--drop-cols names column(s) not in {path}: {', '.join(unknown)}")
     if drop_cols and len(set(drop_cols)) >= len(frame.columns):
         raise DataError(f"--drop-cols names every column of {path}, so nothing is left to learn from; drop only ids "
                         "and labels")
-    return frame.drop(columns=drop_cols)
+    frame = frame.drop(columns=drop_cols)
+    codes = code_columns(frame) if for_training else {}
+    if codes:
+        shown = ", ".join(f"'{name}' (e.g. {value!r})" for name, value in list(codes.items())[:5])
+        warnings.warn(f"{shown}: whole numbers written with leading zeros, read as codes and learned as categories, "
+                      "not quantities; if they are ids, leave them out with --drop-cols", UserWarning, stacklevel=2)
+    return frame
 
 
 @app.command()
@@ -206,7 +214,7 @@ def train(
                                   epochs=epochs, n_estimators=n_estimators, score=score,
                                   random_state=seed, device=device, verbose=progress)
     detector.validate_params()  # a bad option fails now, not after reading a large file
-    X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
+    X = read_training_data(data, _split_list(drop_cols), max_line_bytes, for_training=True)
     if tracked:
         _check_tracking(tracking_uri, register, "series" if series else "detector")
     provenance = None
@@ -339,6 +347,13 @@ def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int,
     return result, context
 
 
+def _text_columns(detector: Any) -> list[str]:
+    """The columns a CSV read for `detector` keeps as text: its categorical columns and series ids."""
+    framing = getattr(detector, "framing_", None)
+    return [*detector.schema_.text_columns, *([framing.series_col] if framing is not None and framing.series_col
+                                              else [])]
+
+
 def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows: int,
                    keep: list[str], max_line_bytes: int) -> tuple[int, int]:
     import pandas as pd
@@ -357,6 +372,10 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
     framing = getattr(detector, "framing_", None)
     own = [c for c in (framing.time_col, framing.series_col) if c] if framing is not None else []
     passthrough = [c for c in keep if c not in detector.schema_.names and c not in own]
+    text = [*_text_columns(detector), *passthrough]
+    if text:  # read again now that the model says which columns are text (passed through: copied as written)
+        chunks.close()
+        chunks = iter_table_chunks(data, chunk_rows, text_columns=text, max_line_bytes=max_line_bytes)
     rows = flagged = 0
     context = None  # series models: each series' rows on its last window - 1 steps, carried to the next chunk
     alert_states: dict = {}  # and each series' alert rule state
@@ -412,7 +431,7 @@ def evaluate(
             raise DataError(f"--out-dir {out_dir} is a file; give a directory (it is created if missing)")
         make_directory(out_dir, f"cannot create --out-dir {out_dir}")
     detector = Detector.load(model)
-    frame = read_table(data)
+    frame = read_table(data, text_columns=_text_columns(detector))
     if synthetic_anomalies and getattr(detector, "framing_", None) is not None:
         raise DataError("--synthetic-anomalies perturbs single rows, so it applies to row models; for a series "
                         "model, pass a labelled series with --label-col")
@@ -506,7 +525,7 @@ def recalibrate(
 
     check_writable(out)  # before the work, not after it
     detector = Detector.load(model)
-    X = read_training_data(data, _split_list(drop_cols), max_line_bytes)
+    X = read_training_data(data, _split_list(drop_cols), max_line_bytes, _text_columns(detector))
     before = detector.threshold_
     detector.recalibrate(X, target_fpr=target_fpr)
     scores = detector.calibration_.reference_scores  # the rows that calibrated

@@ -204,3 +204,33 @@ def test_bad_model_options_fail_before_the_data_is_read(tmp_path):
     assert result.exit_code == 2 and "unknown model 'nosuch'" in result.output
     result = runner.invoke(app, ["train", missing, "--out", str(tmp_path / "m"), "--time-col", "ts", "--window", "0"])
     assert result.exit_code == 2 and "window must be a positive number of steps" in result.output
+
+
+def test_codes_with_leading_zeros_keep_them_from_training_to_the_scored_output(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    train = make_telemetry(400, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
+    # zip codes are categories; "tier" holds text and numbers, so it is a category whose "2" is not 2.0
+    train = train.assign(zip=rng.choice(["01234", "02134", "10001"], 400), tier=rng.choice(["gold", "1", "2"], 400))
+    train.loc[::50, "tier"] = None
+    write_table(train.assign(account=[f"{i:06d}" for i in range(400)]), tmp_path / "train.csv")
+    result = runner.invoke(app, ["train", str(tmp_path / "train.csv"), "--out", str(tmp_path / "model"),
+                                 "--model", "pca", "--drop-cols", "account", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "'zip' (e.g. '0" in result.output and "learned as categories" in result.output
+    from anomaly_ae import Detector
+
+    columns = {c.name: c for c in Detector.load(tmp_path / "model").schema_.columns}
+    assert columns["zip"].categories == ("01234", "02134", "10001") and columns["tier"].kind == "categorical"
+    # a scoring file whose chunks hold only numbers in these columns, one of them missing
+    test = train.head(6).assign(account=[f"{i:06d}" for i in range(6)], zip=["01234"] * 3 + ["10001"] * 3,
+                                tier=["1", "2", "1", "2", "1", "2"])
+    test.loc[5, "tier"] = None
+    write_table(test, tmp_path / "test.csv")
+    result = runner.invoke(app, ["score", str(tmp_path / "model"), str(tmp_path / "test.csv"),
+                                 "-o", str(tmp_path / "scored.csv"), "--chunk-rows", "3", "--keep-cols", "account"])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(tmp_path / "scored.csv", dtype=str, keep_default_na=False)
+    assert scored["account"].tolist() == ["000000", "000001", "000002", "000003", "000004", "000005"]
+    assert not scored["notes"].str.contains("unseen").any(), scored["notes"].tolist()

@@ -213,3 +213,28 @@ def test_na_and_none_are_values_in_text_columns_and_missing_in_numbers(tmp_path)
     old = Schema(columns=[Column("region", "categorical", allow_missing=True, categories=("APAC", "EU"))])
     checked, report = old.check(frame[["region"]])
     assert checked["region"].isna().tolist() == [False, True, False, True] and not report.unseen_categories
+
+
+def test_codes_with_leading_zeros_stay_text_and_other_numbers_stay_numbers(tmp_path):
+    from anomaly_ae.data.io import code_columns
+
+    (tmp_path / "codes.csv").write_text("zip,account,count,ratio,zero,pad\n01234,007,3,0.5,0,1\n10001,12,4,0.25,0,\n"
+                                        "02134,,5,1.5,0,0003\n")
+    frame = read_table(tmp_path / "codes.csv")
+    assert frame["zip"].tolist() == ["01234", "10001", "02134"]
+    assert frame["account"].iloc[:2].tolist() == ["007", "12"] and pd.isna(frame["account"].iloc[2])
+    assert frame["pad"].iloc[0] == "1" and pd.isna(frame["pad"].iloc[1]) and frame["pad"].iloc[2] == "0003"
+    for name in ("count", "ratio", "zero"):  # no leading zero ("0" and "0.5" are numbers)
+        assert frame[name].dtype.kind in "if", name
+    assert code_columns(frame) == {"zip": "01234", "account": "007", "pad": "0003"}
+    assert code_columns(pd.DataFrame({"plan": ["01", "gold"], "n": [1, 2]})) == {}  # text, not codes
+
+
+def test_text_columns_are_read_verbatim_whole_and_in_chunks(tmp_path):
+    (tmp_path / "ids.csv").write_text("id,x\n0001,1.0\n2,2.5\n3.50,\n")
+    assert read_table(tmp_path / "ids.csv", text_columns=["id", "absent"])["id"].tolist() == ["0001", "2", "3.50"]
+    chunks = list(iter_table_chunks(tmp_path / "ids.csv", 2, text_columns=["id"]))
+    assert [v for c in chunks for v in c["id"]] == ["0001", "2", "3.50"]
+    assert [c["x"].dtype.kind for c in chunks] == ["f", "f"]
+    # without them, a chunk of numbers is read as numbers, as pandas does
+    assert list(iter_table_chunks(tmp_path / "ids.csv", 2))[1]["id"].tolist() == [3.5]

@@ -111,3 +111,25 @@ def test_chunked_scoring_equals_one_pass_when_readings_share_steps(files, tmp_pa
     np.testing.assert_array_equal(small["score"].to_numpy(), one["score"].to_numpy())
     assert (small["notes"].fillna("") == one["notes"].fillna("")).all()
     assert one["notes"].fillna("").str.contains("within the same 5 min step").sum() > len(one) // 4
+
+
+def test_series_ids_with_leading_zeros_are_the_same_series_when_scored_in_chunks(files, tmp_path):
+    runner = CliRunner()
+    padded = {"host-0": "007", "host-1": "010"}  # "010" read as a number would be series 10, never seen
+    for name in ("history", "rest"):
+        frame = pd.read_csv(files / f"{name}.csv")
+        frame.assign(host=frame["host"].map(padded)).to_csv(tmp_path / f"{name}.csv", index=False)
+    result = runner.invoke(app, ["train", str(tmp_path / "history.csv"), "--time-col", "ts", "--series-col", "host",
+                                 "--window", "16", "--model", "pca", "-o", str(tmp_path / "model"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["series"]["framing"]["known_series"] == \
+        ["007", "010"]
+    for name, chunk in (("small", "100"), ("one", "1000000")):
+        result = runner.invoke(app, ["score", str(tmp_path / "model"), str(tmp_path / "rest.csv"), "-o",
+                                     str(tmp_path / f"{name}.csv"), "--chunk-rows", chunk,
+                                     "--keep-cols", "host,is_anomaly"])
+        assert result.exit_code == 0, result.output
+    small, one = (pd.read_csv(tmp_path / f"{name}.csv", dtype={"host": str}) for name in ("small", "one"))
+    assert set(small["host"]) == {"007", "010"}
+    assert not small["notes"].fillna("").str.contains("was not in the training data").any()
+    np.testing.assert_array_equal(small["score"].to_numpy(), one["score"].to_numpy())

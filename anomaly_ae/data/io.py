@@ -24,18 +24,18 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO
 
+import numpy as np
 import pandas as pd
 
 from anomaly_ae.exceptions import DataError, SchemaError
 
 if TYPE_CHECKING:
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -186,23 +186,60 @@ MISSING_MARKERS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN",
                    "N/A", "NULL", "NaN", "n/a", "nan", "null"]
 
 
-def _read_csv(handle: BinaryIO, columns: list[str] | None, **options: Any) -> Any:
-    return pd.read_csv(handle, usecols=columns, keep_default_na=False, na_values=MISSING_MARKERS, **options)
+def _read_csv(handle: BinaryIO, columns: list[str] | None, text_columns: Sequence[str] = (), **options: Any) -> Any:
+    return pd.read_csv(handle, usecols=columns, keep_default_na=False, na_values=MISSING_MARKERS,
+                       dtype={c: str for c in text_columns} or None, **options)
 
 
-def read_table(path: str | Path, columns: list[str] | None = None, *,
+# Codes such as "007" or "01234" (ZIP codes, account numbers) look like integers, and pandas would read
+# them as numbers without their leading zeros: an id copied to the output would no longer match its
+# input, and a category would become a quantity.
+_LEADING_ZERO = r"[+-]?0\d"
+
+
+def _keep_codes_as_text(path: Path, frame: pd.DataFrame, max_line_bytes: int) -> pd.DataFrame:
+    """The columns of `frame` read as whole numbers whose text in the CSV has a leading zero, read again as
+    text; the other columns as they are."""
+    whole = [c for c in frame.columns if frame[c].dtype.kind in "iu" or (
+        frame[c].dtype.kind == "f" and bool(np.all(np.mod(frame[c].dropna().to_numpy(), 1) == 0)))]
+    if not whole:
+        return frame
+    with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle:
+        text = _read_csv(handle, whole, whole)
+    codes = [c for c in whole if text[c].str.match(_LEADING_ZERO).any()]
+    return frame.assign(**{c: text[c] for c in codes}) if codes else frame
+
+
+def code_columns(frame: pd.DataFrame) -> dict[str, str]:
+    """The text columns of `frame` that hold whole numbers only, some written with a leading zero (as
+    `read_table` keeps "01234"), each with such a value: codes, which a model learns as categories."""
+    found = {}
+    for name in frame.columns:
+        if frame[name].dtype.kind in "OT" or pd.api.types.is_string_dtype(frame[name]):
+            text = frame[name].dropna().astype(str)
+            zeros = text[text.str.match(_LEADING_ZERO)]
+            if len(zeros) and text.str.fullmatch(r"[+-]?\d+").all():
+                found[str(name)] = zeros.iloc[0]
+    return found
+
+
+def read_table(path: str | Path, columns: list[str] | None = None, *, text_columns: Sequence[str] = (),
                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> pd.DataFrame:
     """Read a whole CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``, ``.pq``) file.
 
     ``columns`` selects and orders columns; a missing one raises :class:`SchemaError`.
+    ``text_columns`` (CSV) are read verbatim as text, where present; a CSV column of whole numbers
+    written with leading zeros ("01234") is read as text too.
     Raises :class:`DataError` for a missing, unsupported, empty or unparsable file.
     """
     path, fmt = _check_input(path)
     if fmt == "csv":
-        _check_columns(path, _csv_header(path, max_line_bytes), columns)
+        header = _csv_header(path, max_line_bytes)
+        _check_columns(path, header, columns)
         check_fits_in_memory(path, _csv_data_size(path))
         with _translated_errors(path, fmt), _open_csv(path, max_line_bytes) as handle:
-            frame = _read_csv(handle, columns)
+            frame = _read_csv(handle, columns, [c for c in text_columns if c in header])
+        frame = _keep_codes_as_text(path, frame, max_line_bytes)
     else:
         with _translated_errors(path, fmt):
             parquet = _arrow()[1].ParquetFile(path)
@@ -217,6 +254,7 @@ def read_table(path: str | Path, columns: list[str] | None = None, *,
 
 
 def iter_table_chunks(path: str | Path, chunk_rows: int = 50_000, *, columns: list[str] | None = None,
+                      text_columns: Sequence[str] = (),
                       max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[pd.DataFrame]:
     """Stream a CSV or Parquet file in chunks of ``chunk_rows`` rows (the last may be shorter).
 
@@ -224,11 +262,13 @@ def iter_table_chunks(path: str | Path, chunk_rows: int = 50_000, *, columns: li
     (the second chunk starts at ``chunk_rows``), so row numbers in errors are file-global.
     Raises the same errors as :func:`read_table`; problems with the file as a whole (missing,
     empty, bad header) are raised by this call, not later by the loop over its result.
+    ``text_columns`` (CSV) are read verbatim as text, where present: a chunk cannot tell codes such as
+    "01234" from numbers, so the caller names the columns whose text matters (a model's categories, ids).
     """
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
     path, fmt = _check_input(path)
-    chunks = _csv_chunks(path, chunk_rows, columns, max_line_bytes) if fmt == "csv" else \
+    chunks = _csv_chunks(path, chunk_rows, columns, text_columns, max_line_bytes) if fmt == "csv" else \
         _parquet_chunks(path, chunk_rows, columns)
     # Reading the first chunk now makes a useless file fail before the caller opens any output.
     first = next(chunks, None)
@@ -246,12 +286,14 @@ def _globally_indexed(chunks: Iterator[pd.DataFrame], columns: list[str] | None)
         yield chunk if columns is None else chunk[columns]
 
 
-def _csv_chunks(path: Path, chunk_rows: int, columns: list[str] | None,
+def _csv_chunks(path: Path, chunk_rows: int, columns: list[str] | None, text_columns: Sequence[str],
                 max_line_bytes: int) -> Iterator[pd.DataFrame]:
-    _check_columns(path, _csv_header(path, max_line_bytes), columns)
+    header = _csv_header(path, max_line_bytes)
+    _check_columns(path, header, columns)
+    text = [c for c in text_columns if c in header]
     # A bad line surfaces only when the chunk holding it is parsed, so the loop is inside the guard.
     with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle, \
-            _read_csv(handle, columns, chunksize=chunk_rows) as reader:
+            _read_csv(handle, columns, text, chunksize=chunk_rows) as reader:
         yield from reader
 
 
@@ -500,14 +542,12 @@ def _csv_data_size(path: Path) -> int:
     return size
 
 
-def read_array(path: str | Path, key: str = "X") -> "np.ndarray":
+def read_array(path: str | Path, key: str = "X") -> np.ndarray:
     """An array from a ``.npy`` file, or the array ``key`` of a ``.npz`` file, never unpickled.
 
     The size the array declares is checked against the memory available before it is read, and
     a ``.npy`` is memory-mapped, so a huge or malformed file fails with a DataError, not a crash.
     """
-    import numpy as np
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"input file '{path}' does not exist; check the path")

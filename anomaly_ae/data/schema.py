@@ -112,6 +112,13 @@ class Schema:
     def n_features(self) -> int:
         return len(self.columns)
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The categorical columns a CSV reader should keep as text: their categories are the training
+        data's text, which a number read from it may not give back ("01234" is not 1234, "2" not 2.0).
+        Columns of True/False only are left to the reader, which reads "true" and "TRUE" as True too."""
+        return [c.name for c in self.columns if c.kind == "categorical" and not set(c.categories) <= {"False", "True"}]
+
     # ------------------------------------------------------------------ checking
     def check(self, data: pd.DataFrame | np.ndarray) -> tuple[pd.DataFrame | np.ndarray, CheckReport]:
         """Validate input against the schema; return it in canonical form and what was noticed."""
