@@ -651,3 +651,26 @@ def test_a_registry_file_that_is_no_database_or_cannot_be_written_fails_before_t
     finally:
         subprocess.run(["chattr", "-i", str(folder), str(folder / "mlflow.db")], capture_output=True)
         folder.chmod(0o755)
+
+
+def test_a_pyfunc_checks_its_input_against_the_signature_before_the_detector_does(tmp_path, monkeypatch):
+    """MLflow's own check, as the README says: its message quotes the input unless
+    MLFLOW_DISABLE_SCHEMA_DETAILS is set, and it drops a column the signature does not name."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    from anomaly_ae.registry.pyfunc import save_pyfunc_model
+
+    X = make_telemetry(600, 0.0, seed=1).drop(columns=list(LABEL_COLUMNS))
+    detector = Detector(model="pca", random_state=0).fit(X)
+    detector.save(tmp_path / "saved")
+    model = mlflow.pyfunc.load_model(str(save_pyfunc_model(detector, tmp_path / "saved", tmp_path / "pyfunc", X)))
+    missing = X.head(2).drop(columns=[X.columns[0]])
+    with pytest.raises(MlflowException, match=f"missing inputs \\['{X.columns[0]}'\\]") as raised:
+        model.predict(missing)
+    assert str(raised.value).startswith(f"Failed to enforce schema of data '   {missing.columns[0]}")  # the input
+    monkeypatch.setenv("MLFLOW_DISABLE_SCHEMA_DETAILS", "true")
+    with pytest.raises(MlflowException, match="^Failed to enforce model input schema. Please check your input data.$"):
+        model.predict(missing)
+    scored = model.predict(X.head(2).assign(extra=1.0))
+    pd.testing.assert_frame_equal(scored, detector.score_frame(X.head(2)))
