@@ -616,8 +616,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from anomaly_ae.version import __version__
+
+        print(f"anomaly-ae {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup() -> None:
+def _setup(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                        help="Print the version and exit.")) -> None:
     """Anomaly detection with autoencoders trained on normal data."""
     warnings.showwarning = _show_warning
 

@@ -151,10 +151,11 @@ def test_light_imports_load_no_heavy_dependency(statement):
     assert out.stdout.strip() == ""
 
 
-def test_cli_help_prints_without_loading_torch():
+@pytest.mark.parametrize(("flag", "expected"), [("--help", "train"), ("--version", "anomaly-ae 0.")])
+def test_cli_help_and_version_print_without_loading_torch(flag, expected):
     code = ("import sys; from typer.testing import CliRunner; from anomaly_ae.cli import app; "
-            "result = CliRunner().invoke(app, ['--help']); assert result.exit_code == 0, result.output; "
-            "assert 'train' in result.output; print('torch' in sys.modules)")
+            f"result = CliRunner().invoke(app, [{flag!r}]); assert result.exit_code == 0, result.output; "
+            f"assert {expected!r} in result.output, result.output; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
