@@ -386,7 +386,10 @@ class Detector(Estimator):
         n_new = max(len(scores) / rows_per_score, 1.0)
         n_old = max(len(self.calibration_.reference_scores) / rows_per_score, 1.0)
         spread = np.sqrt(1 / (12 * n_new) + 1 / (12 * n_old))
-        if float(np.mean(self.calibration_.p_values(scores))) > 0.5 + SEEN_ROWS_SPREADS * spread:
+        seen = self._training_period_note(X, kept)
+        if seen is not None:
+            warnings.warn(seen, UserWarning, stacklevel=2)
+        elif float(np.mean(self.calibration_.p_values(scores))) > 0.5 + SEEN_ROWS_SPREADS * spread:
             warnings.warn("the recalibration rows score lower than the held-out normal rows the model was calibrated "
                           "on, as rows it trained on do: a threshold set on them flags too much new normal data; "
                           "recalibrate on normal data from after the training period", UserWarning, stacklevel=2)
@@ -401,6 +404,11 @@ class Detector(Estimator):
 
     def _rows_per_independent_score(self) -> int:
         return 1
+
+    def _training_period_note(self, X: pd.DataFrame | np.ndarray, kept: np.ndarray) -> str | None:
+        """A warning when the timestamps of the rows of X `kept` to calibrate lie in the training period
+        (series models); rows alone carry no time, so for them the scores tell (`recalibrate`)."""
+        return None
 
     def _normal_scores(self, X: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, ScoreResult, np.ndarray]:
         """(the scores that calibrate, the scoring result, which of its rows they are)."""

@@ -129,6 +129,8 @@ class SeriesDetector(Detector):
             checkpoint.prepare()
         if isinstance(X, np.ndarray) and X.ndim != 2:
             raise DataError(f"expected a DataFrame or a 2-D array (steps x metrics), got shape {X.shape}")
+        if isinstance(X, (pd.DataFrame, np.ndarray)) and len(X) == 0:  # as Detector.fit says it
+            raise DataError("the training history has no rows; pass at least a few hundred normal steps per series")
         framing = SeriesFraming(1, self.time_col, self.series_col, self.max_gap,
                                 covariates=self.covariates).learn(X)
         metrics, layout = framing.split(X)
@@ -271,6 +273,17 @@ class SeriesDetector(Detector):
 
     def _rows_per_independent_score(self) -> int:
         return int(self.window_)
+
+    def _training_period_note(self, X: pd.DataFrame | np.ndarray, kept: np.ndarray) -> str | None:
+        # the rows that calibrate, not the window - 1 rows of context before them, which may well be history
+        inside = self.framing_.in_training_period(X)[kept]
+        if inside.sum() * 10 < len(inside):  # a few: the data may begin where the history ends
+            return None
+        end = pd.Timestamp(max(self.framing_.ends_ns.values()))
+        return (f"{int(inside.sum())} of the {len(inside)} recalibrating rows lie within the training history "
+                f"(which ends at {end.isoformat()}): rows the model trained or calibrated on score low, and a "
+                "threshold set on them flags too much new normal data; recalibrate on normal data from after "
+                "the training period")
 
     def _recalibrated(self, result: ScoreResult, kept: np.ndarray) -> None:
         assert result.layout is not None

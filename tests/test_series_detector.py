@@ -540,15 +540,28 @@ def test_recalibrate_uses_rows_with_a_whole_window_and_updates_the_alert_statist
         warnings.simplefilter("error")  # later normal history: no "rows it trained on" warning
         det.recalibrate(full.groupby("host").tail(1500))
     assert det.alert_stats_["held_out_steps"] == 2 * (1500 - 15)
-    with pytest.warns(UserWarning, match="score lower than the held-out normal rows"):
-        det.recalibrate(full.groupby("host").head(1500))  # the history it trained on
+    # the history it trained on, told by its timestamps however short it is
+    with pytest.warns(UserWarning, match=r"2970 of the 2970 recalibrating rows lie within the training history "
+                                         r"\(which ends at 20"):
+        det.recalibrate(full.groupby("host").head(1500))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a window of context from the history before new rows is no reason
+        det.recalibrate(pd.concat([full.groupby("host").head(1500).groupby("host").tail(15),
+                                   full.groupby("host").tail(1500)]).sort_values(["host", "ts"]))
+    one = full[full.host == full.host.iloc[0]].drop(columns=["ts", "host"]).to_numpy()
+    plain = SeriesDetector("knn", window=16, random_state=0).fit(one[:1500])
+    with pytest.warns(UserWarning, match="score lower than the held-out normal rows"):  # no times: the scores tell
+        plain.recalibrate(one[:1500])
     det = SeriesDetector("knn", window=8, time_col="ts", series_col="host", random_state=0).fit(frame(600))
     recent = frame(300, seed=9)
-    det.recalibrate(recent)
+    det.recalibrate(recent.assign(ts=recent.ts + pd.Timedelta(days=3)))  # after the 600 steps of history
     assert det.alert_stats_["held_out_steps"] == 2 * (300 - 7)  # warm-up rows do not calibrate
     assert len(det.calibration_.reference_scores) == 2 * (300 - 7) and "alerts_per_day" in det.alert_stats_
     with pytest.raises(DataError, match="has 7 steps of its series before it"):
         det.recalibrate(frame(5, seed=9))
+    saved = det.framing_.to_dict()  # the training period is saved with the model
+    assert saved["ends_ns"] == {"a": saved["origins_ns"]["a"] + 599 * 300 * 10**9,
+                                "b": saved["origins_ns"]["b"] + 599 * 300 * 10**9}
 
 
 def test_several_series_read_as_one_are_refused_and_repeated_steps_warned():

@@ -70,7 +70,7 @@ class SeriesFraming:
     def __init__(self, window: int, time_col: str | None = None, series_col: str | None = None,
                  max_gap: int = 3, step_seconds: float | None = None, known_series: Sequence[str] = (),
                  covariates: Sequence[str] = (), origins_ns: Mapping[str, int] | None = None,
-                 zone: str | None = None) -> None:
+                 zone: str | None = None, ends_ns: Mapping[str, int] | None = None) -> None:
         self.window = int(window)
         self.time_col = time_col
         self.series_col = series_col
@@ -85,6 +85,8 @@ class SeriesFraming:
         # shared anchor half a step off one host's phase would split its jittered readings). A series
         # not in it (unseen, or a model saved before): its first row in the input anchors its grid.
         self.origins_ns = dict(origins_ns or {})
+        # and its last (empty: a model saved before), so that recalibrating can tell the training period's rows
+        self.ends_ns = dict(ends_ns or {})
         # The training timestamps' zone (`_zone`: naive, utc or offset; None: a model saved before). Naive ones
         # are read as UTC, so with calendar covariates naive on one side and an offset on the other moves
         # every time of day.
@@ -118,6 +120,8 @@ class SeriesFraming:
             ns = times.astype("datetime64[ns]").astype(np.int64)
             self.origins_ns = {str(series[rows[0]]): int(ns[rows].min()) for rows in groups
                                if str(series[rows[0]]) in self._known}
+            self.ends_ns = {str(series[rows[0]]): int(ns[rows].max()) for rows in groups
+                            if str(series[rows[0]]) in self._known}
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -204,6 +208,18 @@ class SeriesFraming:
         step_ns = max(1, round(self.step_seconds * 1e9))
         origin = self.origins_ns.get(name, int(t[0]))
         return (t - origin + step_ns // 2) // step_ns
+
+    def in_training_period(self, data: Any) -> np.ndarray:
+        """(N,) True where a row's timestamp lies within its series' training history (first to last
+        training timestamp); all False without a time column or for a model saved before this was kept."""
+        if self.time_col is None or not self.ends_ns:
+            return np.zeros(_n_rows(data), dtype=bool)
+        times, series = self._time_and_series(data)
+        assert times is not None
+        ns = times.astype("datetime64[ns]").astype(np.int64)
+        first = np.array([self.origins_ns.get(s, 0) for s in series], dtype=np.int64)
+        last = np.array([self.ends_ns.get(s, -1) for s in series], dtype=np.int64)
+        return (ns >= first) & (ns <= last)
 
     # ------------------------------------------------------------------ columns
     def _time_and_series(self, data: Any) -> tuple[np.ndarray | None, np.ndarray]:
@@ -304,7 +320,8 @@ class SeriesFraming:
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "time_col": self.time_col, "series_col": self.series_col,
                 "max_gap": self.max_gap, "step_seconds": self.step_seconds, "known_series": self.known_series,
-                "covariates": list(self.covariates), "origins_ns": self.origins_ns, "zone": self.zone}
+                "covariates": list(self.covariates), "origins_ns": self.origins_ns, "zone": self.zone,
+                "ends_ns": self.ends_ns}
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> "SeriesFraming":
