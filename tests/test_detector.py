@@ -356,3 +356,15 @@ def test_a_latent_code_as_wide_as_the_input_is_warned_of():
     X = np.random.default_rng(0).normal(size=(200, 3))
     with pytest.warns(UserWarning, match="latent_dim=5 is not smaller than the model's 3 inputs"):
         Detector("ae", latent_dim=5, epochs=2).fit(X)
+
+
+def test_a_column_with_no_value_in_training_is_refused_by_both_detectors():
+    from anomaly_ae import SeriesDetector
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300), "d": np.nan})
+    for estimator in (Detector("pca"), SeriesDetector("pca", window=8)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # not numpy's "All-NaN slice" either
+            with pytest.raises(DataError, match="column 'd' has no value in the training rows \\(all missing\\)"):
+                estimator.fit(X)

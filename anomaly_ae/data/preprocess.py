@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_ae.data.schema import Schema
+from anomaly_ae.exceptions import DataError
 
 UNKNOWN = "__unknown__"
 MISSING = "__missing__"
@@ -59,6 +60,10 @@ class Preprocessor:
             if col.kind == "numeric":
                 arr = values.to_numpy(dtype=np.float64)
                 finite = arr[np.isfinite(arr)]
+                if not finite.size:  # its scale would be made up, and any value it later takes judged by it
+                    raise DataError(f"column '{col.name}' has no value in the training rows (all missing), so "
+                                    "nothing can be learned about it; drop it (--drop-cols in the CLI), or train on "
+                                    "data where it is measured", column=str(col.name))
                 mean, std, median = _location_scale(finite)
                 if self.flags_as_indicators and finite.size and np.isin(finite, (0.0, 1.0)).all():
                     mean, std = 0.0, 1.0
@@ -227,6 +232,8 @@ def warn_of_extreme_values(data: pd.DataFrame | np.ndarray, schema: Schema) -> N
             continue
         values = data[col.name]
         arr = values.to_numpy(dtype=np.float64)
+        if np.isnan(arr).all():
+            continue  # no value at all: fitting refuses the column
         with np.errstate(over="ignore", invalid="ignore"):
             gap = np.abs(arr - np.nanmedian(arr))
             mad = float(np.nanmedian(gap))
