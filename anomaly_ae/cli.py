@@ -121,7 +121,7 @@ def train(
     score: Optional[str] = typer.Option(None, help="Score type (recon, elbo, iwae, recon+latent)."),
     seed: int = typer.Option(0, min=0, help="Random seed."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
+    threads: int = typer.Option(DEFAULT_THREADS, min=1, help="torch CPU threads for this process."),
     max_line_bytes: int = typer.Option(DEFAULT_MAX_LINE_BYTES, min=1,
                                        help="Longest CSV line accepted, in bytes (refuses files without newlines)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -425,7 +425,8 @@ def evaluate(
     from anomaly_ae.exceptions import DataError
 
     if synthetic_anomalies == (label_col is not None):
-        raise DataError("give either --label-col (labelled data) or --synthetic-anomalies (normal data), not both")
+        raise DataError("give either --label-col (labelled data) or --synthetic-anomalies (normal data), "
+                        + ("not both" if synthetic_anomalies else "to say which the file holds"))
     if out_dir is not None:  # before the work, not after it
         if out_dir.exists() and not out_dir.is_dir():
             raise DataError(f"--out-dir {out_dir} is a file; give a directory (it is created if missing)")

@@ -234,3 +234,11 @@ def test_codes_with_leading_zeros_keep_them_from_training_to_the_scored_output(t
     scored = pd.read_csv(tmp_path / "scored.csv", dtype=str, keep_default_na=False)
     assert scored["account"].tolist() == ["000000", "000001", "000002", "000003", "000004", "000005"]
     assert not scored["notes"].str.contains("unseen").any(), scored["notes"].tolist()
+
+
+def test_evaluate_says_which_of_label_col_and_synthetic_anomalies_is_wrong(tmp_path):
+    write_table(make_telemetry(50, 0.0, seed=1), tmp_path / "rows.csv")
+    for extra, says in (([], "to say which the file holds"), (["--label-col", "is_anomaly", "--synthetic-anomalies"],
+                                                               "not both")):
+        result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(tmp_path / "rows.csv"), *extra])
+        assert result.exit_code == 2 and says in " ".join(result.output.split()), result.output

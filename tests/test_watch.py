@@ -78,6 +78,12 @@ def test_a_spec_file_loads_from_yaml_and_toml(tmp_path):
 @pytest.mark.parametrize("text, says", [
     ("series_label: host\nstep: 15s\nmetrics: {a: up}\n", "prometheus: Field required"),
     ("prometheus: {url: prom:9090}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n", "prometheus.url: must be an http"),
+    ('prometheus: {url: "http://127.0.0.1:abc"}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n',
+     "prometheus.url: is not a valid URL (Invalid port: 'abc')"),
+    ("prometheus: {url: http://256.1.1.1}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n",
+     "prometheus.url: is not a valid URL (Invalid IPv4 address"),
+    ("prometheus: {url: http://p:99999}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n",
+     "prometheus.url: has port 99999, outside 1-65535"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: often\nmetrics: {a: up}\n", "step: step must be a duration"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {}\n", "metrics: name at least one metric"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {host: up}\n", "also a metric column"),
@@ -440,3 +446,22 @@ def test_a_bad_model_option_in_the_spec_fails_before_any_history_is_fetched(tmp_
     with pytest.raises(InvalidParameterError, match="unknown model 'nosuch'"):
         train_from_prometheus(path, "-1h", "now", model=None, window=None, out=None, experiment=None, register=None,
                               tracking_uri=None, device="cpu", progress=False)
+
+
+def test_backtest_refuses_an_out_it_cannot_create_and_bad_threads_before_fetching(tmp_path):
+    from typer.testing import CliRunner
+
+    from anomaly_ae.cli import app
+
+    spec = tmp_path / "watch.yml"  # nothing listens at the URL: a fetch would fail with a connection error
+    spec.write_text("prometheus: {url: 'http://127.0.0.1:9'}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n")
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(app, ["backtest", "--prometheus", str(spec), "--model", str(tmp_path / "none"),
+                                      "--start", "-1h", "--out", str(tmp_path / "afile" / "sub")])
+    assert result.exit_code == 2 and "cannot create --out" in result.output and "afile' is a file" in result.output \
+        and "Traceback" not in result.output, result.output
+    for command in (["backtest", "--prometheus", str(spec), "--model", "m", "--start", "-1h"],
+                    ["watch", "--prometheus", str(spec), "--model", "m"], ["train", str(spec)]):
+        result = CliRunner().invoke(app, [*command, "--threads", "0"])
+        assert result.exit_code == 2 and "Invalid value for '--threads'" in " ".join(result.output.split()), \
+            result.output

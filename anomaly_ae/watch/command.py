@@ -105,7 +105,7 @@ def watch(
                                                    "i of n (a StatefulSet's pod index)."),
     reload_interval: float = typer.Option(60.0, min=1.0, help="Seconds between checks of where the model URI points."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI."),
-    threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
+    threads: int = typer.Option(DEFAULT_THREADS, min=1, help="torch CPU threads for this process."),
 ) -> None:
     """Score the spec's series at every step and expose the scores on /metrics for Prometheus to scrape."""
     friendly_errors(_watch)(prometheus, model, listen, shard, reload_interval, tracking_uri, threads)
@@ -197,7 +197,7 @@ def backtest(
     out: Optional[Path] = typer.Option(None, help="Directory for scores.csv, summary.json and a plot per alerting "
                                                   "series (metric, score, threshold)."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI; default MLFLOW_TRACKING_URI."),
-    threads: int = typer.Option(DEFAULT_THREADS, help="torch CPU threads for this process."),
+    threads: int = typer.Option(DEFAULT_THREADS, min=1, help="torch CPU threads for this process."),
 ) -> None:
     """Score a past range as the watcher would have: alerts per day, and event precision/recall with --labels."""
     friendly_errors(_backtest)(prometheus, model, start, end, labels, out, tracking_uri, threads)
@@ -249,6 +249,10 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
     if out is not None and out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file; give a directory (it is created if missing)")
     t0, t1 = _range(spec, start, end)
+    if out is not None:
+        from anomaly_ae.data.io import make_directory
+
+        make_directory(out, f"cannot create --out {out}")
     detector, info = ModelSource(model_uri, tracking_uri=tracking_uri).load()
     for note in check_model_fits_spec(detector, spec, model_uri):
         console.print(f"[yellow]warning:[/] {escape(note)}")

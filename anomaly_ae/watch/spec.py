@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from anomaly_ae.exceptions import ConfigurationError
@@ -117,6 +118,12 @@ class PrometheusTarget(_Strict):
                              "secret stays out of the spec, the logs and the registered model")
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"must be an http(s) URL such as http://prometheus:9090, got {value!r}")
+        try:  # what the client will parse: a bad port or address fails here, not at the first query
+            port = httpx.URL(value).port
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"is not a valid URL ({exc}): give one such as http://prometheus:9090") from None
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"has port {port}, outside 1-65535: give one such as http://prometheus:9090")
         return value.rstrip("/")
 
     @field_validator("timeout", mode="before")
