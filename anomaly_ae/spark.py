@@ -26,6 +26,7 @@ Install with ``pip install 'anomaly-ae[spark]'`` (pyspark; Spark needs Java 17+)
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import sys
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pandas as pd
 
-from anomaly_ae.exceptions import DataError, ModelLoadError, SchemaError, ScoringError
+from anomaly_ae.exceptions import DataError, InvalidParameterError, ModelLoadError, SchemaError, ScoringError
 from anomaly_ae.runtime import set_threads
 
 if TYPE_CHECKING:
@@ -260,7 +261,6 @@ def _plan_output(df: "SparkDataFrame", detector: "Detector", required: Sequence[
                           f"{', '.join(input_columns)}", column=absent[0], reason="missing_column")
     if len(set(input_columns)) != len(input_columns):
         raise DataError("the input has duplicate column names; rename them before scoring")
-    top_k = max(0, int(top_k))
     outputs = output_columns(detector, top_k)
     keep = _plan_keep(input_columns, keep_cols, [name for name, _ in outputs])
     types = {f.name: _spark_type(f.dataType) for f in df.schema.fields}
@@ -294,6 +294,9 @@ def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int =
     """
     from pyspark.sql import SparkSession
 
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:  # as score_frame
+        raise InvalidParameterError(f"top_k must be an integer >= 0, got {top_k!r}")
+    top_k = int(top_k)
     spark = df.sparkSession if hasattr(df, "sparkSession") else SparkSession.getActiveSession()
     model_dir, detector = _materialize(model_uri)
     if getattr(detector, "framing_", None) is not None:

@@ -147,6 +147,14 @@ def test_dataframe_keeps_all_columns_and_renames_collisions(spark, model_dir, in
           p_atol=_one_rank(model_dir))
 
 
+@pytest.mark.parametrize("top_k", [-1, 2.5, "3", True])
+def test_a_top_k_that_score_frame_refuses_is_refused_on_the_driver(spark, model_dir, incoming, top_k):
+    from anomaly_ae.exceptions import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="top_k must be an integer >= 0"):
+        score_dataframe(spark.createDataFrame(incoming.head(5)), str(model_dir), top_k=top_k)
+
+
 def test_missing_column_refused_on_the_driver(spark, model_dir, incoming):
     sdf = spark.createDataFrame(incoming.drop(columns=["latency_ms"]))
     with pytest.raises(SchemaError, match="latency_ms"):
