@@ -434,6 +434,7 @@ def _listed(names: list[str], most: int = 10, limit: int = 60) -> str:
     """Column names for a message: at most `most`, each cut to `limit` characters (they may come from a
     client and be of any length)."""
     shown = [n if len(n) <= limit else n[: limit - 3] + "..." for n in names[:most]]
+    shown = [repr(n) if not n.strip() else n for n in shown]  # a blank name, shown as ''
     return ", ".join(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
