@@ -209,7 +209,12 @@ class SeriesDetector(Detector):
         if self.window != "auto":
             return int(self.window)
         period = dominant_period(x_train, *AUTO_WINDOW_BOUNDS)
-        return period if period is not None else DEFAULT_WINDOW
+        if period is None:
+            warnings.warn(f"window='auto' found no period of {AUTO_WINDOW_BOUNDS[0]}-{AUTO_WINDOW_BOUNDS[1]} steps in "
+                          f"the training history, so the window is {DEFAULT_WINDOW} steps; give window=N for another",
+                          UserWarning, stacklevel=3)
+            return DEFAULT_WINDOW
+        return period
 
     def _alert_stats(self, flags: np.ndarray, layout: SeriesLayout, val_rows: np.ndarray) -> dict[str, Any]:
         """How often the threshold and the alert rule fire on held-out normal history."""

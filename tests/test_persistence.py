@@ -71,11 +71,15 @@ def test_tampered_weights_are_refused(saved):
         Detector.load(saved)
 
 
-def test_truncated_file_is_refused(saved):
+def test_truncated_file_is_refused(saved, monkeypatch):
     weights = saved / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelLoadError, match="truncated or was modified"):
         Detector.load(saved)
+    monkeypatch.chdir(saved.parent)  # a folder named with a trailing slash, as shells complete it
+    with pytest.raises(ModelLoadError, match="^model/weights.safetensors does not match its SHA-256 in the manifest: "
+                                             "the file is truncated or"):
+        Detector.load("model/")
 
 
 def test_edited_json_is_refused(saved):

@@ -270,6 +270,9 @@ def test_auto_window_finds_the_period():
     assert dominant_period(np.random.default_rng(0).normal(size=(2000, 2))) is None
     det = SeriesDetector("pca", window="auto").fit(wave(2000, 3))
     assert abs(det.window_ - PERIOD) <= 1
+    with pytest.warns(UserWarning, match="window='auto' found no period of 16-128 steps .* so the window is 32"):
+        det = SeriesDetector("pca", window="auto").fit(np.random.default_rng(0).normal(size=(2000, 2)))
+    assert det.window_ == 32
 
 
 def test_event_metrics_count_found_ranges_and_false_alarm_runs():

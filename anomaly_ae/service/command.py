@@ -30,7 +30,8 @@ def serve(
     metrics_series_labels: Optional[int] = typer.Option(None, help="Series models: per-series metrics for at most "
                                                                     "this many training series, the rest as "
                                                                     "series=other (default 0: none)."),
-    log_level: Optional[str] = typer.Option(None, help="debug, info, warning, error (default info)."),
+    log_level: Optional[str] = typer.Option(None, help="critical, error, warning, info, debug or trace "
+                                                       "(default info)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log",
                                               help="uvicorn's per-request access log (default off)."),
 ) -> None:
