@@ -114,7 +114,8 @@ def train(
                                                         "comma-separated: time_of_day, day_of_week (for daily or "
                                                         "weekly patterns)."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
-    drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels)."),
+    drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels); the model "
+                                                       "remembers them and ignores them in what it scores later."),
     epochs: int = typer.Option(200, help="Maximum training epochs (early stopping usually ends sooner)."),
     n_estimators: Optional[int] = typer.Option(None, help="Differently seeded networks whose scores are averaged "
                                                           "(default: 3 for hybrid, else 1)."),
@@ -199,10 +200,11 @@ def train(
             raise DataError(f"--drop-cols removes '{column}', the {option} column the series model reads; "
                             "leave it out of --drop-cols")
     series = any(option is not None for option in (time_col, series_col, window, covariates))
+    ignored = _split_list(drop_cols) or None  # the model remembers them: files like this one score as they are
     if not series:
         model = model or "hybrid"
         detector = Detector(model=model, target_fpr=target_fpr, epochs=epochs, n_estimators=n_estimators,
-                            score=score, random_state=seed, device=device, verbose=progress)
+                            score=score, ignore_columns=ignored, random_state=seed, device=device, verbose=progress)
     else:
         from anomaly_ae.series_detector import DEFAULT_SERIES_MODEL, SeriesDetector
 
@@ -211,7 +213,7 @@ def train(
         model = model or DEFAULT_SERIES_MODEL
         detector = SeriesDetector(model=model, window=_window(window), time_col=time_col, series_col=series_col,
                                   covariates=tuple(_split_list(covariates)), target_fpr=target_fpr,
-                                  epochs=epochs, n_estimators=n_estimators, score=score,
+                                  epochs=epochs, n_estimators=n_estimators, score=score, ignore_columns=ignored,
                                   random_state=seed, device=device, verbose=progress)
     detector.validate_params()  # a bad option fails now, not after reading a large file
     X = read_training_data(data, _split_list(drop_cols), max_line_bytes, for_training=True)
@@ -384,7 +386,8 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
             missing = [c for c in keep if c not in chunk.columns]
             if missing:
                 raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
-            extra = [c for c in chunk.columns if c not in detector.schema_.names and c not in own and c not in keep]
+            extra = [c for c in chunk.columns if c not in detector.schema_.names and c not in own and c not in keep
+                     and c not in detector.schema_.ignored]
             # with a training column missing too, the schema's message says more (a near-match renamed)
             if extra and all(c in chunk.columns for c in detector.schema_.names):
                 shown = ", ".join(map(str, extra[:10]))

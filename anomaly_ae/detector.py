@@ -76,6 +76,8 @@ class Detector(Estimator):
         holds: "rows" (the default: up to `max_reference` preprocessed training rows, sampled) or
         "prototypes" (at most `n_prototypes` k-means centroids of the preprocessed training rows,
         each the mean of >= 2 of them; MiniBatchKMeans seeded by random_state; no single row kept).
+    ignore_columns : columns of the data that are not features (ids, labels): left out of fit, and of
+        every input scored later where present, so the files the model was trained on score as they are.
     device : "auto" (CUDA when available), "cpu" or "cuda[:N]".
     random_state : seed for the split, initialisation, training and sampled scores.
     verbose : show a progress bar while training.
@@ -92,7 +94,7 @@ class Detector(Estimator):
                  sparsity: float = 1e-2, adversarial_weight: float = 0.1, latent_weight: float = 0.1,
                  n_samples: int = 16, variance_kept: float = 0.9, noise_scale: str = "uniform",
                  neighbors: int | None = None, max_reference: int = 10_000, neighbor_reference: str = "rows",
-                 n_prototypes: int = 2000, max_categories: int = 50,
+                 n_prototypes: int = 2000, max_categories: int = 50, ignore_columns: Sequence[str] | None = None,
                  device: str = "auto", random_state: int = 0,
                  verbose: bool = False) -> None:
         self.model = model
@@ -121,6 +123,7 @@ class Detector(Estimator):
         self.neighbor_reference = neighbor_reference
         self.n_prototypes = n_prototypes
         self.max_categories = max_categories
+        self.ignore_columns = ignore_columns
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -143,7 +146,9 @@ class Detector(Estimator):
         self.validate_params()
         if checkpoint is not None:
             checkpoint.prepare()
+        X = without_ignored(X, self.ignore_columns)
         schema = Schema.infer(X)
+        schema.ignored = tuple(self.ignore_columns or ())
         checked, _ = schema.check(X)
         extra = None
         if synthetic is not None:
@@ -254,6 +259,11 @@ class Detector(Estimator):
             _check_integer(name, getattr(self, name), 1)
         _check_integer("patience", self.patience, 0)
         _check_integer("random_state", self.random_state, 0)
+        if self.ignore_columns is not None and (
+                isinstance(self.ignore_columns, (str, bytes)) or not hasattr(self.ignore_columns, "__iter__")
+                or not all(isinstance(c, str) for c in self.ignore_columns)):
+            raise InvalidParameterError(f"ignore_columns must be a list of column names such as ['host_id'], got "
+                                        f"{self.ignore_columns!r}")
         for name in ("batch_size", "latent_dim"):
             if getattr(self, name) is not None:
                 _check_integer(name, getattr(self, name), 1)
@@ -443,6 +453,13 @@ def _warn_of_identifiers(schema: Schema, n_rows: int, max_categories: int) -> No
             warnings.warn(f"column '{col.name}' has {len(col.categories)} distinct values in {n_rows} rows: it looks "
                           "like an identifier, and new values will be unseen categories; drop it (--drop-cols in "
                           "the CLI) unless it is a real category", UserWarning, stacklevel=3)
+
+
+def without_ignored(X: Any, ignore_columns: Sequence[str] | None) -> Any:
+    """X without the columns a model is told to ignore (those it has; an array has none)."""
+    if not isinstance(X, pd.DataFrame) or not ignore_columns:
+        return X
+    return X.drop(columns=[c for c in ignore_columns if c in X.columns])
 
 
 def _check_integer(name: str, value: Any, low: int) -> None:

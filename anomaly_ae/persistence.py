@@ -317,7 +317,7 @@ def named_as(path_or_uri: str | Path, path: Path) -> Iterator[None]:
         yield
     except ModelLoadError as exc:
         # a local directory is named as it is ("model/" is the folder model, not a name to put in its place)
-        if str(path_or_uri) == str(path) or "://" not in str(path_or_uri):
+        if str(path_or_uri) == str(path) or not re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", str(path_or_uri)):
             raise
         raise ModelLoadError(str(exc).replace(str(path), str(path_or_uri))) from None
 

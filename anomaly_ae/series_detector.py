@@ -21,7 +21,7 @@ from anomaly_ae.calibration import AlertRule, Calibration
 from anomaly_ae.data.preprocess import Preprocessor, warn_of_extreme_values
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.data.windows import SeriesFraming, SeriesLayout, check_covariates, dominant_period
-from anomaly_ae.detector import Detector, _take
+from anomaly_ae.detector import Detector, _take, without_ignored
 from anomaly_ae.exceptions import DataError, InvalidParameterError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input, series_input
 from anomaly_ae.models import SERIES_MODELS, DetectorModel
@@ -100,7 +100,8 @@ class SeriesDetector(Detector):
                  corruption: str = "gaussian", noise: float = 0.2, sparsity: float = 1e-2,
                  adversarial_weight: float = 0.1, latent_weight: float = 0.1, n_samples: int = 16,
                  variance_kept: float = 0.9, neighbors: int | None = None, max_reference: int = 10_000,
-                 max_categories: int = 50, device: str = "auto", random_state: int = 0, verbose: bool = False) -> None:
+                 max_categories: int = 50, ignore_columns: Sequence[str] | None = None, device: str = "auto",
+                 random_state: int = 0, verbose: bool = False) -> None:
         super().__init__(model, latent_dim=latent_dim, hidden_dims=hidden_dims, score=score,
                          n_estimators=n_estimators, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, weight_decay=weight_decay, patience=patience,
@@ -108,7 +109,8 @@ class SeriesDetector(Detector):
                          corruption=corruption, noise=noise, sparsity=sparsity,
                          adversarial_weight=adversarial_weight, latent_weight=latent_weight, n_samples=n_samples,
                          variance_kept=variance_kept, neighbors=neighbors, max_reference=max_reference,
-                         max_categories=max_categories, device=device, random_state=random_state, verbose=verbose)
+                         max_categories=max_categories, ignore_columns=ignore_columns, device=device,
+                         random_state=random_state, verbose=verbose)
         self.window = window
         self.time_col = time_col
         self.series_col = series_col
@@ -131,11 +133,13 @@ class SeriesDetector(Detector):
             raise DataError(f"expected a DataFrame or a 2-D array (steps x metrics), got shape {X.shape}")
         if isinstance(X, (pd.DataFrame, np.ndarray)) and len(X) == 0:  # as Detector.fit says it
             raise DataError("the training history has no rows; pass at least a few hundred normal steps per series")
+        X = without_ignored(X, self.ignore_columns)
         framing = SeriesFraming(1, self.time_col, self.series_col, self.max_gap,
                                 covariates=self.covariates).learn(X)
         metrics, layout = framing.split(X)
         _check_repeated_steps(layout)
         schema = Schema.infer(metrics)
+        schema.ignored = tuple(self.ignore_columns or ())
         checked, _ = schema.check(metrics)
         warn_of_extreme_values(checked, schema)
         train_rows, val_rows, stop_rows = self._split(layout)
@@ -239,6 +243,11 @@ class SeriesDetector(Detector):
         if self.window != "auto" and (isinstance(self.window, bool) or not isinstance(self.window, (int, np.integer))
                                       or self.window < 1):
             raise InvalidParameterError(f"window must be a positive number of steps or 'auto', got {self.window!r}")
+        keys = [c for c in (self.time_col, self.series_col) if c is not None and c in (self.ignore_columns or ())]
+        if keys:
+            role = "time" if keys[0] == self.time_col else "series"
+            raise InvalidParameterError(f"ignore_columns names {keys[0]!r}, the {role} column the model reads; "
+                                        "leave it out of ignore_columns")
         if self.time_col is not None and self.time_col == self.series_col:
             raise InvalidParameterError(f"time_col and series_col are both {self.time_col!r}; name two different "
                                         "columns (or leave series_col out for one series)")

@@ -242,3 +242,21 @@ def test_evaluate_says_which_of_label_col_and_synthetic_anomalies_is_wrong(tmp_p
                                                                "not both")):
         result = runner.invoke(app, ["evaluate", str(tmp_path / "model"), str(tmp_path / "rows.csv"), *extra])
         assert result.exit_code == 2 and says in " ".join(result.output.split()), result.output
+
+
+def test_drop_cols_are_remembered_so_files_like_the_training_one_score_evaluate_and_recalibrate(tmp_path):
+    train = make_telemetry(800, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"])
+    write_table(train.assign(host_id=range(800)), tmp_path / "normal.csv")
+    labelled = make_telemetry(400, 0.1, seed=2).drop(columns=["anomaly_kind"])
+    write_table(labelled.assign(host_id=range(400)), tmp_path / "labelled.csv")
+    assert runner.invoke(app, ["train", str(tmp_path / "normal.csv"), "--out", str(tmp_path / "model"), "--model",
+                               "pca", "--drop-cols", "host_id", "--no-progress"]).exit_code == 0
+    model = str(tmp_path / "model")
+    result = runner.invoke(app, ["score", model, str(tmp_path / "labelled.csv"), "-o", str(tmp_path / "s.csv"),
+                                 "--keep-cols", "is_anomaly"])
+    assert result.exit_code == 0, result.output
+    assert "host_id" not in read_table(tmp_path / "s.csv").columns
+    result = runner.invoke(app, ["evaluate", model, str(tmp_path / "labelled.csv"), "--label-col", "is_anomaly"])
+    assert result.exit_code == 0 and "auroc" in result.output, result.output
+    result = runner.invoke(app, ["recalibrate", model, str(tmp_path / "normal.csv"), "-o", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output

@@ -368,3 +368,23 @@ def test_a_column_with_no_value_in_training_is_refused_by_both_detectors():
             warnings.simplefilter("error")  # not numpy's "All-NaN slice" either
             with pytest.raises(DataError, match="column 'd' has no value in the training rows \\(all missing\\)"):
                 estimator.fit(X)
+
+
+def test_ignored_columns_are_left_out_of_fit_and_of_every_later_input(tmp_path):
+    from anomaly_ae import SeriesDetector
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300), "host_id": np.arange(300)})
+    det = Detector("pca", ignore_columns=["host_id"]).fit(X)
+    assert det.schema_.names == ["a", "b"]
+    expected = det.decision_function(X[["a", "b"]])
+    np.testing.assert_array_equal(det.decision_function(X), expected)  # the id is there, or not
+    loaded = Detector.load(det.save(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.decision_function(X), expected)
+    with pytest.raises(SchemaError, match="unexpected column\\(s\\): other"):
+        loaded.decision_function(X.assign(other=1.0))  # only the named ones
+    for bad in ("host_id", [1], 5):
+        with pytest.raises(InvalidParameterError, match="ignore_columns must be a list of column names"):
+            Detector("pca", ignore_columns=bad).fit(X)
+    with pytest.raises(InvalidParameterError, match="ignore_columns names 'ts', the time column the model reads"):
+        SeriesDetector("pca", time_col="ts", ignore_columns=["ts"]).validate_params()

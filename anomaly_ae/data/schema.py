@@ -69,11 +69,13 @@ class Schema:
     """Columns of tabular input, or the shape of image input."""
 
     def __init__(self, columns: list[Column] | None = None, image: ImageSpec | None = None,
-                 from_array: bool = False) -> None:
+                 from_array: bool = False, ignored: Sequence[str] = ()) -> None:
         self.columns = columns or []
         self.image = image
         # Models fitted on a bare 2-D array accept arrays of the same width at scoring time.
         self.from_array = from_array
+        # Columns the model was told to ignore (ids, labels): left out of the input where present.
+        self.ignored = tuple(ignored)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -175,7 +177,7 @@ class Schema:
         return pd.DataFrame(block, index=data.index, columns=names)
 
     def _check_column_names(self, present: list[str]) -> None:
-        known, given = set(self.names), set(present)
+        known, given = set(self.names) | set(self.ignored), set(present)
         missing = [n for n in self.names if n not in given]
         extra = [c for c in present if c not in known]
         if missing:
@@ -344,6 +346,7 @@ class Schema:
             "columns": [{**asdict(c), "categories": list(c.categories)} for c in self.columns],
             "image": asdict(self.image) if self.image else None,
             "from_array": self.from_array,
+            "ignored": list(self.ignored),
         }
 
     @classmethod
@@ -351,7 +354,8 @@ class Schema:
         columns = [Column(c["name"], c["kind"], bool(c["allow_missing"]), tuple(c["categories"]))
                    for c in payload["columns"]]
         image = ImageSpec(**payload["image"]) if payload.get("image") else None
-        return cls(columns=columns, image=image, from_array=bool(payload.get("from_array", False)))
+        return cls(columns=columns, image=image, from_array=bool(payload.get("from_array", False)),
+                   ignored=tuple(payload.get("ignored", ())))
 
 
 # ---------------------------------------------------------------------- checks shared by both input forms
