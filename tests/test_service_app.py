@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import math
 import shutil
@@ -157,6 +158,10 @@ BAD_BODIES = {
     "ragged rows": (b'{"columns": ["a", "b"], "data": [[1, 2], [1]]}', 422, "invalid_row"),
     "row not an array": (b'{"columns": ["a"], "data": [[1], 2]}', 422, "invalid_row"),
     "duplicate columns": (b'{"columns": ["a", "a"], "data": [[1, 2]]}', 422, "duplicate_column"),
+    # orjson would keep the last value of a repeated key
+    "key twice in a record": (b'{"records": [{"a": 1}, {"a": 1, "b": 2, "a": 9}]}', 422, "duplicate_column"),
+    "key twice, spaced": (b'{"records": [{"a" : 1, "a" : 9}]}', 422, "duplicate_column"),
+    "field twice": (b'{"records": [{"a": 1}], "records": []}', 422, "duplicate_column"),
     "explain not bool": (b'{"records": [{}], "explain": "yes"}', 422, "invalid_field"),
     "top_k too big": (b'{"records": [{}], "top_k": 21}', 422, "invalid_field"),
     "top_k bool": (b'{"records": [{}], "top_k": true}', 422, "invalid_field"),
@@ -179,6 +184,11 @@ async def test_malformed_bodies_get_one_error_shape_and_their_code(served):
         assert ragged.json()["error"]["rows"] == [1]
         utf16 = await client.post("/v1/score", content=BAD_BODIES["UTF-16 body"][0], headers={**SCORE, **JSON})
         assert "send JSON encoded as UTF-8" in utf16.json()["error"]["message"]
+        twice = await client.post("/v1/score", content=BAD_BODIES["key twice in a record"][0], headers={**SCORE, **JSON})
+        assert twice.json()["error"]["message"].startswith("the key 'a' is given twice in one object")
+        # a quote and a colon inside a value are no key: the request goes on to the model's own checks
+        quoted = await client.post("/v1/score", content=b'{"records": [{"a": "x\\":1"}]}', headers={**SCORE, **JSON})
+        assert quoted.json()["error"]["code"] != "duplicate_column", quoted.text
 
 
 async def test_schema_violations_name_column_and_rows(served):
@@ -224,6 +234,19 @@ async def test_content_type_and_size_limits(served):
         assert_error(await client.post("/v1/score", content=body, headers={**SCORE, "Content-Type": "text/plain"}),
                      415, "unsupported_media_type")
         assert_error(await client.post("/v1/score", content=body, headers=SCORE), 415)
+        for name, value in (("Content-Type", "application/json; charset=iso-8859-1"), ("Content-Encoding", "gzip")):
+            headers = {**SCORE, **JSON, name: value}
+            content = gzip.compress(body) if name == "Content-Encoding" else body
+            response = await client.post("/v1/score", content=content, headers=headers)
+            assert_error(response, 415, "unsupported_media_type")
+            assert ("send it as UTF-8" if name == "Content-Type" else "send the JSON uncompressed") in response.text
+        response = await client.post("/v1/score?explain=true&top_k=5", content=body, headers={**SCORE, **JSON})
+        assert_error(response, 422, "unknown_parameter")
+        assert "put explain, top_k, ids and score_last in the JSON body" in response.text
+        for charset in ("utf-8", "UTF-8", '"utf-8"', "utf8"):
+            ok = await client.post("/v1/score", content=body, headers={**SCORE, "Content-Type": "application/json; "
+                                                                                                 f"charset={charset}"})
+            assert ok.status_code == 200, (charset, ok.text)
         big = json.dumps({"records": [{"mode": "x" * 120_000}]}).encode()
         assert_error(await client.post("/v1/score", content=big, headers={**SCORE, **JSON}), 413, "body_too_large")
 

@@ -48,8 +48,18 @@ CurrentModel = Annotated[LoadedModel, Depends(get_current_model)]
 async def read_score_body(request: Request) -> bytes:
     """A JSON body, read under the body-read bound (size, time and concurrent reads)."""
     content_type = request.headers.get("content-type", "")
-    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+    media_type, _, parameters = content_type.partition(";")
+    if media_type.strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as JSON with 'Content-Type: application/json'")
+    charset = next((v.strip().strip('"').lower() for k, _, v in (p.partition("=") for p in parameters.split(";"))
+                    if k.strip().lower() == "charset"), "utf-8")
+    if charset not in ("utf-8", "utf8"):  # read as UTF-8 all the same, a body in it would fail as unreadable
+        raise ApiError(415, "unsupported_media_type", f"the body is declared {charset[:40]!r}; send it as UTF-8 "
+                                                      "(charset=utf-8, or no charset)")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # would be read as the JSON itself
+        raise ApiError(415, "unsupported_media_type", f"compressed bodies (Content-Encoding: {encoding[:40]}) are "
+                                                      "not accepted; send the JSON uncompressed")
     state = request.app.state
     settings: ServiceSettings = state.settings
     return await state.admission.read_body(request, settings.max_body_bytes, settings.body_timeout_s)
@@ -69,6 +79,10 @@ async def score_call(request: Request) -> ScoreCall:
     """The key (401/403 before anything else is read), the current model (503 without one), then the body:
     the checks the separate dependencies made, in their order, as one."""
     await require_score(request)
+    if request.query_params:  # e.g. ?explain=true: options go in the body, and would be silently ignored here
+        names = ", ".join(sorted(set(request.query_params)))[:200]
+        raise ApiError(422, "unknown_parameter", f"unknown query parameter(s) {names}; /v1/score takes none: put "
+                                                 "explain, top_k, ids and score_last in the JSON body")
     model = await get_current_model(request)
     body = await read_score_body(request)
     state = request.app.state

@@ -129,7 +129,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         if not declared.isdigit():
             raise ApiError(400, "invalid_header", "Content-Length must be a non-negative integer")
         if int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {limit}")
+            raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {limit}: split "
+                                                  "the batch into smaller requests")
     try:
         if _timeout is not None:  # Python 3.11+: a deadline on this task, cheaper than wait_for's extra task
             async with _timeout(timeout):
@@ -147,6 +148,7 @@ async def _receive(request: Request, limit: int, declared: bool) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
+            raise ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes: split the "
+                                                  "batch into smaller requests")
         chunks.append(chunk)
     return b"".join(chunks)
