@@ -184,7 +184,8 @@ async def test_malformed_bodies_get_one_error_shape_and_their_code(served):
         assert ragged.json()["error"]["rows"] == [1]
         utf16 = await client.post("/v1/score", content=BAD_BODIES["UTF-16 body"][0], headers={**SCORE, **JSON})
         assert "send JSON encoded as UTF-8" in utf16.json()["error"]["message"]
-        twice = await client.post("/v1/score", content=BAD_BODIES["key twice in a record"][0], headers={**SCORE, **JSON})
+        twice = await client.post("/v1/score", content=BAD_BODIES["key twice in a record"][0],
+                                  headers={**SCORE, **JSON})
         assert twice.json()["error"]["message"].startswith("the key 'a' is given twice in one object")
         # a quote and a colon inside a value are no key: the request goes on to the model's own checks
         quoted = await client.post("/v1/score", content=b'{"records": [{"a": "x\\":1"}]}', headers={**SCORE, **JSON})

@@ -255,8 +255,8 @@ class ScoreRequestParser:
                                                 "not JSON: send null for a missing value") from None
         repeated = _repeated_key(body, payload)
         if repeated is not None:
-            raise ApiError(422, "duplicate_column", f"the key {repeated[:100]!r} is given twice in one object, and only "
-                                                    "one of its values would count; give each key once",
+            raise ApiError(422, "duplicate_column", f"the key {repeated[:100]!r} is given twice in one object, and "
+                                                    "only one of its values would count; give each key once",
                            field=repeated[:100])
         try:
             request = self.adapter.validate_python(payload)
