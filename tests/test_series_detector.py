@@ -597,3 +597,14 @@ def test_a_time_zone_on_one_side_only_is_noted_when_the_time_of_day_is_an_input(
     assert loaded.framing_.zone == "naive" and loaded.score_frame(zoned)["notes"].str.contains("time zone").all()
     without = SeriesDetector("knn", window=8, time_col="ts", series_col="host", random_state=0).fit(history)
     assert not without.score_frame(zoned)["notes"].str.contains("time zone").any()  # no calendar input: no shift
+
+
+def test_dates_without_a_time_are_refused_by_a_model_with_a_shorter_step():
+    det = SeriesDetector("pca", window=8, time_col="ts", series_col="host", random_state=0).fit(frame(400))
+    dated = frame(20).assign(ts="2026-01-07")
+    with pytest.raises(DataError, match="'ts' holds the date '2026-01-07' without a time of day, but the model's "
+                                        "step is 300 s"):
+        det.score_frame(dated)
+    daily = frame(400, hosts=("a",)).assign(ts=[f"{d:%Y-%m-%d}" for d in pd.date_range("2020-01-01", periods=400)])
+    model = SeriesDetector("pca", window=8, time_col="ts", random_state=0).fit(daily)  # a daily step: dates are enough
+    assert np.isfinite(model.decision_function(daily.tail(30))).all()

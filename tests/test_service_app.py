@@ -97,6 +97,9 @@ async def test_auth_matrix(served):
                 if key_right is None:
                     assert_error(response, 401, "unauthorized")
                     assert response.headers["www-authenticate"] == "Bearer"
+                    says = "missing API key" if name == "no key" else "malformed Authorization header" \
+                        if name in ("not bearer", "bearer without key") else "invalid API key"
+                    assert response.json()["error"]["message"].startswith(says), (name, response.text)
                 elif key_right == "score" and right == "admin":
                     assert_error(response, 403, "forbidden")
                 else:
@@ -575,6 +578,8 @@ async def test_reload_loads_a_new_version_and_keeps_an_unchanged_one(models, ser
         assert (await reload(client)).json()["status"] == "unchanged"
         asked = await client.post("/v1/admin/reload?version=9", headers=ADMIN)  # not a thing a reload takes
         assert_error(asked, 422, "unknown_parameter")
+        twice = await client.post("/v1/admin/reload?force=true&force=false", headers=ADMIN)
+        assert_error(twice, 422, "invalid_parameter")
         Detector.load(models / "v2").save(served)
         response = await reload(client)
         assert response.status_code == 200 and response.json()["status"] == "loaded"

@@ -302,3 +302,15 @@ def test_serve_with_workers_removes_the_temporary_folders_it_made(tmp_path, monk
     server.run(ServiceSettings(model_uri=str(tmp_path / "model"), workers=2, api_keys=["k" * 16]))
     assert set(made) == {"control", "metrics"} and all(p.startswith(str(tmp_path)) for p in made.values())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_folder_without_its_manifest_is_named_as_such(tmp_path):
+    from anomaly_ae.exceptions import ModelLoadError
+    from anomaly_ae.service.model_holder import resolve_local
+
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="its manifest.json is missing, so its files cannot be checked"):
+        resolve_local(str(tmp_path / "copied"))
+    with pytest.raises(ModelLoadError, match="expected a directory written by Detector.save"):
+        resolve_local(str(tmp_path / "nothing"))

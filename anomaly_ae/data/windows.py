@@ -29,6 +29,7 @@ MAX_KNOWN_SERIES = 10_000
 ONE_SERIES = "__series__"
 # words pandas reads as a time (as it does control characters around a date): not timestamps
 _WORD_TIMES = re.compile(r"\s*(now|today|tomorrow|yesterday)\s*$", re.IGNORECASE)
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")  # ISO 8601 date, no time of day
 _NS_SECONDS = (int(pd.Timestamp.min.timestamp()), int(pd.Timestamp.max.timestamp()))  # what datetime64[ns] holds
 # Calendar covariates a series model can take from its time column (`calendar_covariates`).
 COVARIATES = ("time_of_day", "day_of_week")
@@ -278,6 +279,12 @@ class SeriesFraming:
             row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
             raise DataError(f"'{column}' is missing at row {row}; every row needs a timestamp",
                             reason="missing_value", column=column, rows=[row])
+        first = values.iloc[0]
+        if self.step_seconds is not None and self.step_seconds < 86_400 and isinstance(first, str) \
+                and _DATE_ONLY.fullmatch(first.strip()):  # every row of a day would fall on its midnight
+            raise DataError(f"'{column}' holds the date {first[:20]!r} without a time of day, but the model's step "
+                            f"is {self.step_seconds:g} s; send a date and a time such as 2026-01-05T10:00:00Z",
+                            reason="invalid_timestamp", column=column, rows=[0])
         times = parsed.dt.tz_localize(None).to_numpy()
         if times.dtype != np.dtype("datetime64[ns]"):
             # pandas keeps dates outside 1677-2262 at a coarser unit; in nanoseconds they would wrap around
@@ -285,8 +292,8 @@ class SeriesFraming:
             outside = (seconds <= _NS_SECONDS[0]) | (seconds >= _NS_SECONDS[1])
             if outside.any():
                 row = int(np.flatnonzero(outside)[0])
-                raise DataError(f"'{column}' holds {times[row]} at row {row}; timestamps must lie between "
-                                f"{pd.Timestamp.min:%Y-%m-%d} and {pd.Timestamp.max:%Y-%m-%d}",
+                raise DataError(f"'{column}' holds {short_repr(values.iloc[row])} at row {row}; timestamps must lie "
+                                f"between {pd.Timestamp.min:%Y-%m-%d} and {pd.Timestamp.max:%Y-%m-%d}",
                                 reason="invalid_timestamp", column=column, rows=[row])
         return times.astype("datetime64[ns]")
 

@@ -69,7 +69,9 @@ def require(right: str):
             return
         key = bearer_key(request)
         if key is None:
-            raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+            sent = "authorization" in request.headers  # a header in another form (Basic, a tab): not "missing"
+            raise _unauthorized("malformed Authorization header: send 'Authorization: Bearer <key>', with one space"
+                                if sent else "missing API key: send 'Authorization: Bearer <key>'")
         rights = keys.rights(key)
         if not rights:
             raise _unauthorized("invalid API key")

@@ -146,7 +146,10 @@ def resolve_local(uri: str) -> LocalModelRef:
     try:
         digest = hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
     except OSError:
-        raise ModelLoadError(f"no saved model at {uri}: expected a directory written by Detector.save") from None
+        found = path.is_dir() and any((path / name).exists() for name in ("config.json", "weights.safetensors"))
+        why = "its manifest.json is missing, so its files cannot be checked; save the model again" if found else \
+            "expected a directory written by Detector.save"
+        raise ModelLoadError(f"no saved model at {uri}: {why}") from None
     return LocalModelRef(uri=uri, name=path.resolve().name, version=digest[:12])
 
 

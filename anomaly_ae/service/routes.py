@@ -73,6 +73,8 @@ async def reload(holder: HolderDep, request: Request,
         raise ApiError(422, "unknown_parameter", f"unknown query parameter(s) {', '.join(unknown)[:200]}; a reload "
                        "takes only force=true and loads the version the model URI names (move the alias to "
                        "choose another)")
+    if len(request.query_params.getlist("force")) > 1:  # one of them would win, silently
+        raise ApiError(422, "invalid_parameter", "force is given more than once; give it once (force=true)")
     outcome = await holder.refresh("admin", force=force)
     holder.broadcast_reload(force)  # with several workers, the others reload too
     if outcome.status in ("loaded", "unchanged") and holder.current is not None:
