@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -249,11 +250,20 @@ def train(
     console.print(f"{where} (threshold {cal.threshold:.6g}, "
                   f"validation FPR {cal.validation_fpr:.4f} for target {cal.target_fpr})")
     if tracked:
+        from anomaly_ae.exceptions import RegistryError
         from anomaly_ae.registry import log_training_run
 
-        run = log_training_run(detector, X, experiment=experiment or "anomaly-ae", register=register,
-                               tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_data,
-                               label_col=label_col, drop_cols=_split_list(drop_cols))
+        try:
+            run = log_training_run(detector, X, experiment=experiment or "anomaly-ae", register=register,
+                                   tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_data,
+                                   label_col=label_col, drop_cols=_split_list(drop_cols))
+        except RegistryError as exc:
+            if path is not None:
+                raise
+            # the registry went away after the training: keep the model rather than lose the work
+            kept = detector.save(Path(f"anomaly-ae-model-{time.strftime('%Y%m%d-%H%M%S')}"))
+            raise type(exc)(f"{exc}. The trained model is kept in {kept}: score with it, or train again with "
+                            "--out DIR to keep the model whatever the registry does") from None
         console.print(run.describe())
     if checkpoint is not None:  # the model is saved or logged: the checkpoints have served
         checkpoint.clear()
@@ -386,6 +396,10 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
             missing = [c for c in keep if c not in chunk.columns]
             if missing:
                 raise DataError(f"--keep-cols names column(s) not in {data}: {', '.join(missing)}")
+            absent = [c for c in own if c not in chunk.columns]
+            if absent:  # before any other column complaint: it says what kind of input the model takes
+                raise DataError(f"{model} is a series model, which reads {' and '.join(map(repr, own))}: {data} lacks "
+                                f"{', '.join(map(repr, absent))}; send rows in time order with them")
             extra = [c for c in chunk.columns if c not in detector.schema_.names and c not in own and c not in keep
                      and c not in detector.schema_.ignored]
             # with a training column missing too, the schema's message says more (a near-match renamed)
@@ -554,9 +568,15 @@ def promote(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default MLFLOW_TRACKING_URI)."),
 ) -> None:
     """Point a registry alias at a version, optionally only if it scores no worse than the current one."""
+    from anomaly_ae.exceptions import DataError
     from anomaly_ae.registry import promote as promote_version
     from anomaly_ae.registry import quiet_mlflow_logs
 
+    gate = [option for option, given in (("--eval", eval_data), ("--label-col", label_col), ("--drop-cols", drop_cols),
+                                         ("--metric", metric != "auroc")) if given]
+    if gate and require_better_than is None:  # else the promotion would go ahead ungated, as if checked
+        raise DataError(f"{', '.join(gate)} set the gate of --require-better-than ALIAS; give it too (e.g. "
+                        "--require-better-than champion), or leave them out to promote without a comparison")
     quiet_mlflow_logs()
     result = promote_version(name, version, alias, require_better_than=require_better_than, metric=metric,
                              eval_data=eval_data, label_col=label_col, drop_cols=_split_list(drop_cols),
@@ -586,7 +606,8 @@ def models_list(
         (("score_type", "score"), ("threshold", "threshold"), ("validation_fpr", "val FPR"), ("auroc", "AUROC"),
          ("auprc", "AUPRC"))
     for column in ("version", "aliases", "created (UTC)", "model", *(title for _, title in keys), "run"):
-        table.add_column(column, no_wrap=True)
+        # a long text (the generators' failed quality floors) is cut, not every other column squeezed to nothing
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=40 if column == "floors" else None)
     for v in versions:
         table.add_row(v.version, ", ".join(f"@{a}" for a in v.aliases), v.created, v.metric("model_type"),
                       *(v.metric(key) for key, _ in keys), (v.run_id or "")[:12])

@@ -260,3 +260,24 @@ def test_drop_cols_are_remembered_so_files_like_the_training_one_score_evaluate_
     assert result.exit_code == 0 and "auroc" in result.output, result.output
     result = runner.invoke(app, ["recalibrate", model, str(tmp_path / "normal.csv"), "-o", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
+
+
+def test_a_trained_model_is_kept_when_the_registry_fails_after_training(tmp_path, monkeypatch):
+    import anomaly_ae.registry
+    from anomaly_ae.exceptions import RegistryUnavailableError
+
+    def gone(*args, **kwargs):
+        raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1 while logging "
+                                       "run abc (no answer in time); check that it is running, then retry")
+
+    write_table(make_telemetry(400, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(anomaly_ae.registry, "log_training_run", gone)
+    result = runner.invoke(app, ["train", "t.csv", "--model", "pca", "--experiment", "e", "--no-progress",
+                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert result.exit_code == 2, result.output
+    kept = list(tmp_path.glob("anomaly-ae-model-*"))
+    assert len(kept) == 1 and f"The trained model is kept in {kept[0].name}" in " ".join(result.output.split())
+    from anomaly_ae import Detector
+
+    assert Detector.load(kept[0]).model == "pca"

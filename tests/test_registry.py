@@ -228,6 +228,18 @@ def test_promotion_gate_refuses_a_worse_challenger(registered, mlflow_server, da
     refused = one_line_error(cli("promote", NAME, "--version", bad, "--alias", "champion", *typo))
     assert "no version holds @Champoin to compare with; did you mean @champion?" in refused
     assert registry.resolve_model(f"models:/{NAME}@champion", tracking_uri=mlflow_server).version == good
+    # an empty baseline alias unlike any other would replace the champion unchecked
+    other = [a if a != "champion" else "prod" for a in gate]
+    refused = one_line_error(cli("promote", NAME, "--version", bad, "--alias", "champion", *other))
+    assert f"no version holds @prod to compare with, while @champion holds v{good}" in refused
+    assert registry.resolve_model(f"models:/{NAME}@champion", tracking_uri=mlflow_server).version == good
+    # the gate's options without the gate, and versions that are no number
+    refused = one_line_error(cli("promote", NAME, "--version", bad, "--alias", "champion", *gate[2:]))
+    assert "--eval, --label-col, --drop-cols set the gate of --require-better-than ALIAS" in refused, refused
+    assert "--version takes a version number such as 3, got 'latest'" in one_line_error(
+        cli("promote", NAME, "--version", "latest", "--alias", "canary", "--tracking-uri", mlflow_server))
+    padded = cli("promote", NAME, "--version", f"0{good}", "--alias", "champion", "--tracking-uri", mlflow_server)
+    assert padded.exit_code == 0 and f"{NAME} v{good}" in padded.output and f"v0{good}" not in padded.output
     first = [a if a != "champion" else "canary" for a in gate]
     # a first promotion still scores the challenger on the gate's data: data it cannot score is refused
     missing_a_column = pd.read_csv(data["eval"]).drop(columns=["cpu_util_pct"])
@@ -299,6 +311,10 @@ def test_tracking_uri_passwords_are_never_repeated_and_unknown_schemes_are_one_l
     assert "TopSecret77" not in str(caught.value)
     out = one_line_error(cli("models", "list", "x", "--tracking-uri", dead))
     assert "TopSecret77" not in out and "alice:***@" in out
+    for secret, shown in ((f"http://TopSecret77@127.0.0.1:{free_port()}", "http://***@127.0.0.1"),  # a token user
+                          (f"http://127.0.0.1:{free_port()}/?token=TopSecret77", "?token=***")):
+        out = one_line_error(cli("models", "list", "x", "--tracking-uri", secret))
+        assert "TopSecret77" not in out and shown in out, out
     for uri in ("ftp://x", "notaurl"):
         assert "cannot use" in one_line_error(cli("models", "list", "x", "--tracking-uri", uri))
 
@@ -556,6 +572,10 @@ def test_detectors_and_generators_are_never_confused(registered_generator, regis
     detector, _ = registered
     with pytest.raises(RegistryError, match=f"models:/{GENERATOR} holds generators"):
         registry.log_training_run(detector, data["X"], register=GENERATOR)
+    with pytest.raises(RegistryError, match=f"{GENERATOR} holds generators, and --require-better-than compares "
+                                            "detectors' scores"):  # not an AttributeError from scoring
+        registry.promote(GENERATOR, run.registered.version, "gated", require_better_than="champion",
+                         eval_data=data["eval"], label_col="is_anomaly")
 
 
 def test_tampered_generator_is_refused(registered_generator, mlflow_server_info, monkeypatch):

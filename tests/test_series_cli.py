@@ -133,3 +133,12 @@ def test_series_ids_with_leading_zeros_are_the_same_series_when_scored_in_chunks
     assert set(small["host"]) == {"007", "010"}
     assert not small["notes"].fillna("").str.contains("was not in the training data").any()
     np.testing.assert_array_equal(small["score"].to_numpy(), one["score"].to_numpy())
+
+
+def test_rows_without_the_time_and_series_columns_are_told_the_model_is_a_series_model(files, tmp_path):
+    rows = pd.read_csv(files / "rest.csv").drop(columns=["ts", "host", "is_anomaly"]).head(20)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    result = CliRunner().invoke(app, ["score", str(files / "model"), str(tmp_path / "rows.csv"), "-o",
+                                      str(tmp_path / "out.csv")])
+    assert result.exit_code == 2 and "is a series model, which reads 'ts' and 'host'" in result.output \
+        and "lacks 'ts', 'host'" in " ".join(result.output.split()), result.output

@@ -316,10 +316,12 @@ def train_command(
                         "for MLflow")
     X, y = _read(data, drop_cols)
     if tracked:  # an unreachable tracking server fails now, not after the training
-        from anomaly_ae.registry import check_connection, quiet_mlflow_logs
+        from anomaly_ae.registry import check_connection, check_registrable, quiet_mlflow_logs
 
         quiet_mlflow_logs()
-        check_connection(tracking_uri)
+        target = check_connection(tracking_uri)
+        if register is not None:  # a name that holds detectors is refused now, as train refuses it
+            check_registrable(register, "generator", target)
     conditions = list(condition_col or []) or None
     if isinstance(X, np.ndarray) and y is not None and model != "gan" and not conditions:
         conditions = ["label"]

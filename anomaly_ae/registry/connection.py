@@ -53,12 +53,19 @@ class HttpBounds:
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):[^/\s@]*@")
+# a user part alone may be a token (https://TOKEN@host), and a query string may carry one (?token=...)
+_TOKEN_USER = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@*]+@")
+_QUERY_VALUE = re.compile(r"(?P<key>[?&][^=&#\s/]*(?:token|key|pass|secret|auth|sig|cred)[^=&#\s/]*=)[^&#\s'\"`)]+",
+                          re.IGNORECASE)
 
 
 def redacted(text: str) -> str:
-    """`text` with the password of any URL in it (scheme://user:password@host) replaced by ***: a
-    tracking URI may carry one, and messages and logs must not."""
-    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+    """`text` with the secrets a URL in it may carry replaced by ***: the password of scheme://user:password@host,
+    a user part alone (scheme://token@host) and query-string values named like a secret (token, key, password,
+    signature...): a tracking URI may carry them, and messages and logs must not."""
+    text = _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
+    text = _TOKEN_USER.sub(r"\g<scheme>***@", text)
+    return _QUERY_VALUE.sub(r"\g<key>***", text)
 
 
 DEFAULT_BOUNDS = HttpBounds()

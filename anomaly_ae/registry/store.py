@@ -425,7 +425,11 @@ def promote(name: str, version: str | int, alias: str = "champion", *, require_b
     """Point ``alias`` at ``version``. With ``require_better_than=ALIAS`` both that alias's version and
     the challenger are loaded (hash-checked) and scored on the same labelled ``eval_data``; a
     challenger whose ``metric`` is lower is refused with ``PromotionRefused`` and nothing moves."""
-    version = str(version)
+    version = str(version).strip()
+    if not version.isdigit():  # "latest" would be downloaded and loaded before MLflow refused it
+        raise RegistryError(f"--version takes a version number such as 3, got {version[:40]!r}; `anomaly-ae models "
+                            f"list {name}` lists them")
+    version = str(int(version))  # "02" is version 2
     target = tracking_target(tracking_uri)
     c = client(target.uri)
     uri = f"models:/{name}/{version}"
@@ -441,6 +445,10 @@ def promote(name: str, version: str | int, alias: str = "champion", *, require_b
                 f"refusing to promote {name} v{version} to @{alias}: it cannot be loaded ({_without_paths(str(exc))}); "
                 f"@{alias} still points to {'v' + previous if previous else 'no version'}") from None
         if require_better_than is not None:
+            if not hasattr(loaded, "decision_function"):  # a generator: nothing to score labelled data with
+                raise RegistryError(f"{name} holds generators, and --require-better-than compares detectors' scores "
+                                    f"on labelled data; compare generators with `anomaly-ae generate report`, then "
+                                    f"promote without the gate")
             result = _gate(c, target, result, require_better_than, metric, eval_data, label_col, drop_cols,
                            loaded={version: loaded})
         c.set_registered_model_alias(name, alias, version)
@@ -504,6 +512,12 @@ def _gate(c: Any, target: TrackingTarget, result: Promotion, baseline_alias: str
                 f"@{baseline_alias} to compare with; did you mean @{meant}? (the model's aliases: "
                 f"{', '.join('@' + a for a in aliases)}); @{result.alias} still points to "
                 f"{'v' + result.previous if result.previous else 'no version'}")
+        if result.previous is not None and baseline_alias != result.alias:
+            # not a first promotion: the version @alias holds would be replaced unchecked
+            raise PromotionRefused(
+                f"refusing to promote {result.name} v{result.version} to @{result.alias}: no version holds "
+                f"@{baseline_alias} to compare with, while @{result.alias} holds v{result.previous}; compare with "
+                f"it (--require-better-than {result.alias}) or with an alias that holds a version")
     if baseline == result.version:
         return replace(result, note=f"v{baseline} already holds @{baseline_alias}")
     X, labels, source = _labelled(eval_data, label_col, drop_cols)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class TrackedRun:
                          f"{self.run_id}")
         if self.registered is not None:
             lines.append(f"registered {self.registered.uri}; promote it with `anomaly-ae promote "
-                         f"{self.registered.name} --version {self.registered.version} --alias champion`")
+                         f"{shlex.quote(self.registered.name)} --version {self.registered.version} --alias champion`")
         return "\n".join(lines)
 
 
