@@ -45,8 +45,8 @@ def main() -> int:
     run = registry.log_training_run(detector, normal, experiment="anomaly-ae-bootstrap", register=name,
                                     eval_data=labelled, label_col="is_anomaly", drop_cols=["anomaly_kind"],
                                     run_name="bootstrap")
-    promotion = registry.promote(name, run.registered.version, alias)
     print(run.describe())
+    promotion = registry.promote(name, run.registered.version, alias)  # what the line above suggests, done here
     print(f"promoted: {promotion.describe()}")
     return 0
 
