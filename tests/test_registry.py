@@ -132,8 +132,9 @@ def test_cli_train_logs_the_run_and_registers_a_version(mlflow_server, data):
 
 
 def test_train_needs_a_destination_and_complete_eval_options(data):
-    one_line_error(cli("train", data["normal"], "--drop-cols", DROP))
-    one_line_error(cli("train", data["normal"], "--drop-cols", DROP, "--register", "x", "--eval", data["eval"]))
+    assert "say where the model goes: --out DIR" in one_line_error(cli("train", data["normal"], "--drop-cols", DROP))
+    missing_label = cli("train", data["normal"], "--drop-cols", DROP, "--register", "x", "--eval", data["eval"])
+    assert "--eval DATA --label-col COL go together" in one_line_error(missing_label)
 
 
 # ---------------------------------------------------------------------- the registered model

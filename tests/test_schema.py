@@ -25,6 +25,11 @@ def test_missing_column(det, rows):
     assert err.value.reason == "missing_column" and err.value.column == "latency_ms"
 
 
+def test_a_blank_column_name_is_shown_quoted(det, rows):
+    with pytest.raises(SchemaError, match="unexpected column\(s\): '  '; drop them"):
+        det.decision_function(rows.assign(**{"  ": 1.0}))
+
+
 def test_a_missing_column_names_the_one_that_differs_by_case_or_spaces(det, rows):
     with pytest.raises(SchemaError, match="the input has 'LATENCY_MS ' for 'latency_ms': rename them"):
         det.decision_function(rows.rename(columns={"latency_ms": "LATENCY_MS "}))

@@ -172,7 +172,8 @@ def test_time_and_series_values_pandas_would_misread_are_refused(fitted):
     cases = [(test.assign(ts=np.arange(len(test)) * 300 + 1_767_571_200), "holds numbers, not timestamps"),
              (test.assign(ts=["now"] + test.ts.astype(str).tolist()[1:]), "holds 'now' at row 0"),
              (test.assign(ts=test.ts.astype(str).str.cat(["\x00"] * len(test))), "not timestamps"),
-             (test.assign(ts=["1600-01-01T00:00:00Z"] + test.ts.astype(str).tolist()[1:]), "must lie between"),
+             (test.assign(ts=["1600-01-01T00:00:00Z"] + test.ts.astype(str).tolist()[1:]),
+              "holds '1600-01-01T00:00:00Z' at row 0; timestamps must lie between"),  # as sent, not as parsed
              (test.assign(host=[np.nan] + test.host.tolist()[1:]), "'host' is missing at row 0"),
              (pd.concat([test, test[["host"]]], axis=1), "duplicate column names"),
              (test.head(0), "no rows"),
@@ -211,6 +212,9 @@ def test_a_window_longer_than_the_history_is_refused():
     # as long as the history, but its last 20% calibrates: no training window would be complete
     with pytest.raises(DataError, match=r"window 16 is longer than the longest training stretch \(13 steps"):
         SeriesDetector("knn", window=16).fit(np.random.default_rng(0).normal(size=(16, 2)))
+    for empty in (frame(10).head(0), np.empty((0, 3))):
+        with pytest.raises(DataError, match="the training history has no rows; pass at least a few hundred"):
+            SeriesDetector("pca", window=8, time_col="ts" if isinstance(empty, pd.DataFrame) else None).fit(empty)
 
 
 def test_array_input_is_one_series_in_row_order():
@@ -562,6 +566,9 @@ def test_recalibrate_uses_rows_with_a_whole_window_and_updates_the_alert_statist
     assert len(det.calibration_.reference_scores) == 2 * (300 - 7) and "alerts_per_day" in det.alert_stats_
     with pytest.raises(DataError, match="has 7 steps of its series before it"):
         det.recalibrate(frame(5, seed=9))
+    no_period = SeriesDetector("knn", window=8, time_col="ts", series_col="host", random_state=0).fit(frame(600))
+    no_period.framing_.ends_ns = {}  # a model saved before the training period was kept: the scores tell
+    assert not no_period.framing_.in_training_period(frame(600)).any()
     saved = det.framing_.to_dict()  # the training period is saved with the model
     assert saved["ends_ns"] == {"a": saved["origins_ns"]["a"] + 599 * 300 * 10**9,
                                 "b": saved["origins_ns"]["b"] + 599 * 300 * 10**9}

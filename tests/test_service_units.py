@@ -202,6 +202,7 @@ def test_admission_gives_the_split_helper_only_to_a_request_scored_alone():
     while another scores gets none (both cores are busy then), and without `split` none ever does."""
     import asyncio
     import threading
+    import time
 
     from anomaly_ae.service.limits import Admission
 
@@ -214,9 +215,9 @@ def test_admission_gives_the_split_helper_only_to_a_request_scored_alone():
         seen, hold, free = {}, threading.Event(), threading.Event()
         free.set()
         first = asyncio.create_task(admission.score(work, "first", seen, hold, size=10_000))
-        for _ in range(500):  # the first request is scoring (holds its place and thread)
-            if "first" in seen:
-                break
+        deadline = time.monotonic() + 10
+        while "first" not in seen:  # the first request is scoring (holds its place and thread)
+            assert time.monotonic() < deadline, "the first request never started scoring"
             await asyncio.sleep(0.01)
         await admission.score(work, "second", seen, free, size=10_000)
         hold.set()
