@@ -267,7 +267,10 @@ async def test_content_type_and_size_limits(served):
 
 async def test_unknown_routes_and_methods_use_the_error_shape(served):
     async with in_process(settings(served)) as (_, client):
-        assert_error(await client.get("/nope"), 404, "not_found")
+        error = assert_error(await client.get("/nope"), 404, "not_found")
+        assert error["message"].startswith("no route '/nope'; the service's paths are ") and "/v1/score" in error["message"]
+        trailing = assert_error(await client.post("/v1/score/", json={"records": rows(2)}, headers=SCORE), 404)
+        assert "no route '/v1/score/' (did you mean /v1/score?)" in trailing["message"]  # not a 307 for POST
         assert_error(await client.get("/v1/score", headers=SCORE), 405, "method_not_allowed")
         error = assert_error(await client.post("/v1/admin/reload?force=maybe", headers=ADMIN), 422, "invalid_parameter")
         assert error["message"].endswith("use true or false"), error

@@ -63,7 +63,7 @@ def create_app(settings: ServiceSettings | None = None, *, resolver: Callable[[s
             metrics.mark_process_dead()
 
     app = FastAPI(title="anomaly-ae scoring service", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, redirect_slashes=False)  # a 307 for /v1/score/ left POST clients stranded
     app.state.settings = settings
     app.state.holder = holder
     app.state.keys = KeyRing(settings)

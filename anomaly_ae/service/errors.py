@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from anomaly_ae.data.schema import short_repr
 from anomaly_ae.exceptions import AnomalyAEError, DataError, ModelLoadError, ScoringError
 from anomaly_ae.service import metrics
 
@@ -62,6 +63,13 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                415: "unsupported_media_type", 429: "too_many_requests", 503: "unavailable"}
 
 
+def _no_route(request: Request) -> str:
+    paths = sorted(request.app.openapi()["paths"])  # the documented ones (built once, then cached)
+    path = request.url.path
+    hint = f" (did you mean {path.rstrip('/')}?)" if path.endswith("/") and path.rstrip("/") in paths else ""
+    return f"no route {short_repr(path)}{hint}; the service's paths are {', '.join(paths)}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -75,6 +83,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":  # no route: say which paths there are
+            message = _no_route(request)
         return error_response(ApiError(exc.status_code, code, message, headers=dict(exc.headers or {})))
 
     @app.exception_handler(RequestValidationError)
