@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly_ae.data.schema import Schema
 from anomaly_ae.exceptions import DataError, SchemaError
 
 
@@ -23,6 +24,21 @@ def test_missing_column(det, rows):
     with pytest.raises(SchemaError, match="missing column.*latency_ms") as err:
         det.decision_function(rows.drop(columns=["latency_ms"]))
     assert err.value.reason == "missing_column" and err.value.column == "latency_ms"
+
+
+def test_a_yes_no_column_takes_true_and_false_in_any_case():
+    """A CSV's true/false reaches pandas as bools ('True'); a JSON client sends the text 'true': the
+    same value, which was scored as an unseen category."""
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"a": rng.normal(size=300), "flag": rng.random(300) < 0.5})
+    schema = Schema.infer(train)
+    frame = pd.DataFrame({"a": [0.0] * 4, "flag": ["true", "FALSE", True, "yes"]})
+    checked, report = schema.check(frame)
+    assert checked["flag"].tolist() == ["True", "False", "True", "yes"] and report.unseen_categories == {"flag": 1}
+    columns, report = schema.check_columns({"a": [0.0] * 3, "flag": ["true", False, "False"]})
+    assert columns["flag"].tolist() == ["True", "False", "False"] and not report.unseen_categories
+    texts = Schema.infer(train.assign(flag=train.flag.map({True: "true", False: "false"})))  # and the other way
+    assert texts.check(frame.head(3))[0]["flag"].tolist() == ["true", "false", "true"]
 
 
 def test_a_blank_column_name_is_shown_quoted(det, rows):

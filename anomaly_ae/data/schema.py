@@ -233,6 +233,7 @@ class Schema:
             na = np.isin(text, read_as_missing)
             if na.any():
                 text[na], isna = None, isna | na
+        _same_truth_words(col, text)
         _check_categories(col, text, isna, values.index, report, missing="")
         return pd.Series(text, index=values.index, dtype=object, name=col.name)
 
@@ -317,6 +318,7 @@ class Schema:
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
         isna = (arr == None) if type(None) in types else np.zeros(len(arr), dtype=bool)  # noqa: E711
+        _same_truth_words(col, arr)
         _check_categories(col, arr, isna, positions, report, missing=" (null)")
         return arr
 
@@ -376,6 +378,17 @@ def _check_numbers(col: Column, arr: np.ndarray, index: Any, report: CheckReport
                 "impute them, drop those rows, or retrain on data that includes missing values",
                 column=col.name, rows=rows, reason="missing_value")
         report.missing_values[col.name] = int(nan.sum())
+
+
+def _same_truth_words(col: Column, text: np.ndarray) -> None:
+    """A yes/no column takes true and false in any case as its training spelling, in place: a CSV's
+    `true` reaches the model as the bool True ('True'), a JSON client's as the text 'true'."""
+    spelling = {c.lower(): c for c in col.categories}
+    if not spelling or not set(spelling) <= {"true", "false"}:
+        return
+    for i, value in enumerate(text.tolist()):
+        if value is not None and value not in col.categories and value.lower() in spelling:
+            text[i] = spelling[value.lower()]
 
 
 def _check_categories(col: Column, text: np.ndarray, isna: np.ndarray, index: Any, report: CheckReport, *,
