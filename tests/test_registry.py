@@ -601,6 +601,14 @@ def test_tampered_generator_is_refused(registered_generator, mlflow_server_info,
         Generator.load("models:/tampered-generator/1")
 
 
+def test_a_generator_is_refused_a_detectors_name_before_it_trains(registered, mlflow_server, data):
+    started = time.monotonic()  # 10,000 epochs: refused after training, this would take many minutes
+    refused = one_line_error(cli("generate", "train", data["normal"], "--drop-cols", DROP, "--epochs", 10_000,
+                                 "--no-progress", "--register", NAME, "--tracking-uri", mlflow_server))
+    assert f"models:/{NAME} holds detectors; register this generator under another name" in refused
+    assert time.monotonic() - started < 60
+
+
 def test_cli_registers_a_generator_and_augments_training_from_the_registry(mlflow_server, data, tmp_path):
     result = cli("generate", "train", data["normal"], "--drop-cols", DROP, "--condition-col", "mode",
                  "--epochs", 20, "--no-progress", "--register", "cli-generator", "--tracking-uri", mlflow_server)
