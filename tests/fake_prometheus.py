@@ -25,6 +25,7 @@ class FakePrometheus:
         self.fault: str | None = None  # "down" | "timeout" | "http_500" | "scalar" | "duplicate" | "empty"
         self.requests: list[dict[str, str]] = []
         self.hidden: set[str] = set()  # series left out of every answer (stale)
+        self.missing: set[tuple[str, str]] = set()  # (series, query): that series has no samples for that query
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self._handle)
@@ -50,7 +51,7 @@ class FakePrometheus:
             lo, hi = round(start * 1000), round(end * 1000)
             step_ms = round(step * 1000)
             for name, part in self.frame.groupby(self.series_col, sort=True):
-                if name in self.hidden:
+                if name in self.hidden or (name, query) in self.missing:
                     continue
                 inside = part[(part["_ms"] >= lo) & (part["_ms"] <= hi) & ((part["_ms"] - lo) % step_ms == 0)]
                 values = [[t / 1000, repr(float(v))] for t, v in zip(inside["_ms"], inside[query])]

@@ -53,6 +53,7 @@ CONTRACT = {
     "anomaly_ae_watch_series": ("gauge", set()),
     "anomaly_ae_watch_series_dropped": ("gauge", set()),
     "anomaly_ae_watch_stale_series": ("gauge", set()),
+    "anomaly_ae_watch_incomplete_series": ("gauge", {"metric"}),
     "anomaly_ae_watch_queries_total": ("counter", {"metric"}),
     "anomaly_ae_watch_query_errors_total": ("counter", {"metric", "reason"}),
     "anomaly_ae_watch_evaluations_total": ("counter", {"result"}),
@@ -65,7 +66,8 @@ CONTRACT = {
 # Labels Prometheus attaches to every target (static config, pod discovery, ServiceMonitor).
 TARGET_LABELS = {"job", "instance", "service", "namespace", "pod", "container", "endpoint"}
 ALERTS = {"AnomalyAEWatchSeriesAnomalous", "AnomalyAEWatchFallingBehind", "AnomalyAEWatchQueryFailures",
-          "AnomalyAEWatchStale", "AnomalyAEWatchSeriesDropped", "AnomalyAEWatchDown"}
+          "AnomalyAEWatchStale", "AnomalyAEWatchSeriesDropped", "AnomalyAEWatchSeriesIncomplete",
+          "AnomalyAEWatchDown"}
 
 
 def exported_samples() -> dict[str, set[str]]:
@@ -317,7 +319,7 @@ def test_every_watch_alert_fires_in_a_test_stays_quiet_in_another_and_is_documen
     by_name = {r["alert"]: r for r in rules}
     assert by_name["AnomalyAEWatchSeriesAnomalous"]["labels"]["severity"] == "warning"
     for name, duration in (("AnomalyAEWatchSeriesAnomalous", "5m"), ("AnomalyAEWatchFallingBehind", "5m"),
-                           ("AnomalyAEWatchQueryFailures", "10m"), ("AnomalyAEWatchSeriesDropped", "15m"),
+                           ("AnomalyAEWatchQueryFailures", "10m"), ("AnomalyAEWatchSeriesDropped", "15m"), ("AnomalyAEWatchSeriesIncomplete", "15m"),
                            ("AnomalyAEWatchDown", "5m")):
         assert by_name[name]["for"] == duration, name
     assert "3 * anomaly_ae_watch_step_seconds" in by_name["AnomalyAEWatchFallingBehind"]["expr"]

@@ -86,6 +86,9 @@ def test_a_spec_file_loads_from_yaml_and_toml(tmp_path):
      "prometheus.url: has port 99999, outside 1-65535"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: often\nmetrics: {a: up}\n", "step: step must be a duration"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {}\n", "metrics: name at least one metric"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: 0.4ms\nmetrics: {a: up}\n",
+     "step: must be a whole number of milliseconds, at least 1ms (e.g. 15s), got '0.4ms'"),
+    ("prometheus: {url: http://p}\nseries_label: host\nstep: 1.5ms\nmetrics: {a: up}\n", "whole number of milliseconds"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {host: up}\n", "also a metric column"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\nsteps: 1\n", "steps: unknown field"),
     ("prometheus: {url: http://p\n", "is not valid YAML"),
@@ -286,6 +289,72 @@ def test_a_watcher_that_missed_steps_catches_up_and_still_matches(world):
     assert watcher.snapshot().stats.skipped_steps > 150
 
 
+def test_a_restart_or_a_model_swap_during_an_incident_does_not_page_again(world):
+    """The alert rule's state is rebuilt from Prometheus: a watcher started (or given a new model) in the
+    middle of an incident alerts where a pass that never stopped does, not again inside the cooldown."""
+    _, detector = world
+    spec = make_spec()
+    start = T0 + (TRAIN_STEPS + 100) * STEP
+    offline, _, _ = run_backtest(spec, detector, start, start + 299 * STEP, watcher_for(world)[0].source)
+    first = offline[offline["alert"]].iloc[0]  # an alert of the pass that never stopped
+    restart = first[TIME_COLUMN].timestamp() + 2 * STEP
+    after = offline[(offline[TIME_COLUMN] >= pd.Timestamp(restart, unit="s"))].reset_index(drop=True)
+    # the case is a real one: a rule started afresh at the restart would page again for that incident
+    mine = after[after["host"] == first["host"]]
+    assert detector.alert_rule_.apply(mine["is_anomaly"].to_numpy()).any() and not mine["alert"].iloc[:12].any()
+    watcher, _ = watcher_for(world)
+    live = []
+    for k in range(len(after) // 4):
+        if k == 20:
+            watcher.swap_model(detector, ModelInfo("telemetry", "2", "models:/telemetry@champion"))
+        live += watcher.evaluate(restart + k * STEP)
+    live_table = as_table(live)
+    assert len(live_table) == len(after)
+    assert np.array_equal(live_table["anomalous"], after["is_anomaly"])
+    assert np.array_equal(live_table["alert"], after["alert"])
+
+
+def test_queries_that_answer_nothing_are_not_a_success(world):
+    """All queries empty (a renamed metric, a Prometheus that lost its data) is counted as no_data and
+    does not move last_success, so AnomalyAEWatchStale fires; when data comes back, the context is fetched again."""
+    _, detector = world
+    watcher, fake = watcher_for(world)
+    start = T0 + (TRAIN_STEPS + 50) * STEP
+    fake.fault = "empty"
+    assert watcher.evaluate(start) == []
+    stats = watcher.snapshot().stats
+    assert stats.evaluations == {"ok": 0, "failed": 0, "no_data": 1} and stats.last_success is None
+    fake.fault = None
+    live = watcher.evaluate(start + STEP)
+    offline, _, _ = run_backtest(watcher.spec, detector, start + STEP, start + STEP, watcher.source)
+    np.testing.assert_allclose(as_table(live)["score"], offline["score"], rtol=1e-6)
+    stats = watcher.snapshot().stats
+    assert stats.evaluations["ok"] == 1 and stats.last_success is not None
+    # a shard that none of the returned series hash to has nothing to score: that is a success
+    empty_shard = next(i for i in range(50) if not any(Shard(i, 50).owns(f"host-{h}") for h in range(4)))
+    watcher, _ = watcher_for(world, shard=Shard(empty_shard, 50))
+    assert watcher.evaluate(start) == [] and watcher.snapshot().stats.evaluations["ok"] == 1
+
+
+def test_a_series_lacking_one_metric_is_exported_as_incomplete(world):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from anomaly_ae.watch.exposition import WatchCollector
+
+    watcher, fake = watcher_for(world)
+    fake.missing = {("host-1", COLUMNS[2])}
+    scores = watcher.evaluate(T0 + (TRAIN_STEPS + 50) * STEP)
+    assert {s.series for s in scores} == {"host-0", "host-2", "host-3"}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WatchCollector(watcher.snapshot))
+    text = generate_latest(registry).decode()
+    assert f'anomaly_ae_watch_incomplete_series{{metric="{COLUMNS[2]}"}} 1.0' in text
+    assert f'anomaly_ae_watch_incomplete_series{{metric="{COLUMNS[0]}"}} 0.0' in text
+    fake.missing = set()
+    watcher.evaluate(T0 + (TRAIN_STEPS + 51) * STEP)
+    assert watcher.snapshot().stats.incomplete == {c: 0 for c in COLUMNS}
+
+
 def test_shards_split_the_series_with_no_overlap(world):
     start = T0 + (TRAIN_STEPS + 50) * STEP
     seen = []
@@ -465,3 +534,31 @@ def test_backtest_refuses_an_out_it_cannot_create_and_bad_threads_before_fetchin
         result = CliRunner().invoke(app, [*command, "--threads", "0"])
         assert result.exit_code == 2 and "Invalid value for '--threads'" in " ".join(result.output.split()), \
             result.output
+
+
+def test_watch_refuses_sharded_queries_without_a_shard_and_listens_on_ipv6(tmp_path):
+    """`$shard` in the queries without --shard watched shard 0 alone (the others silently unwatched)."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from anomaly_ae.cli import app
+
+    spec = tmp_path / "watch.yml"
+    spec.write_text("prometheus: {url: 'http://127.0.0.1:9'}\nseries_label: host\nstep: 15s\n"
+                    "metrics: {a: 'up{watch_shard=~\"$shard\"}'}\n")
+    result = CliRunner().invoke(app, ["watch", "--prometheus", str(spec), "--model", str(tmp_path / "none")])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "select a shard with $shard: pass --shard i/n" in output, result.output
+    result = CliRunner().invoke(app, ["watch", "--prometheus", str(spec), "--model", "m", "--shard", "0/2",
+                                      "--listen", "[::1]:0"])
+    assert "--listen takes HOST:PORT" in " ".join(result.output.split())  # port 0 is refused, [::1] is read
+    try:
+        server = ExpositionServer(lambda: None, lambda: True, "::1", 0).start()
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    try:
+        assert httpx.get(f"http://[::1]:{server.port}/healthz", timeout=5).status_code == 200
+    finally:
+        server.stop()
+    assert socket.has_ipv6

@@ -125,10 +125,15 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
     set_threads(threads)
     spec = load_spec(spec_path).spec
     shard = Shard.parse(shard_text)
+    if spec.sharded_queries and not shard_text:  # else $shard became 0 and only shard 0 was watched
+        raise ConfigurationError(f"the queries of {spec_path} select a shard with $shard: pass --shard i/n with n "
+                                 "the modulus of the hashmod relabelling (e.g. --shard 0/4), or take $shard out "
+                                 "of the queries to watch every series with one watcher")
     host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9464, as URLs write IPv6 addresses
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"--listen takes HOST:PORT with a port from 1 to 65535 (e.g. 0.0.0.0:9464), "
-                                 f"got {listen!r}")
+        raise ConfigurationError(f"--listen takes HOST:PORT with a port from 1 to 65535 (e.g. 0.0.0.0:9464 or "
+                                 f"[::]:9464), got {listen!r}")
     stopping = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:
@@ -157,7 +162,7 @@ def _watch(spec_path: Path, model_uri: str, listen: str, shard_text: str | None,
         raise ConfigurationError(f"cannot listen on {listen}: {exc.strerror}") from None
     log.info("watching %d metrics of %s every %g s with model %s version %s (shard %d/%d); metrics on http://%s/metrics",
              len(spec.columns), spec.prometheus.url, spec.step, info.name, info.version, shard.index, shard.count,
-             f"{host}:{server.port}")
+             f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}")
     runner = threading.Thread(target=loop.run, name="watch-loop")
     runner.start()
     while runner.is_alive():  # the main thread stays free to receive signals
@@ -205,7 +210,8 @@ def backtest(
 
 def run_backtest(spec: Any, detector: Any, start: float, end: float, source: Any) -> Any:
     """Scores of every step in [start, end] (on the grid) per series, each by the window ending at
-    it, and the alert rule run from `start` on: what a watcher started at `start` reports."""
+    it, and the alert rule's verdicts, the rule run over the `lookback` steps before `start` too:
+    what a watcher started at `start` reports."""
     import numpy as np
     import pandas as pd
 
@@ -214,9 +220,10 @@ def run_backtest(spec: Any, detector: Any, start: float, end: float, source: Any
 
     framing = detector.framing_
     context = int(framing.window) - 1 + int(framing.max_gap)
-    frame, report = fetch_frame(source, start - context * spec.step, end, max_series=spec.watch.max_series)
+    warm_from = start - detector.alert_rule_.lookback * spec.step
+    frame, report = fetch_frame(source, warm_from - context * spec.step, end, max_series=spec.watch.max_series)
     rename = model_columns(spec, framing)
-    rows = np.flatnonzero((frame[TIME_COLUMN] >= pd.Timestamp(start, unit="s")).to_numpy())
+    rows = np.flatnonzero((frame[TIME_COLUMN] >= pd.Timestamp(warm_from, unit="s")).to_numpy())
     table = frame.iloc[rows][[TIME_COLUMN, spec.series_label]].reset_index(drop=True)
     if len(rows) == 0:
         return table.assign(score=[], p_value=[], is_anomaly=[], alert=[], top_metric=[]), frame, report
@@ -227,6 +234,7 @@ def run_backtest(spec: Any, detector: Any, start: float, end: float, source: Any
     for _, positions in table.groupby(spec.series_label, sort=False).indices.items():
         alerts[positions] = detector.alert_rule_.apply(table["is_anomaly"].to_numpy()[positions])
     table["alert"] = alerts
+    table = table[table[TIME_COLUMN] >= pd.Timestamp(start, unit="s")].reset_index(drop=True)
     return table, frame, report
 
 

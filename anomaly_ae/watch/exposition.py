@@ -7,6 +7,7 @@ stale per-series sample is ever exported and the series count stays bounded by `
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
@@ -72,6 +73,11 @@ class WatchCollector:
                                 value=stats.n_dropped)
         yield GaugeMetricFamily(f"{PREFIX}_stale_series", "Series scored before that had no data at the last step.",
                                 value=stats.n_stale)
+        incomplete = gauge("incomplete_series", "Series with data for other metrics but none for this one at the "
+                                                "last step: left out, not scored.", ["metric"])
+        for metric in snap.spec.columns:  # every metric from the start, at 0, for the alert rule
+            incomplete.add_metric([metric], stats.incomplete.get(metric, 0))
+        yield incomplete
 
         queries = counter("queries", "Range queries sent to Prometheus.", ["metric"])
         for metric, n in stats.queries.items():
@@ -107,6 +113,10 @@ class WatchCollector:
         yield shard
 
 
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class ExpositionServer:
     """GET /metrics (Prometheus text format) and GET /healthz (200 while the loop is alive)."""
 
@@ -133,7 +143,8 @@ class ExpositionServer:
             def log_message(self, format: str, *args: object) -> None:  # scrapes are not news
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        server = _IPv6HTTPServer if ":" in host else ThreadingHTTPServer
+        self.httpd = server((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="watch-metrics", daemon=True)

@@ -168,7 +168,12 @@ class WatchSpec(_Strict):
     @field_validator("step", mode="before")
     @classmethod
     def _step(cls, value: Any) -> float:
-        return parse_duration(value, "step")
+        seconds = parse_duration(value, "step")
+        millis = seconds * 1000
+        # Prometheus' times are whole milliseconds, and so is the frames' step grid
+        if millis < 1 or abs(millis - round(millis)) > 1e-6:
+            raise ValueError(f"must be a whole number of milliseconds, at least 1ms (e.g. 15s), got {value!r}")
+        return seconds
 
     @field_validator("series_label")
     @classmethod

@@ -1,13 +1,15 @@
 """The watcher: every step, fetch what is new from Prometheus, score each series' latest windows.
 
-State is small and rebuilt from Prometheus after a restart: per series, the last `window - 1 +
-max_gap` steps (the context of the next window) and the alert rule's last `within` flags. Each
-evaluation at step boundary t fetches only the steps after the last one it scored (all of the
-context on the first evaluation or after a long outage), scores every new step of every series by
-the window ending at it, and runs the alert rule over those steps in order. So a watcher that
-falls behind catches up without losing steps it still has context for, and its scores and alerts
-over a range are those of an offline `SeriesDetector` pass over the same range (complete data;
-see `docs/watch.md` for what differs across gaps).
+State is small and rebuilt from Prometheus after a restart or a model swap: per series, the last
+`window - 1 + max_gap` steps (the context of the next window) and the alert rule's state. Each
+evaluation at step boundary t fetches only the steps after the last one it scored. The first one
+(and the first after a swap or a long outage) also fetches the context and, before the new steps,
+the rule's lookback (`within - 1 + cooldown` steps): those are scored and fed to the rule without
+alerting, so an incident that alerted before a restart does not page again inside its cooldown.
+Every new step of every series is scored by the window ending at it, and the alert rule runs over
+those steps in order. So a watcher that falls behind catches up without losing steps it still has
+context for, and its scores and alerts over a range are those of an offline `SeriesDetector` pass
+over the same range (complete data; see `docs/watch.md` for what differs across gaps).
 
 No HTTP server and no metrics library here: `Watcher.snapshot()` is what the exposition layer
 (`watch.exposition`) turns into Prometheus samples.
@@ -95,7 +97,8 @@ class WatchStats:
 
     queries: dict[str, int] = field(default_factory=dict)
     query_errors: dict[tuple[str, str], int] = field(default_factory=dict)
-    evaluations: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    # no_data: Prometheus answered, but nothing of this shard could be scored (no series, or none complete)
+    evaluations: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0, "no_data": 0})
     skipped_steps: int = 0
     reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
     duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
@@ -106,6 +109,7 @@ class WatchStats:
     n_series: int = 0
     n_dropped: int = 0
     n_stale: int = 0
+    incomplete: dict[str, int] = field(default_factory=dict)  # metric -> series left out for lacking it
 
     def observe(self, seconds: float) -> None:
         self.duration_count += 1
@@ -174,7 +178,7 @@ class Watcher:
         self.source = source
         self.shard = shard
         self.clock = clock
-        self.stats = WatchStats(queries={m: 0 for m in spec.columns})
+        self.stats = WatchStats(queries={m: 0 for m in spec.columns}, incomplete={m: 0 for m in spec.columns})
         self._lock = threading.Lock()
         self._use(detector, model)
 
@@ -190,10 +194,14 @@ class Watcher:
             self.rule: AlertRule = detector.alert_rule_
             self._rename = model_columns(self.spec, framing)
             self._buffer: pd.DataFrame | None = None
-            self._states: dict[str, _SeriesState] = {}
+            # alert counts survive a swap (they are counters); the rule state is rebuilt with the new model
+            self._states: dict[str, _SeriesState] = getattr(self, "_states", {})
+            for state in self._states.values():
+                state.rule = self.rule.start()
 
     def swap_model(self, detector: Any, model: ModelInfo) -> None:
-        """Serve a new model from the next step (its own context and alert state, rebuilt from Prometheus)."""
+        """Serve a new model from the next step (its own context and alert state, rebuilt from Prometheus:
+        the next evaluation scores the rule's lookback with the new model, without alerting)."""
         self._use(detector, model)
         log.info("watching with model %s version %s", model.name, model.version)
 
@@ -216,8 +224,11 @@ class Watcher:
             self.stats.skipped_steps += skipped
             log.warning("fell %d steps behind; resuming at the newest %d", skipped, self.context_steps + 1)
             first_new, self._buffer = oldest, None
-        # the buffer holds the context of first_new when it exists; else fetch that context too
-        fetch_from = first_new - self.context_steps * step if self._buffer is None else first_new
+        # the buffer holds the context of first_new when it exists; else fetch that context too, and
+        # the alert rule's lookback before first_new (scored to rebuild each series' rule state)
+        cold = self._buffer is None
+        warm_from = first_new - self.rule.lookback * step if cold else first_new
+        fetch_from = warm_from - self.context_steps * step if cold else first_new
         try:
             results = {}
             for metric in self.spec.columns:
@@ -231,11 +242,17 @@ class Watcher:
         frame, report = build_frame(self.spec, results, fetch_from, t, keep=keep,
                                     max_series=self.spec.watch.max_series)
         self._count_report(report)
-        scores = self._score(frame, first_new, t)
+        scores = self._score(frame, warm_from, first_new, t)
+        returned = set().union(*results.values())
+        # a shard none of whose series Prometheus returned has nothing to score: that is a success
+        scored = bool(scores) or (bool(returned) and keep is not None and not any(map(keep, returned)))
+        if cold and not scores:
+            self._buffer = None  # so the next evaluation fetches the context again
         with self._lock:
-            self.stats.evaluations["ok"] += 1
+            self.stats.evaluations["ok" if scored else "no_data"] += 1
             self.stats.last_step = t
-            self.stats.last_success = self.clock()
+            if scored:  # an empty answer is not a success: AnomalyAEWatchStale must see it
+                self.stats.last_success = self.clock()
             self.stats.observe(time.perf_counter() - started)
         return scores
 
@@ -255,25 +272,36 @@ class Watcher:
                 key = ("*", "too_many_series")
                 self.stats.query_errors[key] = self.stats.query_errors.get(key, 0) + 1
             self.stats.n_dropped = len(report.dropped_series)
+            self.stats.incomplete = {m: 0 for m in self.spec.columns}
+            for lacking in report.missing_metrics.values():
+                for metric in lacking:
+                    self.stats.incomplete[metric] += 1
         for line in report.lines():
             log.warning("%s", line)
 
-    def _score(self, new: pd.DataFrame, first_new: float, t: float) -> list[SeriesScore]:
+    def _score(self, new: pd.DataFrame, warm_from: float, first_new: float, t: float) -> list[SeriesScore]:
+        """Score the steps from `warm_from` to `t`; those before `first_new` only feed the alert rule."""
         step, label = self.spec.step, self.spec.series_label
         buffer = new if self._buffer is None else pd.concat([self._buffer, new], ignore_index=True)
-        buffer = buffer[buffer[TIME_COLUMN] >= pd.Timestamp(first_new - self.context_steps * step, unit="s")]
+        buffer = buffer[buffer[TIME_COLUMN] >= pd.Timestamp(warm_from - self.context_steps * step, unit="s")]
         buffer = buffer.sort_values([label, TIME_COLUMN], kind="stable").reset_index(drop=True)
         # what the next step's windows need
         self._buffer = buffer[buffer[TIME_COLUMN] >= pd.Timestamp(t - self.context_steps * step, unit="s")]
-        fresh = np.flatnonzero((buffer[TIME_COLUMN] >= pd.Timestamp(first_new, unit="s")).to_numpy())
+        rows = np.flatnonzero((buffer[TIME_COLUMN] >= pd.Timestamp(warm_from, unit="s")).to_numpy())
         out: list[SeriesScore] = []
-        if len(fresh):
-            result = self.detector.inference_.score(buffer.rename(columns=self._rename), top_k=1, rows=fresh)
-            times = buffer[TIME_COLUMN].to_numpy()[fresh].astype("datetime64[ms]").astype(np.int64) / 1000.0
-            names = buffer[label].to_numpy()[fresh]
+        if len(rows):
+            result = self.detector.inference_.score(buffer.rename(columns=self._rename), top_k=1, rows=rows)
+            times = buffer[TIME_COLUMN].to_numpy()[rows].astype("datetime64[ms]").astype(np.int64) / 1000.0
+            names = buffer[label].to_numpy()[rows]
+            warmed: set[str] = set()
             with self._lock:
-                for i in range(len(fresh)):  # buffer order: series, then time: the rule sees each series in order
-                    out.append(self._advance(str(names[i]), float(times[i]), result, i))
+                for i in range(len(rows)):  # buffer order: series, then time: the rule sees each series in order
+                    name = str(names[i])
+                    if times[i] < first_new - step / 2:
+                        self._warm(name, bool(result.is_anomaly[i]), fresh=name not in warmed)
+                        warmed.add(name)
+                    else:
+                        out.append(self._advance(name, float(times[i]), result, i))
         seen_now = {s.series for s in out if s.timestamp == t}
         with self._lock:
             horizon = t - self.context_steps * step
@@ -282,6 +310,15 @@ class Watcher:
             self.stats.n_series = len(seen_now)
             self.stats.n_stale = sum(1 for n in self._states if n not in seen_now)
         return sorted(out, key=lambda s: (s.timestamp, s.series))
+
+    def _warm(self, name: str, anomalous: bool, *, fresh: bool) -> None:
+        """A step before the new ones: rebuilds the series' rule state (from a new one at its first)."""
+        state = self._states.get(name)
+        if state is None:
+            state = self._states[name] = _SeriesState(rule=self.rule.start())
+        elif fresh:
+            state.rule = self.rule.start()
+        state.rule.step(anomalous)
 
     def _advance(self, name: str, timestamp: float, result: Any, i: int) -> SeriesScore:
         state = self._states.get(name)
