@@ -330,7 +330,10 @@ def _load_detector(cls: type["Detector"], path: Path) -> "Detector":
         preprocessor = Preprocessor.from_dict(json.loads(contents["preprocess.json"]), schema)
         calibration = Calibration.from_dict(json.loads(contents["calibration.json"]))
         cls = _class_for(config.get("kind", "detector"), cls, path)
-        detector = cls(**{k: v for k, v in config["params"].items() if k not in RETIRED_PARAMS})
+        params = {k: v for k, v in config["params"].items() if k not in RETIRED_PARAMS}
+        if isinstance(params.get("covariates"), list):  # JSON has no tuple; the default is ()
+            params["covariates"] = tuple(params["covariates"])
+        detector = cls(**params)
         spec, n_members = config["model_spec"], int(config["n_members"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{path} has a malformed model file ({exc}); re-save the model") from None

@@ -48,9 +48,13 @@ if TYPE_CHECKING:
 
     from anomaly_ae.detector import Detector
 
-__all__ = ["SparkScoreSummary", "output_columns", "score_dataframe", "score_parquet_with_spark"]
+__all__ = ["SparkScoreSummary", "output_columns", "score_dataframe", "score_parquet_with_spark", "scoring_errors"]
 
 MODEL_DIR_PREFIX = "anomaly-ae-model-"
+# Hidden columns of a series job: the input's row order (ties in time keep it, whatever the shuffle
+# did) and a Spark timestamp as UTC microseconds (pandas would get the session zone's wall clock).
+_ROW = "__anomaly_ae_row"
+_INSTANT_US = "__anomaly_ae_time_us"
 
 # ---------------------------------------------------------------------------- driver side: the model
 
@@ -64,7 +68,7 @@ class _ShippedModel:
 
 _shipped_lock = threading.Lock()
 _shipped_root: tempfile.TemporaryDirectory | None = None
-_shipped: dict[tuple[int, str], _ShippedModel] = {}  # (id of SparkContext, manifest sha) -> what was added
+_shipped: dict[tuple[str, str], _ShippedModel] = {}  # (Spark application id, manifest sha) -> what was added
 
 
 def _manifest_sha(model_dir: Path) -> str:
@@ -80,7 +84,7 @@ def _ship(spark: "SparkSession", model_dir: Path) -> _ShippedModel:
 
     sha = _manifest_sha(model_dir)
     sc = spark.sparkContext
-    key = (id(sc._jsc), sha)
+    key = (sc.applicationId, sha)  # a new session is a new application, which needs the files again
     with _shipped_lock:
         if key in _shipped:
             return _shipped[key]
@@ -143,13 +147,18 @@ def _executor_detector(name: str, fallback: str, sha: str) -> "Detector":
 
 def _score_series(group: pd.DataFrame, *, name: str, fallback: str, sha: str, features: list[str],
                   inputs: list[tuple[str, str]], time_source: str, keep: list[tuple[str, str]], top_k: int,
-                  columns: list[str]) -> pd.DataFrame:
+                  columns: list[str], names: list[str]) -> pd.DataFrame:
     """One series (all its rows), sorted by time and scored in one call, as in a single process."""
     detector = _executor_detector(name, fallback, sha)
     if group.empty:
         return pd.DataFrame({c: [] for c in columns})
-    group = group.iloc[_time_order(group[time_source])].reset_index(drop=True)
-    frame = pd.DataFrame({model_col: group[source] for model_col, source in inputs})
+    group = group.set_axis(names, axis=1)  # the input's own names (the job carries them as _c0, _c1...)
+    times = group[time_source]
+    if _INSTANT_US in group:
+        times = pd.to_datetime(group[_INSTANT_US], unit="us", utc=True)
+    order = _time_order(times, group[_ROW].to_numpy())
+    group, times = group.iloc[order].reset_index(drop=True), times.iloc[order].reset_index(drop=True)
+    frame = pd.DataFrame({model_col: times if source == time_source else group[source] for model_col, source in inputs})
     for feature in features:
         frame[feature] = group[feature]
     with _in_part(f"one series' {len(group):,} rows, in time order"):
@@ -161,15 +170,21 @@ def _score_series(group: pd.DataFrame, *, name: str, fallback: str, sha: str, fe
     return scored[columns]
 
 
-def _time_order(values: pd.Series) -> Any:
-    """Row order by time: timestamps, ISO 8601 text or numbers (a sequence number); stable for ties (rows
-    with one timestamp keep their order, and the model lets the last stand for the step)."""
+def _time_order(values: pd.Series, ties: Any) -> Any:
+    """Row order by time: timestamps, ISO 8601 text or numbers (a sequence number), then by `ties` (the
+    input's row order: rows with one timestamp keep it, and the model lets the last stand for the step)."""
+    import numpy as np
+
     if not (pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_numeric_dtype(values)):
         try:
             values = pd.to_datetime(values, utc=True, format="ISO8601")  # as the model reads them
         except (ValueError, TypeError):
-            return slice(None)  # left as it is: the model says what is wrong with the column
-    return values.argsort(kind="stable").to_numpy()
+            return np.argsort(ties, kind="stable")  # the input's order: the model says what is wrong with the column
+    if pd.api.types.is_datetime64_any_dtype(values):
+        keys = (values.dt.tz_convert(None) if values.dt.tz is not None else values).to_numpy().view(np.int64)
+    else:
+        keys = values.to_numpy(dtype=float, na_value=np.nan)
+    return np.lexsort((ties, keys))
 
 
 @contextmanager
@@ -188,12 +203,12 @@ def _in_part(part: str) -> Iterator[None]:
 
 def _score_batches(batches: Iterator[pd.DataFrame], *, name: str, fallback: str, sha: str,
                    features: list[str], keep: list[tuple[str, str]], top_k: int,
-                   columns: list[str]) -> Iterator[pd.DataFrame]:
+                   columns: list[str], names: list[str]) -> Iterator[pd.DataFrame]:
     detector = _executor_detector(name, fallback, sha)
     for batch in batches:
         if batch.empty:
             continue
-        batch = batch.reset_index(drop=True)
+        batch = batch.set_axis(names, axis=1).reset_index(drop=True)
         with _in_part(f"a batch of {len(batch):,} rows"):
             scored = detector.score_frame(batch[features], top_k=top_k).reset_index(drop=True)
         scored["is_anomaly"] = scored["is_anomaly"].astype(bool)
@@ -281,16 +296,18 @@ def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int =
     contribution_i for the ``top_k`` largest contributions, notes) after the pass-through columns:
     every input column by default (``keep_cols=None``), the listed ones, or none (``[]``). A kept
     column named like an output column becomes ``input_<name>``. Row order within each partition is
-    preserved. Missing model columns raise ``SchemaError``; bad values raise it on the executors
-    when the job runs, with the message ``Detector.score_frame`` gives.
+    preserved. Missing model columns raise ``SchemaError`` here; bad values fail on the executors
+    when an action runs, with the message ``Detector.score_frame`` gives, inside pyspark's exception:
+    run the action in ``with scoring_errors():`` to get the package's own one-line error instead.
 
     Series models: ``time_col`` and ``series_col`` name the input's time and series columns (default:
     the names the model was trained with). Rows are grouped by series, each series is sorted by time
     and scored whole (one series at a time in an executor's memory), so every score equals
     ``SeriesDetector.score_frame`` on that series; the output adds ``alert`` and comes out series by
-    series in time order. A model trained without a time column scores rows in their order, which a
-    shuffle does not keep: pass ``time_col`` (a timestamp or a sequence number) to order them. Row
-    models take neither option.
+    series in time order. A Spark timestamp column is read as the instant it is, whatever the
+    session's time zone; rows with the same time keep the input's order. A model trained without a
+    time column scores rows in their order, which a shuffle does not keep: pass ``time_col`` (a
+    timestamp or a sequence number) to order them. Row models take neither option.
     """
     from pyspark.sql import SparkSession
 
@@ -314,9 +331,17 @@ def score_dataframe(df: "SparkDataFrame", model_uri: str | Path, *, top_k: int =
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         # Only strings, lists and ints are captured here: the Detector never travels through pickle.
         return _score_batches(batches, name=name, fallback=fallback, sha=sha, features=features, keep=keep,
-                              top_k=top_k, columns=columns)
+                              top_k=top_k, columns=columns, names=needed)
 
-    return df.select(*[f"`{c}`" for c in needed]).mapInPandas(score, schema=schema)
+    return _select(df, needed).mapInPandas(score, schema=schema)
+
+
+def _select(df: "SparkDataFrame", columns: Sequence[str]) -> "SparkDataFrame":
+    """The columns under plain names (_c0, _c1...): Spark's pandas functions resolve input names again,
+    and a name with a dot (row.id) would read as a struct field there."""
+    from pyspark.sql import functions as F
+
+    return df.select(*[F.col(f"`{c}`").alias(f"_c{i}") for i, c in enumerate(columns)])
 
 
 def _score_series_dataframe(spark: "SparkSession", df: "SparkDataFrame", model_uri: str | Path, model_dir: Path,
@@ -341,13 +366,22 @@ def _score_series_dataframe(spark: "SparkSession", df: "SparkDataFrame", model_u
     name, fallback, sha = shipped.name, shipped.local_path, shipped.manifest_sha256
     schema, needed = plan.schema, plan.needed
 
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import TimestampType
+
+    hidden = [F.monotonically_increasing_id().alias(_ROW)]
+    names = [*needed, _ROW]
+    if isinstance(df.schema[time_source].dataType, TimestampType):
+        hidden.append(F.unix_micros(F.col(f"_c{needed.index(time_source)}")).alias(_INSTANT_US))
+        names.append(_INSTANT_US)
+
     def score(group: pd.DataFrame) -> pd.DataFrame:
         # Only strings, lists and ints are captured here: the Detector never travels through pickle.
         return _score_series(group, name=name, fallback=fallback, sha=sha, features=features, inputs=inputs,
-                             time_source=time_source, keep=keep, top_k=top_k, columns=columns)
+                             time_source=time_source, keep=keep, top_k=top_k, columns=columns, names=names)
 
-    selected = df.select(*[f"`{c}`" for c in needed])
-    grouped = selected.groupBy(f"`{series_source}`") if series_source else selected.groupBy()
+    selected = _select(df, needed).select("*", *hidden)
+    grouped = selected.groupBy(f"_c{needed.index(series_source)}") if series_source else selected.groupBy()
     return grouped.applyInPandas(score, schema=schema)
 
 
@@ -440,14 +474,26 @@ def score_parquet_with_spark(model_uri: str | Path, input_path: str | Path, outp
 
 
 def _write(frame: "SparkDataFrame", path: str, mode: str = "errorifexists") -> None:
+    with scoring_errors():
+        frame.write.mode(mode).parquet(path)
+
+
+@contextmanager
+def scoring_errors() -> Iterator[None]:
+    """Around an action on ``score_dataframe``'s output (``collect``, ``toPandas``, ``write``): a bad
+    value found on an executor raises the package's own ``SchemaError`` / ``DataError`` /
+    ``ScoringError`` with its one-line message, not pyspark's exception with the worker's traceback."""
     from anomaly_ae.exceptions import AnomalyAEError
 
     try:
-        frame.write.mode(mode).parquet(path)
+        yield
     except AnomalyAEError:
         raise
     except Exception as exc:
-        raise _executor_error(exc) from None
+        converted = _executor_error(exc)
+        if converted is exc:
+            raise
+        raise converted from None
 
 
 def _executor_error(exc: Exception) -> Exception:

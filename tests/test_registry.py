@@ -703,3 +703,23 @@ def test_a_pyfunc_checks_its_input_against_the_signature_before_the_detector_doe
         model.predict(missing)
     scored = model.predict(X.head(2).assign(extra=1.0))
     pd.testing.assert_frame_equal(scored, detector.score_frame(X.head(2)))
+
+
+def test_a_pyfunc_takes_an_integer_column_as_training_held_it(tmp_path):
+    """The signature declared every numeric column double, and MLflow refuses int64 for a double: the
+    training frame itself was refused. Integer columns are declared long, float ones double."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    from anomaly_ae.registry.pyfunc import save_pyfunc_model
+
+    X = make_telemetry(600, 0.0, seed=1).drop(columns=list(LABEL_COLUMNS))
+    X["requests"] = np.arange(len(X)) % 17 + 100  # int64
+    detector = Detector(model="pca", random_state=0).fit(X)
+    detector.save(tmp_path / "saved")
+    model = mlflow.pyfunc.load_model(str(save_pyfunc_model(detector, tmp_path / "saved", tmp_path / "pyfunc", X)))
+    types = {c.name: c.type.name for c in model.metadata.signature.inputs}
+    assert types["requests"] == "long" and types["cpu_util_pct"] == "double"
+    pd.testing.assert_frame_equal(model.predict(X.head(5)), detector.score_frame(X.head(5)))
+    with pytest.raises(MlflowException, match="requests"):
+        model.predict(X.head(5).astype({"requests": float}))

@@ -483,7 +483,7 @@ def test_time_of_day_covariate_catches_a_night_pattern_by_day(tmp_path):
     assert list(shares.columns) == ["requests", "cpu", "time_of_day"]
     np.testing.assert_allclose(shares.sum(axis=1), 1.0)
     loaded = SeriesDetector.load(timed.save(tmp_path / "timed"))
-    assert loaded.covariates == ["time_of_day"]
+    assert loaded.covariates == ("time_of_day",)  # JSON keeps no tuple or list: loaded as the default, a tuple
     np.testing.assert_allclose(loaded.decision_function(test), timed.decision_function(test), rtol=1e-12)
 
 

@@ -302,3 +302,37 @@ def test_series_parquet_scores_equal_single_process(spark, series_model_dir, ser
     assert summary.rows == len(part) and summary.anomalies == int(expected["is_anomaly"].sum())
     assert result["row_id"].tolist() == part["row_id"].tolist()
     _same(result.drop(columns=["row_id"]), expected)
+
+
+def test_series_scores_ignore_the_session_time_zone_and_ties_keep_the_input_order(spark, series_incoming, tmp_path):
+    """Spark hands pandas a timestamp as the session zone's wall clock: a New York session read UTC
+    midnight as 19:00, so time-of-day covariates were 5 hours off and a fall-back hour repeated steps.
+    Rows with the same time took the shuffle's order; a dotted column name failed in the pandas function."""
+    from anomaly_ae import SeriesDetector
+    from anomaly_ae.spark import scoring_errors
+
+    frame = series_incoming[series_incoming.host != "host-2"].reset_index(drop=True)
+    frame["ts"] = frame["ts"].dt.tz_localize("UTC")
+    path = tmp_path / "calendar"
+    SeriesDetector("pca", window=8, time_col="ts", series_col="host", covariates=["time_of_day"],
+                   random_state=0).fit(frame.drop(columns="row_id").groupby("host").head(200)).save(path)
+    detector = SeriesDetector.load(path)
+    assert detector.get_params() == SeriesDetector(**detector.get_params()).get_params()
+    assert detector.covariates == ("time_of_day",)
+    twin = frame.iloc[[250]].assign(row_id=10_000, cpu_util_pct=99.0)  # the same step again, read right after
+    incoming = pd.concat([frame.iloc[:251], twin, frame.iloc[251:]], ignore_index=True).rename(
+        columns={"row_id": "row.id"})
+    expected = detector.score_frame(incoming.drop(columns="row.id")).reset_index(drop=True)
+    assert expected["notes"].str.contains("replaces").sum() == 1
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        result = score_dataframe(spark.createDataFrame(incoming), str(path)).toPandas()
+        bad = spark.createDataFrame(incoming.assign(cpu_util_pct=np.where(incoming.index == 7, np.nan,
+                                                                          incoming.cpu_util_pct)))
+        with pytest.raises(SchemaError, match="cpu_util_pct"), scoring_errors():
+            score_dataframe(bad, str(path)).toPandas()
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+    result = result.set_index("row.id").loc[incoming["row.id"]].reset_index()
+    _same(result[list(expected.columns)], expected)

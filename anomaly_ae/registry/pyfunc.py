@@ -67,6 +67,10 @@ def _key_type(values: pd.Series) -> str:
     return "string"
 
 
+def _column_type(values: pd.Series) -> str:
+    return "long" if pd.api.types.is_integer_dtype(values) else "double"
+
+
 def input_example(detector: "Detector", X: pd.DataFrame | np.ndarray) -> pd.DataFrame | np.ndarray:
     """The first rows of the training data in the dtypes the signature declares (a series model's time
     and series columns first, as they were)."""
@@ -88,7 +92,9 @@ def input_example(detector: "Detector", X: pd.DataFrame | np.ndarray) -> pd.Data
             out[name] = pd.Series([None if pd.isna(v) else str(v) for v in values], dtype=object)
     for col in schema.columns:
         values = frame[col.name]
-        if col.kind == "numeric":
+        if col.kind == "numeric" and pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            out[col.name] = values.astype(np.int64)  # declared long: MLflow refuses int64 for a double column
+        elif col.kind == "numeric":
             out[col.name] = values.astype(np.float64)
         else:
             out[col.name] = pd.Series([None if pd.isna(v) else str(v) for v in values], dtype=object)
@@ -96,8 +102,9 @@ def input_example(detector: "Detector", X: pd.DataFrame | np.ndarray) -> pd.Data
 
 
 def signature(detector: "Detector", example: pd.DataFrame | np.ndarray):
-    """Inputs from the model's schema (numeric -> double, categorical -> string, images -> float32
-    tensor), outputs from scoring the example, and the ``top_k`` parameter."""
+    """Inputs from the model's schema (numeric -> double, or long where training held integers,
+    categorical -> string, images -> float32 tensor; a series model's time column -> datetime, which
+    MLflow takes timezone-naive: UTC), outputs from scoring the example, and the ``top_k`` parameter."""
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema, TensorSpec
     from mlflow.types.schema import ParamSchema, ParamSpec
@@ -108,7 +115,7 @@ def signature(detector: "Detector", example: pd.DataFrame | np.ndarray):
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, s.channels, s.height, s.width))])
     else:
         keys = [ColSpec(_key_type(example[name]), name) for name in _key_columns(detector)]
-        inputs = Schema(keys + [ColSpec("double" if c.kind == "numeric" else "string", c.name)
+        inputs = Schema(keys + [ColSpec(_column_type(example[c.name]) if c.kind == "numeric" else "string", c.name)
                                 for c in schema.columns])
     outputs = infer_signature(model_output=detector.score_frame(example, top_k=DEFAULT_TOP_K)).outputs
     params = ParamSchema([ParamSpec("top_k", "long", DEFAULT_TOP_K)])
