@@ -7,7 +7,6 @@ scikit-learn's contract (parameters stored untouched, `fit` returns self, learne
 from __future__ import annotations
 
 import copy
-import math
 import re
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from anomaly_ae import persistence
 from anomaly_ae.calibration import Calibration
 from anomaly_ae.data.preprocess import Preprocessor, warn_of_extreme_values
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.estimators import Estimator, require_fitted
+from anomaly_ae.estimators import Estimator, check_integer, check_number, require_fitted
 from anomaly_ae.exceptions import DataError, InvalidParameterError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input
 from anomaly_ae.models import DETECTOR_MODELS, DetectorModel, build_model
@@ -256,9 +255,9 @@ class Detector(Estimator):
                 or self.n_prototypes < 1:
             raise InvalidParameterError(f"n_prototypes must be an integer >= 1, got {self.n_prototypes!r}")
         for name in ("epochs", "n_samples", "max_reference", "max_categories"):
-            _check_integer(name, getattr(self, name), 1)
-        _check_integer("patience", self.patience, 0)
-        _check_integer("random_state", self.random_state, 0)
+            check_integer(name, getattr(self, name), 1)
+        check_integer("patience", self.patience, 0)
+        check_integer("random_state", self.random_state, 0)
         if self.ignore_columns is not None and (
                 isinstance(self.ignore_columns, (str, bytes)) or not hasattr(self.ignore_columns, "__iter__")
                 or not all(isinstance(c, str) for c in self.ignore_columns)):
@@ -266,17 +265,17 @@ class Detector(Estimator):
                                         f"{self.ignore_columns!r}")
         for name in ("batch_size", "latent_dim"):
             if getattr(self, name) is not None:
-                _check_integer(name, getattr(self, name), 1)
+                check_integer(name, getattr(self, name), 1)
         if self.hidden_dims is not None:
             if isinstance(self.hidden_dims, (str, bytes)) or not hasattr(self.hidden_dims, "__iter__"):
                 raise InvalidParameterError(f"hidden_dims must be a list of layer widths such as [64, 32] (or None "
                                             f"for sizes chosen from the number of features), got "
                                             f"{self.hidden_dims!r}")
             for width in self.hidden_dims:
-                _check_integer("each of hidden_dims", width, 1)
-        _check_number("learning_rate", self.learning_rate, positive=True)
+                check_integer("each of hidden_dims", width, 1)
+        check_number("learning_rate", self.learning_rate, positive=True)
         for name in ("weight_decay", "beta", "noise", "sparsity", "adversarial_weight", "latent_weight"):
-            _check_number(name, getattr(self, name))
+            check_number(name, getattr(self, name))
         if not 0.0 < self.variance_kept <= 1.0:
             raise InvalidParameterError(f"variance_kept must be in (0, 1], got {self.variance_kept!r}")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
@@ -366,13 +365,13 @@ class Detector(Estimator):
         if top_k is None:
             result = self._inference(X, shares=True)
             return pd.DataFrame(result.shares, columns=self.feature_names_, index=result.index)
-        _check_integer("top_k", top_k, 1)
+        check_integer("top_k", top_k, 1)
         frame = self._inference(X, top_k=int(top_k)).frame(top_k=int(top_k))
         return frame.drop(columns=["score", "p_value", "is_anomaly", "severity", "notes"])
 
     def score_frame(self, X: pd.DataFrame | np.ndarray, top_k: int = 3) -> pd.DataFrame:
         """score, p_value, is_anomaly, severity, the top_k contributing features (none for 0) and notes per row."""
-        _check_integer("top_k", top_k, 0)
+        check_integer("top_k", top_k, 0)
         return self._inference(X, top_k=int(top_k)).frame(top_k=int(top_k))
 
     # ------------------------------------------------------------------ recalibrating
@@ -460,15 +459,3 @@ def without_ignored(X: Any, ignore_columns: Sequence[str] | None) -> Any:
     if not isinstance(X, pd.DataFrame) or not ignore_columns:
         return X
     return X.drop(columns=[c for c in ignore_columns if c in X.columns])
-
-
-def _check_integer(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InvalidParameterError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, positive: bool = False) -> None:
-    """A finite real number, >= 0 (> 0 when `positive`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise InvalidParameterError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")

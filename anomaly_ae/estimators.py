@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 import sys
 from typing import Any
 
@@ -99,3 +101,17 @@ def not_fitted_error_class() -> type[exceptions.NotFittedError]:
 def _with_sklearn_base(sklearn_error: type) -> type[exceptions.NotFittedError]:
     return type("NotFittedError", (exceptions.NotFittedError, sklearn_error),
                 {"__module__": __name__, "__doc__": exceptions.NotFittedError.__doc__})
+
+
+def check_integer(name: str, value: Any, low: int) -> None:
+    """An estimator parameter that must be a whole number >= `low` (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise exceptions.InvalidParameterError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_number(name: str, value: Any, positive: bool = False) -> None:
+    """A finite real number, >= 0 (> 0 when `positive`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise exceptions.InvalidParameterError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                                               f"got {value!r}")

@@ -127,9 +127,10 @@ def manifest_digest(path: Path) -> str:
                              f"(with {MANIFEST}) or a models:/ or runs:/ URI") from None
 
 
-def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Path:
+def write_directory(path: Path, contents: dict[str, bytes], *, kind: str, format_name: str | None = None) -> Path:
     """Write files into a sibling staging dir and rename it into place, so a crash never leaves half a
-    model; an existing saved {kind} is replaced, any other non-empty directory is refused.
+    model; an existing saved {kind} (manifest format `format_name`) is replaced, any other non-empty
+    directory (another kind of saved model included) is refused.
 
     The swap is: NAME -> .NAME.old, staging -> NAME, delete .NAME.old. Whatever state a crash
     leaves is repaired first (`recover_directory`), so the next write always succeeds.
@@ -137,7 +138,7 @@ def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Pat
     path = Path(path).expanduser()  # '~/models/x' from Python, as a shell would expand it
     _check_own_directory(path, kind)
     recover_directory(path, kind=kind)
-    _refuse_foreign(path, kind)
+    _refuse_foreign(path, kind, format_name)
     staging = _make_staging(path)
     try:
         for name, data in contents.items():
@@ -155,14 +156,14 @@ def write_directory(path: Path, contents: dict[str, bytes], *, kind: str) -> Pat
     return path
 
 
-def check_writable(path: str | Path, *, kind: str = "model") -> Path:
+def check_writable(path: str | Path, *, kind: str = "model", format_name: str | None = None) -> Path:
     """Fail now, not after a long training, if a {kind} cannot be saved at ``path``: the place
     is another kind of directory, or its parent cannot be created or written."""
     path = Path(path).expanduser()
     _check_own_directory(path, kind)
     try:
         recover_directory(path, kind=kind)
-        _refuse_foreign(path, kind)
+        _refuse_foreign(path, kind, format_name)
         _make_staging(path).rmdir()
     except OSError as exc:
         if isinstance(exc, FileExistsError) and exc.errno is None:  # ours: says what is in the way
@@ -231,11 +232,19 @@ def _make_staging(path: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.{HOST_TAG}.{os.getpid()}.", dir=path.parent))
 
 
-def _refuse_foreign(path: Path, kind: str) -> None:
+def _refuse_foreign(path: Path, kind: str, format_name: str | None) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FileExistsError(f"{path} exists and is not a directory; choose an empty or new directory for the {kind}")
     if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
         raise FileExistsError(f"{path} exists and is not a saved {kind}; choose an empty or new directory")
+    try:
+        found = json.loads((path / MANIFEST).read_bytes()).get("format")
+    except (OSError, ValueError, AttributeError):  # none, or not ours to judge: the checks above apply
+        return
+    if found != format_name:  # a generator saved over a detector (or the reverse) would lose it unasked
+        other = {None: "detector", "anomaly_ae.generator": "generator"}.get(found, repr(found))
+        raise FileExistsError(f"{path} holds a saved {other}, not a {kind}; choose another directory (or delete "
+                              "that one first)")
 
 
 def _complete(directory: Path) -> bool:

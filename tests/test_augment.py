@@ -186,3 +186,94 @@ def test_a_generator_below_its_quality_floors_is_warned_of(rare_mode):
         _, provenance = augment_training_data(rare_mode, "cvae", 50, seed=0, epochs=1, patience=1)
     assert provenance["quality_floor_failures"] and all(f in str(caught[0].message)
                                                         for f in provenance["quality_floor_failures"])
+
+
+def test_augmented_rows_keep_the_dtypes_and_labels_of_the_training_columns():
+    """A generator gives categories back as text: astype made bool('False') True (every row balanced to
+    False came out True) and the text '1' of an integer category NaN."""
+    rng = np.random.default_rng(0)
+    n = 200
+    X = pd.DataFrame({"cpu": rng.normal(50, 10, n), "count": rng.integers(0, 10, n), "flag": rng.random(n) < 0.7,
+                      "site": pd.Categorical(rng.choice([1, 2, 3], n)), "mode": rng.choice(["a", "b"], n)})
+    synthetic, provenance = augment_training_data(X, "cvae", 40, balance_col="flag", seed=0, epochs=3,
+                                                  quality=False)
+    assert dict(synthetic.dtypes) == dict(X.dtypes)
+    allocation = provenance["allocation"]
+    assert allocation["False"] > 0 and synthetic["flag"].value_counts().to_dict() == {
+        label == "True": rows for label, rows in allocation.items() if rows}  # the rare False rows came out True
+    assert synthetic["site"].notna().all() and set(synthetic["site"]) <= {1, 2, 3}
+    sampled = Generator("cvae", epochs=3, quality=False).fit(X).sample(20, random_state=0)
+    assert sampled["count"].dtype == np.int64  # whole numbers in training: whole numbers out
+
+
+def test_a_generator_and_a_detector_never_replace_each_other(rare_mode, tmp_path):
+    detector_dir, generator_dir = tmp_path / "detector", tmp_path / "generator"
+    Detector("pca").fit(rare_mode).save(detector_dir)
+    generator = Generator("cvae", epochs=2, quality=False).fit(rare_mode)
+    generator.save(generator_dir)
+    with pytest.raises(FileExistsError, match="holds a saved detector, not a generator"):
+        generator.save(detector_dir)
+    with pytest.raises(FileExistsError, match="holds a saved generator, not a model"):
+        Detector("pca").fit(rare_mode).save(generator_dir)
+    assert Detector.load(detector_dir) and Generator.load(generator_dir)
+    generator.save(generator_dir)  # its own kind is replaced, as before
+    write_table(rare_mode, tmp_path / "normal.csv")
+    result = CliRunner().invoke(generate_app, ["train", str(tmp_path / "normal.csv"), "--out", str(detector_dir),
+                                               "--epochs", "100000", "--no-progress"])  # refused before training
+    assert result.exit_code == 2 and "holds a saved detector" in result.output, result.output
+
+
+@pytest.mark.parametrize("params, says", [
+    ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+    ({"model": "gan", "steps": 0}, "steps must be an integer >= 1"),
+    ({"latent_dim": 0}, "latent_dim must be an integer >= 1"),
+    ({"condition_cols": "cpu_util_pct", "n_bins": 1}, "n_bins must be an integer >= 2"),
+    ({"model": "cgan", "condition_cols": "mode", "n_critic": 0}, "n_critic must be an integer >= 1"),
+    ({"beta": -1.0}, "beta must be a finite number >= 0"),
+    ({"random_state": -1}, "random_state must be an integer >= 0"),
+    ({"condition_cols": ["mode", "mode"]}, r"condition_cols names \['mode'\] more than once"),
+    ({"condition_cols": 5}, "condition_cols must be a column name or a list of them, got 5"),
+])
+def test_generator_parameters_that_cannot_work_are_refused_before_training(rare_mode, params, says):
+    with pytest.raises(ValueError, match=says):
+        Generator(**params).fit(rare_mode)
+
+
+def test_contexts_the_generator_never_saw_are_refused():
+    """A numeric context with over a quarter of its rows at the minimum got the bucket '[1, 1)', which
+    nothing can fall in; a context missing from training was drawn from an untrained code (or a KeyError)."""
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"cores": np.r_[np.ones(60), rng.integers(2, 9, 60)], "mode": ["a"] * 60 + ["b"] * 60,
+                      "cpu": rng.normal(50, 10, 120)})
+    generator = Generator("cvae", condition_cols=["cores", "mode"], epochs=2, quality=False).fit(X)
+    buckets = generator.conditions_.columns[0]["values"]
+    assert buckets[0].startswith("[1, ") and not buckets[0].startswith("[1, 1)")
+    with pytest.raises(DataError, match=r"no training row had the context \{'cores': '\[1, .*'mode': 'b'\}"):
+        generator.sample(5, condition={"cores": 1, "mode": "b"})
+    assert len(generator.sample(5, condition={"cores": 1, "mode": "a"})) == 5
+
+
+def test_image_generators_refuse_missing_and_unseen_labels():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    X, y = digits.images[:300], digits.target[:300].astype(float)
+    with pytest.raises(DataError, match="y has missing values"):
+        Generator("cvae", epochs=1, quality=False).fit(X, np.where(np.arange(300) == 3, np.nan, y))
+    generator = Generator("cvae", epochs=1, quality=False).fit(X, digits.target[:300])
+    with pytest.raises(DataError, match="pass y"):
+        generator.evaluate(digits.images[300:340])
+    with pytest.raises(DataError, match=r"value\(s\) \['42'\] the generator was not trained on"):
+        generator.evaluate(digits.images[300:340], np.full(40, 42))
+
+
+def test_floors_that_were_not_measured_are_named_not_passed():
+    from anomaly_ae.augment.quality import floor_verdict
+
+    report = {"c2st_auc": 0.6, "precision": 0.9, "recall": 0.9, "coverage": 0.9, "ks_mean": 0.05,
+              "min_condition_coverage": None, "condition_accuracy": float("nan")}
+    verdict = floor_verdict(report)
+    assert verdict.startswith("passes the quality floors it was measured on (not measured: min_condition_coverage, "
+                              "condition_accuracy")
+    assert floor_verdict({k: v for k, v in report.items() if "condition" not in k}) == "passes every quality floor"
+    assert floor_verdict({**report, "recall": 0.1}).startswith("below floor: recall = 0.100 (needs >= 0.5)")

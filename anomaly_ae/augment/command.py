@@ -53,6 +53,27 @@ def balanced_allocation(counts: dict[str, int], rows: int) -> dict[str, int]:
     return {k: v for k, v in alloc.items() if v > 0}
 
 
+def _like(synthetic: pd.DataFrame, X: pd.DataFrame) -> pd.DataFrame:
+    """The generator's rows with X's column names and dtypes. A generator gives categories back as
+    text ('False', '1'): each is mapped back to the training value it spells (astype would have made
+    bool('False') True and the text '1' a NaN of an integer category)."""
+    import pandas as pd
+
+    out = {}
+    for name, column in zip(X.columns, synthetic.columns):
+        values, kind = synthetic[column], X[name].dtype
+        if pd.api.types.is_numeric_dtype(kind) and not pd.api.types.is_bool_dtype(kind):
+            out[name] = values.astype(kind, errors="ignore")
+            continue
+        spelled = {str(v): v for v in X[name].dropna().unique()}
+        mapped = values.map(lambda v: spelled.get(str(v), v))
+        if isinstance(kind, pd.CategoricalDtype):
+            out[name] = pd.Categorical(mapped, categories=kind.categories, ordered=kind.ordered)
+        else:
+            out[name] = mapped.astype(kind, errors="ignore")
+    return pd.DataFrame(out, columns=X.columns)
+
+
 def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_col: str | None = None,
                           seed: int = 0, save_to: str | Path | None = None,
                           **generator_params: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -70,7 +91,7 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
 
     from anomaly_ae.version import __version__
     from anomaly_ae.augment.generator import GENERATORS, Generator
-    from anomaly_ae.augment.quality import check_floors, summary
+    from anomaly_ae.augment.quality import check_floors, floor_verdict, summary
 
     if not isinstance(X, pd.DataFrame):
         raise DataError("augmentation works on tables (CSV/Parquet); for images use Generator.fit(X, y) directly")
@@ -100,15 +121,17 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
     else:
         allocation = {}
         synthetic = gen.sample(int(rows), random_state=seed)
-    synthetic = synthetic[list(map(str, X.columns))]
-    synthetic.columns = X.columns
-    synthetic = synthetic.astype(X.dtypes.to_dict(), errors="ignore")
+    synthetic = _like(synthetic[list(map(str, X.columns))], X)
     if save_to is not None:
         gen.save(save_to)
     failures = check_floors(gen.quality_)
     if failures:  # its rows would teach the detector a normal that is not the data's
         warnings.warn(f"the generator misses its quality floors ({'; '.join(failures)}), so its rows may not look "
                       "like the normal data; train a better one (more epochs or rows) or augment less",
+                      UserWarning, stacklevel=2)
+    elif balance_col is not None and "not measured" in floor_verdict(gen.quality_):
+        warnings.warn(f"the generator {floor_verdict(gen.quality_)}, so the rows drawn for its rarest contexts "
+                      "are unchecked; check them with `anomaly-ae generate report` on more held-out rows",
                       UserWarning, stacklevel=2)
     params = {k: v for k, v in gen.get_params().items() if k not in ("verbose", "device")}
     if params.get("condition_cols") is not None and not isinstance(params["condition_cols"], str):
@@ -308,12 +331,17 @@ def train_command(
     import numpy as np
 
     from anomaly_ae.augment.generator import Generator
-    from anomaly_ae.augment.quality import check_floors
+    from anomaly_ae.augment.quality import floor_verdict
 
     tracked = experiment is not None or register is not None
     if out is None and not tracked:
         raise DataError("say where the generator goes: --out DIR, and/or --experiment NAME / --register NAME "
                         "for MLflow")
+    if out is not None:  # before the training, not after it
+        from anomaly_ae.augment.persistence import FORMAT
+        from anomaly_ae.persistence import check_writable
+
+        check_writable(out, kind="generator", format_name=FORMAT)
     X, y = _read(data, drop_cols)
     if tracked:  # an unreachable tracking server fails now, not after the training
         from anomaly_ae.registry import check_connection, check_registrable, quiet_mlflow_logs
@@ -332,10 +360,8 @@ def train_command(
     table = _condition_table(gen.quality_)
     if table is not None:
         Console().print(table)
-    failures = check_floors(gen.quality_)
     where = f"saved [bold]{model}[/] generator to {path}" if path else f"trained [bold]{model}[/] generator"
-    console.print(f"{where} (sha256 {gen.fingerprint_[:12]}); "
-                  + ("passes every quality floor" if not failures else f"below floor: {'; '.join(failures)}"))
+    console.print(f"{where} (sha256 {gen.fingerprint_[:12]}); {escape(floor_verdict(gen.quality_))}")
     if tracked:
         from anomaly_ae.registry import log_generator_run
 
@@ -399,7 +425,7 @@ def report_command(
 ) -> None:
     """Quality against real held-out data, beside the quality logged when it was trained."""
     from anomaly_ae.augment.generator import Generator
-    from anomaly_ae.augment.quality import check_floors
+    from anomaly_ae.augment.quality import floor_verdict
 
     gen = Generator.load(model)
     X, y = _read(data, drop_cols)
@@ -409,5 +435,4 @@ def report_command(
     table = _condition_table(report)
     if table is not None:
         Console().print(table)
-    failures = check_floors(report)
-    console.print("passes every quality floor" if not failures else f"below floor: {'; '.join(failures)}")
+    console.print(escape(floor_verdict(report)))

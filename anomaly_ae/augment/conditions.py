@@ -33,7 +33,9 @@ class ConditionEncoder:
                                 "another column")
             if name in numeric:
                 arr = values.to_numpy(dtype=np.float64)
-                edges = np.unique(np.quantile(arr, np.linspace(0, 1, n_bins + 1)[1:-1])).tolist()
+                edges = np.unique(np.quantile(arr, np.linspace(0, 1, n_bins + 1)[1:-1]))
+                # an edge at the minimum (over 1/n_bins of the rows there) would open a bucket [min, min)
+                edges = edges[edges > arr.min()].tolist()
                 bounds = [float(arr.min()), *edges, float(arr.max())]
                 # half-open [lo, hi) but the last, [lo, hi]: a value on an edge belongs to the bucket above it
                 labels = [f"[{lo:.4g}, {hi:.4g}{']' if i == len(bounds) - 2 else ')'}"
@@ -123,8 +125,10 @@ class ConditionEncoder:
         names = self.names
         rows = [(labels, count) for labels, count in self.combos
                 if all(labels[names.index(k)] == v for k, v in fixed.items())]
-        if not rows:  # an unseen combination of seen values: trust the model with it
-            return np.array([[fixed[name] for name in names]] * n, dtype=object)
+        if not rows:  # the model never saw this context: its rows would be guesses
+            seen = [dict(zip(names, labels)) for labels, _ in self.combos[:5]]
+            raise DataError(f"no training row had the context {fixed}: the generator never learnt it; choose a "
+                            f"context seen in training (e.g. {seen}{' ...' if len(self.combos) > 5 else ''})")
         weights = np.array([c for _, c in rows], dtype=np.float64)
         picks = rng.choice(len(rows), size=n, p=weights / weights.sum())
         return np.array([rows[i][0] for i in picks], dtype=object).reshape(n, len(names))

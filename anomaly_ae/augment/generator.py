@@ -20,7 +20,7 @@ from anomaly_ae.augment.gan_training import GanConfig, GanHistory, train_gan
 from anomaly_ae.augment.quality import quality_report
 from anomaly_ae.data.preprocess import Preprocessor
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.estimators import Estimator, require_fitted
+from anomaly_ae.estimators import Estimator, check_integer, check_number, require_fitted
 from anomaly_ae.exceptions import DataError
 from anomaly_ae.models import build_model
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
@@ -33,8 +33,8 @@ MIN_TRAINING_ROWS = 20
 MIN_EVALUATION_ROWS = 20
 
 
-# Values (rows x columns) one `sample` call returns at most, as float64: 2 GiB.
-MAX_SAMPLE_VALUES = 2**28
+# Memory one `sample` call may take, by the estimate of `Generator._bytes_per_row`.
+MAX_SAMPLE_BYTES = 2**31
 
 class Generator(Estimator):
     """Generative model of normal data: a conditional VAE, a WGAN-GP, or a conditional WGAN-GP.
@@ -105,6 +105,8 @@ class Generator(Estimator):
             if cond_names:
                 if y is None or len(y) != len(checked):
                     raise DataError(f"a conditional generator on images needs y: one {cond_names[0]} per image")
+                if pd.isna(pd.Series(np.asarray(y, dtype=object))).any():  # else a class named 'nan'
+                    raise DataError(f"y has missing values; give every image its {cond_names[0]}")
                 context = pd.DataFrame({cond_names[0]: np.asarray(y).astype(str)})
             else:
                 context = pd.DataFrame(index=range(len(checked)))
@@ -165,10 +167,32 @@ class Generator(Estimator):
         return self
 
     def validate_params(self) -> None:
+        """Refuse a parameter that cannot work, before any data is read (as Detector does)."""
         if self.model not in GENERATORS:
             raise ValueError(f"unknown generator {self.model!r}; choose one of {', '.join(GENERATORS)}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        for name, low in (("epochs", 1), ("patience", 1), ("steps", 1), ("n_critic", 1), ("n_bins", 2),
+                          ("max_categories", 1), ("random_state", 0)):
+            check_integer(name, getattr(self, name), low)
+        for name in ("latent_dim", "batch_size"):
+            if getattr(self, name) is not None:
+                check_integer(name, getattr(self, name), 1)
+        check_number("beta", self.beta)
+        check_number("penalty", self.penalty)
+        if self.learning_rate is not None:
+            check_number("learning_rate", self.learning_rate, positive=True)
+        if self.hidden_dims is not None:
+            for h in self.hidden_dims:
+                check_integer("each of hidden_dims", h, 1)
+        cols = self.condition_cols
+        if cols is not None and not isinstance(cols, str):
+            listed = list(cols) if hasattr(cols, "__iter__") else None
+            if listed is None or not all(isinstance(c, str) for c in listed):
+                raise ValueError(f"condition_cols must be a column name or a list of them, got {cols!r}")
+            repeated = sorted({c for c in listed if listed.count(c) > 1})
+            if repeated:
+                raise ValueError(f"condition_cols names {repeated} more than once; name each column once")
 
     def _condition_names(self, image: bool, has_y: bool) -> list[str]:
         cols = self.condition_cols
@@ -241,10 +265,12 @@ class Generator(Estimator):
         self._check_fitted()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise DataError(f"n must be a whole number >= 1, got {n!r}")
-        most = MAX_SAMPLE_VALUES // max(1, int(self.n_features_in_))
-        if n > most:  # before numpy asks for the memory: a typo such as 10**11 rows is 745 GiB
-            raise DataError(f"n={n} is more than one draw holds ({most} of these {self.n_features_in_}-value rows, "
-                            f"about {MAX_SAMPLE_VALUES * 8 / 2**30:.0f} GiB); draw in several parts")
+        if random_state is not None:
+            check_integer("random_state", random_state, 0)
+        most = MAX_SAMPLE_BYTES // self._bytes_per_row()
+        if n > most:  # before numpy asks for the memory: a typo such as 10**11 rows is hundreds of GiB
+            raise DataError(f"n={n} is more than one draw holds ({most} rows of this generator, about "
+                            f"{MAX_SAMPLE_BYTES / 2**30:.0f} GiB); draw in several parts")
         if condition is not None and not isinstance(condition, Mapping):
             if len(self.conditions_.names) != 1:
                 raise DataError(f"pass the condition as a dict over the condition columns {self.conditions_.names}")
@@ -255,6 +281,14 @@ class Generator(Estimator):
         if self.schema_.image is not None and return_conditions:
             return out, (labels[:, 0] if labels.shape[1] else np.full(len(out), None, dtype=object))
         return out
+
+    def _bytes_per_row(self) -> int:
+        """Peak memory per drawn row, roughly: the model-space row (one-hot categories included) in
+        about four float64 copies on its way out (network batches, decoding, the frame), and a Python
+        string and labels per categorical or condition value (measured per row, 1 number and a 50-value
+        category: 1.7 kB drawn unconditionally, 0.43 kB conditioned on the category)."""
+        texts = sum(1 for c in self.schema_.columns if c.kind == "categorical") + len(self.conditions_.names)
+        return 8 * (4 * int(self.preprocessor_.n_outputs) + int(self.n_features_in_)) + 250 * texts
 
     def _model_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Generated rows in model space (n, n_outputs) or (n, C, H, W), in batches."""
@@ -293,8 +327,12 @@ class Generator(Estimator):
         for j, col in enumerate(self.conditions_.columns):
             if col["kind"] == "categorical":
                 frame[col["name"]] = labels[:, j]
-        frame = frame[self.schema_.names]
-        return _restore_dtypes(frame, self.schema_)
+        frame = _restore_dtypes(frame[self.schema_.names], self.schema_)
+        for name, info in self.output_info_.items():  # whole numbers in training: whole numbers out, as int64
+            values = frame[name].to_numpy()
+            if info["integer"] and np.isfinite(values).all() and (np.abs(values) < 2**53).all():
+                frame[name] = values.astype(np.int64)
+        return frame
 
     # ------------------------------------------------------------------ quality
     def _quality(self, real: pd.DataFrame | np.ndarray, labels: np.ndarray, seed: int) -> dict[str, Any]:
@@ -352,9 +390,12 @@ class Generator(Estimator):
                             f"got {len(checked)}; on fewer its measures say nothing")
         names = self.conditions_.names
         if self.schema_.image is not None:
-            labels = (np.asarray(y).astype(str)[:, None] if names else np.empty((len(checked), 0), dtype=object))
-            if names and y is None:
-                raise DataError(f"pass y (the {names[0]} of each image) to evaluate a conditional generator")
+            if names and (y is None or np.ndim(y) != 1 or len(y) != len(checked)):
+                raise DataError(f"pass y (the {names[0]} of each image, one per image) to evaluate a conditional "
+                                "generator")
+            # as in fit: labels it was not trained on are refused with the known ones
+            labels = (self.conditions_.labels({names[0]: np.asarray(y).astype(str)}) if names
+                      else np.empty((len(checked), 0), dtype=object))
         else:
             labels = self.conditions_.labels(checked.reset_index(drop=True)) if names else \
                 np.empty((len(checked), 0), dtype=object)

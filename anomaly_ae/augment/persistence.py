@@ -70,7 +70,7 @@ def generator_fingerprint(gen: "Generator") -> str:
 
 def save_generator(gen: "Generator", path: Path) -> Path:
     contents = generator_files(gen)
-    return write_directory(path, contents, kind="generator")
+    return write_directory(path, contents, kind="generator", format_name=FORMAT)
 
 
 def load_generator(cls: type["Generator"], path_or_uri: str | Path) -> "Generator":

@@ -167,6 +167,20 @@ def check_floors(report: dict[str, Any], floors: dict[str, tuple[str, float]] = 
     return failures
 
 
+def floor_verdict(report: dict[str, Any], floors: dict[str, tuple[str, float]] = QUALITY_FLOORS) -> str:
+    """One line for people: the floors missed, or that it passes; and the floors the report holds no
+    value for (a context with fewer than MIN_CONTEXT_ROWS held-out rows, a single context), which
+    were not checked, so that "passes" never stands for a measure nobody took."""
+    failures = check_floors(report, floors)
+    unmeasured = [key for key in floors if key in report and (report[key] is None or report[key] != report[key])]
+    verdict = f"below floor: {'; '.join(failures)}" if failures else \
+        ("passes every quality floor" if not unmeasured else "passes the quality floors it was measured on")
+    if unmeasured:
+        verdict += (f" (not measured: {', '.join(unmeasured)}: too few held-out rows per context, or one context; "
+                    f"a context needs {MIN_CONTEXT_ROWS} held-out rows)")
+    return verdict
+
+
 def summary(report: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a report (no per-feature or per-condition detail)."""
     keys = ("c2st_auc", "precision", "recall", "density", "coverage", "ks_mean", "ks_max", "wasserstein_mean",

@@ -74,7 +74,7 @@ def log_generator_run(generator: "Generator", X: pd.DataFrame | np.ndarray | Non
         registered = register_run_model(
             target, run_id, run.info.artifact_uri, register, artifact_path=GENERATOR_ARTIFACT_PATH,
             tags={**tags, "model_type": generator.model, **summary},
-            description=_description(generator, metrics, fingerprint, failures, run_id))
+            description=_description(generator, metrics, fingerprint, run_id))
     return TrackedRun(run_id, experiment_id, experiment, target, f"runs:/{run_id}/{GENERATOR_ARTIFACT_PATH}",
                       registered, metrics)
 
@@ -143,10 +143,12 @@ def _log_sample(c: Any, run_id: str, generator: "Generator", tmp: Path) -> None:
 
 
 def _description(generator: "Generator", metrics: dict[str, float], fingerprint: dict[str, Any] | None,
-                 failures: list[str], run_id: str) -> str:
+                 run_id: str) -> str:
+    from anomaly_ae.augment.quality import floor_verdict
+
     data = f" on {fingerprint['rows']} rows (sha256 {fingerprint['sha256'][:12]})" if fingerprint else ""
     conditioned = f", conditioned on {', '.join(generator.conditions_.names)}" if generator.conditions_.names else ""
     quality = ", ".join(f"{k} {metrics[k]:.3f}" for k in SUMMARY_TAGS if k in metrics)
-    verdict = "passes every quality floor" if not failures else f"below floor: {'; '.join(failures)}"
+    verdict = floor_verdict(generator.quality_)
     return (f"{generator.model} generator{conditioned} trained by anomaly_ae {__version__}{data}. Held-out quality: "
             f"{quality}; {verdict}. Run {run_id}.")
