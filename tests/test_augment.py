@@ -169,9 +169,11 @@ def test_generate_cli_images_npz_and_grid(tmp_path):
     result = runner.invoke(generate_app, ["train", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "g"),
                                           "--epochs", "5", "--no-progress"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(generate_app, ["sample", str(tmp_path / "g"), "-n", "20", "-o",
+    result = runner.invoke(generate_app, ["sample", str(tmp_path / "g"), "-n", "5", "-o",
                                           str(tmp_path / "grid.png")])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "drew 10 images" in result.output, result.output  # one per digit at least
+    result = runner.invoke(generate_app, ["sample", str(tmp_path / "g"), "-n", "0", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "-n" in result.output
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
     result = runner.invoke(generate_app, ["sample", str(tmp_path / "g"), "-n", "6", "--condition", "label=4",
                                           "-o", str(tmp_path / "s.npz")])
@@ -277,3 +279,13 @@ def test_floors_that_were_not_measured_are_named_not_passed():
                               "condition_accuracy")
     assert floor_verdict({k: v for k, v in report.items() if "condition" not in k}) == "passes every quality floor"
     assert floor_verdict({**report, "recall": 0.1}).startswith("below floor: recall = 0.100 (needs >= 0.5)")
+
+
+def test_a_yes_no_condition_takes_true_and_false_in_any_case():
+    from anomaly_ae.augment.conditions import ConditionEncoder
+
+    encoder = ConditionEncoder.fit(pd.DataFrame({"maint": [True, False] * 5}), ["maint"], set(), 4)
+    assert encoder.resolve({"maint": "true"}) == {"maint": "True"} == encoder.resolve({"maint": True})
+    assert encoder.resolve({"maint": "FALSE"}) == {"maint": "False"}
+    with pytest.raises(DataError, match="never seen in training"):
+        encoder.resolve({"maint": "yes"})

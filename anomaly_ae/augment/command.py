@@ -374,7 +374,8 @@ def train_command(
 @_friendly
 def sample_command(
     model: str = typer.Argument(..., help="Saved generator directory or MLflow URI (models:/NAME@ALIAS)."),
-    n: int = typer.Option(1000, "-n", help="Number of rows (images) to draw."),
+    n: int = typer.Option(1000, "-n", min=1, help="Number of rows (images) to draw; for a .png grid, spread "
+                                                  "evenly over the condition's values (at least one each)."),
     condition: Optional[List[str]] = typer.Option(None, "--condition", help="COLUMN=VALUE (repeatable)."),
     output: Path = typer.Option(..., "--output", "-o",
                                 help="CSV/Parquet for tables; .npz (X, y) or .png (a grid) for images."),
@@ -389,10 +390,12 @@ def sample_command(
 
     gen = Generator.load(model)
     cond = _parse_conditions(condition)
+    drawn = n
     if gen.schema_.image is not None:
         if output.suffix == ".png":
-            save_sample_grid(gen, output, n_per_condition=max(1, n // max(1, _n_values(gen))),
-                             condition=cond, random_state=seed)
+            groups = 1 if cond else max(1, _n_values(gen))  # one row of the grid per condition value
+            save_sample_grid(gen, output, n_per_condition=max(1, n // groups), condition=cond, random_state=seed)
+            drawn = max(1, n // groups) * groups
         elif output.suffix == ".npz":
             images, labels = gen.sample(n, condition=cond, random_state=seed, return_conditions=True)
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +409,7 @@ def sample_command(
     buckets = gen.conditions_.resolve(cond) if cond else {}
     described = [f"{k}={v}" if buckets[k] == str(v) else f"{k} in its training bucket {buckets[k]} (holding {v}; "
                  "the values themselves are generated)" for k, v in (cond or {}).items()]
-    console.print(f"drew {n} {'images' if gen.schema_.image is not None else 'rows'}"
+    console.print(f"drew {drawn} {'images' if gen.schema_.image is not None else 'rows'}"
                   f"{' with ' + ', '.join(described) if described else ''} -> {output}")
 
 

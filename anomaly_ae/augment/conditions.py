@@ -114,6 +114,8 @@ class ConditionEncoder:
                 out[col["name"]] = col["values"][int(np.searchsorted(np.asarray(col["edges"]), value, side="right"))]
             elif str(value) in col["values"]:
                 out[col["name"]] = str(value)
+            elif set(col["values"]) <= {"True", "False"} and str(value).capitalize() in col["values"]:
+                out[col["name"]] = str(value).capitalize()  # true/false in any case, as detectors take
             else:
                 raise DataError(f"condition {col['name']}={value!r} was never seen in training; "
                                 f"choose one of {col['values']}")
