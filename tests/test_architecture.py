@@ -34,6 +34,34 @@ FRAMEWORK_LAYERS = {
 }
 
 
+# The layers of docs/architecture.md, lowest first: a module imports only from its own layer or below.
+# (The one way up, loading a models:/ URI, goes through a name looked up at call time: persistence's
+# REMOTE_RESOLVER, which no import statement shows.)
+LAYERS = (
+    ("foundation", ("version", "exceptions", "runtime", "console", "progress", "estimators")),
+    ("data", ("data",)),
+    ("models", ("models",)),
+    ("computation", ("training", "scoring", "calibration", "evaluation", "inference", "series_stream")),
+    ("detectors", ("detector", "series_detector", "persistence", "augment")),
+    ("registry", ("registry",)),
+    # augment/command.py is the `generate` and `train --augment` commands: an adapter like cli.py
+    ("adapters", ("service", "watch", "cli", "spark", "bench", "demo", "augment.command")),
+)
+
+
+def _layer(module: str) -> int | None:
+    """Index in LAYERS of the longest prefix naming `module` (the package root: the adapters' layer)."""
+    if module == PACKAGE.name:
+        return len(LAYERS) - 1
+    best: tuple[int, int] | None = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            full = f"{PACKAGE.name}.{prefix}"
+            if (module == full or module.startswith(full + ".")) and (best is None or len(full) > best[1]):
+                best = (i, len(full))
+    return None if best is None else best[0]
+
+
 def _module_name(path: Path) -> str:
     rel = path.relative_to(PACKAGE.parent).with_suffix("")
     parts = list(rel.parts)
@@ -125,6 +153,17 @@ def test_package_has_no_import_cycles():
     graph = _graph()
     assert len(graph) > 40 and sum(map(len, graph.values())) > 100  # the walk really read the package
     assert _cycles(graph) == []
+
+
+def test_imports_point_down_the_layers():
+    graph = _graph()
+    unplaced = sorted(m for m in graph if _layer(m) is None)
+    assert unplaced == [], "add these modules to LAYERS (and to docs/architecture.md)"
+    upward = [f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0]})"
+              for m, deps in graph.items() for d in deps if _layer(d) > _layer(m)]
+    assert upward == []
+    assert _layer("anomaly_ae.augment.generator") < _layer("anomaly_ae.registry.store") < _layer("anomaly_ae.cli")
+    assert _layer("anomaly_ae.augment.command") == _layer("anomaly_ae.cli")
 
 
 def test_frameworks_stay_in_their_layer():

@@ -126,12 +126,6 @@ def test_explanations_point_at_the_broken_metric(fitted, telemetry_train):
     assert (top["contribution_1"] >= top["contribution_2"]).all()
 
 
-def test_categorical_contribution_sums_over_its_encoding(fitted, telemetry_train):
-    det = fitted("ae")
-    shares = det.explain(telemetry_train.head(20), top_k=None)
-    assert "mode" in shares.columns and len(shares.columns) == len(det.schema_.names)
-
-
 def test_unseen_category_is_scored_and_reported(fitted, telemetry_train):
     det = fitted("ae")
     rows = telemetry_train.head(3).copy()
@@ -152,6 +146,34 @@ def test_density_term_finds_rare_points_on_the_manifold(telemetry_train, telemet
     assert np.allclose(shares.sum(axis=1), 1.0)
     capped = Detector(model="pca", neighbors=3, max_reference=100).fit(telemetry_train)
     assert capped.neighbors_.reference.shape[0] == 100
+
+
+def test_the_hybrid_score_is_its_two_standardised_terms_summed(telemetry_train):
+    """The default's score: the autoencoders' term and the neighbour distance, each standardised on
+    held-out normal rows, added (a score without the neighbour term passed every other test)."""
+    from anomaly_ae.scoring import location_spread
+
+    det = Detector(model="ae", neighbors=5, **FAST).fit(telemetry_train)
+    x = det.preprocessor_.transform(det.schema_.check(telemetry_train.head(200))[0])
+    model_scores, _ = det.scorer_.member_scores(x)
+    distance, _ = det.scorer_.neighbor_distances(x)
+    (m_loc, m_spread), (k_loc, k_spread) = det.term_scales_["model"], det.term_scales_["neighbors"]
+    expected = (model_scores - m_loc) / m_spread + (distance - k_loc) / k_spread
+    np.testing.assert_allclose(det.decision_function(telemetry_train.head(200)), expected, rtol=1e-5, atol=1e-6)
+    assert location_spread(distance)[1] > 0 and np.corrcoef(model_scores, distance)[0, 1] < 0.999
+
+
+def test_the_neighbour_term_flags_an_empty_stretch_of_the_manifold_the_model_reconstructs():
+    """Normal rows lie on a line in two clusters; a row on the line between them is reconstructed
+    exactly by a 1-component PCA (nothing unusual to it) but has no normal neighbours."""
+    rng = np.random.default_rng(0)
+    t = np.r_[rng.uniform(0, 1, 600), rng.uniform(2, 3, 600)]
+    X = pd.DataFrame({"a": t, "b": 2 * t + 1 + rng.normal(0, 0.01, len(t))})
+    gap = pd.DataFrame({"a": [1.5], "b": [4.0]})
+    plain = Detector(model="pca", random_state=0).fit(X)  # one component: the line
+    hybrid = Detector(model="pca", neighbors=5, random_state=0).fit(X)
+    assert not plain.predict(gap)[0] and hybrid.predict(gap)[0]
+    assert hybrid.p_values(gap)[0] < 0.01
 
 
 def test_numpy_input_and_ensembles(telemetry_train):

@@ -374,12 +374,14 @@ async def test_per_series_labels_only_when_opted_in_and_capped(series_model, str
 
 
 async def test_series_requests_concurrently_with_a_reload(series_model, stream, tmp_path):
-    """A swap to another version of the series model mid-stream: every request answers 200."""
+    """A swap to another version of the series model mid-stream: every request answers 200, each scored
+    by the old model or the new one (told apart by their thresholds), and the new one serves after it."""
     import shutil
 
     served = tmp_path / "served"
     shutil.copytree(series_model, served)
     part = records(stream.groupby("host").head(12))
+    old_threshold = Detector.load(series_model).threshold_
     async with in_process(settings(served)) as (_, client):
         await ready(client)
         other = SeriesDetector("pca", window=WINDOW, time_col="ts", series_col="host", variance_kept=0.8).fit(
@@ -388,7 +390,12 @@ async def test_series_requests_concurrently_with_a_reload(series_model, stream, 
         requests = [score(client, {"records": part, "score_last": 1}) for _ in range(6)]
         reload = client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         responses = await asyncio.gather(*requests, reload)
+        after = await score(client, {"records": part, "score_last": 1})
     assert [r.status_code for r in responses] == [200] * 7
+    assert responses[-1].json()["status"] == "loaded" and other.threshold_ != old_threshold
+    assert all(min(abs(r.json()["threshold"] - old_threshold), abs(r.json()["threshold"] - other.threshold_))
+               <= 1e-9 * abs(old_threshold) for r in responses[:-1])
+    assert after.json()["threshold"] == pytest.approx(other.threshold_)
 
 
 # ---------------------------------------------------------------------------- the example client

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from anomaly_ae.data.synthetic_series import SERIES_METRIC_COLUMNS, make_series_telemetry
+from anomaly_ae.exceptions import ConfigurationError
 from anomaly_ae.series_detector import SeriesDetector
 from anomaly_ae.watch.command import run_backtest
 from anomaly_ae.watch.exposition import ExpositionServer
@@ -364,7 +365,7 @@ def test_shards_split_the_series_with_no_overlap(world):
         seen.append({s.series for s in watcher.evaluate(start)})
     assert set.union(*seen) == {f"host-{i}" for i in range(4)} and sum(map(len, seen)) == 4
     assert Shard.parse("2/3") == Shard(2, 3)
-    with pytest.raises(Exception, match="i/n"):
+    with pytest.raises(ConfigurationError, match="i/n"):
         Shard.parse("3")
 
 
@@ -394,11 +395,11 @@ def test_an_empty_query_and_a_series_cap_are_counted_not_fatal(world):
 def test_a_model_that_does_not_fit_the_spec_is_refused(world):
     _, detector = world
     spec = make_spec(metrics={"other": "x"})
-    with pytest.raises(Exception, match="trained on columns"):
+    with pytest.raises(ConfigurationError, match="trained on columns"):
         Watcher(spec, PrometheusSource(spec, transport=httpx.MockTransport(lambda r: httpx.Response(500))), detector,
                 ModelInfo("m", "1", "dir"))
     spec = make_spec(step="30s")
-    with pytest.raises(Exception, match="step of 15 s"):
+    with pytest.raises(ConfigurationError, match="step of 15 s"):
         Watcher(spec, PrometheusSource(spec, transport=httpx.MockTransport(lambda r: httpx.Response(500))), detector,
                 ModelInfo("m", "1", "dir"))
 
