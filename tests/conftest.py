@@ -12,7 +12,7 @@ from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
 
 # Two cores are shared by the whole suite; one intra-op thread keeps parallel work predictable.
 torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the processes tests start (this one has torch already)
 
 # Session fixtures `mlflow_server` / `mlflow_server_info`: a real MLflow tracking server (tests/mlflow_server.py).
 pytest_plugins = ["mlflow_server"]

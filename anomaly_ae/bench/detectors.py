@@ -155,13 +155,6 @@ def _pyod_kwargs(cls: type, seed: int, n_features: int) -> dict[str, Any]:
     return kw
 
 
-def pyod_constructor_kwargs(name: str, seed: int, n_features: int) -> dict[str, Any]:
-    """The keyword arguments the benchmark passes to a PyOD class (everything else = default)."""
-    module, cls_name = _PYOD_CLASSES[name]
-    cls = getattr(importlib.import_module(module), cls_name)
-    return _pyod_kwargs(cls, seed, n_features)
-
-
 def make_detector(name: str, seed: int) -> BenchDetector:
     """A fresh, unfitted :class:`BenchDetector` for ``name`` and ``seed``."""
     fam = family(name)

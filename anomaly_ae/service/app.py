@@ -1,9 +1,9 @@
 """The app factory: `create_app(settings)` wires settings, auth, the model holder, routes and metrics.
 
 The model is loaded in the background by the lifespan, so /healthz answers at once and /readyz
-turns 200 when the first version has loaded and passed its smoke test. `app_from_env` is the
-zero-argument factory that each worker process of `anomaly-ae serve --workers N` calls. Tests pass
-their own `resolver`/`loader` to drive the holder without a registry.
+turns 200 when the first version has loaded and passed its smoke test. Each worker process of
+`anomaly-ae serve --workers N` builds its app with `server.worker_app`. Tests pass their own
+`resolver`/`loader` to drive the holder without a registry.
 """
 
 from __future__ import annotations
@@ -117,7 +117,3 @@ def _document(app: FastAPI) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-
-def app_from_env() -> FastAPI:
-    """uvicorn factory for worker processes: settings come from ANOMALY_AE_* variables."""
-    return create_app(ServiceSettings())

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from anomaly_ae import exceptions
 from anomaly_ae.data.windows import MAX_KNOWN_SERIES
@@ -53,13 +53,6 @@ SERVING_PREFIX = "serving-"  # in settings.control_dir: serving-PID, written by 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
 # Credentials in a URL (https://user:token@host): never logged or returned.
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^/\s@]+@")
-
-
-class ModelRefLike(Protocol):
-    uri: str
-    name: str
-    version: str
-    alias: str | None
 
 
 @dataclass(frozen=True)
@@ -194,10 +187,8 @@ class ModelHolder:
         self.settings = settings
         self.uri = settings.model_uri
         self.current: LoadedModel | None = None
-        self.last_error: str | None = None
         self.last_reason: str | None = None  # the last failure's reason code (readiness shows it)
         self._repeated: tuple[tuple[str, str] | None, float, int] = (None, 0.0, 0)  # last failure logged, when, repeats
-        self.last_checked: float | None = None
         bounds = registry_bounds(settings)
         self._resolver = resolver or functools.partial(resolve, bounds=bounds)
         self._loader = loader or functools.partial(load, bounds=bounds)
@@ -349,7 +340,6 @@ class ModelHolder:
 
     async def _refresh(self, trigger: str, force: bool) -> RefreshOutcome:
         """One refresh, holding the lock."""
-        self.last_checked = time.time()
         try:
             ref = await self._in_thread(self._resolver, self.uri, timeout=self.settings.registry_timeout_s)
         except asyncio.TimeoutError:
@@ -407,7 +397,6 @@ class ModelHolder:
             gc.collect()
             gc.freeze()
         self._swap(loaded, time.perf_counter() - started)
-        self.last_error = None
         if self._desired is not None:
             self._set_desired(self._desired)
         log.info("serving model %s version %s (alias %s), loaded in %.2fs", loaded.ref.name, loaded.version,
@@ -454,7 +443,7 @@ class ModelHolder:
     def _failed(self, trigger: str, reason: str, message: str) -> RefreshOutcome:
         message = without_paths(message)
         metrics.RELOAD_FAILURES.labels(reason).inc()
-        self.last_error, self.last_reason = message, reason
+        self.last_reason = reason
         serving = f"version {self.current.version}" if self.current is not None else "no model"
         # The same failure on every retry (a model not registered yet: every 5 s) is logged when it first
         # happens and then every REPEAT_LOG_S with a count, so the log shows other events between them;
