@@ -328,18 +328,31 @@ def score(
 
 
 def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int,
-                        alert_states: dict[Any, Any]) -> tuple[Any, Any]:
+                        alert_states: dict[Any, Any], anchors: dict[Any, int]) -> tuple[Any, Any]:
     """Score one chunk of a series file with the rows before it, so every row's window is the one a
     single pass would have seen; returns the chunk's rows and the context for the next chunk.
     `alert_states` holds each series' alert rule state from the chunks before (its last flags, and
-    where the k-of-n held in the cooldown): the context rows are rescored for their windows only."""
+    where the k-of-n held in the cooldown): the context rows are rescored for their windows only.
+    `anchors` holds the grid anchor of each series new to the model, from its first row in the file
+    (else a later chunk would anchor it at its first carried row, and jittered times round otherwise)."""
+    import copy
+
     import numpy as np
     import pandas as pd
 
-    framing = detector.framing_
+    from anomaly_ae.exceptions import DataError
+
+    framing = copy.copy(detector.framing_)
+    framing.origins_ns = {**anchors, **framing.origins_ns}
     offset = 0 if context is None else len(context)
-    frame = chunk if context is None else pd.concat([context, chunk], ignore_index=True)
-    scored = detector.inference_.score(frame, top_k=top_k)  # score_frame's path, keeping the layout
+    frame = chunk if context is None else pd.concat([context, chunk])  # the index: rows of the file
+    try:
+        metrics, layout = framing.split(frame.reset_index(drop=True))
+        scored = detector.inference_.score(metrics, top_k=top_k, layout=layout)  # score_frame's path
+    except DataError as exc:  # its rows count from the carried context's first row: say the file's
+        raise _in_file_rows(exc, frame.index.to_numpy()) from None
+    for name, origin in layout.origins_ns.items():
+        anchors.setdefault(name, origin)
     result = scored.frame(top_k=top_k).iloc[offset:]
     result.index = chunk.index
     layout = scored.layout
@@ -357,6 +370,20 @@ def _score_with_context(detector: Any, chunk: Any, context: Any, top_k: int,
     kept = [rows[layout.position[rows] >= layout.position[rows[-1]] - reach] for rows in layout.order]
     context = frame.iloc[np.sort(np.concatenate(kept))] if kept else frame.iloc[:0]
     return result, context
+
+
+def _in_file_rows(exc: Any, file_rows: Any) -> Any:
+    """The error with its row numbers (positions in a chunk and its carried context) as the file's."""
+    import re
+
+    mapping = {int(p): int(file_rows[p]) for p in exc.rows if 0 <= int(p) < len(file_rows)}
+
+    def renumber(match: Any) -> str:
+        return match.group(1) + re.sub(r"\d+", lambda n: str(mapping.get(int(n.group()), n.group())), match.group(2))
+
+    message = re.sub(r"(\brows? \[?)(\d+(?:, \d+)*)", renumber, str(exc)) if mapping else str(exc)
+    return type(exc)(message, column=exc.column, rows=[mapping.get(int(p), int(p)) for p in exc.rows],
+                     reason=exc.reason)
 
 
 def _text_columns(detector: Any) -> list[str]:
@@ -391,6 +418,7 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
     rows = flagged = 0
     context = None  # series models: each series' rows on its last window - 1 steps, carried to the next chunk
     alert_states: dict = {}  # and each series' alert rule state
+    anchors: dict = {}  # and the grid anchor of each series new to the model
     with AtomicTableWriter(output) as writer:
         for chunk in chunks:
             missing = [c for c in keep if c not in chunk.columns]
@@ -411,7 +439,7 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
             if framing is None:
                 result = detector.score_frame(features, top_k=top_k)
             else:
-                result, context = _score_with_context(detector, features, context, top_k, alert_states)
+                result, context = _score_with_context(detector, features, context, top_k, alert_states, anchors)
             rows += len(result)
             flagged += int(result["is_anomaly"].sum())
             if keep:
@@ -500,7 +528,8 @@ def _evaluate_series(detector: Any, X: Any, labels: Any, out_dir: Path | None) -
     series = X[framing.series_col].astype(str).to_numpy() if framing.series_col else None
     metrics: dict[str, Any] = {"rows": evaluate_scores(result.scores, labels, detector.threshold_).to_dict(),
                                "events_by_flagged_step": event_metrics(result.is_anomaly, labels, series).to_dict(),
-                               "events_by_alert": event_metrics(result.alerts, labels, series).to_dict()}
+                               "events_by_alert": event_metrics(result.alerts, labels, series,
+                                                                grace=detector.alert_rule_.within - 1).to_dict()}
     table = Table(title="series evaluation")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from anomaly_ae.exceptions import DataError
@@ -32,7 +33,9 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
         valid = np.isin(raw, (0, 1))
     else:  # text or mixed (a CSV column with one stray word is read as text): "0" and "1" count as labels
         raw = np.array([v.strip() if isinstance(v, str) else v for v in raw.tolist()], dtype=object)
-        valid = np.array([v in ("0", "1") if isinstance(v, str) else v in (0, 1) for v in raw.tolist()], dtype=bool)
+        # pd.NA (a nullable column's missing value) has no truth value: `pd.NA in (0, 1)` raises
+        valid = np.array([v in ("0", "1") if isinstance(v, str) else (not pd.isna(v) and v in (0, 1))
+                          for v in raw.tolist()], dtype=bool)
     if not valid.all():
         bad = np.flatnonzero(~valid)
         example = raw[bad[0]].item() if isinstance(raw[bad[0]], np.generic) else raw[bad[0]]
@@ -123,8 +126,9 @@ def plot_loss_curves(train_loss: list[float], val_loss: list[float], path: Path)
 
 @dataclass(frozen=True)
 class EventReport:
-    """Incident-level quality for series: a labelled range counts as found when a flagged step falls
-    in it; a run of flagged steps that touches no labelled range is one false alarm."""
+    """Incident-level quality for series: a labelled range counts as found when a mark (a flagged step,
+    an alert) falls in it or within `event_metrics`' grace after it; a run of marks that touches no
+    range (nor its grace) is one false alarm."""
 
     n_events: int
     events_found: int
@@ -146,8 +150,13 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
 
 
-def event_metrics(flags: np.ndarray, labels: np.ndarray, series: np.ndarray | None = None) -> EventReport:
-    """Event precision/recall over series (rows of each series in time order)."""
+def event_metrics(flags: np.ndarray, labels: np.ndarray, series: np.ndarray | None = None,
+                  grace: int = 0) -> EventReport:
+    """Event precision/recall over series (rows of each series in time order). A labelled range is
+    found by a mark inside it or within `grace` rows after its end, and a run of marks that starts
+    there is not a false alarm: an alert rule that needs k of n flagged steps fires up to n - 1 steps
+    after the flag that starts it, so a range shorter than k is found by its alert only after it ends
+    (grace = n - 1 for alerts, 0 for flagged steps)."""
     flags, labels = np.asarray(flags, dtype=bool), np.asarray(labels).astype(int) == 1
     series = np.zeros(len(flags), dtype=np.int64) if series is None else np.asarray(series)
     n_events = found = n_runs = false_runs = 0
@@ -155,15 +164,17 @@ def event_metrics(flags: np.ndarray, labels: np.ndarray, series: np.ndarray | No
     for name in dict.fromkeys(series.tolist()):
         rows = np.flatnonzero(series == name)
         f, y = flags[rows], labels[rows]
+        reach = y.copy()  # a range and the `grace` rows after it
         for start, end in runs(y):
             n_events += 1
-            hits = np.flatnonzero(f[start:end + 1])
+            reach[end + 1:end + 1 + grace] = True
+            hits = np.flatnonzero(f[start:end + 1 + grace])
             if len(hits):
                 found += 1
                 delays.append(int(hits[0]))
         for start, end in runs(f):
             n_runs += 1
-            false_runs += int(not y[start:end + 1].any())
+            false_runs += int(not reach[start:end + 1].any())
     recall = found / n_events if n_events else float("nan")
     precision = (n_runs - false_runs) / n_runs if n_runs else 0.0
     f1 = 2 * precision * recall / (precision + recall) if n_events and precision + recall > 0 else 0.0

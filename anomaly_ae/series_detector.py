@@ -226,13 +226,15 @@ class SeriesDetector(Detector):
         held[val_rows] = True
         step_flags = np.zeros(len(layout.position), dtype=bool)
         step_flags[val_rows] = flags
-        alerts = 0
+        alerts = steps = 0
         for rows in layout.order:
             kept = rows[held[rows]]
             alerts += int(self.alert_rule_.apply(step_flags[kept]).sum())
-        steps = int(held.sum())
-        stats: dict[str, Any] = {"held_out_steps": steps, "flagged_steps": int(flags.sum()), "alerts": alerts,
-                                 "alerts_per_1000_steps": 1000.0 * alerts / steps}
+            if len(kept):  # the grid steps the held-out rows span: time, whether rows are sparser or denser
+                steps += int(layout.position[kept[-1]] - layout.position[kept[0]]) + 1
+        stats: dict[str, Any] = {"held_out_steps": steps, "held_out_rows": int(held.sum()),
+                                 "flagged_steps": int(flags.sum()), "alerts": alerts,
+                                 "alerts_per_1000_steps": 1000.0 * alerts / max(steps, 1)}
         if self.framing_.step_seconds:
             days = steps * self.framing_.step_seconds / 86_400
             stats["alerts_per_day"] = alerts / days

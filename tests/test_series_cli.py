@@ -113,6 +113,27 @@ def test_chunked_scoring_equals_one_pass_when_readings_share_steps(files, tmp_pa
     assert one["notes"].fillna("").str.contains("within the same 5 min step").sum() > len(one) // 4
 
 
+def test_a_new_series_with_jittered_times_scores_in_chunks_as_in_one_pass(files, tmp_path):
+    """A series the model never saw has its grid anchored at its first row: a later chunk anchored it at
+    its first carried row, and times jittered around the step rounded to other steps there."""
+    rest = pd.read_csv(files / "rest.csv").drop(columns=["is_anomaly"])
+    rows = rest[rest["host"] == "host-0"].head(400).copy()
+    jitter = np.random.default_rng(0).integers(-140, 141, len(rows))  # seconds, around a 5-minute step
+    rows["ts"] = [(pd.Timestamp(t) + pd.Timedelta(seconds=int(j))).isoformat() for t, j in zip(rows["ts"], jitter)]
+    rows["host"] = "host-new"
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    runner = CliRunner()
+    for name, chunk in (("small", "100"), ("one", "1000000")):
+        result = runner.invoke(app, ["score", str(files / "model"), str(tmp_path / "new.csv"), "-o",
+                                     str(tmp_path / f"{name}.csv"), "--chunk-rows", chunk])
+        assert result.exit_code == 0, result.output
+    small, one = pd.read_csv(tmp_path / "small.csv"), pd.read_csv(tmp_path / "one.csv")
+    assert one["notes"].str.contains("was not in the training data").all()
+    assert one["notes"].str.contains("within the same 5 min step").any()  # the jitter moves rows across steps
+    np.testing.assert_array_equal(small["score"].to_numpy(), one["score"].to_numpy())
+    assert (small["notes"] == one["notes"]).all()
+
+
 def test_series_ids_with_leading_zeros_are_the_same_series_when_scored_in_chunks(files, tmp_path):
     runner = CliRunner()
     padded = {"host-0": "007", "host-1": "010"}  # "010" read as a number would be series 10, never seen
@@ -142,3 +163,36 @@ def test_rows_without_the_time_and_series_columns_are_told_the_model_is_a_series
                                       str(tmp_path / "out.csv")])
     assert result.exit_code == 2 and "is a series model, which reads 'ts' and 'host'" in result.output \
         and "lacks 'ts', 'host'" in " ".join(result.output.split()), result.output
+
+
+def test_errors_in_a_later_chunk_name_the_files_row(files, tmp_path):
+    """A chunk is scored after the rows carried from the one before: an error's row counted from there."""
+    rest = pd.read_csv(files / "rest.csv").drop(columns=["is_anomaly"])
+    host = rest[rest["host"] == "host-0"].reset_index(drop=True)
+    host.loc[250, "cpu_util_pct"] = np.nan
+    host.to_csv(tmp_path / "bad.csv", index=False)
+    for chunk in ("100", "1000000"):
+        result = CliRunner().invoke(app, ["score", str(files / "model"), str(tmp_path / "bad.csv"), "-o",
+                                          str(tmp_path / "out.csv"), "--chunk-rows", chunk])
+        assert result.exit_code == 2 and "in rows [250]" in result.output, result.output
+
+
+def test_a_nullable_label_with_a_missing_value_is_refused_with_its_row():
+    from anomaly_ae.evaluation import evaluate_scores
+    from anomaly_ae.exceptions import DataError
+
+    labels = pd.array([True, False, None, True], dtype="boolean")  # a Parquet boolean column with a null
+    with pytest.raises(DataError, match="labels must be 0 .normal. or 1 .anomaly.; row 2 holds <NA>"):
+        evaluate_scores(np.arange(4.0), labels, 1.0)
+
+
+def test_an_alert_just_after_a_short_incident_finds_it():
+    """A k-of-n rule fires up to n - 1 steps after the flag that starts it: with 3 of 5, a 2-step incident
+    flagged from its first step alerts the step after it ends, which counted as a miss and a false alarm."""
+    from anomaly_ae.evaluation import event_metrics
+
+    labels = np.array([0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    alerts = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1], dtype=bool)  # and one far after: false
+    by_alert = event_metrics(alerts, labels, grace=4)
+    assert (by_alert.events_found, by_alert.false_alarm_runs, by_alert.event_precision) == (1, 1, 0.5)
+    assert (event_metrics(alerts, labels).events_found, event_metrics(alerts, labels).false_alarm_runs) == (0, 2)

@@ -165,6 +165,31 @@ def test_bad_time_input_gets_clear_errors_and_notes(fitted):
     assert notes.str.contains("series 'zzz' was not in the training data").all()
 
 
+def test_local_times_across_the_end_of_daylight_saving_get_that_advice(fitted):
+    """Sorting them, as the old message advised, would interleave two different hours."""
+    test = frame(60, hosts=("a",), seed=9)
+    local = pd.date_range("2026-10-25 00:00", periods=60, freq="5min", tz="UTC").tz_convert("Europe/Paris")
+    with pytest.raises(DataError, match=r"go back by 55 minutes, as local times do when daylight saving time ends: "
+                                        r"send UTC times, or times with their offset"):
+        fitted.decision_function(test.assign(ts=local.tz_localize(None)))
+    assert np.isfinite(fitted.decision_function(test.assign(ts=local))).all()  # with their offset: fine
+
+
+def test_alerts_per_day_count_the_time_the_held_out_rows_span():
+    """A feed sparser than the step (every other reading) or denser (two per step) was counted by rows:
+    the same alerts over the same week read as about twice or half the rate."""
+    history = frame(2000, hosts=("a",))
+    det = SeriesDetector("pca", window=16, time_col="ts", series_col="host", target_fpr=0.05).fit(history)
+    new = frame(2000, hosts=("a",), seed=5).assign(ts=lambda f: f.ts + pd.Timedelta(days=10))
+    days = (new.ts.max() - new.ts.min()) / pd.Timedelta("1D")
+    denser = pd.concat([new, new.assign(ts=new.ts + pd.Timedelta("150s"))]).sort_values("ts", kind="stable")
+    for feed in (new, new.iloc[::2], denser):
+        det.recalibrate(feed, target_fpr=0.05)
+        stats = det.alert_stats_
+        assert stats["alerts"] > 0 and stats["held_out_rows"] != 0
+        assert stats["alerts_per_day"] == pytest.approx(stats["alerts"] / days, rel=0.02)
+
+
 def test_time_and_series_values_pandas_would_misread_are_refused(fitted):
     """Each of these was scored without a word before: numbers read as nanoseconds since 1970, "now",
     dates nanoseconds cannot hold (wrapped into another century), a missing id read as a series "nan"."""

@@ -49,6 +49,9 @@ class SeriesLayout:
     order: list[np.ndarray]  # per series: its input rows in time order
     notes: list[list[str]] = field(default_factory=list)
     covariates: np.ndarray | None = None  # (N, 2 per covariate) calendar inputs per row (`calendar_covariates`)
+    # per series, the time (ns) its grid is anchored at: the training history's first timestamp, or for a
+    # series new to the model its first row here (a caller scoring a file in parts carries it on)
+    origins_ns: dict[Any, int] = field(default_factory=dict)
 
     def windows(self, window: int) -> np.ndarray:
         """(N, window) input-row indices of each row's window, oldest first; steps before the start
@@ -134,9 +137,10 @@ class SeriesFraming:
         source, segment_start, position = [], [], np.empty(n, dtype=np.int64)
         notes: list[list[str]] = [[] for _ in range(n)]
         order = _group_rows(series)
+        origins: dict[Any, int] = {}
         for rows in order:
             name = series[rows[0]]
-            steps = self._steps(times, rows, name)
+            steps, origins[name] = self._steps(times, rows, name)
             if self.series_col is not None and name not in self._known and len(self._known) < MAX_KNOWN_SERIES:
                 for row in rows.tolist():
                     notes[row].append(f"series {name!r} was not in the training data; scored with the shared model")
@@ -168,7 +172,7 @@ class SeriesFraming:
                 segment_start.append(start)
         layout = SeriesLayout(np.asarray(source, dtype=np.int64), np.asarray(segment_start, dtype=np.int64),
                               position, series, order, notes,
-                              calendar_covariates(times, self.covariates) if self.covariates else None)
+                              calendar_covariates(times, self.covariates) if self.covariates else None, origins)
         zones = {self.zone, _zone(self._column(data, self.time_col))} if self.covariates and self.zone else set()
         if zones == {"naive", "offset"}:
             said = ("carry a time zone, which the training ones did not" if self.zone == "naive"
@@ -190,16 +194,20 @@ class SeriesFraming:
             several = "" if self.series_col is not None else (
                 " (or, if the rows hold several series one after another, name the column that tells them apart: "
                 "series_col, or --series-col)")
+            advice = f"sort the rows by '{self.time_col}' first{several}"
+            if 1800 < -d[i] / 1e9 <= 3600:  # sorting local times across a fall-back would interleave two hours
+                advice = (f"they go back by {-d[i] / 6e10:.0f} minutes, as local times do when daylight saving time "
+                          "ends: send UTC times, or times with their offset (2026-10-25T02:30:00+01:00); if not, "
+                          + advice)
             raise DataError(f"timestamps in '{self.time_col}'{what} are not in time order at row {int(rows[i + 1])}; "
-                            f"sort the rows by '{self.time_col}' first{several}", reason="unsorted_timestamps",
-                            column=self.time_col, rows=[int(rows[i + 1])])
+                            f"{advice}", reason="unsorted_timestamps", column=self.time_col, rows=[int(rows[i + 1])])
 
-    def _steps(self, times: np.ndarray | None, rows: np.ndarray, name: str) -> np.ndarray:
-        """Grid step of each row of one series; refuses unsorted timestamps. Rows with one timestamp
-        (a reading sent twice, or two readings of one step) share its step, like readings that land on
-        one step (`split`: the last stands for it)."""
+    def _steps(self, times: np.ndarray | None, rows: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+        """Grid step of each row of one series, and the grid's anchor (ns); refuses unsorted timestamps.
+        Rows with one timestamp (a reading sent twice, or two readings of one step) share its step, like
+        readings that land on one step (`split`: the last stands for it)."""
         if times is None:
-            return np.arange(len(rows))
+            return np.arange(len(rows)), 0
         t = times[rows].astype("datetime64[ns]").astype(np.int64)
         self._check_order(t, rows, name)
         assert self.step_seconds is not None
@@ -208,7 +216,7 @@ class SeriesFraming:
         # it (irregular sampling: `split` lets the last one stand for the step).
         step_ns = max(1, round(self.step_seconds * 1e9))
         origin = self.origins_ns.get(name, int(t[0]))
-        return (t - origin + step_ns // 2) // step_ns
+        return (t - origin + step_ns // 2) // step_ns, origin
 
     def in_training_period(self, data: Any) -> np.ndarray:
         """(N,) True where a row's timestamp lies within its series' training history (first to last

@@ -286,8 +286,9 @@ def _backtest(spec_path: Path, model_uri: str, start: str, end: str, labels_path
                           "scored, so event recall is undefined (null); widen --start/--end to cover them")
         flags, alerts = table["is_anomaly"].to_numpy(), table["alert"].to_numpy()
         series = table[label].to_numpy()
+        grace = {"by_flagged_steps": 0, "by_alerts": detector.alert_rule_.within - 1}  # see event_metrics
         for name, marks in (("by_flagged_steps", flags), ("by_alerts", alerts)):
-            summary[f"events_{name}"] = event_metrics(marks, truth, series).to_dict()
+            summary[f"events_{name}"] = event_metrics(marks, truth, series, grace=grace[name]).to_dict()
     summary = _finite_or_null(summary)  # strict JSON: an undefined rate is null, not NaN
     console.print(json.dumps(summary, indent=2, default=float), markup=False)
     if out is not None:
