@@ -114,6 +114,14 @@ def train(
     covariates: Optional[str] = typer.Option(None, help="Series models: calendar inputs read from --time-col, "
                                                         "comma-separated: time_of_day, day_of_week (for daily or "
                                                         "weekly patterns)."),
+    max_gap: Optional[int] = typer.Option(None, help="Series models: longest gap (in steps) filled with the last "
+                                                      "row; a longer one restarts the window (default 3)."),
+    alert_min_steps: Optional[int] = typer.Option(None, help="Series models' alert rule: flagged steps needed (k of "
+                                                              "n; default 3)."),
+    alert_within: Optional[int] = typer.Option(None, help="Series models' alert rule: among the last n steps "
+                                                           "(default 5)."),
+    alert_cooldown: Optional[int] = typer.Option(None, help="Series models' alert rule: steps without the k-of-n "
+                                                             "condition before a new alert (default 12)."),
     target_fpr: float = typer.Option(0.01, help="False-positive rate the threshold is calibrated to."),
     drop_cols: Optional[str] = typer.Option(None, help="Comma-separated columns to ignore (ids, labels); the model "
                                                        "remembers them and ignores them in what it scores later."),
@@ -170,10 +178,15 @@ def train(
     if (data is None) == (prometheus is None):
         raise DataError("give the training data: a file (anomaly-ae train DATA ...) or a watch spec "
                         "(anomaly-ae train --prometheus SPEC ...), not both")
+    series_options = {"max_gap": max_gap, "alert_min_steps": alert_min_steps, "alert_within": alert_within,
+                      "alert_cooldown": alert_cooldown}
+    given = {k: v for k, v in series_options.items() if v is not None}
     if prometheus is not None:
         if augment or checkpoint_dir or eval_data or drop_cols:
             raise DataError("--augment, --checkpoint-dir, --eval and --drop-cols apply to training files, "
                             "not to --prometheus")
+        if given:
+            raise DataError(f"with --prometheus, set {', '.join(given)} in the watch spec's model: section")
         if out is not None:
             check_writable(out)
         if tracked:
@@ -201,6 +214,9 @@ def train(
             raise DataError(f"--drop-cols removes '{column}', the {option} column the series model reads; "
                             "leave it out of --drop-cols")
     series = any(option is not None for option in (time_col, series_col, window, covariates))
+    if given and not series:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise DataError(f"{flags} apply to series models: give --time-col (and --series-col) to train one")
     ignored = _split_list(drop_cols) or None  # the model remembers them: files like this one score as they are
     if not series:
         model = model or "hybrid"
@@ -215,7 +231,7 @@ def train(
         detector = SeriesDetector(model=model, window=_window(window), time_col=time_col, series_col=series_col,
                                   covariates=tuple(_split_list(covariates)), target_fpr=target_fpr,
                                   epochs=epochs, n_estimators=n_estimators, score=score, ignore_columns=ignored,
-                                  random_state=seed, device=device, verbose=progress)
+                                  random_state=seed, device=device, verbose=progress, **given)
     detector.validate_params()  # a bad option fails now, not after reading a large file
     X = read_training_data(data, _split_list(drop_cols), max_line_bytes, for_training=True)
     if tracked:

@@ -146,6 +146,7 @@ class SeriesDetector(Detector):
         pre = Preprocessor(self.max_categories, flags_as_indicators=True).fit(_take(checked, train_rows), schema)
         x = model_input(pre, schema, checked)
         framing.window = self._resolve_window(x[train_rows])
+        self._warn_if_the_tail_misses_a_cycle(x, layout, train_rows, val_rows)
         in_train = np.zeros(len(layout.position), dtype=bool)
         in_train[train_rows] = True
         longest = max(int(in_train[rows].sum()) for rows in layout.order)
@@ -206,6 +207,23 @@ class SeriesDetector(Detector):
                             "least a few hundred steps per series")
         return np.concatenate(train), np.concatenate(val), np.concatenate(stop)
 
+    def _warn_if_the_tail_misses_a_cycle(self, x: np.ndarray, layout: SeriesLayout, train_rows: np.ndarray,
+                                         val_rows: np.ndarray) -> None:
+        """The threshold is set on each series' last `validation_fraction` of history: shorter than the
+        history's cycle (a day of 5-minute steps is 288), it sees part of the cycle, and the rest of the
+        cycle can be flagged far more often than target_fpr (27.9% at a 1% target was seen)."""
+        longest = max(layout.order, key=len)
+        head = longest[np.isin(longest, train_rows)]
+        tail = min((int(np.isin(rows, val_rows).sum()) for rows in layout.order if np.isin(rows, val_rows).any()),
+                   default=0)
+        period = dominant_period(x[head], 8, len(head))
+        if period is not None and 0 < tail < period:
+            warnings.warn(f"each series calibrates its threshold on its last {tail} steps (validation_fraction="
+                          f"{self.validation_fraction:g}), less than one cycle of the history ({period} steps): the "
+                          "threshold may not hold over the rest of the cycle; send a history of at least "
+                          f"{int(np.ceil(period / self.validation_fraction))} steps per series, or raise "
+                          "validation_fraction", UserWarning, stacklevel=3)
+
     def _window_guess(self) -> int:
         return AUTO_WINDOW_BOUNDS[1] if self.window == "auto" else int(self.window)
 
@@ -259,6 +277,7 @@ class SeriesDetector(Detector):
                 raise InvalidParameterError(f"{name} must be a whole number of steps, got {value!r}")
         if self.max_gap < 0:
             raise InvalidParameterError(f"max_gap must be >= 0 steps, got {self.max_gap}")
+        AlertRule(int(self.alert_min_steps), int(self.alert_within), int(self.alert_cooldown))  # its own checks
         if self.epoch_windows is not None and (not isinstance(self.epoch_windows, (int, np.integer))
                                                or self.epoch_windows < 1):
             raise InvalidParameterError(f"epoch_windows must be a positive number of windows or None, got "

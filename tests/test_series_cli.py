@@ -196,3 +196,20 @@ def test_an_alert_just_after_a_short_incident_finds_it():
     by_alert = event_metrics(alerts, labels, grace=4)
     assert (by_alert.events_found, by_alert.false_alarm_runs, by_alert.event_precision) == (1, 1, 0.5)
     assert (event_metrics(alerts, labels).events_found, event_metrics(alerts, labels).false_alarm_runs) == (0, 2)
+
+
+def test_the_alert_rule_and_max_gap_are_set_from_the_command_line(files, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(files / "history.csv"), "--time-col", "ts", "--series-col", "host",
+                                 "--window", "16", "--model", "pca", "--alert-min-steps", "2", "--alert-within", "4",
+                                 "--alert-cooldown", "6", "--max-gap", "1", "-o", str(tmp_path / "m"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    from anomaly_ae import SeriesDetector
+
+    loaded = SeriesDetector.load(tmp_path / "m")
+    assert loaded.alert_rule_.to_dict() == {"min_steps": 2, "within": 4, "cooldown": 6} and loaded.framing_.max_gap == 1
+    bad = runner.invoke(app, ["train", str(files / "history.csv"), "--time-col", "ts", "--alert-min-steps", "6",
+                              "-o", str(tmp_path / "x"), "--no-progress"])
+    assert bad.exit_code == 2 and "1 <= alert_min_steps <= alert_within, got 6 of 5" in bad.output, bad.output
+    rows = runner.invoke(app, ["train", str(files / "history.csv"), "--alert-cooldown", "3", "-o", str(tmp_path / "y")])
+    assert rows.exit_code == 2 and "--alert-cooldown apply to series models" in rows.output, rows.output

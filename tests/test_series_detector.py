@@ -640,3 +640,18 @@ def test_dates_without_a_time_are_refused_by_a_model_with_a_shorter_step():
     daily = frame(400, hosts=("a",)).assign(ts=[f"{d:%Y-%m-%d}" for d in pd.date_range("2020-01-01", periods=400)])
     model = SeriesDetector("pca", window=8, time_col="ts", random_state=0).fit(daily)  # a daily step: dates are enough
     assert np.isfinite(model.decision_function(daily.tail(30))).all()
+
+
+def test_a_calibration_tail_shorter_than_the_historys_cycle_is_warned_of():
+    """The threshold is set on each series' last 20%: 1500 five-minute steps hold five daily cycles, and their
+    tail (300 steps) not quite one, so the rest of the day may be flagged far above target_fpr."""
+    from anomaly_ae.data.synthetic_series import SERIES_LABEL_COLUMNS, make_series_telemetry
+
+    def history(steps: int) -> pd.DataFrame:
+        return make_series_telemetry(steps, 2, seed=3, anomalies=False).drop(columns=list(SERIES_LABEL_COLUMNS))
+
+    with pytest.warns(UserWarning, match=r"last 285 steps .* less than one cycle of the history \(288 steps\)"):
+        SeriesDetector("pca", window=16, time_col="ts", series_col="host").fit(history(1500))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SeriesDetector("pca", window=16, time_col="ts", series_col="host").fit(history(288 * 7))
