@@ -537,12 +537,21 @@ def _evaluate_series(detector: Any, X: Any, labels: Any, out_dir: Path | None) -
     """Row metrics plus event-level ones (per flagged step and per alert), one plot per series."""
     import numpy as np
 
-    from anomaly_ae.evaluation import evaluate_scores, event_metrics, plot_series
+    from anomaly_ae.evaluation import checked_labels, evaluate_scores, event_metrics, plot_series
 
     framing = detector.framing_
+    labels = checked_labels(labels)
     result = detector.inference_.score(X)
     series = X[framing.series_col].astype(str).to_numpy() if framing.series_col else None
-    metrics: dict[str, Any] = {"rows": evaluate_scores(result.scores, labels, detector.threshold_).to_dict(),
+    if labels.any() and not labels.all():
+        row_metrics: dict[str, Any] = evaluate_scores(result.scores, labels, detector.threshold_).to_dict()
+    else:  # normal history alone: no AUROC, but how often it flags and alerts is what a team wants to know
+        console.print("note: every row is labelled " + ("normal" if not labels.any() else "anomalous")
+                      + "; AUROC and AUPRC need both kinds, so the rates and events alone are reported")
+        row_metrics = {"n_rows": int(len(labels)), "n_anomalous": int(labels.sum()),
+                       "threshold": float(detector.threshold_), "flagged_share": float(result.is_anomaly.mean()),
+                       "alerts": int(result.alerts.sum())}
+    metrics: dict[str, Any] = {"rows": row_metrics,
                                "events_by_flagged_step": event_metrics(result.is_anomaly, labels, series).to_dict(),
                                "events_by_alert": event_metrics(result.alerts, labels, series,
                                                                 grace=detector.alert_rule_.within - 1).to_dict()}

@@ -28,21 +28,7 @@ class EvaluationReport:
 
 
 def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> EvaluationReport:
-    raw = np.asarray(labels)
-    if raw.dtype.kind in "biuf":
-        valid = np.isin(raw, (0, 1))
-    else:  # text or mixed (a CSV column with one stray word is read as text): "0" and "1" count as labels
-        raw = np.array([v.strip() if isinstance(v, str) else v for v in raw.tolist()], dtype=object)
-        # pd.NA (a nullable column's missing value) has no truth value: `pd.NA in (0, 1)` raises
-        valid = np.array([v in ("0", "1") if isinstance(v, str) else (not pd.isna(v) and v in (0, 1))
-                          for v in raw.tolist()], dtype=bool)
-    if not valid.all():
-        bad = np.flatnonzero(~valid)
-        example = raw[bad[0]].item() if isinstance(raw[bad[0]], np.generic) else raw[bad[0]]
-        raise DataError(f"labels must be 0 (normal) or 1 (anomaly); row {int(bad[0])} holds {example!r}"
-                        f"{f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''}; fix or drop those rows",
-                        rows=bad[:5].tolist())
-    labels = raw.astype(int)
+    labels = checked_labels(labels)
     n_anom, n_norm = int(labels.sum()), int((labels == 0).sum())
     if n_anom == 0 or n_norm == 0:
         raise DataError(f"evaluation needs both normal and anomalous rows; got {n_norm} normal and {n_anom} anomalous "
@@ -57,6 +43,25 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
         fpr_at_threshold=float(flagged[labels == 0].mean()), recall_at_threshold=tp / n_anom,
         precision_at_threshold=tp / max(int(flagged.sum()), 1),
     )
+
+
+def checked_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as 0/1 ints; anything else (a word, a missing value, 2) is refused with its row."""
+    raw = np.asarray(labels)
+    if raw.dtype.kind in "biuf":
+        valid = np.isin(raw, (0, 1))
+    else:  # text or mixed (a CSV column with one stray word is read as text): "0" and "1" count as labels
+        raw = np.array([v.strip() if isinstance(v, str) else v for v in raw.tolist()], dtype=object)
+        # pd.NA (a nullable column's missing value) has no truth value: `pd.NA in (0, 1)` raises
+        valid = np.array([v in ("0", "1") if isinstance(v, str) else (not pd.isna(v) and v in (0, 1))
+                          for v in raw.tolist()], dtype=bool)
+    if not valid.all():
+        bad = np.flatnonzero(~valid)
+        example = raw[bad[0]].item() if isinstance(raw[bad[0]], np.generic) else raw[bad[0]]
+        raise DataError(f"labels must be 0 (normal) or 1 (anomaly); row {int(bad[0])} holds {example!r}"
+                        f"{f' (and {len(bad) - 1} more rows)' if len(bad) > 1 else ''}; fix or drop those rows",
+                        rows=bad[:5].tolist())
+    return raw.astype(int)
 
 
 def plot_score_histogram(scores: np.ndarray, threshold: float, path: Path, labels: np.ndarray | None = None) -> Path:
@@ -140,7 +145,8 @@ class EventReport:
     mean_delay_steps: float | None  # from a found range's start to its first flagged step
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return asdict(self)
+        """As JSON holds it: an undefined rate (recall without any labelled range) is None, not NaN."""
+        return {k: None if isinstance(v, float) and v != v else v for k, v in asdict(self).items()}
 
 
 def runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -213,3 +213,19 @@ def test_the_alert_rule_and_max_gap_are_set_from_the_command_line(files, tmp_pat
     assert bad.exit_code == 2 and "1 <= alert_min_steps <= alert_within, got 6 of 5" in bad.output, bad.output
     rows = runner.invoke(app, ["train", str(files / "history.csv"), "--alert-cooldown", "3", "-o", str(tmp_path / "y")])
     assert rows.exit_code == 2 and "--alert-cooldown apply to series models" in rows.output, rows.output
+
+
+def test_evaluate_on_normal_history_alone_reports_its_false_alarms(files, tmp_path):
+    """All labels 0: the row metrics need both kinds, but the flags and alerts on normal history are the
+    answer to 'how noisy is it'; the advice to use --synthetic-anomalies led to a refusal for series."""
+    rest = pd.read_csv(files / "rest.csv")
+    rest.assign(is_anomaly=0).to_csv(tmp_path / "normal.csv", index=False)
+    result = CliRunner().invoke(app, ["evaluate", str(files / "model"), str(tmp_path / "normal.csv"),
+                                      "--label-col", "is_anomaly", "--out-dir", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "every row is labelled normal" in " ".join(result.output.split())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["rows"]["n_anomalous"] == 0 and metrics["rows"]["flagged_share"] > 0
+    events = metrics["events_by_flagged_step"]
+    assert events["n_events"] == 0 and events["false_alarm_runs"] == events["flagged_runs"] > 0
+    assert events["event_recall"] is None  # undefined without a labelled range: null in strict JSON
