@@ -230,3 +230,15 @@ def test_precision_recall_sees_collapse():
     collapsed = precision_recall(real, 0.05 * rng.standard_normal((400, 3)))
     assert good["recall"] > 0.8 and good["coverage"] > 0.8
     assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.3 and collapsed["coverage"] < 0.3
+
+
+def test_a_generator_that_replays_its_training_rows_misses_the_copied_share_floor(cvae, normal, held_out):
+    """Copies of training rows look like real data to every other measure (they are real data)."""
+    train = normal.sample(len(held_out), replace=True, random_state=0).reset_index(drop=True)
+    encode = cvae._encode
+    report = quality_report(encode(held_out), encode(train), real_frame=held_out.reset_index(drop=True),
+                            synth_frame=train, categorical={"mode"}, seed=0, train=encode(normal))
+    assert report["copied_share"] == 1.0
+    assert [f for f in check_floors(report) if not f.startswith("copied_share")] == []
+    assert check_floors(report) == ["copied_share = 1.000 (needs <= 0.5)"]
+    assert cvae.quality_["copied_share"] < 0.2  # a trained generator: about as near as new data

@@ -162,7 +162,8 @@ class Generator(Estimator):
         self.module_ = module.eval()
         self.quality_: dict[str, Any] = {}
         if self.quality:
-            self.quality_ = self._quality(_take(checked, val_idx), labels[val_idx], seed=self.random_state)
+            self.quality_ = self._quality(_take(checked, val_idx), labels[val_idx], seed=self.random_state,
+                                          train=_take(checked, train_idx))
         self.n_features_in_ = schema.n_features if not image else int(np.prod(x.shape[1:]))
         return self
 
@@ -335,14 +336,16 @@ class Generator(Estimator):
         return frame
 
     # ------------------------------------------------------------------ quality
-    def _quality(self, real: pd.DataFrame | np.ndarray, labels: np.ndarray, seed: int) -> dict[str, Any]:
+    def _quality(self, real: pd.DataFrame | np.ndarray, labels: np.ndarray, seed: int,
+                 train: pd.DataFrame | np.ndarray) -> dict[str, Any]:
         rng = np.random.default_rng(seed + 1)
         model_rows = self._model_rows(labels, rng)
         synth = self._to_data(model_rows, labels)
-        return self._compare(real, labels, synth, labels if self.conditions_.names else None, seed)
+        return self._compare(real, labels, synth, labels if self.conditions_.names else None, seed, train=train)
 
     def _compare(self, real: pd.DataFrame | np.ndarray, real_labels: np.ndarray,
-                 synth: pd.DataFrame | np.ndarray, synth_labels: np.ndarray | None, seed: int) -> dict[str, Any]:
+                 synth: pd.DataFrame | np.ndarray, synth_labels: np.ndarray | None, seed: int,
+                 train: pd.DataFrame | np.ndarray | None = None) -> dict[str, Any]:
         real_m, synth_m = self._encode(real), self._encode(synth)
         # Whether a sample looks like its context is judged without the context's own columns.
         plain = (self._encode(real, context=False), self._encode(synth, context=False))
@@ -361,7 +364,8 @@ class Generator(Estimator):
         report = quality_report(real_m, synth_m, real_frame=None if image else real.reset_index(drop=True),
                                 synth_frame=None if image else synth.reset_index(drop=True), categorical=cats,
                                 real_groups=groups_real, synth_groups=groups_synth, conditional=conditional,
-                                features_without_context=plain, seed=seed)
+                                features_without_context=plain, seed=seed,
+                                train=None if train is None else self._encode(train))
         report["generator"] = self.model
         return _json_safe(report)
 

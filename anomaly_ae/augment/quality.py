@@ -40,6 +40,9 @@ QUALITY_FLOORS: dict[str, tuple[str, float]] = {
     "coverage": (">=", 0.50),
     "min_condition_coverage": (">=", 0.30),
     "condition_accuracy": (">=", 0.70),
+    # rows nearer a training row than 95% of held-out real rows are: ~0.05 when sampled like new
+    # data, 1.0 for a "generator" that replays its training rows (which clears every floor above)
+    "copied_share": ("<=", 0.50),
 }
 MAX_ROWS = 2000  # per side; the k-NN and classifier costs stay a few seconds on one core
 # A context with fewer held-out real rows is still reported, but k-NN measures on a handful of
@@ -101,22 +104,35 @@ def condition_accuracy(real: np.ndarray, real_labels: np.ndarray, synthetic: np.
         return float((clf.predict(synthetic) == synth_labels).mean())
 
 
+def copied_share(train: np.ndarray, real: np.ndarray, synthetic: np.ndarray, quantile: float = 0.05) -> float:
+    """Share of synthetic rows nearer their nearest training row than the `quantile` of the held-out real
+    rows' distances to theirs (distance to closest record): memorised rows are near-copies of training
+    rows, new data is not. All training rows count: a subsample would miss the copied ones."""
+    nn = NearestNeighbors(n_neighbors=1).fit(train.reshape(len(train), -1))
+    d_real = nn.kneighbors(real.reshape(len(real), -1))[0][:, 0]
+    d_synth = nn.kneighbors(synthetic.reshape(len(synthetic), -1))[0][:, 0]
+    return float((d_synth < np.quantile(d_real, quantile)).mean())
+
+
 def quality_report(real: np.ndarray, synthetic: np.ndarray, *, real_frame: pd.DataFrame | None = None,
                    synth_frame: pd.DataFrame | None = None, categorical: set[str] = frozenset(),
                    real_groups: np.ndarray | None = None, synth_groups: np.ndarray | None = None,
                    conditional: bool = False, features_without_context: tuple[np.ndarray, np.ndarray] | None = None,
-                   seed: int = 0, k: int = 5) -> dict[str, Any]:
+                   seed: int = 0, k: int = 5, train: np.ndarray | None = None) -> dict[str, Any]:
     """All measures for one synthetic sample. `real`/`synthetic` are model-space matrices (rows
     flattened); the frames, where given, are the same rows as columns for per-feature distances;
     the groups are one context label per row for the per-condition breakdown. The condition
     accuracy classifier sees `features_without_context` (real, synthetic) where given, so it cannot
-    read the context off its own one-hot columns."""
+    read the context off its own one-hot columns. With the `train` rows (model space), the report adds
+    `copied_share` (see `copied_share`)."""
     rng = np.random.default_rng(seed)
     real_idx = _subsample(len(real), rng)
     synth_idx = _subsample(len(synthetic), rng)
     r, s = real.reshape(len(real), -1)[real_idx], synthetic.reshape(len(synthetic), -1)[synth_idx]
     report: dict[str, Any] = {"n_real": int(len(r)), "n_synthetic": int(len(s)), "c2st_auc": c2st_auc(r, s, seed)}
     report.update(precision_recall(r, s, k))
+    if train is not None:
+        report["copied_share"] = copied_share(train, r, s)
     if real_frame is not None and synth_frame is not None:
         per_feature = feature_distances(real_frame.iloc[real_idx], synth_frame.iloc[synth_idx], set(categorical))
     else:  # images: per-pixel distances, summarised
@@ -184,7 +200,7 @@ def floor_verdict(report: dict[str, Any], floors: dict[str, tuple[str, float]] =
 def summary(report: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a report (no per-feature or per-condition detail)."""
     keys = ("c2st_auc", "precision", "recall", "density", "coverage", "ks_mean", "ks_max", "wasserstein_mean",
-            "tvd_max", "min_condition_coverage", "condition_accuracy", "n_real", "n_synthetic")
+            "tvd_max", "min_condition_coverage", "condition_accuracy", "copied_share", "n_real", "n_synthetic")
     return {k: report[k] for k in keys if k in report}
 
 
