@@ -58,7 +58,7 @@ bench-ts: $(BENCH_VENV)/.installed
 	  && $(BENCH_VENV)/bin/python $(TS)/report.py --suite $$suite || exit 1; \
 	done
 
-# Reliability under load and faults, against real processes on 127.0.0.1 (~15 min on 2 cores; needs mlflow
+# Reliability under load and faults, against real processes on 127.0.0.1 (7-10 min on 2 cores; needs mlflow
 # and hey, installed via apt if missing): writes benchmarks/results/reliability.{md,json}, exits 1 if a check fails.
 # A smoke run: $(BIN)/python benchmarks/reliability.py --quick
 # the Prometheus watcher: 1,000 and 3,000 series x 10 metrics at a 15 s step, one torch thread

@@ -205,6 +205,14 @@ def train(
         raise DataError("--resume continues the training saved in --checkpoint-dir DIR; give that too")
     if out is not None:  # an unwritable --out fails now, not after the training
         check_writable(out)
+    eval_frame = None
+    if eval_data is not None:  # read now: a file without its label column fails before the training
+        from anomaly_ae.data.io import read_table
+
+        eval_frame = read_table(eval_data, max_line_bytes=max_line_bytes)
+        if label_col not in eval_frame.columns:
+            raise DataError(f"--label-col '{label_col}' is not a column of {eval_data}; it has "
+                            f"{', '.join(map(str, eval_frame.columns))}")
     checkpoint = None
     if checkpoint_dir is not None:
         checkpoint = Checkpointing(checkpoint_dir, every=checkpoint_every, resume=resume)
@@ -271,8 +279,9 @@ def train(
 
         try:
             run = log_training_run(detector, X, experiment=experiment or "anomaly-ae", register=register,
-                                   tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_data,
-                                   label_col=label_col, drop_cols=_split_list(drop_cols))
+                                   tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_frame,
+                                   # the model ignores its --drop-cols where the file has them: no need to name them
+                                   label_col=label_col, drop_cols=())
         except RegistryError as exc:
             if path is not None:
                 raise

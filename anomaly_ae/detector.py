@@ -18,7 +18,7 @@ import torch
 
 from anomaly_ae import persistence
 from anomaly_ae.calibration import Calibration
-from anomaly_ae.data.preprocess import Preprocessor, warn_of_extreme_values
+from anomaly_ae.data.preprocess import Preprocessor, warn_of_extreme_values, warn_of_identifiers
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.estimators import Estimator, check_integer, check_number, require_fitted
 from anomaly_ae.exceptions import DataError, InvalidParameterError
@@ -156,7 +156,7 @@ class Detector(Estimator):
         if n < MIN_TRAINING_ROWS:
             raise DataError(f"need at least {MIN_TRAINING_ROWS} normal rows to train and calibrate, got {n}; "
                             "collect more normal data")
-        _warn_of_identifiers(schema, n, self.max_categories)
+        warn_of_identifiers(schema, n, self.max_categories)
         warn_of_extreme_values(checked, schema)
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(n)
@@ -442,16 +442,6 @@ class Detector(Estimator):
 
 def _take(data: pd.DataFrame | np.ndarray, idx: np.ndarray) -> pd.DataFrame | np.ndarray:
     return data.iloc[idx] if isinstance(data, pd.DataFrame) else data[idx]
-
-
-def _warn_of_identifiers(schema: Schema, n_rows: int, max_categories: int) -> None:
-    """A text column with a value for (nearly) every row is an identifier (a host name, a request id):
-    only its `max_categories` most frequent values are kept, and every new one is an unseen category."""
-    for col in schema.columns:
-        if col.kind == "categorical" and len(col.categories) > max(max_categories, n_rows // 2):
-            warnings.warn(f"column '{col.name}' has {len(col.categories)} distinct values in {n_rows} rows: it looks "
-                          "like an identifier, and new values will be unseen categories; drop it (--drop-cols in "
-                          "the CLI) unless it is a real category", UserWarning, stacklevel=3)
 
 
 def without_ignored(X: Any, ignore_columns: Sequence[str] | None) -> Any:

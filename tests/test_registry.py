@@ -85,8 +85,15 @@ def _exact(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_cli_train_logs_the_run_and_registers_a_version(mlflow_server, data):
     from mlflow import MlflowClient
 
+    # the evaluation file lacks one of the --drop-cols: the model ignores them where they are (it failed after
+    # training); and one without its label column fails before the training
+    without = data["eval"].parent / "eval_without_kind.csv"
+    pd.read_csv(data["eval"]).drop(columns=["anomaly_kind"]).to_csv(without, index=False)
+    refused = cli("train", data["normal"], "--drop-cols", DROP, "--epochs", 100_000, "--experiment", "cli-tests",
+                  "--eval", without, "--label-col", "label", "--tracking-uri", mlflow_server)
+    assert "--label-col 'label' is not a column of" in one_line_error(refused)
     result = cli("train", data["normal"], "--drop-cols", DROP, "--model", "ae", "--epochs", 20, "--no-progress",
-                 "--experiment", "cli-tests", "--register", "cli-detector", "--eval", data["eval"],
+                 "--experiment", "cli-tests", "--register", "cli-detector", "--eval", without,
                  "--label-col", "is_anomaly", "--tracking-uri", mlflow_server)
     assert result.exit_code == 0, result.output
     assert "registered models:/cli-detector/1" in result.output

@@ -18,7 +18,7 @@ import torch
 from anomaly_ae.augment.conditions import ConditionEncoder
 from anomaly_ae.augment.gan_training import GanConfig, GanHistory, train_gan
 from anomaly_ae.augment.quality import quality_report
-from anomaly_ae.data.preprocess import Preprocessor
+from anomaly_ae.data.preprocess import Preprocessor, warn_of_identifiers
 from anomaly_ae.data.schema import Schema
 from anomaly_ae.estimators import Estimator, check_integer, check_number, require_fitted
 from anomaly_ae.exceptions import DataError
@@ -132,6 +132,8 @@ class Generator(Estimator):
         n = len(checked)
         if n < MIN_TRAINING_ROWS:
             raise DataError(f"need at least {MIN_TRAINING_ROWS} rows to train a generator, got {n}")
+        if not image:  # an id column would be learnt as a category with a value per row, as by a Detector
+            warn_of_identifiers(output_schema, n, self.max_categories)
         numeric_context = set() if image else {c for c in cond_names if kinds[c] == "numeric"}
         conditions = ConditionEncoder.fit(context.reset_index(drop=True), cond_names, numeric_context, self.n_bins)
 

@@ -260,3 +260,13 @@ def _location_scale(finite: np.ndarray) -> tuple[float, float, float]:
     peak = float(np.abs(finite).max())
     scaled = finite / peak
     return float(scaled.mean()) * peak, float(scaled.std()) * peak, float(np.median(scaled)) * peak
+
+
+def warn_of_identifiers(schema: Schema, n_rows: int, max_categories: int) -> None:
+    """A text column with a value for (nearly) every row is an identifier (a host name, a request id):
+    only its `max_categories` most frequent values are kept, and every new one is an unseen category."""
+    for col in schema.columns:
+        if col.kind == "categorical" and len(col.categories) > max(max_categories, n_rows // 2):
+            warnings.warn(f"column '{col.name}' has {len(col.categories)} distinct values in {n_rows} rows: it looks "
+                          "like an identifier, and new values will be unseen categories; drop it (--drop-cols in "
+                          "the CLI) unless it is a real category", UserWarning, stacklevel=3)
