@@ -123,6 +123,25 @@ def test_credentials_come_from_the_environment_only():
     assert credentials(basic.prometheus.auth, {"U": "me", "P": "pw"}) == {"auth": ("me", "pw")}
 
 
+def test_an_error_page_that_echoes_the_credentials_is_not_repeated():
+    """A proxy's 401 page that repeats the Authorization header went into every step's log line."""
+    spec = make_spec(prometheus={"url": "http://p", "auth": {"bearer_token_env": "PROM_TOKEN"}})
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        echoed = f"bad credentials: {request.headers['authorization']}"
+        return httpx.Response(401, json={"status": "error", "error": echoed})
+
+    source = PrometheusSource(spec, environ={"PROM_TOKEN": "s3cret-token-zz"}, transport=httpx.MockTransport(echo))
+    with pytest.raises(QueryError) as caught:
+        source.query_range(COLUMNS[0], T0, T0)
+    assert "s3cret-token-zz" not in str(caught.value) and "bad credentials: ***" in str(caught.value)
+    basic = make_spec(prometheus={"url": "http://p", "auth": {"basic": {"username_env": "U", "password_env": "P"}}})
+    page = httpx.MockTransport(lambda r: httpx.Response(401, text=f"no: {r.headers['authorization']} pw=hunter22"))
+    with pytest.raises(QueryError) as caught:
+        PrometheusSource(basic, environ={"U": "me", "P": "hunter22"}, transport=page).query_range(COLUMNS[0], T0, T0)
+    assert "hunter22" not in str(caught.value) and "bWU6aHVudGVyMjI" not in str(caught.value)  # nor its base64
+
+
 def test_a_password_in_the_url_is_refused_without_being_repeated(tmp_path):
     """httpx would use it for basic auth, and the URL is printed, logged and registered with the model."""
     path = tmp_path / "watch.yml"

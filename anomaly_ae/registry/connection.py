@@ -52,9 +52,11 @@ class HttpBounds:
         }
 
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):[^/\s@]*@")
+# To the LAST @ of the URL (greedy, then back to it): a password written with a raw @ or / in it
+# (base64 tokens have /) still works as basic auth, or at least must not be printed in part.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*):[^\s'\"<>]*@")
 # a user part alone may be a token (https://TOKEN@host), and a query string may carry one (?token=...)
-_TOKEN_USER = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@*]+@")
+_TOKEN_USER = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"<>:*]+@")
 _QUERY_VALUE = re.compile(r"(?P<key>[?&][^=&#\s/]*(?:token|key|pass|secret|auth|sig|cred)[^=&#\s/]*=)[^&#\s'\"`)]+",
                           re.IGNORECASE)
 

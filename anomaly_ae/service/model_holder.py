@@ -29,7 +29,7 @@ from anomaly_ae import exceptions
 from anomaly_ae.data.windows import MAX_KNOWN_SERIES
 from anomaly_ae.exceptions import ModelLoadError
 from anomaly_ae.persistence import REMOTE_SCHEMES
-from anomaly_ae.registry.connection import DEFAULT_BOUNDS, HttpBounds
+from anomaly_ae.registry.connection import DEFAULT_BOUNDS, HttpBounds, redacted
 from anomaly_ae.service import metrics
 from anomaly_ae.service.multiproc import process_alive
 from anomaly_ae.service.scorer import Scorer, SmokeTestError
@@ -52,7 +52,7 @@ SERVING_PREFIX = "serving-"  # in settings.control_dir: serving-PID, written by 
 # caller is told the file's name, never where the server keeps it.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
 # Credentials in a URL (https://user:token@host): never logged or returned.
-_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^/\s@]+@")
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^\s'\"<>]*@")  # to the last @: a password may hold @ or /
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def load(uri: str, bounds: HttpBounds = DEFAULT_BOUNDS) -> tuple[Any, Any]:
 
 def without_paths(message: str) -> str:
     """`message` with every absolute path cut to its last part (what the caller can act on)."""
-    return _ABSOLUTE_PATH.sub(r"\1", _URL_CREDENTIALS.sub(r"\1***@", message))
+    return _ABSOLUTE_PATH.sub(r"\1", _URL_CREDENTIALS.sub(r"\1***@", redacted(message)))
 
 
 # ---------------------------------------------------------------------------- the holder

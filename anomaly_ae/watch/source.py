@@ -14,6 +14,7 @@ was dropped or odd is counted in a `FrameReport`, never silently lost.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -80,8 +81,14 @@ class PrometheusSource:
                         for name, query in spec.metrics.items()}
         target = spec.prometheus
         verify = tls_verification(target.tls)
+        auth = credentials(target.auth, environ)
+        # what an error text from Prometheus (or a proxy before it) must never repeat into logs
+        self._secrets = [v for v in (*auth.get("auth", ()), *auth.get("headers", {}).values()) if len(v) >= 4]
+        self._secrets += [v.split(" ", 1)[1] for v in auth.get("headers", {}).values() if " " in v]
+        if "auth" in auth:  # basic auth travels as base64("user:password")
+            self._secrets.append(base64.b64encode(":".join(auth["auth"]).encode()).decode())
         self._client = httpx.Client(base_url=target.url, timeout=target.timeout, verify=verify,
-                                    transport=transport, **credentials(target.auth, environ))
+                                    transport=transport, **auth)
 
     def close(self) -> None:
         self._client.close()
@@ -134,7 +141,10 @@ class PrometheusSource:
         except ValueError:
             body = None
         if response.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
-            detail = body.get("error") if isinstance(body, dict) else content[:200].decode(errors='replace')
+            detail = str(body.get("error") if isinstance(body, dict) else content[:200].decode(errors="replace"))
+            for secret in sorted(self._secrets, key=len, reverse=True):  # a 401 page may echo the credentials
+                detail = detail.replace(secret, "***")
+            detail = detail[:300]
             reason = "timeout" if isinstance(body, dict) and body.get("errorType") == "timeout" else "http_error"
             raise QueryError(metric, reason, f"Prometheus answered HTTP {response.status_code}: {detail}")
         data = body.get("data")
