@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import warnings
@@ -117,11 +118,23 @@ def manifest_bytes(contents: dict[str, bytes], *, format_name: str | None = None
     return json_bytes(manifest)
 
 
+# A manifest lists a handful of files: anything larger (or not a plain file) is not one of ours.
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def _manifest_bytes(path: Path) -> bytes:
+    """manifest.json's bytes; OSError when it is missing, a link or not a plain file of at most 1 MiB."""
+    status = (path / MANIFEST).lstat()
+    if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_MANIFEST_BYTES:
+        raise OSError(f"{path / MANIFEST} is a link, not a plain file or larger than a manifest")
+    return (path / MANIFEST).read_bytes()
+
+
 def manifest_digest(path: Path) -> str:
     """SHA-256 of a saved directory's manifest.json: it pins every file, so it names the model's content.
     Raises ModelLoadError when the directory holds no saved model."""
     try:
-        return sha256((Path(path) / MANIFEST).read_bytes())
+        return sha256(_manifest_bytes(Path(path)))
     except OSError:
         raise ModelLoadError(f"no saved model at {path}: expected a directory written by Detector.save "
                              f"(with {MANIFEST}) or a models:/ or runs:/ URI") from None
@@ -279,13 +292,13 @@ def read_verified(path: Path, files: tuple[str, ...] = FILES, *, kind: str = "mo
     if not path.is_dir():
         raise ModelLoadError(f"no saved {kind} at {path}: expected a directory written by anomaly_ae's save()")
     try:
-        manifest = json.loads((path / MANIFEST).read_bytes())
+        manifest = json.loads(_manifest_bytes(path))
         entries = manifest["files"]
         if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
             raise TypeError("files is not a mapping of file name to size and hash")
     except FileNotFoundError:
         raise ModelLoadError(f"{path} has no {MANIFEST}; it is not a {kind} saved by anomaly_ae") from None
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise ModelLoadError(f"{path / MANIFEST} is corrupt (not the JSON anomaly_ae writes); "
                              f"re-save or re-download the {kind}") from None
     if manifest.get("format") != format_name:
@@ -302,9 +315,14 @@ def read_verified(path: Path, files: tuple[str, ...] = FILES, *, kind: str = "mo
         if entry is None:
             raise ModelLoadError(f"{path / MANIFEST} does not list {name}; the {kind} directory is incomplete")
         try:
-            data = (path / name).read_bytes()
+            status = (path / name).lstat()
         except FileNotFoundError:
             raise ModelLoadError(f"{path / name} is missing; re-save or re-download the {kind}") from None
+        if not stat.S_ISREG(status.st_mode):  # a link could point anywhere (/dev/zero, a file outside)
+            raise ModelLoadError(f"{path / name} is a link or not a plain file; a saved {kind} holds plain files: "
+                                 f"re-save or re-download the {kind}")
+        # the size first, so a file of another size is never read whole
+        data = (path / name).read_bytes() if status.st_size == entry.get("bytes") else b""
         if len(data) != entry.get("bytes") or sha256(data) != entry.get("sha256"):
             raise ModelLoadError(f"{path / name} does not match its SHA-256 in the manifest: the file is truncated "
                                  "or was modified after saving; refusing to load it")
@@ -334,6 +352,19 @@ def named_as(path_or_uri: str | Path, path: Path) -> Iterator[None]:
 def _load_detector(cls: type["Detector"], path: Path) -> "Detector":
     contents = read_verified(path)
     try:
+        return _build_detector(cls, path, contents)
+    except ModelLoadError:
+        raise
+    # the files match their manifest, but what they say does not build a model (edited, or written by a
+    # tool that is not this one): one line, never a traceback, and never retried as if it were a glitch
+    except (ValueError, KeyError, TypeError, AttributeError, AssertionError, IndexError, OverflowError,
+            RecursionError, RuntimeError, MemoryError) as exc:
+        raise ModelLoadError(f"{path} holds a model file this version cannot build ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); re-save the model") from None
+
+
+def _build_detector(cls: type["Detector"], path: Path, contents: dict[str, bytes]) -> "Detector":
+    try:
         config = json.loads(contents["config.json"])
         schema = Schema.from_dict(json.loads(contents["schema.json"]))
         preprocessor = Preprocessor.from_dict(json.loads(contents["preprocess.json"]), schema)
@@ -351,12 +382,24 @@ def _load_detector(cls: type["Detector"], path: Path) -> "Detector":
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise ModelLoadError(f"{path / 'weights.safetensors'} is not a valid safetensors file: {exc}") from None
     device = resolve_device(detector.device)
-    modules = {f"member{i}": build_model(spec) for i in range(n_members)}
+    specs = {f"member{i}": spec for i in range(n_members)}
     if config.get("n_reference"):
         input_shape = config.get("input_shape") or spec["input_shape"]  # older models: from the network spec
-        modules["neighbors"] = build_model({"family": "neighbors", "input_shape": input_shape,
-                                            "n_reference": int(config["n_reference"]),
-                                            "k": detector._resolved("neighbors")})
+        specs["neighbors"] = {"family": "neighbors", "input_shape": input_shape,
+                              "n_reference": int(config["n_reference"]), "k": detector._resolved("neighbors")}
+    if {k.split(".", 1)[0] for k in state} != set(specs):
+        raise ModelLoadError(f"the weights in {path} do not fit the model they declare: they hold "
+                             f"{sorted({k.split('.', 1)[0] for k in state})[:5]}, the config {sorted(specs)[:5]}")
+    for prefix, module_spec in specs.items():
+        if prefix != "member0" and prefix.startswith("member"):
+            continue  # the members share one spec: one check
+        with torch.device("meta"):  # shapes only, no memory: a config declaring a huge network fails here
+            shapes = {f"{prefix}.{k}": tuple(v.shape) for k, v in build_model(module_spec).state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items() if k.startswith(prefix + ".")}
+        if shapes != found:
+            raise ModelLoadError(f"the weights in {path} do not fit the model they declare ({prefix}: "
+                                 f"{sorted(set(shapes.items()) ^ set(found.items()))[:2]})")
+    modules = {prefix: build_model(module_spec) for prefix, module_spec in specs.items()}
     expected = {f"{prefix}.{k}" for prefix, m in modules.items() for k in m.state_dict()}
     if set(state) != expected:
         raise ModelLoadError(f"the weights in {path} do not fit the model they declare: "

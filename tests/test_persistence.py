@@ -82,6 +82,14 @@ def test_truncated_file_is_refused(saved, monkeypatch):
         Detector.load("model/")
 
 
+def test_a_model_file_that_is_a_link_is_refused(saved, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    (saved / "schema.json").rename(outside)
+    (saved / "schema.json").symlink_to(outside)  # same bytes, same hash: still not a file of the model
+    with pytest.raises(ModelLoadError, match="schema.json is a link or not a plain file"):
+        Detector.load(saved)
+
+
 def test_edited_json_is_refused(saved):
     cal = saved / "calibration.json"
     payload = json.loads(cal.read_text())
@@ -119,6 +127,30 @@ def test_weights_that_do_not_fit_the_declared_model_are_refused(fitted, saved, t
     manifest["files"]["weights.safetensors"] = json.loads((other / MANIFEST).read_text())["files"]["weights.safetensors"]
     (saved / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match="do not fit"):
+        Detector.load(saved)
+
+
+def _rewrite_config(path, edit) -> None:
+    """Edit config.json and write a manifest that matches it: what someone who can write a model can do."""
+    from anomaly_ae.persistence import manifest_bytes
+
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / MANIFEST).write_bytes(manifest_bytes({name: (path / name).read_bytes() for name in FILES}))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c["model_spec"].update(family="nosuch"),                     # was a KeyError traceback
+    lambda c: c.update(params=[1, 2]),                                       # AttributeError
+    lambda c: c.update(model_spec="ae"),                                     # TypeError
+    lambda c: c.update(n_members=10_000_000),                                # MemoryError, building them all
+    lambda c: c.update(n_reference=10**9, input_shape=[10**6]),             # 4 PB of reference, allocated first
+    lambda c: c["model_spec"].update(input_shape=[10**7]),                   # a network of 10^7 inputs
+], ids=["family", "params", "spec", "members", "reference", "input_shape"])
+def test_a_config_that_matches_its_manifest_but_builds_no_model_is_one_error(saved, edit):
+    _rewrite_config(saved, edit)
+    with pytest.raises(ModelLoadError, match=f"{saved}"):
         Detector.load(saved)
 
 

@@ -193,6 +193,12 @@ async def test_malformed_bodies_get_one_error_shape_and_their_code(served):
         # a quote and a colon inside a value are no key: the request goes on to the model's own checks
         quoted = await client.post("/v1/score", content=b'{"records": [{"a": "x\\":1"}]}', headers={**SCORE, **JSON})
         assert quoted.json()["error"]["code"] == "missing_column", quoted.text
+        # 60,000 repeated names (under 1 MB): counted once each, not name by name (that held a scoring
+        # thread for minutes; the bound is generous, the old check took about 100 s here)
+        many = json.dumps({"columns": ["a", "b"] + ["a"] * 60_000, "data": [[1, 2]]}).encode()
+        started = time.monotonic()
+        repeated = await client.post("/v1/score", content=many, headers={**SCORE, **JSON})
+        assert repeated.json()["error"]["code"] == "duplicate_column" and time.monotonic() - started < 20
 
 
 async def test_schema_violations_name_column_and_rows(served):

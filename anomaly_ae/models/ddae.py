@@ -38,7 +38,7 @@ class DDAE(ScoredModule):
         super().__init__()
         if noise_scale not in NOISE_SCALES:
             raise ValueError(f"noise_scale must be one of {NOISE_SCALES}, got {noise_scale!r}")
-        d = int(torch.tensor(input_shape).prod())
+        d = math.prod(input_shape)
         self.n_steps, self.noise_scale = n_steps, noise_scale
         sizes = [d + time_dim, *hidden_dims]
         layers: list[nn.Module] = []

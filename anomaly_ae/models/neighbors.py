@@ -8,6 +8,7 @@ rows, or k-means prototypes of them (`kmeans_prototypes`), which keep raw rows o
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -30,7 +31,7 @@ class _Projection(NamedTuple):
 class NearestNeighbors(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], n_reference: int, k: int) -> None:
         super().__init__()
-        n_features = int(torch.tensor(input_shape).prod())
+        n_features = math.prod(input_shape)
         self.k = k
         self.register_buffer("reference", torch.zeros(n_reference, n_features))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from anomaly_ae.models.base import ScoredModule
 
@@ -13,7 +15,7 @@ class PCA(ScoredModule):
 
     def __init__(self, input_shape: tuple[int, ...], n_components: int) -> None:
         super().__init__()
-        d = int(torch.tensor(input_shape).prod())
+        d = math.prod(input_shape)
         self.register_buffer("mean", torch.zeros(d))
         self.register_buffer("components", torch.zeros(n_components, d))
 
