@@ -83,6 +83,8 @@ def test_a_spec_file_loads_from_yaml_and_toml(tmp_path):
      "prometheus.url: is not a valid URL (Invalid port: 'abc')"),
     ("prometheus: {url: http://256.1.1.1}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n",
      "prometheus.url: is not a valid URL (Invalid IPv4 address"),
+    ("prometheus: {url: 'http://p/?access_token=abc'}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n",
+     "prometheus.url: must not hold credentials in its query string"),
     ("prometheus: {url: http://p:99999}\nseries_label: host\nstep: 15s\nmetrics: {a: up}\n",
      "prometheus.url: has port 99999, outside 1-65535"),
     ("prometheus: {url: http://p}\nseries_label: host\nstep: often\nmetrics: {a: up}\n", "step: step must be a duration"),

@@ -116,6 +116,10 @@ class PrometheusTarget(_Strict):
             raise ValueError("must not hold credentials (user:password@): name environment variables under "
                              "auth.basic (username_env, password_env) or auth.bearer_token_env instead, so the "
                              "secret stays out of the spec, the logs and the registered model")
+        if re.search(r"[?&][^=&#]*(?:token|key|pass|secret|auth|sig|cred)[^=&#]*=", value, re.IGNORECASE):
+            raise ValueError("must not hold credentials in its query string (token=, key=...): name an environment "
+                             "variable under auth.bearer_token_env instead, so the secret stays out of the spec, the "
+                             "logs and the registered model")
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"must be an http(s) URL such as http://prometheus:9090, got {value!r}")
         try:  # what the client will parse: a bad port or address fails here, not at the first query
