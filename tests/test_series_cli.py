@@ -90,6 +90,17 @@ def test_covariates_train_a_model_that_scores_by_the_clock_and_bad_ones_get_one_
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+def _in_chunks_and_whole(model, data, chunk_rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`anomaly-ae score` of `data` in chunks of `chunk_rows`, and in one chunk."""
+    out = []
+    for chunk in (chunk_rows, 1_000_000):
+        target = data.with_name(f"{data.stem}-scored-{chunk}.csv")
+        result = CliRunner().invoke(app, ["score", str(model), str(data), "-o", str(target), "--chunk-rows", str(chunk)])
+        assert result.exit_code == 0, result.output
+        out.append(pd.read_csv(target))
+    return out[0], out[1]
+
+
 def test_chunked_scoring_equals_one_pass_when_readings_share_steps(files, tmp_path):
     """Irregular sampling (2-minute readings for a 5-minute model): several rows share a grid step.
     The grid is anchored at a training timestamp, so every chunk sees the one-pass grid, and the
@@ -102,12 +113,7 @@ def test_chunked_scoring_equals_one_pass_when_readings_share_steps(files, tmp_pa
         rows["ts"] = [(start + pd.Timedelta(minutes=2 * i + (i % 3) * 0.25)).isoformat() for i in range(len(rows))]
         parts.append(rows)
     (tmp_path / "irregular.csv").write_text(pd.concat(parts).to_csv(index=False))
-    runner = CliRunner()
-    for name, chunk in (("small", "173"), ("one", "1000000")):
-        result = runner.invoke(app, ["score", str(files / "model"), str(tmp_path / "irregular.csv"), "-o",
-                                     str(tmp_path / f"{name}.csv"), "--chunk-rows", chunk])
-        assert result.exit_code == 0, result.output
-    small, one = pd.read_csv(tmp_path / "small.csv"), pd.read_csv(tmp_path / "one.csv")
+    small, one = _in_chunks_and_whole(files / "model", tmp_path / "irregular.csv", 173)
     np.testing.assert_array_equal(small["score"].to_numpy(), one["score"].to_numpy())
     assert (small["notes"].fillna("") == one["notes"].fillna("")).all()
     assert one["notes"].fillna("").str.contains("within the same 5 min step").sum() > len(one) // 4
@@ -122,12 +128,7 @@ def test_a_new_series_with_jittered_times_scores_in_chunks_as_in_one_pass(files,
     rows["ts"] = [(pd.Timestamp(t) + pd.Timedelta(seconds=int(j))).isoformat() for t, j in zip(rows["ts"], jitter)]
     rows["host"] = "host-new"
     rows.to_csv(tmp_path / "new.csv", index=False)
-    runner = CliRunner()
-    for name, chunk in (("small", "100"), ("one", "1000000")):
-        result = runner.invoke(app, ["score", str(files / "model"), str(tmp_path / "new.csv"), "-o",
-                                     str(tmp_path / f"{name}.csv"), "--chunk-rows", chunk])
-        assert result.exit_code == 0, result.output
-    small, one = pd.read_csv(tmp_path / "small.csv"), pd.read_csv(tmp_path / "one.csv")
+    small, one = _in_chunks_and_whole(files / "model", tmp_path / "new.csv", 100)
     assert one["notes"].str.contains("was not in the training data").all()
     assert one["notes"].str.contains("within the same 5 min step").any()  # the jitter moves rows across steps
     np.testing.assert_array_equal(small["score"].to_numpy(), one["score"].to_numpy())
