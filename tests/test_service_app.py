@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 import math
 import shutil
 import threading
@@ -199,6 +200,30 @@ async def test_malformed_bodies_get_one_error_shape_and_their_code(served):
         started = time.monotonic()
         repeated = await client.post("/v1/score", content=many, headers={**SCORE, **JSON})
         assert repeated.json()["error"]["code"] == "duplicate_column" and time.monotonic() - started < 20
+
+
+async def test_a_client_that_leaves_mid_body_is_no_error(served, caplog):
+    """A body cut off by the client's disconnect was logged as 'ERROR unhandled ClientDisconnect', once per
+    request, which any scoring client could repeat at will."""
+    caplog.set_level(logging.DEBUG, logger="anomaly_ae.service")
+    async with in_process(settings(served)) as (app, client):
+        await ready(client)
+        parts = iter([{"type": "http.request", "body": b'{"records": [{"cpu', "more_body": True},
+                      {"type": "http.disconnect"}])
+        sent = []
+
+        async def receive():
+            return next(parts, {"type": "http.disconnect"})
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"authorization", f"Bearer {SCORE_KEY}".encode()), (b"content-type", b"application/json")]
+        await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                   "scheme": "http", "path": "/v1/score", "raw_path": b"/v1/score", "query_string": b"",
+                   "headers": headers, "client": ("127.0.0.1", 1), "server": ("service", 80)}, receive, send)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert any("client disconnected during POST /v1/score" in r.getMessage() for r in caplog.records)
 
 
 async def test_schema_violations_name_column_and_rows(served):

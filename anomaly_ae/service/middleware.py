@@ -13,6 +13,8 @@ import time
 import traceback
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from anomaly_ae.service import metrics
 from anomaly_ae.service.errors import error_body
 
@@ -52,6 +54,9 @@ class ObservabilityMiddleware:
         metrics.HTTP_IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_and_watch)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing broken (logged at debug)
+            log.debug("client disconnected during %s %s", method, scope["path"][:100])
+            status = 499
         except Exception as exc:
             frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
             log.error("unhandled %s at %s:%s on %s %s", type(exc).__name__, frame.filename if frame else "?",
