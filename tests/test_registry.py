@@ -281,6 +281,26 @@ def test_resolve_model_refs(registered, mlflow_server, monkeypatch, tmp_path):
     _exact(detector.score_frame(X), Detector.load(run.model_uri).score_frame(X))  # runs:/RUN_ID/model
 
 
+def test_a_run_without_its_manifest_hash_and_bare_artifact_uris_are_not_loaded(mlflow_server, data, monkeypatch):
+    """runs:/ was loaded unverified when its run had lost the manifest tag (anyone who can write the
+    artifacts could then swap the files), and an mlflow-artifacts:/ URI had no hash to check at all."""
+    from mlflow import MlflowClient
+
+    from anomaly_ae.registry.store import MANIFEST_TAG
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    run = registry.log_training_run(Detector(model="pca").fit(data["X"]), data["X"], experiment="registry-tests")
+    assert Detector.load(run.model_uri).threshold_ > 0
+    client = MlflowClient(mlflow_server)
+    artifacts = client.get_run(run.run_id).info.artifact_uri
+    client.delete_tag(run.run_id, MANIFEST_TAG)
+    with pytest.raises(ModelLoadError, match=f"has no {MANIFEST_TAG} tag, so its files cannot be verified: it was "
+                                             "not logged by anomaly_ae"):
+        Detector.load(run.model_uri)
+    with pytest.raises(ModelLoadError, match="names artifacts without a registered version or run"):
+        Detector.load(f"{artifacts}/model")
+
+
 # ---------------------------------------------------------------------- bad cases: clear errors, no traceback
 def test_unknown_model_version_or_alias(registered, mlflow_server, monkeypatch, data, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

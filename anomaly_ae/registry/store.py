@@ -256,10 +256,14 @@ def _expected_manifest(ref: ModelRef, tags: dict[str, str], kind: str = "detecto
             f"{ref.pinned_uri} was saved in {kind} format {fmt} by anomaly_ae {tags.get(PACKAGE_TAG, '?')}; this "
             f"is anomaly_ae {__version__} (format {expected_format}). Load it with that version, or retrain and "
             "register it with this one")
-    if ref.name is not None and not tags.get(MANIFEST_TAG):
+    if ref.name is None and ref.run_id is None:  # mlflow-artifacts:/...: no version or run holds a hash to check
+        raise ModelLoadError(f"{ref.uri} names artifacts without a registered version or run, so its files cannot be "
+                             "verified against a recorded hash; load it as models:/NAME/VERSION or runs:/RUN_ID/model")
+    if not tags.get(MANIFEST_TAG):  # a version's tag, or a run's (runs:/): written when it was logged
+        what = "registered" if ref.name is not None else "logged"
         raise ModelLoadError(
-            f"{ref.pinned_uri} has no {MANIFEST_TAG} tag, so its files cannot be verified: it was not registered "
-            "by anomaly_ae (or the tag was removed). Register models with `anomaly-ae train --register NAME`")
+            f"{ref.pinned_uri} has no {MANIFEST_TAG} tag, so its files cannot be verified: it was not {what} "
+            "by anomaly_ae (or the tag was removed). Log and register models with `anomaly-ae train --register NAME`")
     return tags.get(MANIFEST_TAG)
 
 
