@@ -444,7 +444,8 @@ def _class_for(kind: str, requested: type["Detector"], path: Path) -> type["Dete
 
 
 def resolve_model_path(path_or_uri: str | Path, kind: str = "detector") -> Path:
-    """A local directory as it is; a models:/, runs:/ or mlflow-artifacts:/ URI downloaded and hash-checked."""
+    """A local directory as it is; a models:/ or runs:/ URI downloaded and hash-checked (mlflow-artifacts:/
+    goes to the registry too, which refuses it with the URIs to use)."""
     text = str(path_or_uri)
     if text.startswith(REMOTE_SCHEMES):
         module_name, function = REMOTE_RESOLVER.split(":")

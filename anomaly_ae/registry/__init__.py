@@ -16,8 +16,9 @@ detectors (``SeriesDetector``) go through ``log_training_run`` like any detector
 ``anomaly_ae.kind=series``; ``Detector.load`` and ``load_model`` return them as ``SeriesDetector``.
 One registered name holds one kind.
 
-URIs: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/model``,
-``mlflow-artifacts:/...`` or a local directory. The tracking server is ``MLFLOW_TRACKING_URI``
+URIs: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` (or ``/latest``), ``runs:/RUN_ID/model``
+or a local directory (an ``mlflow-artifacts:/...`` URI is refused: no version or run records the hash its
+files are checked against). The tracking server is ``MLFLOW_TRACKING_URI``
 or, when unset, the embedded ``./mlflow.db`` + ``./mlartifacts``. Every network call is bounded
 (see ``connection``): an unreachable server raises ``RegistryUnavailableError`` (also a
 ``ModelLoadError``) within about 17 s; an unknown name, version or alias, a tampered artifact or
