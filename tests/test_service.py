@@ -209,6 +209,29 @@ def test_oversized_headers_are_refused_with_431(services):
     assert httpx.get(f"{services['api'].url}/healthz").status_code == 200
 
 
+def test_a_head_that_arrives_too_slowly_is_cut_off(services):
+    """A request line and headers sent a few bytes at a time (slowloris) held a connection for as long as
+    the client liked: 3,000 of them held 3,000 file descriptors. They get body_timeout_s (2 s here)."""
+    port = services["api"].port
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(8):  # a header line a second: slower than the head's deadline allows
+                time.sleep(1)
+                sock.sendall(b"X-Slow: 1\r\n")
+        reply = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b'"head_timeout"' in reply, reply[:200]
+    assert time.monotonic() - started < 10
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as silent:  # connected, sends nothing
+        started = time.monotonic()
+        assert silent.recv(4096) == b"" and time.monotonic() - started < 10  # closed, nothing said
+    assert httpx.get(f"{services['api'].url}/healthz").status_code == 200
+
+
 # ---------------------------------------------------------------------------- metrics
 def test_metrics_count_exactly_and_pass_promtool(services, incoming):
     with httpx.Client(base_url=services["api"].url, timeout=30) as client:
@@ -262,21 +285,26 @@ def test_healthz_answers_while_a_large_batch_scores(services):
     def scoring() -> float:
         return metric_value(httpx.get(metrics_url, timeout=10).text, "anomaly_ae_scoring_in_flight")
 
+    def batches() -> list[httpx.Response]:  # four in a row: one alone can finish before the probes start
+        with httpx.Client(base_url=service.url, timeout=120) as client:
+            return [client.post("/v1/score", content=body, headers={"Content-Type": "application/json"})
+                    for _ in range(4)]
+
     with concurrent.futures.ThreadPoolExecutor(1) as pool, httpx.Client(base_url=service.url, timeout=10) as probe:
         probe.get("/healthz")  # the connection is open before the measurement
         sent = time.perf_counter()
-        sending = pool.submit(httpx.post, f"{service.url}/v1/score", content=body,
-                              headers={"Content-Type": "application/json"}, timeout=120)
+        sending = pool.submit(batches)
         assert wait_for(lambda: scoring() == 1 or sending.done(), timeout=60, step=0.005)
-        latencies = []  # of the probes that returned while the batch was still scoring
+        latencies = []  # of the probes that returned while the batches were still being sent and scored
         while not sending.done():
             started = time.perf_counter()
             assert probe.get("/healthz").status_code == 200
             if not sending.done():
                 latencies.append(time.perf_counter() - started)
-        response = sending.result()
+        responses = sending.result()
         took = time.perf_counter() - sent
-    assert response.status_code == 200 and response.json()["n_rows"] == 10_000, response.text[:500]
+    for response in responses:
+        assert response.status_code == 200 and response.json()["n_rows"] == 10_000, response.text[:500]
     shown = f"{len(latencies)} probes in {took:.2f}s: {[round(t * 1000, 1) for t in latencies]} ms"
     assert len(latencies) >= 5, f"too few probes while the batch scored to measure anything; {shown}"
     assert max(latencies) < 0.05, shown

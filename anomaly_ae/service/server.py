@@ -88,19 +88,52 @@ _HEADERS_TOO_LARGE = orjson.dumps({"error": {"status": 431, "code": "headers_too
 HEADERS_TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                               b"connection: close\r\ncontent-length: " + str(len(_HEADERS_TOO_LARGE)).encode()
                               + b"\r\n\r\n" + _HEADERS_TOO_LARGE)
+# The longest wait for a request's head (its line and headers): a client that sends a head a byte at a time
+# (slowloris) would otherwise hold a connection, and a file descriptor, for as long as it likes. `serving_app`
+# sets it from the settings' body_timeout_s, in each serving process, before any connection is accepted.
+HEAD_TIMEOUT_S = [30.0]
+_HEAD_TIMEOUT = orjson.dumps({"error": {"status": 408, "code": "head_timeout", "message":
+                                        "the request line and headers did not arrive in time"}})
+HEAD_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                         b"content-length: " + str(len(_HEAD_TIMEOUT)).encode() + b"\r\n\r\n" + _HEAD_TIMEOUT)
 
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class NoDelayHttpToolsProtocol(HttpToolsProtocol):
-        """TCP_NODELAY, one send() per response, and a bound on the request head (MAX_HEADER_BYTES)."""
+        """TCP_NODELAY, one send() per response, and bounds on the request head: its size (MAX_HEADER_BYTES)
+        and the time it takes to arrive (HEAD_TIMEOUT_S)."""
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             _set_nodelay(transport)
             super().connection_made(transport)
             self.transport = CoalescingTransport(self.transport)
             self._in_head, self._head_bytes = True, 0
+            self._head_timer: Any = None
+            self._start_head_timer()
+
+        def _start_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S[0], self._head_timed_out)
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or not self._in_head:
+                return
+            if self.cycle is not None and not self.cycle.response_complete:  # still answering the last request
+                self._start_head_timer()
+                return
+            if self._head_bytes:  # part of a head came, too slowly: say why the connection closes
+                self.transport.write(HEAD_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self.transport.is_closing():
@@ -114,11 +147,15 @@ try:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._in_head, self._head_bytes = True, 0
+            self._start_head_timer()
 except ImportError:  # pragma: no cover - httptools is a dependency
     NoDelayHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
@@ -191,6 +228,7 @@ def serving_app(settings: ServiceSettings) -> Any:
     settings.load_pyarrow."""
     if not settings.load_pyarrow:
         without_pyarrow()
+    HEAD_TIMEOUT_S[0] = settings.body_timeout_s
     from anomaly_ae.service.app import create_app
 
     return create_app(settings)

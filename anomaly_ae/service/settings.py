@@ -50,8 +50,9 @@ class ServiceSettings(BaseSettings):
                                                        "hold a scoring place; bounds memory at max_body_reads x "
                                                        "max_body_bytes.")
     max_top_k: int = Field(20, ge=1, description="Largest top_k a request may ask for.")
-    body_timeout_s: float = Field(30.0, gt=0.0, description="Longest wait for a request body; a client that "
-                                                            "sends it slower gets 408.")
+    body_timeout_s: float = Field(30.0, gt=0.0, description="Longest wait for a request body, and for a request's "
+                                                            "line and headers; a client that sends them slower gets "
+                                                            "408.")
     max_id_length: int = Field(256, ge=1)
     # model lifecycle
     poll_interval_s: float = Field(30.0, ge=0.0, description="How often the alias is re-resolved; 0 = never.")
