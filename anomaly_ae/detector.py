@@ -348,6 +348,12 @@ class Detector(Estimator):
         return self.scorer_.neighbors
 
     @property
+    def score_name_(self) -> str:
+        """The score as people read it (registry tags, GET /v1/model): the networks' score type, and
+        '+knn' when the neighbour distance is added to it (the default, hybrid)."""
+        return f"{self.score_type_}+knn" if self.members_ and self.neighbors_ is not None else self.score_type_
+
+    @property
     def term_scales_(self) -> dict[str, list[float]]:
         return self.scorer_.term_scales
 

@@ -160,6 +160,7 @@ def test_the_hybrid_score_is_its_two_standardised_terms_summed(telemetry_train):
     (m_loc, m_spread), (k_loc, k_spread) = det.term_scales_["model"], det.term_scales_["neighbors"]
     expected = (model_scores - m_loc) / m_spread + (distance - k_loc) / k_spread
     np.testing.assert_allclose(det.decision_function(telemetry_train.head(200)), expected, rtol=1e-5, atol=1e-6)
+    assert det.score_name_ == "recon+knn" and Detector(model="pca").fit(telemetry_train).score_name_ == "recon"
     assert location_spread(distance)[1] > 0 and np.corrcoef(model_scores, distance)[0, 1] < 0.999
 
 

@@ -132,7 +132,7 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
         experiment_id = _experiment_id(c, target, experiment)
         run = c.create_run(experiment_id, run_name=run_name, tags={
             "mlflow.source.name": "anomaly-ae train", "mlflow.source.type": "LOCAL", PACKAGE_TAG: __version__,
-            KIND_TAG: kind, "model_type": detector.model, "score_type": detector.score_type_})
+            KIND_TAG: kind, "model_type": detector.model, "score_type": detector.score_name_})
     run_id = run.info.run_id
     with run_lifecycle(c, target, run_id), tempfile.TemporaryDirectory(prefix="anomaly_ae-run-") as tmp:
         tmp = Path(tmp)
@@ -314,7 +314,7 @@ def _log_plots_and_data(c: Any, run_id: str, detector: "Detector", fingerprint: 
 
 def _version_summary_tags(detector: "Detector", metrics: dict[str, float],
                           fingerprint: dict[str, Any]) -> dict[str, str]:
-    tags = {"model_type": detector.model, "score_type": detector.score_type_,
+    tags = {"model_type": detector.model, "score_type": detector.score_name_,
             "data_rows": str(fingerprint["rows"]), "data_sha256": fingerprint["sha256"]}
     if detector_kind(detector) == "series":
         framing = detector.framing_
@@ -329,7 +329,7 @@ def _version_summary_tags(detector: "Detector", metrics: dict[str, float],
 def _description(detector: "Detector", metrics: dict[str, float], fingerprint: dict[str, Any],
                  data_path: str | Path | None, run_id: str) -> str:
     source = f" from {data_path}" if data_path is not None else ""
-    text = (f"{detector.model} anomaly detector ({detector.score_type_} score) trained by anomaly_ae {__version__} "
+    text = (f"{detector.model} anomaly detector ({detector.score_name_} score) trained by anomaly_ae {__version__} "
             f"on {fingerprint['rows']} normal rows x {fingerprint['columns']} columns{source} "
             f"(sha256 {fingerprint['sha256'][:12]}). Threshold {metrics['threshold']:.6g} calibrated to a "
             f"{metrics['target_fpr']:g} false-positive rate (validation FPR {metrics['validation_fpr']:.4f}).")

@@ -56,7 +56,7 @@ async def model_info(model: CurrentModel, settings: SettingsDep) -> Response:
     detector, contract = model.scorer.detector, model.scorer.contract
     return _json({**model.describe(), "uri": settings.model_uri, "model_type": model.model_type,
                   "kind": model.scorer.kind, "series": None if contract is None else contract.to_dict(),
-                  "score_type": detector.score_type_, "threshold": model.scorer.threshold,
+                  "score_type": detector.score_name_, "threshold": model.scorer.threshold,
                   "target_fpr": float(detector.calibration_.target_fpr), "schema": detector.schema_.to_dict(),
                   "loaded_at": dt.datetime.fromtimestamp(model.loaded_at, dt.timezone.utc).isoformat(),
                   "load_seconds": round(model.load_seconds, 4)})
