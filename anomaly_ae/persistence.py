@@ -251,7 +251,7 @@ def _refuse_foreign(path: Path, kind: str, format_name: str | None) -> None:
     if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
         raise FileExistsError(f"{path} exists and is not a saved {kind}; choose an empty or new directory")
     try:
-        found = json.loads((path / MANIFEST).read_bytes()).get("format")
+        found = json.loads(_manifest_bytes(path)).get("format")
     except (OSError, ValueError, AttributeError):  # none, or not ours to judge: the checks above apply
         return
     if found != format_name:  # a generator saved over a detector (or the reverse) would lose it unasked
@@ -263,7 +263,7 @@ def _refuse_foreign(path: Path, kind: str, format_name: str | None) -> None:
 def _complete(directory: Path) -> bool:
     """Whether every file the manifest lists is present with its recorded size and SHA-256."""
     try:
-        entries = json.loads((directory / MANIFEST).read_bytes())["files"]
+        entries = json.loads(_manifest_bytes(directory))["files"]
         for name, entry in entries.items():
             if "/" in name or name.startswith("."):
                 return False

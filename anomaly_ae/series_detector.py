@@ -214,8 +214,8 @@ class SeriesDetector(Detector):
         cycle can be flagged far more often than target_fpr (27.9% at a 1% target was seen)."""
         longest = max(layout.order, key=len)
         head = longest[np.isin(longest, train_rows)]
-        tail = min((int(np.isin(rows, val_rows).sum()) for rows in layout.order if np.isin(rows, val_rows).any()),
-                   default=0)
+        calibrating = [int(n) for n in (np.isin(rows, val_rows).sum() for rows in layout.order) if n]
+        tail = min(calibrating, default=0)
         period = dominant_period(x[head], 8, len(head))
         if period is not None and 0 < tail < period:
             warnings.warn(f"each series calibrates its threshold on its last {tail} steps (validation_fraction="

@@ -124,13 +124,13 @@ def augment_training_data(X: pd.DataFrame, generator: str, rows: int, balance_co
     synthetic = _like(synthetic[list(map(str, X.columns))], X)
     if save_to is not None:
         gen.save(save_to)
-    failures = check_floors(gen.quality_)
+    failures, verdict = check_floors(gen.quality_), floor_verdict(gen.quality_)
     if failures:  # its rows would teach the detector a normal that is not the data's
         warnings.warn(f"the generator misses its quality floors ({'; '.join(failures)}), so its rows may not look "
                       "like the normal data; train a better one (more epochs or rows) or augment less",
                       UserWarning, stacklevel=2)
-    elif balance_col is not None and "not measured" in floor_verdict(gen.quality_):
-        warnings.warn(f"the generator {floor_verdict(gen.quality_)}, so the rows drawn for its rarest contexts "
+    elif balance_col is not None and "not measured" in verdict:
+        warnings.warn(f"the generator {verdict}, so the rows drawn for its rarest contexts "
                       "are unchecked; check them with `anomaly-ae generate report` on more held-out rows",
                       UserWarning, stacklevel=2)
     params = {k: v for k, v in gen.get_params().items() if k not in ("verbose", "device")}

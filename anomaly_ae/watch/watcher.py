@@ -311,19 +311,21 @@ class Watcher:
             self.stats.n_stale = sum(1 for n in self._states if n not in seen_now)
         return sorted(out, key=lambda s: (s.timestamp, s.series))
 
-    def _warm(self, name: str, anomalous: bool, *, fresh: bool) -> None:
-        """A step before the new ones: rebuilds the series' rule state (from a new one at its first)."""
+    def _state(self, name: str) -> _SeriesState:
         state = self._states.get(name)
         if state is None:
             state = self._states[name] = _SeriesState(rule=self.rule.start())
-        elif fresh:
+        return state
+
+    def _warm(self, name: str, anomalous: bool, *, fresh: bool) -> None:
+        """A step before the new ones: rebuilds the series' rule state (from a new one at its first)."""
+        state = self._state(name)
+        if fresh:
             state.rule = self.rule.start()
         state.rule.step(anomalous)
 
     def _advance(self, name: str, timestamp: float, result: Any, i: int) -> SeriesScore:
-        state = self._states.get(name)
-        if state is None:
-            state = self._states[name] = _SeriesState(rule=self.rule.start())
+        state = self._state(name)
         anomalous = bool(result.is_anomaly[i])
         alert = state.rule.step(anomalous)  # what AlertRule.apply gives offline, one step at a time
         if alert:
