@@ -520,7 +520,8 @@ async def test_admitted_requests_beyond_scoring_threads_wait_for_a_thread(served
         try:
             await until(lambda: _value(app.state.admission.scoring == 6))  # all six admitted
             await until(lambda: _value(inside[0] == 2))
-            await asyncio.sleep(0.3)  # a third scorer, were one let in, would show in `most` below
+            # the other four wait for a thread: none of them can reach the scorer until one is released
+            await until(lambda: _value(app.state.admission.threads.statistics().tasks_waiting == 4))
             assert (await client.get("/healthz")).status_code == 200
         finally:
             release.set()
@@ -583,9 +584,9 @@ async def test_freed_memory_is_released_once_the_worker_is_idle(served):
         model.scorer.score = held
         requests = [asyncio.create_task(client.post("/v1/score", json={"records": rows(2)}, headers=SCORE))
                     for _ in range(4)]
-        await until(lambda: _value(admission.scoring == 4))
-        await asyncio.sleep(0.2)
-        assert released == []  # four requests admitted, two of them scoring: not idle
+        await until(lambda: _value(admission.scoring == 4 and admission.threads.statistics().tasks_waiting == 2))
+        # four requests admitted, two of them scoring: not idle, so nothing released and nothing scheduled
+        assert released == [] and admission._timer is None
         go.set()
         assert [(await r).status_code for r in requests] == [200] * 4
         await until(lambda: _value(len(released) == 1))
@@ -594,8 +595,8 @@ async def test_freed_memory_is_released_once_the_worker_is_idle(served):
         for _ in range(3):  # idle again within the interval: one more release, at the interval's end
             assert (await client.post("/v1/score", json={"records": rows(2)}, headers=SCORE)).status_code == 200
         await until(lambda: _value(len(released) == 2))
-        await asyncio.sleep(0.7)
-        assert len(released) == 2 and released[1][0] - first >= 0.45
+        assert admission._timer is None  # idle and released: no third release is scheduled
+        assert released[1][0] - first >= 0.45
 
 
 # ---------------------------------------------------------------------------- reload decisions
@@ -787,20 +788,21 @@ async def test_a_reload_during_a_short_reload_waits_for_it(served):
     on, or a poll) waits for the running one and then makes its own: found by schemathesis in the
     reliability suite, where back-to-back admin reloads against two workers got 503."""
     with held_loads() as (loader, loading, release):
-        async with in_process(settings(served), loader=loader) as (_, client):
+        async with in_process(settings(served), loader=loader) as (app, client):
             await ready(client)
             first = asyncio.create_task(reload(client, force=True))
             await until(lambda: _value(loading.is_set()))
             second = asyncio.create_task(reload(client, force=True))
-            await asyncio.sleep(0.3)
-            assert not second.done()  # waiting, not refused
+            lock = app.state.holder._lock  # the second waits on the lock the first holds: not refused
+            await until(lambda: _value(bool(getattr(lock, "_waiters", None))))
+            assert not second.done()
             release.set()
             assert (await first).status_code == 200
             response = await second
             assert response.status_code == 200 and response.json()["status"] == "loaded"
 
 
-async def test_a_worker_started_while_another_serves_accepts_only_once_its_model_loads(served, tmp_path):
+async def test_a_worker_started_while_another_serves_accepts_only_once_its_model_loads(served, tmp_path, caplog):
     """With several workers, a worker that starts while another one serves (uvicorn replacing a killed
     worker) finishes its start-up, and so accepts connections, only once its model is loaded: the
     reliability suite's replacement worker answered 503 model_not_loaded while loading. A worker with
@@ -811,6 +813,7 @@ async def test_a_worker_started_while_another_serves_accepts_only_once_its_model
 
     from anomaly_ae.service.app import create_app
 
+    caplog.set_level(logging.INFO, logger="anomaly_ae.service")
     control = tmp_path / "control"
     control.mkdir()
     sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -829,8 +832,8 @@ async def test_a_worker_started_while_another_serves_accepts_only_once_its_model
             lifespan = app.router.lifespan_context(app)
             startup = asyncio.create_task(lifespan.__aenter__())
             await until(lambda: _value(loading.is_set()))
-            await asyncio.sleep(0.3)
-            assert not startup.done()  # the sibling serves meanwhile
+            await until(lambda: _value("another worker is serving" in caplog.text))  # start-up waits for the model
+            assert not startup.done()
             release.set()
             await asyncio.wait_for(startup, 30)
             assert app.state.holder.current is not None
