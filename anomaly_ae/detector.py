@@ -373,7 +373,7 @@ class Detector(Estimator):
             return pd.DataFrame(result.shares, columns=self.feature_names_, index=result.index)
         check_integer("top_k", top_k, 1)
         frame = self._inference(X, top_k=int(top_k)).frame(top_k=int(top_k))
-        return frame.drop(columns=["score", "p_value", "is_anomaly", "severity", "notes"])
+        return frame[[c for c in frame.columns if c.startswith(("feature_", "contribution_"))]]
 
     def score_frame(self, X: pd.DataFrame | np.ndarray, top_k: int = 3) -> pd.DataFrame:
         """score, p_value, is_anomaly, severity, the top_k contributing features (none for 0) and notes per row."""

@@ -159,6 +159,8 @@ def test_bad_time_input_gets_clear_errors_and_notes(fitted):
     assert np.isfinite(out["score"]).all()
     assert out["notes"].str.contains("gap of 2 steps before this row filled").sum() == 1
     assert out["notes"].str.contains("gap of 6 steps .* restarts", regex=True).sum() == 1
+    one_missing = test[test.host == "a"].drop(index=test.index[(test.host == "a")][[40]])
+    assert fitted.score_frame(one_missing)["notes"].str.contains("gap of 1 step before this row filled").sum() == 1
     # a series never seen in training: scored, noted
     other = test[test.host == "a"].assign(host="zzz")
     notes = fitted.score_frame(other)["notes"]
@@ -655,3 +657,20 @@ def test_a_calibration_tail_shorter_than_the_historys_cycle_is_warned_of():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SeriesDetector("pca", window=16, time_col="ts", series_col="host").fit(history(288 * 7))
+
+
+def test_series_ids_that_read_the_same_as_text_are_refused_not_merged(fitted):
+    """Ids are matched as text (a CSV's "7" is a JSON client's 7), so 7 and "7" in one input would have
+    merged two hosts' windows; a model trained on "7" still scores 7."""
+    test = frame(100, seed=5)
+    test["host"] = pd.Series([7 if h == "a" else "7" for h in test["host"]], dtype=object)
+    with pytest.raises(DataError, match="series ids 7 and '7' in 'host' read as one series"):
+        fitted.decision_function(test)
+    ints = frame(100, hosts=("a",), seed=5).assign(host=7)
+    assert fitted.score_frame(ints)["notes"].str.contains("series '7' was not in the training data").all()
+
+
+def test_explain_holds_the_top_features_only(fitted):
+    """Not the series models' `alert` column, which score_frame also has."""
+    out = fitted.explain(frame(60, seed=5), top_k=2)
+    assert list(out.columns) == ["feature_1", "contribution_1", "feature_2", "contribution_2"]

@@ -164,7 +164,8 @@ class SeriesFraming:
                     notes[row].append(f"gap of {missing} steps before this row (more than max_gap={self.max_gap}): "
                                       "the window restarts here")
                 elif missing > 0:
-                    notes[row].append(f"gap of {missing} steps before this row filled with the last value")
+                    notes[row].append(f"gap of {missing} step{'s' * (missing > 1)} before this row filled with the "
+                                      "last value")
                     source.extend([rows[j - 1]] * missing)
                     segment_start.extend([start] * missing)
                 position[row] = len(source)
@@ -251,9 +252,21 @@ class SeriesFraming:
                 missing = [row for row, v in enumerate(series) if v is None]
                 raise DataError(f"'{self.series_col}' is missing at row {missing[0]}; every row needs a series id",
                                 reason="missing_value", column=self.series_col, rows=missing[:MAX_ROWS_NAMED_IN_ERRORS])
+            self._refuse_colliding_ids(raw)
         else:
             series = np.full(n, ONE_SERIES, dtype=object)
         return times, series
+
+    def _refuse_colliding_ids(self, raw: Sequence[Any]) -> None:
+        """Series ids are matched as text (a CSV's "7" is a JSON client's 7), so two ids of one input that
+        read the same, such as 7 and "7", would merge two series' windows."""
+        seen: dict[str, Any] = {}
+        for value in pd.unique(pd.Series(list(raw), dtype=object)):
+            first = seen.setdefault(str(value), value)
+            if type(first) is not type(value):
+                raise DataError(f"series ids {first!r} and {value!r} in '{self.series_col}' read as one series "
+                                f"({str(value)!r}); give every id as the same type", reason="dtype",
+                                column=self.series_col)
 
     def _timestamps(self, raw: Sequence[Any]) -> np.ndarray:
         """The time column as datetime64[ns] (UTC, naive), refusing what pandas would misread silently:
