@@ -381,7 +381,7 @@ def _build_detector(cls: type["Detector"], path: Path, contents: dict[str, bytes
         state = load_safetensors(contents["weights.safetensors"])
     except Exception as exc:  # safetensors raises its own error types for malformed headers
         raise ModelLoadError(f"{path / 'weights.safetensors'} is not a valid safetensors file: {exc}") from None
-    device = resolve_device(detector.device)
+    device = resolve_device(detector.device, fall_back_to_cpu=True)
     specs = {f"member{i}": spec for i in range(n_members)}
     if config.get("n_reference"):
         input_shape = config.get("input_shape") or spec["input_shape"]  # older models: from the network spec

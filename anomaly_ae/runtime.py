@@ -13,7 +13,10 @@ import ctypes.util
 import functools
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Callable
+
+from anomaly_ae.exceptions import InvalidParameterError
 
 if TYPE_CHECKING:
     import torch
@@ -23,13 +26,27 @@ if TYPE_CHECKING:
 DEFAULT_THREADS = 1
 
 
-def resolve_device(device: str) -> "torch.device":
-    """"auto" is CUDA when a GPU is visible, else the CPU; anything else is passed to torch."""
+def resolve_device(device: str, *, fall_back_to_cpu: bool = False) -> "torch.device":
+    """"auto" is CUDA when a GPU is visible, else the CPU; "cuda[:N]" and "mps" must be usable on this machine:
+    InvalidParameterError if not or, with fall_back_to_cpu (loading a model trained on another machine), the
+    CPU and a warning."""
     import torch
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        usable = torch.cuda.is_available() and (resolved.index or 0) < torch.cuda.device_count()
+    else:
+        usable = resolved.type != "mps" or torch.backends.mps.is_available()
+    if usable:
+        return resolved
+    if fall_back_to_cpu:
+        warnings.warn(f"the model was made with device={device!r}, which this machine does not have: it runs on the "
+                      "CPU", stacklevel=3)
+        return torch.device("cpu")
+    raise InvalidParameterError(f"device={device!r}, but this machine has no such device that torch can use; "
+                                "use device='auto' or 'cpu'")
 
 
 def set_threads(n_threads: int | None = DEFAULT_THREADS) -> None:

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from anomaly_ae import Detector
 from anomaly_ae.data.synthetic import LABEL_COLUMNS
-from anomaly_ae.exceptions import ModelLoadError
+from anomaly_ae.exceptions import InvalidParameterError, ModelLoadError
 from anomaly_ae.persistence import FILES, MANIFEST
 
 MODELS = ["ae", "dae", "sae", "vae", "aae", "pca"]
@@ -152,6 +153,21 @@ def test_a_config_that_matches_its_manifest_but_builds_no_model_is_one_error(sav
     _rewrite_config(saved, edit)
     with pytest.raises(ModelLoadError, match=f"{saved}"):
         Detector.load(saved)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does")
+def test_a_model_made_on_a_gpu_loads_on_the_cpu_and_a_missing_gpu_is_a_parameter_error(saved, telemetry_test):
+    """A model trained with device="cuda" could not be loaded by a CPU-only service ("re-save the model"),
+    and a fit asking for a GPU the machine lacks failed with torch's AssertionError."""
+    X = telemetry_test.drop(columns=list(LABEL_COLUMNS))
+    expected = Detector.load(saved).decision_function(X)
+    _rewrite_config(saved, lambda c: c["params"].update(device="cuda"))
+    with pytest.warns(UserWarning, match="device='cuda', which this machine does not have: it runs on the CPU"):
+        loaded = Detector.load(saved)
+    assert loaded.device_.type == "cpu"
+    np.testing.assert_array_equal(loaded.decision_function(X), expected)
+    with pytest.raises(InvalidParameterError, match="device='cuda:1', but this machine has no such device"):
+        Detector("pca", device="cuda:1").fit(X)
 
 
 def test_save_over_an_existing_model_replaces_it(fitted, saved):

@@ -105,7 +105,7 @@ def _load_generator(cls: type["Generator"], path: Path) -> "Generator":
         module.load_state_dict(state, strict=True)
     except Exception as exc:  # safetensors' own errors, or weights that do not fit the declared model
         raise ModelLoadError(f"the weights in {path} do not fit the generator they declare: {exc}") from None
-    gen.device_ = resolve_device(gen.device)
+    gen.device_ = resolve_device(gen.device, fall_back_to_cpu=True)
     gen.module_ = module.to(gen.device_).eval()
     gen.schema_, gen.output_schema_ = schema, output_schema
     gen.preprocessor_, gen.conditions_ = preprocessor, conditions
