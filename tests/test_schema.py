@@ -26,7 +26,7 @@ def test_missing_column(det, rows):
     assert err.value.reason == "missing_column" and err.value.column == "latency_ms"
 
 
-def test_a_yes_no_column_takes_true_and_false_in_any_case():
+def test_a_yes_no_column_takes_true_and_false_in_any_case_and_1_and_0():
     """A CSV's true/false reaches pandas as bools ('True'); a JSON client sends the text 'true': the
     same value, which was scored as an unseen category."""
     rng = np.random.default_rng(0)
@@ -39,10 +39,16 @@ def test_a_yes_no_column_takes_true_and_false_in_any_case():
     assert columns["flag"].tolist() == ["True", "False", "False"] and not report.unseen_categories
     texts = Schema.infer(train.assign(flag=train.flag.map({True: "true", False: "false"})))  # and the other way
     assert texts.check(frame.head(3))[0]["flag"].tolist() == ["true", "false", "true"]
+    # 1 and 0 (a database's or Parquet's integer flag, a JSON number) were unseen categories: every row flagged
+    numbers = pd.DataFrame({"a": [0.0] * 5, "flag": pd.array([1, 0, 1, 0, 2], dtype="int8")})
+    checked, report = schema.check(numbers)
+    assert checked["flag"].tolist() == ["True", "False", "True", "False", "2"] and report.unseen_categories == {"flag": 1}
+    columns, report = schema.check_columns({"a": [0.0] * 4, "flag": [1, 0.0, "1", "0"]})
+    assert columns["flag"].tolist() == ["True", "False", "True", "False"] and not report.unseen_categories
 
 
 def test_a_blank_column_name_is_shown_quoted(det, rows):
-    with pytest.raises(SchemaError, match="unexpected column\(s\): '  '; drop them"):
+    with pytest.raises(SchemaError, match=r"unexpected column\(s\): '  '; drop them"):
         det.decision_function(rows.assign(**{"  ": 1.0}))
 
 

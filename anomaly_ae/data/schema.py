@@ -380,15 +380,21 @@ def _check_numbers(col: Column, arr: np.ndarray, index: Any, report: CheckReport
         report.missing_values[col.name] = int(nan.sum())
 
 
+# 1 and 0 as a yes/no column's values: a database's or Parquet's integer flag, a JSON client's number
+_TRUTH_NUMBERS = {"1": "true", "1.0": "true", "0": "false", "0.0": "false"}
+
+
 def _same_truth_words(col: Column, text: np.ndarray) -> None:
-    """A yes/no column takes true and false in any case as its training spelling, in place: a CSV's
-    `true` reaches the model as the bool True ('True'), a JSON client's as the text 'true'."""
+    """A yes/no column takes true and false in any case, and 1 and 0, as its training spelling, in place: a
+    CSV's `true` reaches the model as the bool True ('True'), a JSON client's as the text 'true'."""
     spelling = {c.lower(): c for c in col.categories}
     if not spelling or not set(spelling) <= {"true", "false"}:
         return
     for i, value in enumerate(text.tolist()):
-        if value is not None and value not in col.categories and value.lower() in spelling:
-            text[i] = spelling[value.lower()]
+        if value is not None and value not in col.categories:
+            word = _TRUTH_NUMBERS.get(value, value.lower())
+            if word in spelling:
+                text[i] = spelling[word]
 
 
 def _check_categories(col: Column, text: np.ndarray, isna: np.ndarray, index: Any, report: CheckReport, *,
