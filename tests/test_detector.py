@@ -164,6 +164,23 @@ def test_the_hybrid_score_is_its_two_standardised_terms_summed(telemetry_train):
     assert location_spread(distance)[1] > 0 and np.corrcoef(model_scores, distance)[0, 1] < 0.999
 
 
+def test_on_discrete_data_the_neighbour_term_keeps_a_usable_scale():
+    """Rows with k exact duplicates in the reference have distance 0: with 90% of the held-out rows such,
+    the neighbour term's spread was 1e-12, any rarer row scored ~1e12 and every flagged row was critical."""
+    rng = np.random.default_rng(0)
+
+    def discrete(n: int) -> pd.DataFrame:
+        return pd.DataFrame({"status": rng.choice(["ok", "warn"], n, p=[0.9, 0.1]), "retries": rng.poisson(0.3, n),
+                             "workers": rng.choice([4, 8], n), "errors": rng.poisson(0.2, n)})
+
+    det = Detector(neighbors=5, **FAST).fit(discrete(3000))
+    location, spread = det.term_scales_["neighbors"]
+    assert location == 0.0 and spread > 0.01
+    frame = det.score_frame(discrete(5000))
+    assert frame["score"].max() < 1e4
+    assert frame["is_anomaly"].any() and (frame.loc[frame["is_anomaly"], "severity"] != "critical").any()
+
+
 def test_the_neighbour_term_flags_an_empty_stretch_of_the_manifold_the_model_reconstructs():
     """Normal rows lie on a line in two clusters; a row on the line between them is reconstructed
     exactly by a 1-component PCA (nothing unusual to it) but has no normal neighbours."""
