@@ -20,7 +20,7 @@ from anomaly_ae import persistence
 from anomaly_ae.calibration import Calibration
 from anomaly_ae.data.preprocess import Preprocessor, warn_of_extreme_values, warn_of_identifiers
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.estimators import Estimator, check_integer, check_number, require_fitted
+from anomaly_ae.estimators import MAX_SEED, Estimator, check_integer, check_number, require_fitted
 from anomaly_ae.exceptions import DataError, InvalidParameterError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input
 from anomaly_ae.models import DETECTOR_MODELS, DetectorModel, build_model
@@ -161,6 +161,9 @@ class Detector(Estimator):
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(n)
         n_val = max(2, int(round(n * self.validation_fraction)))
+        if n - n_val < 2:
+            raise DataError(f"validation_fraction={self.validation_fraction} of {n} rows leaves {n - n_val} to train "
+                            "on; lower validation_fraction or give more rows")
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         pre = Preprocessor(self.max_categories).fit(_take(checked, train_idx), schema)
         x = model_input(pre, schema, checked)
@@ -257,7 +260,7 @@ class Detector(Estimator):
         for name in ("epochs", "n_samples", "max_reference", "max_categories"):
             check_integer(name, getattr(self, name), 1)
         check_integer("patience", self.patience, 0)
-        check_integer("random_state", self.random_state, 0)
+        check_integer("random_state", self.random_state, 0, MAX_SEED)
         if self.ignore_columns is not None and (
                 isinstance(self.ignore_columns, (str, bytes)) or not hasattr(self.ignore_columns, "__iter__")
                 or not all(isinstance(c, str) for c in self.ignore_columns)):

@@ -103,10 +103,17 @@ def _with_sklearn_base(sklearn_error: type) -> type[exceptions.NotFittedError]:
                 {"__module__": __name__, "__doc__": exceptions.NotFittedError.__doc__})
 
 
-def check_integer(name: str, value: Any, low: int) -> None:
-    """An estimator parameter that must be a whole number >= `low` (a bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise exceptions.InvalidParameterError(f"{name} must be an integer >= {low}, got {value!r}")
+# Seeds as numpy's legacy RandomState and scikit-learn take them; torch's 64-bit seed overflowed above
+# (after the first of several members had trained: each member's seed is random_state + i).
+MAX_SEED = 2**32 - 1
+
+
+def check_integer(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """An estimator parameter that must be a whole number >= `low` (and <= `high`; a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
+            or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise exceptions.InvalidParameterError(f"{name} must be an integer {bounds}, got {value!r}")
 
 
 def check_number(name: str, value: Any, positive: bool = False) -> None:

@@ -41,6 +41,10 @@ class NotFittedError(AnomalyAEError, AttributeError):
     """The estimator is used before `fit` was called."""
 
 
+class TrainingError(AnomalyAEError):
+    """Training diverged: no epoch ended with a finite validation loss."""
+
+
 class ModelLoadError(AnomalyAEError):
     """A saved model is missing, truncated, tampered with or from an incompatible version."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from anomaly_ae.exceptions import ConfigurationError, DataError
+from anomaly_ae.exceptions import ConfigurationError, DataError, TrainingError
 
 CHECKPOINT_FORMAT = 1
 _META_KEY = "anomaly_ae_checkpoint"
@@ -291,6 +292,9 @@ def train(model: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor, config: 
                 break
         if checkpoint is not None and epoch % checkpoint.every == 0 and epoch < config.epochs:
             save(epoch, done=False)
+    if not math.isfinite(best_loss):  # kept as "best" would be the first epoch's broken or initial weights
+        raise TrainingError(f"training diverged: no epoch ended with a finite validation loss ({history.val_loss[-3:]}); "
+                            f"lower learning_rate (now {config.learning_rate}) or check the data for extreme values")
     model.load_state_dict(best_state)
     model.eval()
     history.seconds = time.perf_counter() - started

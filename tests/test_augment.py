@@ -232,7 +232,7 @@ def test_a_generator_and_a_detector_never_replace_each_other(rare_mode, tmp_path
     ({"condition_cols": "cpu_util_pct", "n_bins": 1}, "n_bins must be an integer >= 2"),
     ({"model": "cgan", "condition_cols": "mode", "n_critic": 0}, "n_critic must be an integer >= 1"),
     ({"beta": -1.0}, "beta must be a finite number >= 0"),
-    ({"random_state": -1}, "random_state must be an integer >= 0"),
+    ({"random_state": -1}, r"random_state must be an integer in \[0, 4294967295\]"),
     ({"condition_cols": ["mode", "mode"]}, r"condition_cols names \['mode'\] more than once"),
     ({"condition_cols": 5}, "condition_cols must be a column name or a list of them, got 5"),
 ])

@@ -265,6 +265,17 @@ def test_too_few_rows_and_bad_params(telemetry_train):
         Detector(model="gan").fit(telemetry_train)
     with pytest.raises(ValueError, match="target_fpr"):
         Detector(target_fpr=0).fit(telemetry_train)
+    with pytest.raises(DataError, match="validation_fraction=0.96 of 10 rows leaves 0 to train on"):
+        Detector(validation_fraction=0.96).fit(telemetry_train.head(10))  # was "has no value in the training rows"
+
+
+def test_a_training_run_that_diverges_is_an_error_not_a_model(telemetry_train):
+    """Every validation loss NaN or inf: the "best" weights were the first epoch's, and scoring later
+    blamed the data."""
+    from anomaly_ae.exceptions import TrainingError
+
+    with pytest.raises(TrainingError, match=r"training diverged: .*lower learning_rate \(now 1000.0\)"):
+        Detector(model="ae", learning_rate=1000.0, epochs=3, random_state=0).fit(telemetry_train)
 
 
 @pytest.mark.parametrize("params, message", [
@@ -275,7 +286,8 @@ def test_too_few_rows_and_bad_params(telemetry_train):
     (dict(learning_rate=float("nan")), "learning_rate must be a finite number > 0"),
     (dict(learning_rate=0), "learning_rate must be"), (dict(noise=-1), "noise must be a finite number >= 0"),
     (dict(model="pca", variance_kept=2), "variance_kept must be in"), (dict(device="tpu"), "device must be"),
-    (dict(random_state="x"), "random_state must be an integer")])
+    (dict(random_state="x"), "random_state must be an integer"),
+    (dict(random_state=2**64), r"random_state must be an integer in \[0, 4294967295\]")])
 def test_bad_training_parameters_are_refused_before_training(telemetry_train, params, message):
     with pytest.raises(InvalidParameterError, match=message):
         Detector(**params).fit(telemetry_train)

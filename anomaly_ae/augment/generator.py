@@ -20,7 +20,7 @@ from anomaly_ae.augment.gan_training import GanConfig, GanHistory, train_gan
 from anomaly_ae.augment.quality import quality_report
 from anomaly_ae.data.preprocess import Preprocessor, warn_of_identifiers
 from anomaly_ae.data.schema import Schema
-from anomaly_ae.estimators import Estimator, check_integer, check_number, require_fitted
+from anomaly_ae.estimators import MAX_SEED, Estimator, check_integer, check_number, require_fitted
 from anomaly_ae.exceptions import DataError
 from anomaly_ae.models import build_model
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
@@ -176,8 +176,9 @@ class Generator(Estimator):
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         for name, low in (("epochs", 1), ("patience", 1), ("steps", 1), ("n_critic", 1), ("n_bins", 2),
-                          ("max_categories", 1), ("random_state", 0)):
+                          ("max_categories", 1)):
             check_integer(name, getattr(self, name), low)
+        check_integer("random_state", self.random_state, 0, MAX_SEED)
         for name in ("latent_dim", "batch_size"):
             if getattr(self, name) is not None:
                 check_integer(name, getattr(self, name), 1)
@@ -269,7 +270,7 @@ class Generator(Estimator):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise DataError(f"n must be a whole number >= 1, got {n!r}")
         if random_state is not None:
-            check_integer("random_state", random_state, 0)
+            check_integer("random_state", random_state, 0, MAX_SEED)
         most = MAX_SAMPLE_BYTES // self._bytes_per_row()
         if n > most:  # before numpy asks for the memory: a typo such as 10**11 rows is hundreds of GiB
             raise DataError(f"n={n} is more than one draw holds ({most} rows of this generator, about "
