@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -242,6 +242,8 @@ def train(
                                   random_state=seed, device=device, verbose=progress, **given)
     detector.validate_params()  # a bad option fails now, not after reading a large file
     X = read_training_data(data, _split_list(drop_cols), max_line_bytes, for_training=True)
+    if eval_frame is not None and hasattr(X, "columns"):  # a table (arrays are not evaluated by column)
+        _check_eval_columns(eval_frame, X, eval_data, label_col, _split_list(drop_cols))
     if tracked:
         _check_tracking(tracking_uri, register, "series" if series else "detector")
     provenance = None
@@ -274,24 +276,53 @@ def train(
     console.print(f"{where} (threshold {cal.threshold:.6g}, "
                   f"validation FPR {cal.validation_fpr:.4f} for target {cal.target_fpr})")
     if tracked:
-        from anomaly_ae.exceptions import RegistryError
         from anomaly_ae.registry import log_training_run
 
-        try:
+        with _kept_if_logging_fails(detector, path):
             run = log_training_run(detector, X, experiment=experiment or "anomaly-ae", register=register,
                                    tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_frame,
                                    # the model ignores its --drop-cols where the file has them: no need to name them
                                    label_col=label_col, drop_cols=())
-        except RegistryError as exc:
-            if path is not None:
-                raise
-            # the registry went away after the training: keep the model rather than lose the work
-            kept = detector.save(Path(f"anomaly-ae-model-{time.strftime('%Y%m%d-%H%M%S')}"))
-            raise type(exc)(f"{exc}. The trained model is kept in {kept}: score with it, or train again with "
-                            "--out DIR to keep the model whatever the registry does") from None
         console.print(run.describe())
     if checkpoint is not None:  # the model is saved or logged: the checkpoints have served
         checkpoint.clear()
+
+
+def _check_eval_columns(eval_frame: pd.DataFrame, X: pd.DataFrame, eval_data: Path, label_col: str,
+                        drop_cols: list[str]) -> None:
+    """--eval must score with the model about to be trained: checked before the training, not after it."""
+    from anomaly_ae.exceptions import DataError
+
+    given = [c for c in eval_frame.columns if c != label_col and c not in drop_cols]
+    missing = [str(c) for c in X.columns if c not in given]
+    extra = [str(c) for c in given if c not in X.columns]
+    if missing or extra:
+        problem = "; ".join(part for part in (missing and f"it lacks {', '.join(missing)}",
+                                              extra and f"it has {', '.join(extra)}, which the training data has not")
+                            if part)
+        raise DataError(f"--eval {eval_data} does not have the training data's columns: {problem}; "
+                        "give both files the same columns (--drop-cols applies to both)", reason="columns")
+
+
+@contextlib.contextmanager
+def _kept_if_logging_fails(detector: Any, path: Path | None) -> Iterator[None]:
+    """Log to MLflow within the block; if that fails or is stopped (SIGTERM), the trained model is not lost:
+    it is saved in ./anomaly-ae-model-TIMESTAMP unless --out already holds it."""
+    from anomaly_ae.exceptions import AnomalyAEError
+
+    fallback = Path(f"anomaly-ae-model-{time.strftime('%Y%m%d-%H%M%S')}")
+    where = f"the trained model is in {path}" if path else f"the trained model is kept in {fallback}"
+    with _clean_exit_on_signals(f"the MLflow run is marked FAILED; {where}"):
+        try:
+            yield
+        except (AnomalyAEError, _Stopped) as exc:
+            if path is not None:
+                raise
+            detector.save(fallback)
+            if isinstance(exc, _Stopped):
+                raise
+            raise type(exc)(f"{exc}. The trained model is kept in {fallback}: score with it, or train again "
+                            "with --out DIR to keep the model whatever the registry does") from None
 
 
 def _check_tracking(tracking_uri: str | None, register: str | None, kind: str) -> None:

@@ -1,6 +1,7 @@
 """CLI round trip on a temporary directory: train, score (chunked, atomic), evaluate; clean errors."""
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from anomaly_ae.cli import app
@@ -260,13 +261,31 @@ def test_drop_cols_are_remembered_so_files_like_the_training_one_score_evaluate_
     assert result.exit_code == 0 and "auroc" in result.output, result.output
     result = runner.invoke(app, ["recalibrate", model, str(tmp_path / "normal.csv"), "-o", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
+    # --eval data the model could not score failed after the training, and the model was lost
+    write_table(train, tmp_path / "plain.csv")
+    result = runner.invoke(app, ["train", str(tmp_path / "plain.csv"), "--experiment", "e", "--epochs", "100000",
+                                 "--eval", str(tmp_path / "labelled.csv"), "--label-col", "is_anomaly",
+                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert result.exit_code == 2 and "trained" not in result.output, result.output
+    assert "labelled.csv does not have the training data's columns: it has host_id, which the training data has " \
+        "not" in " ".join(result.output.split())
 
 
-def test_a_trained_model_is_kept_when_the_registry_fails_after_training(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", ["registry", "data", "sigterm"])
+def test_a_trained_model_is_kept_when_logging_fails_or_is_stopped(tmp_path, monkeypatch, failure):
+    """Only a registry error kept the model before: a DataError while logging, or a SIGTERM (a job's
+    deadline) during the upload, lost it, and the SIGTERM left the run RUNNING."""
+    import os
+    import signal
+
     import anomaly_ae.registry
-    from anomaly_ae.exceptions import RegistryUnavailableError
+    from anomaly_ae.exceptions import DataError, RegistryUnavailableError
 
     def gone(*args, **kwargs):
+        if failure == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        if failure == "data":
+            raise DataError("unexpected column(s): host_id; drop them or retrain with them")
         raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1 while logging "
                                        "run abc (no answer in time); check that it is running, then retry")
 
@@ -275,9 +294,14 @@ def test_a_trained_model_is_kept_when_the_registry_fails_after_training(tmp_path
     monkeypatch.setattr(anomaly_ae.registry, "log_training_run", gone)
     result = runner.invoke(app, ["train", "t.csv", "--model", "pca", "--experiment", "e", "--no-progress",
                                  "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == (143 if failure == "sigterm" else 2), result.output
     kept = list(tmp_path.glob("anomaly-ae-model-*"))
-    assert len(kept) == 1 and f"The trained model is kept in {kept[0].name}" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert len(kept) == 1
+    if failure == "sigterm":
+        assert f"stopped by SIGTERM; the MLflow run is marked FAILED; the trained model is kept in {kept[0].name}" in said
+    else:
+        assert f"The trained model is kept in {kept[0].name}" in said
     from anomaly_ae import Detector
 
     assert Detector.load(kept[0]).model == "pca"
