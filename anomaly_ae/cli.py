@@ -6,14 +6,10 @@ bug shows a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
-import threading
-import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from anomaly_ae.console import console, friendly_errors
+from anomaly_ae.console import clean_exit_on_signals, console, friendly_errors, kept_if_logging_fails
 from anomaly_ae.runtime import DEFAULT_THREADS, set_threads
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20  # as anomaly_ae.data.io (not imported here: it loads pandas)
@@ -34,39 +30,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Anomaly detection with autoencoders trained on normal data.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-class _Stopped(BaseException):
-    """Raised in the main thread by SIGTERM/SIGINT so `with` blocks clean up (temp files) on the way out."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.exit_code = 128 + signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
-
-
-@contextlib.contextmanager
-def _clean_exit_on_signals(what: str = "nothing was written"):
-    """SIGTERM/SIGINT unwind the command (deleting partial outputs) and exit 143/130, no traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        for s in (signal.SIGTERM, signal.SIGINT):  # a second signal must not interrupt the clean-up
-            signal.signal(s, signal.SIG_IGN)
-        raise _Stopped(signum)
-
-    # A signal the process was started ignoring (nohup, a background job) stays ignored.
-    watched = [s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, stop) for s in watched}
-    try:
-        yield
-    except _Stopped as stopped:
-        console.print(f"stopped by {signal.Signals(stopped.args[0]).name}; {what}")
-        raise typer.Exit(code=stopped.exit_code) from None
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def _split_list(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
@@ -193,7 +156,7 @@ def train(
             _check_tracking(tracking_uri, register, "series")
         from anomaly_ae.watch.command import train_from_prometheus
 
-        with _clean_exit_on_signals():
+        with clean_exit_on_signals():
             train_from_prometheus(prometheus, start, end, model=model, window=_window(window) if window else None,
                                   out=out, experiment=experiment,
                                   register=register, tracking_uri=tracking_uri, device=device, progress=progress)
@@ -258,7 +221,7 @@ def train(
         synthetic = None
     kept = (f"the checkpoints in {checkpoint_dir} are kept: rerun with --resume to continue" if checkpoint_dir
             else "no model was saved")
-    with _clean_exit_on_signals(kept):
+    with clean_exit_on_signals(kept):
         if not series:
             detector.fit(X, synthetic=synthetic, checkpoint=checkpoint)
         else:
@@ -278,7 +241,7 @@ def train(
     if tracked:
         from anomaly_ae.registry import log_training_run
 
-        with _kept_if_logging_fails(detector, path):
+        with kept_if_logging_fails(detector, path):
             run = log_training_run(detector, X, experiment=experiment or "anomaly-ae", register=register,
                                    tracking_uri=tracking_uri, model_dir=path, data_path=data, eval_data=eval_frame,
                                    # the model ignores its --drop-cols where the file has them: no need to name them
@@ -302,27 +265,6 @@ def _check_eval_columns(eval_frame: pd.DataFrame, X: pd.DataFrame, eval_data: Pa
                             if part)
         raise DataError(f"--eval {eval_data} does not have the training data's columns: {problem}; "
                         "give both files the same columns (--drop-cols applies to both)", reason="columns")
-
-
-@contextlib.contextmanager
-def _kept_if_logging_fails(detector: Any, path: Path | None) -> Iterator[None]:
-    """Log to MLflow within the block; if that fails or is stopped (SIGTERM), the trained model is not lost:
-    it is saved in ./anomaly-ae-model-TIMESTAMP unless --out already holds it."""
-    from anomaly_ae.exceptions import AnomalyAEError
-
-    fallback = Path(f"anomaly-ae-model-{time.strftime('%Y%m%d-%H%M%S')}")
-    where = f"the trained model is in {path}" if path else f"the trained model is kept in {fallback}"
-    with _clean_exit_on_signals(f"the MLflow run is marked FAILED; {where}"):
-        try:
-            yield
-        except (AnomalyAEError, _Stopped) as exc:
-            if path is not None:
-                raise
-            detector.save(fallback)
-            if isinstance(exc, _Stopped):
-                raise
-            raise type(exc)(f"{exc}. The trained model is kept in {fallback}: score with it, or train again "
-                            "with --out DIR to keep the model whatever the registry does") from None
 
 
 def _check_tracking(tracking_uri: str | None, register: str | None, kind: str) -> None:
@@ -378,7 +320,7 @@ def score(
         return
     if engine != "local":
         raise DataError(f"unknown --engine {engine!r}; choose local or spark")
-    with _clean_exit_on_signals():
+    with clean_exit_on_signals():
         rows, flagged = _score_locally(model, data, output, top_k, chunk_rows, _split_list(keep_cols), max_line_bytes)
     console.print(f"scored {rows} rows, {flagged} flagged as anomalies -> {output}")
 

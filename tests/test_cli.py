@@ -271,6 +271,25 @@ def test_drop_cols_are_remembered_so_files_like_the_training_one_score_evaluate_
         "not" in " ".join(result.output.split())
 
 
+def test_a_trained_generator_is_kept_when_logging_fails(tmp_path, monkeypatch):
+    import anomaly_ae.registry
+    from anomaly_ae.augment import Generator
+    from anomaly_ae.exceptions import RegistryUnavailableError
+
+    def gone(*args, **kwargs):
+        raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1")
+
+    write_table(make_telemetry(300, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(anomaly_ae.registry, "log_generator_run", gone)
+    result = runner.invoke(app, ["generate", "train", "t.csv", "--model", "cvae", "--epochs", "2", "--no-progress",
+                                 "--experiment", "e", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert result.exit_code == 2, result.output
+    kept = list(tmp_path.glob("anomaly-ae-model-*"))
+    assert len(kept) == 1 and f"The trained model is kept in {kept[0].name}" in " ".join(result.output.split())
+    assert Generator.load(kept[0]).model == "cvae"
+
+
 @pytest.mark.parametrize("failure", ["registry", "data", "sigterm"])
 def test_a_trained_model_is_kept_when_logging_fails_or_is_stopped(tmp_path, monkeypatch, failure):
     """Only a registry error kept the model before: a DataError while logging, or a SIGTERM (a job's

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from anomaly_ae.console import kept_if_logging_fails
 from anomaly_ae.exceptions import AnomalyAEError, DataError
 
 if TYPE_CHECKING:  # imported where used, so `anomaly-ae --help` does not load them
@@ -365,8 +366,9 @@ def train_command(
     if tracked:
         from anomaly_ae.registry import log_generator_run
 
-        run = log_generator_run(gen, X, experiment=experiment or "anomaly-ae-generators", register=register,
-                                tracking_uri=tracking_uri, model_dir=path, data_path=data)
+        with kept_if_logging_fails(gen, path):
+            run = log_generator_run(gen, X, experiment=experiment or "anomaly-ae-generators", register=register,
+                                    tracking_uri=tracking_uri, model_dir=path, data_path=data)
         console.print(run.describe())
 
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from anomaly_ae.console import console, friendly_errors
+from anomaly_ae.console import console, friendly_errors, kept_if_logging_fails
 from anomaly_ae.runtime import DEFAULT_THREADS, set_threads
 
 log = logging.getLogger("anomaly_ae.watch")
@@ -89,8 +89,9 @@ def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str |
                                     "step_seconds": spec.step, "series_label": spec.series_label},
                             files={loaded.path.name: loaded.text, "fetch_report.json": json.dumps(report.to_dict(),
                                                                                                  indent=2)})
-        run = log_training_run(detector, frame, experiment=experiment or "anomaly-ae", register=register,
-                               tracking_uri=tracking_uri, model_dir=path, source=source)
+        with kept_if_logging_fails(detector, path):
+            run = log_training_run(detector, frame, experiment=experiment or "anomaly-ae", register=register,
+                                   tracking_uri=tracking_uri, model_dir=path, source=source)
         console.print(run.describe())
 
 
