@@ -337,6 +337,8 @@ def test_tracking_uri_passwords_are_never_repeated_and_unknown_schemes_are_one_l
     with pytest.raises(RegistryUnavailableError, match="http://alice:\\*\\*\\*@127.0.0.1") as caught:
         registry.resolve_model("models:/x@champion", tracking_uri=dead)
     assert "TopSecret77" not in str(caught.value)
+    # MLflow's own error, which names the URI as given, is not chained: a printed traceback repeated it
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
     out = one_line_error(cli("models", "list", "x", "--tracking-uri", dead))
     assert "TopSecret77" not in out and "alice:***@" in out
     for secret, shown in ((f"http://TopSecret77@127.0.0.1:{free_port()}", "http://***@127.0.0.1"),  # a token user
@@ -344,11 +346,81 @@ def test_tracking_uri_passwords_are_never_repeated_and_unknown_schemes_are_one_l
                           # a raw @ or / in the password: masked to the last @, not to the first
                           (f"http://alice:Top@Secret77@127.0.0.1:{free_port()}", "alice:***@127.0.0.1"),
                           (f"http://alice:Top/Secret77@127.0.0.1:{free_port()}", "alice:***@127.0.0.1"),
-                          (f"http://Top/Secret77@127.0.0.1:{free_port()}", "http://***@127.0.0.1")):
+                          (f"http://Top/Secret77@127.0.0.1:{free_port()}", "http://***@127.0.0.1"),
+                          # a quote, legal in a URI's userinfo, ended the pattern: the password was printed
+                          (f"http://alice:Top'Secret77@127.0.0.1:{free_port()}", "alice:***@127.0.0.1")):
         out = one_line_error(cli("models", "list", "x", "--tracking-uri", secret))
         assert "Secret77" not in out and shown in out, out
     for uri in ("ftp://x", "notaurl"):
         assert "cannot use" in one_line_error(cli("models", "list", "x", "--tracking-uri", uri))
+
+
+@pytest.mark.parametrize("status, advice", [(401, "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+                                            (404, "there is no MLflow API at this address")])
+def test_a_server_that_answers_no_is_not_called_unreachable(status, advice):
+    """A wrong password (401) or path (404) read as "cannot reach the server ... check that it is running",
+    a transient error that callers retry."""
+    import http.server
+    import threading
+
+    class No(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"no")
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), No)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://alice:TopSecret77@127.0.0.1:{server.server_address[1]}"
+        with pytest.raises((RegistryError, ModelLoadError)) as caught:  # ModelLoadError: resolving to load
+            registry.resolve_model("models:/x@champion", tracking_uri=uri)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not isinstance(caught.value, RegistryUnavailableError)
+    text = str(caught.value)
+    assert f"error code {status}" in text and advice in text and "TopSecret77" not in text, text
+
+
+def test_a_run_is_marked_failed_after_a_dropped_connection_with_one_short_try():
+    """A RegistryUnavailableError (a proxy dropping one connection, the server fine a second later) left the
+    run RUNNING forever: no attempt was made to end it."""
+    from anomaly_ae.registry.connection import TrackingTarget
+    from anomaly_ae.registry.tracking import run_lifecycle
+
+    calls = []
+
+    class Client:
+        def set_terminated(self, run_id, status):
+            calls.append((run_id, status, os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT"),
+                          os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")))
+
+    with pytest.raises(RegistryUnavailableError):
+        with run_lifecycle(Client(), TrackingTarget(uri="http://127.0.0.1:1"), "r1"):
+            raise RegistryUnavailableError("connection dropped")
+    assert calls == [("r1", "FAILED", "2", "0")]
+
+
+def test_an_explicit_sqlite_store_keeps_its_artifacts_beside_it_and_errors_keep_their_cause(tmp_path):
+    """sqlite:///PATH put artifacts in ./mlruns of whichever directory a command ran in; an MLflow message
+    whose first line ends with ":" lost the line that says what failed."""
+    from anomaly_ae.registry.connection import _first_line, tracking_target
+
+    target = tracking_target(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", create=True)
+    assert target.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()
+    assert target.describe().startswith("MLflow store sqlite:///")
+    assert tracking_target("http://127.0.0.1:5000").artifact_location is None
+    text = "The following failures occurred while downloading one or more artifacts from file:///x:\n" \
+           "No such artifact: 'model'"
+    assert _first_line(text) == "The following failures occurred while downloading one or more artifacts " \
+                                "from file:///x: No such artifact: 'model'"
 
 
 @pytest.mark.parametrize("name", ["a@b", "a/b", "a'b", " ", "a:b", ".."])

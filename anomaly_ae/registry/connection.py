@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import unquote, urlsplit
 
 from anomaly_ae.exceptions import AnomalyAEError, RegistryError, RegistryUnavailableError
 
@@ -100,16 +101,21 @@ class TrackingTarget:
     """A resolved tracking/registry location."""
 
     uri: str
-    artifact_location: str | None = None  # for experiments this package creates (embedded store only)
+    artifact_location: str | None = None  # for experiments this package creates (SQLite stores only)
     embedded_db: Path | None = None       # set when this is the embedded default
     bounds: HttpBounds = field(default=DEFAULT_BOUNDS, compare=False)
 
+    @property
+    def shown(self) -> str:
+        """The URI as messages show it: without its secrets."""
+        return _without_password(redacted(self.uri), self.uri)
+
     def short(self) -> str:
-        return f"the embedded store {self.embedded_db}" if self.embedded_db is not None else redacted(self.uri)
+        return f"the embedded store {self.embedded_db}" if self.embedded_db is not None else self.shown
 
     def experiment_artifacts(self, experiment: str) -> str | None:
-        """Artifact location for a new experiment: <mlartifacts>/<experiment name> for the embedded
-        store; None (the server's own default) otherwise."""
+        """Artifact location for a new experiment: <mlartifacts>/<experiment name> beside a SQLite store's
+        database; None (the server's own default) otherwise."""
         if self.artifact_location is None:
             return None
         return f"{self.artifact_location}/{re.sub(r'[^A-Za-z0-9._-]+', '_', experiment).strip('.') or 'experiment'}"
@@ -119,7 +125,9 @@ class TrackingTarget:
             return (f"embedded MLflow store {self.embedded_db} with artifacts in "
                     f"{self.embedded_db.parent / EMBEDDED_ARTIFACTS} (set MLFLOW_TRACKING_URI or "
                     "--tracking-uri to use a tracking server)")
-        return f"MLflow tracking server {redacted(self.uri)}"
+        if self.artifact_location is not None:  # sqlite:///PATH given: a store, not a server
+            return f"MLflow store {self.shown} with artifacts in {self.artifact_location}"
+        return f"MLflow tracking server {self.shown}"
 
 
 def tracking_target(tracking_uri: str | None = None, *, create: bool = False,
@@ -134,7 +142,10 @@ def tracking_target(tracking_uri: str | None = None, *, create: bool = False,
         if not create and database is not None and not database.exists():  # MLflow would create it, empty
             raise RegistryError(f"there is no MLflow database at {database} ({redacted(uri)}): check the path; "
                                 "nothing was created")
-        return TrackingTarget(uri=uri, bounds=bounds)
+        # beside the database, as for the embedded store: MLflow's default is ./mlruns of whichever directory
+        # the command runs in, so the same store's artifacts scattered over working directories
+        artifacts = None if database is None else (database.resolve().parent / EMBEDDED_ARTIFACTS).as_uri()
+        return TrackingTarget(uri=uri, artifact_location=artifacts, bounds=bounds)
     db = (Path.cwd() / EMBEDDED_DB).resolve()
     if not create and not db.exists():
         raise RegistryError(
@@ -197,8 +208,12 @@ def _unreachable_reason(exc: BaseException) -> str | None:
         current = current.__cause__ or current.__context__
     transport = any(isinstance(e, (requests.ConnectionError, requests.Timeout)) for e in chain)
     text = " ".join(str(e) for e in chain).lower()
-    # MLflow wraps transport failures as MlflowException("API request to URL failed with ...").
+    # MLflow wraps transport failures as MlflowException("API request to URL failed with ..."), and also a
+    # server's answer ("failed with error code 401 != 200"): only a 5xx or 429 after its retries is transient.
     if not transport and "api request to" not in text:
+        return None
+    status = _http_status(text)
+    if status is not None and status < 500 and status != 429:
         return None
     for needle, reason in _UNREACHABLE_HINTS:
         if needle in text:
@@ -206,8 +221,26 @@ def _unreachable_reason(exc: BaseException) -> str | None:
     return "connection failed"
 
 
+def _http_status(text: str) -> int | None:
+    """The HTTP status of MLflow's "API request to URL failed with error code N != 200", if that is the error."""
+    found = re.search(r"error code (\d{3}) != 200", text)
+    return int(found.group(1)) if found else None
+
+
+_STATUS_ADVICE = {
+    401: "the server wants credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+         "MLFLOW_TRACKING_TOKEN",
+    403: "the credentials given may not do this: check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_TOKEN and "
+         "their permissions",
+    404: "there is no MLflow API at this address: check the URI's host, port and path prefix",
+}
+
+
 def _first_line(text: str, limit: int = 300) -> str:
-    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[0] if lines else ""
+    if line.endswith(":") and len(lines) > 1:  # "... failures occurred while downloading ...:" names it below
+        line = f"{line} {lines[1]}"
     line = re.sub(r"^(INVALID_PARAMETER_VALUE|RESOURCE_DOES_NOT_EXIST|RESOURCE_ALREADY_EXISTS|"
                   r"BAD_REQUEST|INTERNAL_ERROR):\s*", "", line)
     return line if len(line) <= limit else line[:limit] + "..."
@@ -222,16 +255,36 @@ def translate(exc: BaseException, uri: str, action: str, *, error: type[AnomalyA
     (so a caller that loads by URI sees only ModelLoadError and its transient subclass)."""
     if isinstance(exc, AnomalyAEError):
         return exc
-    uri, action = redacted(uri), redacted(action)
+
+    def clean(text: str) -> str:
+        return _without_password(redacted(text), uri)
+
     reason = _unreachable_reason(exc)
+    shown = clean(uri)
     if reason is not None:
-        return RegistryUnavailableError(redacted(
-            f"cannot reach the MLflow tracking server at {uri} while {action} ({reason}; "
+        return RegistryUnavailableError(clean(
+            f"cannot reach the MLflow tracking server at {shown} while {action} ({reason}; "
             f"{bounds.timeout_s:g} s timeout, {bounds.max_retries} retries): check that the "
             "server is running and that MLFLOW_TRACKING_URI / --tracking-uri points at it, then retry"))
+    advice = _STATUS_ADVICE.get(_http_status(str(exc).lower()) or 0)
+    if advice is not None:
+        return error(clean(f"MLflow at {shown} refused {action}: {_first_line(str(exc), limit=160)}; {advice}"))
     if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or isinstance(exc, OSError):
-        return error(redacted(f"{action} failed: {_first_line(str(exc))}"))
-    return error(redacted(f"MLflow at {uri} refused {action}: {_first_line(str(exc))}"))
+        return error(clean(f"{action} failed: {_first_line(str(exc))}"))
+    return error(clean(f"MLflow at {shown} refused {action}: {_first_line(str(exc))}"))
+
+
+def _without_password(text: str, uri: str) -> str:
+    """`text` without the URI's password however it is spelled (quotes and other characters end the
+    pattern `redacted` uses), as written and percent-decoded."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return text
+    for spelling in {password, unquote(password)} if password else ():
+        if len(spelling) >= 3:  # a one- or two-character password would blank unrelated text
+            text = text.replace(spelling, "***")
+    return text
 
 
 @contextlib.contextmanager
@@ -246,7 +299,8 @@ def mlflow_errors(target: TrackingTarget, action: str, *, error: type[AnomalyAEE
         with bounded(target.bounds):
             yield
     except (MlflowException, RequestException, OSError) as exc:
-        raise translate(exc, target.uri, action, error=error, bounds=target.bounds) from exc
+        # from None: MLflow's own error, shown by any printed traceback, holds the URI with its password
+        raise translate(exc, target.uri, action, error=error, bounds=target.bounds) from None
 
 
 def quiet_mlflow_logs() -> None:

@@ -20,7 +20,7 @@ import json
 import shlex
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -29,7 +29,7 @@ import pandas as pd
 
 from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
-from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, redacted, tracking_target
+from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, tracking_target
 from anomaly_ae.registry.pyfunc import save_pyfunc_model
 from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MLMODEL_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef,
                                        _labelled, register_run_model, saved_kind, version_tags)
@@ -58,7 +58,7 @@ class TrackedRun:
     def describe(self) -> str:
         lines = [f"logged run {self.run_id} in experiment {self.experiment!r} to {self.target.describe()}"]
         if self.target.uri.startswith(("http://", "https://")):
-            lines.append(f"view it at {redacted(self.target.uri.rstrip('/'))}/#/experiments/{self.experiment_id}/runs/"
+            lines.append(f"view it at {self.target.shown.rstrip('/')}/#/experiments/{self.experiment_id}/runs/"
                          f"{self.run_id}")
         if self.registered is not None:
             lines.append(f"registered {self.registered.uri}; promote it with `anomaly-ae promote "
@@ -72,9 +72,12 @@ def run_lifecycle(c: Any, target: TrackingTarget, run_id: str) -> Iterator[None]
     try:
         yield
     except BaseException as exc:
-        if not isinstance(exc, RegistryUnavailableError):  # don't wait on a dead server twice
-            with contextlib.suppress(Exception), bounded(target.bounds):
-                c.set_terminated(run_id, "FAILED")
+        # after a server that did not answer, one short try (a dropped connection leaves it up); a dead
+        # server is not waited on twice
+        bounds = replace(target.bounds, timeout_s=2.0, max_retries=0) \
+            if isinstance(exc, RegistryUnavailableError) else target.bounds
+        with contextlib.suppress(Exception), bounded(bounds):
+            c.set_terminated(run_id, "FAILED")
         raise
     with mlflow_errors(target, f"finishing run {run_id}"):
         c.set_terminated(run_id, "FINISHED")
