@@ -512,6 +512,16 @@ def test_a_saved_model_that_cannot_load_is_not_logged(registered, mlflow_server,
         registry.resolve_model("models:/never-registered/1", tracking_uri=mlflow_server)
 
 
+def test_a_saved_model_that_is_not_the_detector_as_it_is_now_is_not_logged(registered, mlflow_server, data,
+                                                                           tmp_path):
+    """Saved, then recalibrated: the version's files were the saved model, its threshold tag the new one."""
+    detector, _ = registered
+    path = detector.save(tmp_path / "m")
+    changed = Detector.load(path).recalibrate(data["X"], target_fpr=0.2)
+    with pytest.raises(RegistryError, match="the model saved in m is not the detector as it is now"):
+        _register_dir(changed, data["X"], path, "never-registered", mlflow_server)
+
+
 def test_model_from_an_incompatible_format_version_is_refused(registered, mlflow_server, data, tmp_path, monkeypatch):
     detector, _ = registered
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -530,6 +540,7 @@ def test_model_from_an_incompatible_format_version_is_refused(registered, mlflow
     from anomaly_ae.registry import tracking
 
     monkeypatch.setattr(tracking, "_check_loads", lambda model_dir: None)
+    monkeypatch.setattr(tracking, "_check_saved_from", lambda detector, model_dir: None)
     _register_dir(detector, data["X"], path, "future-format", mlflow_server)
     monkeypatch.undo()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

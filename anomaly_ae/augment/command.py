@@ -368,7 +368,7 @@ def train_command(
 
         with kept_if_logging_fails(gen, path):
             run = log_generator_run(gen, X, experiment=experiment or "anomaly-ae-generators", register=register,
-                                    tracking_uri=tracking_uri, model_dir=path, data_path=data)
+                                    tracking_uri=tracking_uri, data_path=data)
         console.print(run.describe())
 
 

@@ -36,12 +36,13 @@ SUMMARY_TAGS = ("c2st_auc", "precision", "recall", "coverage", "min_condition_co
 
 def log_generator_run(generator: "Generator", X: pd.DataFrame | np.ndarray | None = None, *,
                       experiment: str = "anomaly-ae-generators", register: str | None = None,
-                      tracking_uri: str | None = None, model_dir: Path | None = None,
+                      tracking_uri: str | None = None,
                       data_path: str | Path | None = None, run_name: str | None = None) -> TrackedRun:
     """Log one training run of a fitted ``generator`` (trained on ``X``, fingerprinted when given)
     and, with ``register=NAME``, register it as a new version of NAME.
 
-    ``model_dir`` is the directory ``generator.save`` wrote (saved to a temporary one if omitted).
+    The generator as it is now is saved to a temporary directory and logged from there (never a directory
+    saved earlier, which may hold another state or stray files).
     Raises RegistryError / RegistryUnavailableError with a message that says what to do.
     """
     from anomaly_ae.augment.quality import check_floors
@@ -60,7 +61,7 @@ def log_generator_run(generator: "Generator", X: pd.DataFrame | np.ndarray | Non
     failures = check_floors(generator.quality_)
     with run_lifecycle(c, target, run_id), tempfile.TemporaryDirectory(prefix="anomaly_ae-run-") as tmp:
         tmp = Path(tmp)
-        model_dir = Path(model_dir) if model_dir is not None else generator.save(tmp / "saved")
+        model_dir = generator.save(tmp / "saved")
         with mlflow_errors(target, f"logging run {run_id}"):
             _log_values(c, run_id, generator, metrics, fingerprint, data_path, failures)
             _log_sample(c, run_id, generator, tmp)

@@ -121,6 +121,7 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
             raise RegistryError(f"the model saved in {Path(model_dir).name} is a {saved_kind(Path(model_dir))} model "
                                 f"but the detector is a {detector_kind(detector)} one; pass the directory this "
                                 "detector was saved to")
+        _check_saved_from(detector, Path(model_dir))
     evaluation = None
     if eval_data is not None:
         if not label_col:
@@ -204,6 +205,18 @@ def _check_loads(model_dir: Path) -> None:
         Detector.load(model_dir)
     except ModelLoadError as exc:
         raise ModelLoadError(f"refusing to log the model in {model_dir.name}: it cannot be loaded ({exc})") from None
+
+
+def _check_saved_from(detector: "Detector", model_dir: Path) -> None:
+    """Refuse a directory that is not what the detector saves now (saved before a recalibrate or another
+    fit): the version's files would be that model and its tags, metrics and description this one."""
+    from anomaly_ae.persistence import MANIFEST
+
+    with tempfile.TemporaryDirectory(prefix="anomaly_ae-check-") as tmp:
+        fresh = json.loads((detector.save(Path(tmp) / "fresh") / MANIFEST).read_bytes())["files"]
+    if json.loads((model_dir / MANIFEST).read_bytes())["files"] != fresh:
+        raise RegistryError(f"the model saved in {model_dir.name} is not the detector as it is now (it changed after "
+                            "that save: recalibrated or fitted again); save it again, or leave model_dir out")
 
 
 def _experiment_id(c: Any, target: TrackingTarget, name: str) -> str:
