@@ -75,7 +75,7 @@ def main() -> None:
         print(" | ".join(map(str, row)), flush=True)
     head = ["dataset", "d", "n_train", "exact ms", "exact AUROC"]
     for probes in PROBES:
-        head += [f"nprobe {probes} ms", f"recall@5", "AUROC change"]
+        head += [f"nprobe {probes} ms", "recall@5", "AUROC change"]
     lines = [
         "# Issue 11: an inverted-file index (faiss IndexIVFFlat) for the neighbour term",
         "",
