@@ -458,7 +458,7 @@ def evaluate(
     drop_cols: Optional[str] = typer.Option(None, help="Other columns to ignore."),
     synthetic_anomalies: bool = typer.Option(False, help="No labels: perturb the (normal) rows in documented ways "
                                                          "and report the detection rate per kind."),
-    n_per_kind: int = typer.Option(200, help="Synthetic anomalies per kind."),
+    n_per_kind: int = typer.Option(200, min=1, help="Synthetic anomalies per kind."),
 ) -> None:
     """AUROC, AUPRC, FPR and recall at the calibrated threshold, with plots; or, without labels,
     detection rates on synthetic anomalies."""

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from anomaly_ae.exceptions import InvalidParameterError
 from anomaly_ae.models.base import ScoredModule
 from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.models.stacked import StackedAutoencoders
@@ -24,7 +25,7 @@ NEIGHBOR_SCORE = "distance"
 
 def check_score_type(model: ScoredModule, score: str) -> None:
     if score not in model.score_types:
-        raise ValueError(f"score {score!r} is not available for {type(model).__name__}; "
+        raise InvalidParameterError(f"score {score!r} is not available for {type(model).__name__}; "
                          f"choose one of {sorted(model.score_types)}")
 
 

@@ -324,3 +324,14 @@ def test_a_trained_model_is_kept_when_logging_fails_or_is_stopped(tmp_path, monk
     from anomaly_ae import Detector
 
     assert Detector.load(kept[0]).model == "pca"
+
+
+def test_evaluate_refuses_fewer_than_one_synthetic_anomaly_per_kind(fitted):
+    """--n-per-kind 0 or -1 ended in a traceback (no objects to concatenate, negative dimensions)."""
+    from anomaly_ae.augment.command import synthetic_anomaly_report
+    from anomaly_ae.exceptions import InvalidParameterError
+
+    result = runner.invoke(app, ["evaluate", "model", "rows.csv", "--synthetic-anomalies", "--n-per-kind", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--n-per-kind'" in " ".join(result.output.split())
+    with pytest.raises(InvalidParameterError, match="n_per_kind must be an integer >= 1, got -1"):
+        synthetic_anomaly_report(fitted("pca"), make_telemetry(50, 0.0, seed=1), n_per_kind=-1)

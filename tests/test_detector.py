@@ -287,7 +287,8 @@ def test_a_training_run_that_diverges_is_an_error_not_a_model(telemetry_train):
     (dict(learning_rate=0), "learning_rate must be"), (dict(noise=-1), "noise must be a finite number >= 0"),
     (dict(model="pca", variance_kept=2), "variance_kept must be in"), (dict(device="tpu"), "device must be"),
     (dict(random_state="x"), "random_state must be an integer"),
-    (dict(random_state=2**64), r"random_state must be an integer in \[0, 4294967295\]")])
+    (dict(random_state=2**64), r"random_state must be an integer in \[0, 4294967295\]"),
+    (dict(model="ae", score="bogus"), "score 'bogus' is not available for Autoencoder; choose one of")])
 def test_bad_training_parameters_are_refused_before_training(telemetry_train, params, message):
     with pytest.raises(InvalidParameterError, match=message):
         Detector(**params).fit(telemetry_train)

@@ -238,3 +238,21 @@ def test_text_columns_are_read_verbatim_whole_and_in_chunks(tmp_path):
     assert [c["x"].dtype.kind for c in chunks] == ["f", "f"]
     # without them, a chunk of numbers is read as numbers, as pandas does
     assert list(iter_table_chunks(tmp_path / "ids.csv", 2))[1]["id"].tolist() == [3.5]
+
+
+def test_duplicate_column_names_are_refused_in_csv_and_parquet(tmp_path):
+    """pandas renamed a CSV's second 'x' to 'x.1', so a model trained on 'x.1'; a Parquet file's twin columns
+    crashed training with a traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "twice.csv").write_text("x,y,x\n1,2,3\n4,5,6\n")
+    pq.write_table(pa.Table.from_arrays([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["x", "x"]),
+                   tmp_path / "twice.parquet")
+    for name in ("twice.csv", "twice.parquet"):
+        with pytest.raises(SchemaError, match=r"has duplicate column names: \['x'\]; give each column once"):
+            read_table(tmp_path / name)
+        with pytest.raises(SchemaError, match="duplicate column names"):
+            next(iter_table_chunks(tmp_path / name, 1))
+    (tmp_path / "dotted.csv").write_text("v1.2,x.1\n1,2\n")  # names with dots are no duplicates
+    assert read_table(tmp_path / "dotted.csv").columns.tolist() == ["v1.2", "x.1"]

@@ -217,3 +217,20 @@ def test_multiindex_columns_are_refused_saying_how_to_flatten(det, rows):
     for call in (lambda: det.decision_function(nested), lambda: Detector(model="pca").fit(nested)):
         with pytest.raises(DataError, match=r"the columns are a MultiIndex \(e.g. \('g', .*get_level_values\(-1\)"):
             call()
+
+
+def test_a_column_of_numbers_with_a_few_bad_cells_is_refused_at_training_not_learned_as_categories(telemetry_train):
+    """One 'abc' among a numeric column's values made it categorical (one category per value): the model stopped
+    watching it as a number, and scoring the same file refused it."""
+    X = telemetry_train.head(300).copy()
+    X["cpu_util_pct"] = X["cpu_util_pct"].astype(object)
+    X.loc[X.index[5], "cpu_util_pct"] = "abc"
+    with pytest.raises(DataError, match=r"column 'cpu_util_pct' holds numbers but has non-numeric values in rows "
+                                        r"\[5\] \(e\.g\. 'abc'\)") as err:
+        Schema.infer(X)
+    assert err.value.reason == "dtype"
+    asked = Schema.infer(X.astype({"cpu_util_pct": "category"}))  # a category when asked for
+    assert next(c.kind for c in asked.columns if c.name == "cpu_util_pct") == "categorical"
+    # categories that are partly numbers, and codes with leading zeros (one foreign one), stay categories
+    mixed = pd.DataFrame({"tier": ["1", "2", "3", "gold"] * 10, "zip": ["01234"] * 39 + ["K1A"]})
+    assert [c.kind for c in Schema.infer(mixed).columns] == ["categorical", "categorical"]

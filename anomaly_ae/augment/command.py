@@ -199,6 +199,9 @@ def synthetic_anomaly_report(detector: Any, normal: pd.DataFrame | np.ndarray, n
 
     from anomaly_ae.augment.generator import Generator
     from anomaly_ae.augment.perturb import KINDS, synthetic_anomalies
+    from anomaly_ae.estimators import check_integer
+
+    check_integer("n_per_kind", n_per_kind, 1)
 
     detector._check_fitted()
     checked, _ = detector.schema_.check(normal)

@@ -529,6 +529,10 @@ def _csv_header(path: Path, max_line_bytes: int) -> list[str]:
     if not isinstance(first.index, pd.RangeIndex):
         raise DataError(f"could not parse '{path}' as CSV (line 2 has more fields than the header's "
                         f"{len(first.columns)}); {_CONTENT_HINTS['csv']}")
+    if any(re.fullmatch(r".+\.\d+", str(c)) for c in first.columns):  # perhaps pandas' rename of a repeated name
+        with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle:
+            return [str(c) for c in pd.read_csv(handle, header=None, nrows=1, dtype=str, keep_default_na=False)
+                    .iloc[0]]
     return [str(c) for c in first.columns]
 
 
@@ -575,6 +579,11 @@ def read_array(path: str | Path, key: str = "X") -> np.ndarray:
 
 
 def _check_columns(path: Path, available: list[str], wanted: list[str] | None) -> None:
+    """The file's column names (as written) are distinct and hold the `wanted` ones."""
+    repeated = sorted({c for c in available if available.count(c) > 1})
+    if repeated:  # pandas would rename a CSV's second 'x' to 'x.1' and train on it under that name
+        raise SchemaError(f"input file '{path}' has duplicate column names: {repeated}; give each column once",
+                          column=repeated[0], reason="duplicate_column")
     missing = [c for c in wanted or [] if c not in available]
     if missing:
         raise SchemaError(f"input file '{path}' has no column(s) {missing}; its columns are {available}. "

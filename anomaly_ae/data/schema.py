@@ -102,6 +102,7 @@ class Schema:
                         raise DataError(f"column '{name}' holds a {type(values[nested].iloc[0]).__name__} in rows "
                                         f"{rows}; each cell must be one number or one category (text)",
                                         column=str(name), rows=rows)
+                _refuse_numbers_with_stray_text(name, values)
                 cats = sorted({str(v) for v in values.dropna().unique()})
                 columns.append(Column(name, "categorical", allow_missing=missing, categories=tuple(cats)))
         return cls(columns=columns, from_array=from_array)
@@ -533,6 +534,30 @@ def _na_text_as_missing_numbers(values: pd.Series) -> pd.Series:
     if len(rest) and pd.to_numeric(rest, errors="coerce").isna().any():
         return values  # text: the markers are values
     return pd.to_numeric(values.mask(marker), errors="coerce")
+
+
+# A text column this much of whose values are numbers is numbers with a few bad cells, not categories.
+MIN_NUMBER_SHARE = 0.9
+
+
+def _refuse_numbers_with_stray_text(name: Any, values: pd.Series) -> None:
+    """A column of numbers with a few non-numeric cells (one 'abc', a unit, a sensor's 'ERR') would be learned
+    as categories, one per value: the model would stop watching it as a number, and scoring the same file
+    refuses it. Columns given as pandas 'category', and codes written with leading zeros, are categories."""
+    if not (values.dtype == object or pd.api.types.is_string_dtype(values)):
+        return
+    present = values.notna().to_numpy()
+    text = values.astype(str).str.strip()
+    number = pd.to_numeric(text.where(present, ""), errors="coerce").notna().to_numpy() & present
+    if present.sum() < 10 or number.sum() == present.sum() or number.sum() < MIN_NUMBER_SHARE * present.sum() \
+            or text[number].str.match(r"[+-]?0\d").any():
+        return
+    bad = present & ~number
+    rows = _rows(bad, values.index)
+    raise DataError(f"column '{name}' holds numbers but has non-numeric values in rows {rows} (e.g. "
+                    f"{values[bad].iloc[0]!r}): it would be learned as categories and no longer watched as a "
+                    "number; fix or drop those rows (or, for categories, give it the pandas dtype 'category')",
+                    column=str(name), rows=rows, reason="dtype")
 
 
 def _numbers_as_objects(values: pd.Series) -> bool:
