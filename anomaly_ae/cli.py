@@ -495,6 +495,11 @@ def evaluate(
     if getattr(detector, "framing_", None) is not None:
         _evaluate_series(detector, X, labels, out_dir)
         return
+    schema = detector.schema_
+    extra = [c for c in X.columns if c not in schema.names and c not in schema.ignored]
+    if schema.image is None and extra and all(c in X.columns for c in schema.names):
+        raise DataError(f"{data} has column(s) the model was not trained on: {', '.join(map(str, extra[:10]))}; "
+                        "leave them out with --drop-cols")
     scores = detector.decision_function(X)
     report = evaluate_scores(scores, labels, detector.threshold_)
     table = Table(title=f"evaluation of {model} on {data}")

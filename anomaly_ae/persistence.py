@@ -149,10 +149,7 @@ def write_directory(path: Path, contents: dict[str, bytes], *, kind: str, format
     leaves is repaired first (`recover_directory`), so the next write always succeeds.
     """
     path = Path(path).expanduser()  # '~/models/x' from Python, as a shell would expand it
-    _check_own_directory(path, kind)
-    recover_directory(path, kind=kind)
-    _refuse_foreign(path, kind, format_name)
-    staging = _make_staging(path)
+    staging = _staging_for(path, kind, format_name)
     try:
         for name, data in contents.items():
             (staging / name).write_bytes(data)
@@ -173,17 +170,25 @@ def check_writable(path: str | Path, *, kind: str = "model", format_name: str | 
     """Fail now, not after a long training, if a {kind} cannot be saved at ``path``: the place
     is another kind of directory, or its parent cannot be created or written."""
     path = Path(path).expanduser()
+    _staging_for(path, kind, format_name).rmdir()
+    return path
+
+
+def _staging_for(path: Path, kind: str, format_name: str | None) -> Path:
+    """A new staging directory beside `path`, once whatever a crash left there is repaired and `path` is
+    known to be ours to replace; ConfigurationError when the place cannot be written."""
     _check_own_directory(path, kind)
     try:
         recover_directory(path, kind=kind)
         _refuse_foreign(path, kind, format_name)
-        _make_staging(path).rmdir()
+        return _make_staging(path)
     except OSError as exc:
         if isinstance(exc, FileExistsError) and exc.errno is None:  # ours: says what is in the way
             raise
-        raise ConfigurationError(f"cannot save the {kind} to '{path}' ({exc.strerror or exc}); choose a "
-                                 "directory you can write to") from None
-    return path
+        blocking = next((p for p in path.parents if p.is_file()), None)  # as score says of an output path
+        why = f"'{blocking}' is a file" if blocking is not None else (exc.strerror or exc)
+        raise ConfigurationError(f"cannot save the {kind} to '{path}' ({why}); choose a directory you can write "
+                                 "to") from None
 
 
 def recover_directory(path: Path, *, kind: str = "model") -> None:

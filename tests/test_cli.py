@@ -259,6 +259,10 @@ def test_drop_cols_are_remembered_so_files_like_the_training_one_score_evaluate_
     assert "host_id" not in read_table(tmp_path / "s.csv").columns
     result = runner.invoke(app, ["evaluate", model, str(tmp_path / "labelled.csv"), "--label-col", "is_anomaly"])
     assert result.exit_code == 0 and "auroc" in result.output, result.output
+    write_table(make_telemetry(100, 0.1, seed=2), tmp_path / "with_kind.csv")  # a column the model never saw
+    result = runner.invoke(app, ["evaluate", model, str(tmp_path / "with_kind.csv"), "--label-col", "is_anomaly"])
+    assert result.exit_code == 2 and "the model was not trained on: anomaly_kind; leave them out with --drop-cols" \
+        in " ".join(result.output.split()), result.output
     result = runner.invoke(app, ["recalibrate", model, str(tmp_path / "normal.csv"), "-o", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
     # --eval data the model could not score failed after the training, and the model was lost

@@ -116,6 +116,9 @@ def test_unsupported_extension_lists_supported_ones(tmp_path):
         message = str(info.value)
         assert "unsupported file type" in message
         assert all(s in message for s in (".csv", ".csv.gz", ".parquet", ".pq"))
+    (tmp_path / "out").mkdir()  # score -o out, an existing directory, was an "unsupported file type"
+    with pytest.raises(DataError, match="'.*out' is a directory; give a file name ending in .csv"):
+        AtomicTableWriter(tmp_path / "out")
 
 
 @pytest.mark.parametrize("name, content", [
@@ -256,3 +259,13 @@ def test_duplicate_column_names_are_refused_in_csv_and_parquet(tmp_path):
             next(iter_table_chunks(tmp_path / name, 1))
     (tmp_path / "dotted.csv").write_text("v1.2,x.1\n1,2\n")  # names with dots are no duplicates
     assert read_table(tmp_path / "dotted.csv").columns.tolist() == ["v1.2", "x.1"]
+
+
+def test_an_infinity_in_a_csv_reads_without_numpy_warnings(tmp_path):
+    """Looking for codes with leading zeros took np.mod of inf: two RuntimeWarning lines before the error."""
+    import warnings
+
+    (tmp_path / "inf.csv").write_text("a,b\n1,2\ninf,3\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_table(tmp_path / "inf.csv")["a"].tolist() == [1.0, float("inf")]

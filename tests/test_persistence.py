@@ -221,3 +221,12 @@ def test_set_params_after_fit_is_not_saved_and_says_so(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing pending: nothing said
         loaded.save(tmp_path / "again")
+
+
+def test_a_model_path_under_a_file_says_which_part_is_a_file(fitted, tmp_path):
+    """It said "(File exists)"."""
+    from anomaly_ae.exceptions import ConfigurationError
+
+    (tmp_path / "normal.csv").write_text("x\n1\n")
+    with pytest.raises(ConfigurationError, match=r"normal.csv' is a file\); choose a directory you can write to"):
+        fitted("pca").save(tmp_path / "normal.csv" / "m")

@@ -197,11 +197,16 @@ def _read_csv(handle: BinaryIO, columns: list[str] | None, text_columns: Sequenc
 _LEADING_ZERO = r"[+-]?0\d"
 
 
+def _whole_numbers(values: np.ndarray) -> bool:
+    """All finite and whole (np.mod of an infinity warns "invalid value", and infinity is no code)."""
+    return bool(np.isfinite(values).all()) and bool(np.all(np.mod(values, 1) == 0))
+
+
 def _keep_codes_as_text(path: Path, frame: pd.DataFrame, max_line_bytes: int) -> pd.DataFrame:
     """The columns of `frame` read as whole numbers whose text in the CSV has a leading zero, read again as
     text; the other columns as they are."""
     whole = [c for c in frame.columns if frame[c].dtype.kind in "iu" or (
-        frame[c].dtype.kind == "f" and bool(np.all(np.mod(frame[c].dropna().to_numpy(), 1) == 0)))]
+        frame[c].dtype.kind == "f" and _whole_numbers(frame[c].dropna().to_numpy()))]
     if not whole:
         return frame
     with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle:
@@ -497,6 +502,8 @@ def _format_of(path: Path) -> Format:
     for suffix, fmt in _SUFFIXES.items():
         if name.endswith(suffix):
             return fmt
+    if path.is_dir():
+        raise DataError(f"'{path}' is a directory; give a file name ending in {', '.join(SUPPORTED_SUFFIXES)}")
     raise DataError(f"unsupported file type for '{path}'; supported extensions are "
                     f"{', '.join(SUPPORTED_SUFFIXES)}. Convert the file to CSV or Parquet, or rename it "
                     "if it already is one")
