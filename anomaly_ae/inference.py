@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_ae.calibration import AlertRule, Calibration
-from anomaly_ae.data.preprocess import CLIP, UNKNOWN, Preprocessor
+from anomaly_ae.data.preprocess import CLIP, Preprocessor
 from anomaly_ae.data.schema import Schema, short_repr
 from anomaly_ae.data.windows import SeriesFraming, SeriesLayout
 from anomaly_ae.exceptions import ScoringError
@@ -126,8 +126,9 @@ class InferencePath:
                 self._groups[n_inputs + 2 * i: n_inputs + 2 * i + 2, len(schema.names) + i] = 1.0
         else:
             self._groups = None  # a pixel is its own feature
-        self._known = {name: frozenset(b for b in buckets if b != UNKNOWN)
-                       for name, buckets in preprocessor.categorical.items()}
+        # the schema's categories, as its check counts unseen ones: a row's note never depends on its batch
+        # (a category seen in training but outside the encoder's vocabulary is encoded as unknown, not noted)
+        self._known = {c.name: frozenset(c.categories) for c in schema.columns if c.kind == "categorical"}
 
     # ------------------------------------------------------------------ the path
     def score(self, data: pd.DataFrame | np.ndarray | Columns, *, top_k: int = 0,

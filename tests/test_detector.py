@@ -441,3 +441,16 @@ def test_ignored_columns_are_left_out_of_fit_and_of_every_later_input(tmp_path):
             Detector("pca", ignore_columns=bad).fit(X)
     with pytest.raises(InvalidParameterError, match="ignore_columns names 'ts', the time column the model reads"):
         SeriesDetector("pca", time_col="ts", ignore_columns=["ts"]).validate_params()
+
+
+def test_a_rows_unseen_category_note_does_not_depend_on_its_batch(telemetry_train):
+    """A category seen in training but outside the encoder's vocabulary (max_categories) was noted as unseen
+    only when another row of the request held a category never seen at all."""
+    X = telemetry_train.drop(columns=list(LABEL_COLUMNS), errors="ignore").head(600)
+    det = Detector(model="pca", max_categories=2).fit(X)
+    rare = next(m for m in X["mode"].unique() if m not in det.preprocessor_.categorical["mode"])
+    row = X[X["mode"] == rare].head(1)
+    odd = row.assign(mode="never-seen")
+    alone = det.score_frame(row)["notes"].iloc[0]
+    together = det.score_frame(pd.concat([row, odd]))["notes"].tolist()
+    assert alone == together[0] == "" and together[1] == "unseen category 'never-seen' in 'mode'"

@@ -209,3 +209,15 @@ def test_training_statistics_stay_finite_for_finite_extreme_training_values():
     assert all(np.isfinite(v) for v in pre.numeric["big"].values())
     assert np.isfinite(out).all()
     json.dumps(pre.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("name", ["__missing__", "__unknown__"])
+def test_a_category_named_like_the_encoders_own_buckets_is_refused(name):
+    """A real '__missing__' was encoded as a missing value, and the encoder's feature names repeated."""
+    from anomaly_ae import Detector
+    from anomaly_ae.exceptions import DataError
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=60), "plan": ["basic", name, None] * 20})
+    with pytest.raises(DataError, match=f"column 'plan' has the category '{name}', the name the encoder gives"):
+        Detector(model="pca").fit(X)

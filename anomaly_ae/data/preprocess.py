@@ -75,6 +75,11 @@ class Preprocessor:
                 }
             else:
                 counts = values.dropna().value_counts()
+                taken = [b for b in (UNKNOWN, MISSING) if b in counts.index]
+                if taken:  # one bucket would stand for two things, and the encoder's names would repeat
+                    raise DataError(f"column '{col.name}' has the category {taken[0]!r}, the name the encoder gives "
+                                    "unseen or missing values; rename that category", column=str(col.name),
+                                    reason="invalid_data")
                 # most frequent first, ties by name, so the vocabulary is deterministic
                 ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
                 vocab = sorted(k for k, _ in ranked[: self.max_categories])
