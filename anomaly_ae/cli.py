@@ -391,6 +391,20 @@ def _text_columns(detector: Any) -> list[str]:
                                               else [])]
 
 
+def _load_and_name(model: str) -> Any:
+    """The model at a path or registry URI; for a URI, which version that is now (an alias moves)."""
+    from anomaly_ae.detector import Detector
+    from anomaly_ae.registry.store import is_remote
+
+    if not is_remote(model):
+        return Detector.load(model)
+    from anomaly_ae.registry import load_model
+
+    detector, ref = load_model(model)
+    console.print(f"scoring with {ref.pinned_uri}" + (f" (@{ref.alias})" if ref.alias else ""))
+    return detector
+
+
 def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows: int,
                    keep: list[str], max_line_bytes: int) -> tuple[int, int]:
     import pandas as pd
@@ -401,9 +415,7 @@ def _score_locally(model: str, data: Path, output: Path, top_k: int, chunk_rows:
     # The input is opened (header checked, first chunk read) before the model is loaded, so an
     # unusable file fails in a moment, without loading torch or downloading a model.
     chunks = iter_table_chunks(data, chunk_rows, max_line_bytes=max_line_bytes)
-    from anomaly_ae.detector import Detector
-
-    detector = Detector.load(model)
+    detector = _load_and_name(model)
     # Pass-through columns that are not model features are set aside; any other extra column
     # is an error from the schema check rather than silently ignored.
     framing = getattr(detector, "framing_", None)

@@ -314,6 +314,9 @@ def test_unknown_model_version_or_alias(registered, mlflow_server, monkeypatch, 
         registry.resolve_model(f"models:/{NAME}")
     out = one_line_error(cli("score", f"models:/{NAME}@ghost", data["eval"], "-o", tmp_path / "s.csv"))
     assert "has no alias @ghost" in out
+    # what a registry URI named when it was scored (an alias moves): it said only how many rows were flagged
+    scored = cli("score", f"models:/{NAME}/1", data["eval"], "-o", tmp_path / "s.csv", "--keep-cols", DROP)
+    assert scored.exit_code == 0 and f"scoring with models:/{NAME}/1\n" in scored.output, scored.output
     assert "no registered model named 'nope'" in one_line_error(cli("promote", "nope", "--version", "1"))
     assert "has no version 999" in one_line_error(cli("promote", NAME, "--version", "999"))
     assert "no registered model named 'nope'" in one_line_error(cli("models", "list", "nope"))
