@@ -469,6 +469,14 @@ def test_tampered_artifacts_are_refused(registered, mlflow_server_info, data, tm
         registry.promote("tamper-test", "1", "champion")
     mlmodel.write_bytes(wrapper)
     registry.load_model("models:/tamper-test/1")
+    # what `mlflow models serve` installs: requirements.txt was not checked
+    requirements = mlmodel.parent / "requirements.txt"
+    listed = requirements.read_bytes()
+    requirements.write_bytes(listed + b"somebody-elses-package\n")
+    with pytest.raises(ModelLoadError, match="the pyfunc wrapper's files .* do not match the SHA-256 recorded"):
+        registry.load_model("models:/tamper-test/1")
+    requirements.write_bytes(listed)
+    registry.load_model("models:/tamper-test/1")
 
     original = stored.read_bytes()
     stored.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one flipped bit

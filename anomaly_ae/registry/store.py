@@ -40,6 +40,9 @@ FORMAT_TAG = "anomaly_ae.format_version"
 PACKAGE_TAG = "anomaly_ae.version"
 KIND_TAG = "anomaly_ae.kind"  # detector, series or generator; versions registered without it are detectors
 MLMODEL_TAG = "anomaly_ae.mlmodel_sha256"  # the pyfunc wrapper's MLmodel (its loader module), as registered
+# every file of the pyfunc wrapper beside the saved model (MLmodel, requirements.txt, conda.yaml, ...): what
+# `mlflow models serve` installs and imports, as registered
+WRAPPER_TAG = "anomaly_ae.wrapper_sha256"
 # Kinds that `Detector.load` reads (a series model comes back as a SeriesDetector), and how messages name each.
 DETECTOR_KINDS = ("detector", "series")
 KIND_NAMES = {"detector": "detector", "series": "series detector", "generator": "generator"}
@@ -240,7 +243,22 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
         if recorded is not None and hashlib.sha256(mlmodel.read_bytes()).hexdigest() != recorded:
             raise ModelLoadError(f"{ref.pinned_uri}: MLmodel does not match the SHA-256 recorded when the model was "
                                  f"registered (tag {MLMODEL_TAG}): it was modified after registration; refusing it")
+        recorded = tags.get(WRAPPER_TAG)
+        if recorded is not None and wrapper_digest(local) != recorded:
+            raise ModelLoadError(f"{ref.pinned_uri}: the pyfunc wrapper's files (MLmodel, requirements.txt, conda.yaml, "
+                                 f"...) do not match the SHA-256 recorded when the model was registered (tag "
+                                 f"{WRAPPER_TAG}): they were modified after registration; refusing them")
     return model_dir
+
+
+def wrapper_digest(pyfunc_dir: Path) -> str:
+    """SHA-256 over the names and contents of a pyfunc model's files outside the saved model (data/)."""
+    digest = hashlib.sha256()
+    files = [p for p in pyfunc_dir.rglob("*") if p.is_file() and p.relative_to(pyfunc_dir).parts[0] != "data"]
+    for path in sorted(files):
+        digest.update(path.relative_to(pyfunc_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _expected_manifest(ref: ModelRef, tags: dict[str, str], kind: str = "detector") -> str | None:

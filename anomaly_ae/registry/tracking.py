@@ -31,8 +31,9 @@ from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
 from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, tracking_target
 from anomaly_ae.registry.pyfunc import save_pyfunc_model
-from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MLMODEL_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, ModelRef,
-                                       _labelled, register_run_model, saved_kind, version_tags)
+from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MLMODEL_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, WRAPPER_TAG,
+                                       ModelRef, _labelled, register_run_model, saved_kind, version_tags,
+                                       wrapper_digest)
 
 if TYPE_CHECKING:
     from anomaly_ae.detector import Detector
@@ -151,7 +152,8 @@ def log_training_run(detector: "Detector", X: pd.DataFrame | np.ndarray, *, expe
                               artifact_path=MODEL_ARTIFACT_PATH)
             c.log_artifacts(run_id, str(tmp / "pyfunc"), MODEL_ARTIFACT_PATH)
             tags = {**version_tags(model_dir),
-                    MLMODEL_TAG: hashlib.sha256((tmp / "pyfunc" / "MLmodel").read_bytes()).hexdigest()}
+                    MLMODEL_TAG: hashlib.sha256((tmp / "pyfunc" / "MLmodel").read_bytes()).hexdigest(),
+                    WRAPPER_TAG: wrapper_digest(tmp / "pyfunc")}
             c.set_tag(run_id, MANIFEST_TAG, tags[MANIFEST_TAG])
     registered = None
     if register:
