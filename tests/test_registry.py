@@ -5,6 +5,7 @@ Training is small (2000 telemetry rows, 20 epochs, one torch thread); the server
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -430,6 +431,39 @@ def test_an_explicit_sqlite_store_keeps_its_artifacts_beside_it_and_errors_keep_
 def test_a_name_models_uris_cannot_hold_is_refused_before_training(data, name):
     out = one_line_error(cli("train", data["normal"], "--drop-cols", DROP, "--register", name, "--no-progress"))
     assert "cannot register a model named" in out
+
+
+def test_registry_calls_with_the_same_bounds_run_at_once_and_other_bounds_wait():
+    """One process-wide lock held for a whole call: a slow download held up every resolve in the process
+    (17.5 s behind a hung server). Equal bounds now share; other bounds wait for them, with their own values."""
+    import threading
+
+    from anomaly_ae.registry.connection import DEFAULT_BOUNDS, bounded
+
+    short = dataclasses.replace(DEFAULT_BOUNDS, timeout_s=2.0, max_retries=0)
+    held, release, seen = threading.Event(), threading.Event(), {}
+
+    def slow():
+        with bounded(DEFAULT_BOUNDS):
+            held.set()
+            release.wait(30)
+
+    def other():
+        with bounded(short):
+            seen["short"] = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+
+    first = threading.Thread(target=slow)
+    first.start()
+    assert held.wait(30)
+    waiting = threading.Thread(target=other)
+    waiting.start()
+    with bounded(DEFAULT_BOUNDS):  # the same bounds: not held up by the slow block
+        seen["same"] = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    assert "short" not in seen  # other bounds wait while the slow block runs
+    release.set()
+    first.join(30)
+    waiting.join(30)
+    assert seen == {"same": str(DEFAULT_BOUNDS.max_retries), "short": "0"}
 
 
 def test_hung_server_fails_within_bounded_time():
