@@ -65,7 +65,8 @@ def train(
     data: Optional[Path] = typer.Argument(None, help="Normal training data: CSV, Parquet, or .npy/.npz array "
                                                      "(or --prometheus SPEC instead)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                       help="Directory to save the model in (optional with --experiment/--register)."),
+                                       help="Directory to save the model in (optional with --experiment/--register); "
+                                            "a model saved there before is replaced, another directory refused."),
     model: Optional[str] = typer.Option(None, help="Model: for rows hybrid (the default) or another name in "
                                                    "anomaly_ae.models.DETECTOR_MODELS; for series (with --time-col, "
                                                    "--series-col or --window) a name in SERIES_MODELS (README lists them)."),
@@ -297,7 +298,8 @@ def _window(text: str | None) -> int | str:
 def score(
     model: str = typer.Argument(..., help="Model directory or MLflow URI (models:/NAME@ALIAS)."),
     data: Path = typer.Argument(..., help="CSV or Parquet file to score."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output CSV or Parquet (written atomically)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output CSV or Parquet (written atomically; "
+                                                              "replaces a file already there)."),
     top_k: int = typer.Option(3, min=0, help="Top contributing features per row (0 for none)."),
     chunk_rows: int = typer.Option(50_000, min=1, help="Rows per chunk: bounds memory on large files."),
     max_line_bytes: int = typer.Option(DEFAULT_MAX_LINE_BYTES, min=1,
