@@ -109,6 +109,23 @@ async def test_auth_matrix(served):
             assert (await client.get(path)).status_code == 200
 
 
+async def test_documentation_requests_are_counted_by_path_and_no_created_series_are_exported(served):
+    """/docs, /redoc and /openapi.json were counted as route="unmatched" with status 2xx; one worker exported a
+    `*_created` series for every counter and histogram child, which several workers do not."""
+    async with in_process(settings(served)) as (_, client):
+        await ready(client)
+        before = (await client.get("/metrics")).text
+        for path in ("/openapi.json", "/docs", "/redoc", "/nowhere"):
+            await client.get(path)
+        text = (await client.get("/metrics")).text
+    for route, status in (("/openapi.json", "2xx"), ("/docs", "2xx"), ("/redoc", "2xx"), ("unmatched", "4xx")):
+        labels = dict(route=route, method="GET", status=status)
+        assert metric_value(text, "anomaly_ae_http_requests_total", **labels) \
+            == metric_value(before, "anomaly_ae_http_requests_total", **labels) + 1, route
+    assert metric_value(text, "anomaly_ae_http_requests_total", route="unmatched", method="GET", status="2xx") == 0
+    assert "_created" not in text
+
+
 async def test_without_keys_every_route_is_open(served):
     async with in_process(settings(served, api_keys=[], admin_keys=[])) as (_, client):
         await ready(client)

@@ -435,6 +435,25 @@ async def test_the_example_stream_client_replays_a_stream_as_scored_offline(seri
     assert 0 < expected["alert"].sum() < expected["is_anomaly"].sum()  # incidents, each alerted on once
 
 
+def test_the_example_stream_client_reads_categories_as_text_and_nan_as_missing(tmp_path):
+    """A category "200" was sent as 200.0 (unseen: every row flagged), and a NaN cell as NaN, which is no JSON."""
+    import importlib.util
+
+    from service_support import REPO
+
+    spec = importlib.util.spec_from_file_location("stream_client", REPO / "deployment/examples/stream_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "s.csv").write_text("ts,status,cpu\n2026-01-05T00:00:00Z,200,NaN\n2026-01-05T00:05:00Z,500,1.5\n")
+    rows = list(module.read_rows(str(tmp_path / "s.csv"), text_cols=["ts", "status"]))
+    assert rows == [{"ts": "2026-01-05T00:00:00Z", "status": "200", "cpu": None},
+                    {"ts": "2026-01-05T00:05:00Z", "status": "500", "cpu": 1.5}]
+    info = {"kind": "series", "series": {"time_col": "ts", "series_col": None, "context_rows": 3},
+            "schema": {"columns": [{"name": "status", "kind": "categorical"}, {"name": "cpu", "kind": "numeric"}]}}
+    client = module.StreamClient(transport=lambda method, path, body: (200, {}, info))
+    assert client.text_cols == ["ts", None, "status"]
+
+
 async def test_schemathesis_finds_nothing_against_a_real_series_service(series_model, tmp_path):
     """schemathesis' checks on every operation of a real `anomaly-ae serve` with a series model: what the
     OpenAPI document says the server accepts, it accepts (valid bodies' timestamps put in time order per

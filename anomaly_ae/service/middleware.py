@@ -31,6 +31,10 @@ async def _send_json(send: Any, status: int, body: bytes, extra: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
+# the documentation FastAPI serves (its default URLs, as the app keeps them): labelled by path, not "unmatched"
+DOCUMENTATION_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -66,8 +70,9 @@ class ObservabilityMiddleware:
                 await _send_json(send, 500, _INTERNAL)
         finally:
             metrics.HTTP_IN_FLIGHT.dec()
-            route = scope.get("route")
-            self._record(getattr(route, "path", "unmatched"), method, status, started)
+            route = getattr(scope.get("route"), "path", None)  # FastAPI's documentation routes set none
+            self._record(route or (scope["path"] if scope["path"] in DOCUMENTATION_PATHS else "unmatched"), method,
+                         status, started)
 
     def _record(self, route: str, method: str, status: int, started: float) -> None:
         key = (route, method, f"{status // 100}xx")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -77,6 +78,9 @@ class StreamClient:
         self.series_col: str | None = self.info["series_col"]
         self.context_rows: int = self.info["context_rows"]
         self.context: dict[Any, deque] = defaultdict(lambda: deque(maxlen=self.context_rows))
+        # read as text from a CSV: the model compares categories as text, and "200" is not 200.0
+        self.text_cols = [self.time_col, self.series_col,
+                          *(c["name"] for c in info["schema"]["columns"] if c["kind"] == "categorical")]
 
     def push(self, rows: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Score new rows (any series, each series in time order, after the rows pushed before).
@@ -135,9 +139,10 @@ def _number(text: str) -> Any:
     if text == "":
         return None
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return text
+    return number if math.isfinite(number) else None  # NaN is no JSON: a reading that is missing
 
 
 def ticks(rows: Iterable[dict[str, Any]], time_col: str, steps: int) -> Iterator[list[dict[str, Any]]]:
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     client = StreamClient(args.url, os.environ.get("ANOMALY_AE_API_KEY"))
     print(f"window {client.info['window']} steps; sending {client.context_rows} rows of context per series",
           file=sys.stderr)
-    rows = read_rows(args.input, text_cols=(client.time_col, client.series_col))
+    rows = read_rows(args.input, text_cols=client.text_cols)
     for batch in ticks(rows, client.time_col, args.steps):
         for row, result in client.push(batch):
             if result["is_anomaly"] or result["alert"]:
