@@ -435,6 +435,18 @@ async def test_the_example_stream_client_replays_a_stream_as_scored_offline(seri
     assert 0 < expected["alert"].sum() < expected["is_anomaly"].sum()  # incidents, each alerted on once
 
 
+async def test_the_documented_request_examples_fit_a_series_model(series_model):
+    async with in_process(settings(series_model)) as (_, http):
+        await ready(http)
+        schemas = (await http.get("/openapi.json")).json()["components"]["schemas"]
+        bodies = [example for schema in schemas.values() for example in schema.get("examples", [])
+                  if "records" in example or "data" in example]
+        assert len(bodies) == 2
+        for body in bodies:
+            response = await http.post("/v1/score", json=body, headers=SCORE)
+            assert response.status_code == 200, (body, response.text)
+
+
 def test_the_example_stream_client_reads_categories_as_text_and_nan_as_missing(tmp_path):
     """A category "200" was sent as 200.0 (unseen: every row flagged), and a NaN cell as NaN, which is no JSON."""
     import importlib.util

@@ -105,9 +105,10 @@ def _document(app: FastAPI) -> None:
         version = None if model is None else (model.version, id(model))
         if cache.get("version", ()) != version or "schema" not in cache:
             contract = None if model is None else model.scorer.contract
+            example = None if model is None else {k: v[0] for k, v in model.scorer.smoke_batch().items()}
             request = (parser.json_schema() if model is None else
                        model_request_schema(parser, model.scorer.detector.schema_.to_dict()["columns"],
-                                            None if contract is None else contract.to_dict()))
+                                            None if contract is None else contract.to_dict(), example))
             schema = copy.deepcopy(cache["base"])
             schema["components"].setdefault("schemas", {}).update(request.pop("$defs"))
             schema["paths"]["/v1/score"]["post"]["requestBody"] = {

@@ -339,14 +339,16 @@ class ScoreRequestParser:
 
 
 def model_request_schema(parser: ScoreRequestParser, columns: list[dict[str, Any]],
-                         series: dict[str, Any] | None = None) -> dict[str, Any]:
+                         series: dict[str, Any] | None = None, example: dict[str, Any] | None = None) -> dict[str, Any]:
     """The request body's JSON Schema for one served model: `records` items and `data` rows take the
     model's columns with the types each accepts. The columnar form is documented with the columns in
     the model's order (JSON Schema cannot tie each value's type to a name sent in another array); the
     service takes them in any order.
 
     `series` (a series model's `StreamContract.to_dict()`): its time column (ISO 8601 text) and series
-    column (text or integer) come first, and `score_last` is offered; a row model has no `score_last`."""
+    column (text or integer) come first, and `score_last` is offered; a row model has no `score_last`.
+    `example` (one row of the model's columns) replaces the default rows in the documented examples, which
+    /docs pre-fills: the default row-telemetry record does not fit another model."""
     names = [c["name"] for c in columns]
     cells = {c["name"]: _cell_schema(c) for c in columns}
     if series is not None:
@@ -368,16 +370,21 @@ def model_request_schema(parser: ScoreRequestParser, columns: list[dict[str, Any
         properties = dict(variant["properties"])
         if series is None:
             properties.pop(SCORE_LAST, None)
+        examples = variant.get("examples")
         if "records" in properties:
             properties["records"] = {**properties["records"], "items": {
                 "type": "object", "properties": cells, "required": names, "additionalProperties": False}}
+            if example is not None:
+                examples = [{"records": [{n: example[n] for n in names}], "explain": True, "top_k": 3}]
         else:
             properties["columns"] = {**properties["columns"], "prefixItems": [{"const": n} for n in names],
                                      "items": False, "minItems": len(names), "maxItems": len(names)}
             properties["data"] = {**properties["data"], "items": {
                 "type": "array", "prefixItems": [cells[n] for n in names], "items": False,
                 "minItems": len(names), "maxItems": len(names)}}
-        defs[name] = {**variant, "properties": properties}
+            if example is not None:
+                examples = [{"columns": names, "data": [[example[n] for n in names]]}]
+        defs[name] = {**variant, "properties": properties, **({"examples": examples} if examples else {})}
     schema["$defs"] = defs
     return schema
 
