@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from anomaly_ae.data.schema import Schema
+from anomaly_ae.data.schema import Schema, mostly_numbers
 from anomaly_ae.exceptions import DataError
 
 UNKNOWN = "__unknown__"
@@ -270,8 +270,9 @@ def _location_scale(finite: np.ndarray) -> tuple[float, float, float]:
 def warn_of_identifiers(schema: Schema, n_rows: int, max_categories: int) -> None:
     """A text column with a value for (nearly) every row is an identifier (a host name, a request id):
     only its `max_categories` most frequent values are kept, and every new one is an unseen category."""
-    for col in schema.columns:
-        if col.kind == "categorical" and len(col.categories) > max(max_categories, n_rows // 2):
+    for col in schema.columns:  # numbers with stray text have a warning of their own (Schema.infer)
+        if col.kind == "categorical" and len(col.categories) > max(max_categories, n_rows // 2) \
+                and not mostly_numbers(col.categories):
             warnings.warn(f"column '{col.name}' has {len(col.categories)} distinct values in {n_rows} rows: it looks "
                           "like an identifier, and new values will be unseen categories; drop it (--drop-cols in "
                           "the CLI) unless it is a real category", UserWarning, stacklevel=3)

@@ -102,7 +102,7 @@ class Schema:
                         raise DataError(f"column '{name}' holds a {type(values[nested].iloc[0]).__name__} in rows "
                                         f"{rows}; each cell must be one number or one category (text)",
                                         column=str(name), rows=rows)
-                _refuse_numbers_with_stray_text(name, values)
+                _warn_of_numbers_with_stray_text(name, values)
                 cats = sorted({str(v) for v in values.dropna().unique()})
                 columns.append(Column(name, "categorical", allow_missing=missing, categories=tuple(cats)))
         return cls(columns=columns, from_array=from_array)
@@ -540,11 +540,13 @@ def _na_text_as_missing_numbers(values: pd.Series) -> pd.Series:
 MIN_NUMBER_SHARE = 0.9
 
 
-def _refuse_numbers_with_stray_text(name: Any, values: pd.Series) -> None:
-    """A column of numbers with a few non-numeric cells (one 'abc', a unit, a sensor's 'ERR') would be learned
-    as categories, one per value: the model would stop watching it as a number, and scoring the same file
-    refuses it. Columns given as pandas 'category', and codes written with leading zeros, are categories."""
-    if not (values.dtype == object or pd.api.types.is_string_dtype(values)):
+def _warn_of_numbers_with_stray_text(name: Any, values: pd.Series) -> None:
+    """A column of numbers with a few non-numeric cells (one 'abc', a unit, a sensor's 'ERR') is learned as
+    categories, one per value: the model no longer watches it as a number. Said, not refused: such columns
+    are also real categories (grades K, 1-12; status codes with '-'). Columns of the pandas dtype 'category',
+    and codes written with leading zeros, are categories as they are."""
+    if isinstance(values.dtype, pd.CategoricalDtype) or \
+            not (values.dtype == object or pd.api.types.is_string_dtype(values)):
         return
     present = values.notna().to_numpy()
     text = values.astype(str).str.strip()
@@ -552,12 +554,17 @@ def _refuse_numbers_with_stray_text(name: Any, values: pd.Series) -> None:
     if present.sum() < 10 or number.sum() == present.sum() or number.sum() < MIN_NUMBER_SHARE * present.sum() \
             or text[number].str.match(r"[+-]?0\d").any():
         return
-    bad = present & ~number
-    rows = _rows(bad, values.index)
-    raise DataError(f"column '{name}' holds numbers but has non-numeric values in rows {rows} (e.g. "
-                    f"{values[bad].iloc[0]!r}): it would be learned as categories and no longer watched as a "
-                    "number; fix or drop those rows (or, for categories, give it the pandas dtype 'category')",
-                    column=str(name), rows=rows, reason="dtype")
+    bad = present & ~number & ~text.isin(NA_TEXT).to_numpy()  # "NA" beside numbers reads as missing once fixed
+    bad = bad if bad.any() else present & ~number
+    warnings.warn(f"column '{name}' holds numbers but also text in rows {_rows(bad, values.index)} (e.g. "
+                  f"{values[bad].iloc[0]!r}), so it is learned as categories, one per value, and not watched as a "
+                  "number: fix or drop those rows if they are errors", UserWarning, stacklevel=4)
+
+
+def mostly_numbers(categories: Sequence[str]) -> bool:
+    """Whether MIN_NUMBER_SHARE of a categorical column's values read as numbers."""
+    return bool(len(categories)) and \
+        pd.to_numeric(pd.Series(categories), errors="coerce").notna().mean() >= MIN_NUMBER_SHARE
 
 
 def _numbers_as_objects(values: pd.Series) -> bool:
