@@ -438,7 +438,7 @@ def test_registry_calls_with_the_same_bounds_run_at_once_and_other_bounds_wait()
     (17.5 s behind a hung server). Equal bounds now share; other bounds wait for them, with their own values."""
     import threading
 
-    from anomaly_ae.registry.connection import DEFAULT_BOUNDS, bounded
+    from anomaly_ae.registry.connection import DEFAULT_BOUNDS, _applied, bounded
 
     short = dataclasses.replace(DEFAULT_BOUNDS, timeout_s=2.0, max_retries=0)
     held, release, seen = threading.Event(), threading.Event(), {}
@@ -455,15 +455,45 @@ def test_registry_calls_with_the_same_bounds_run_at_once_and_other_bounds_wait()
     first = threading.Thread(target=slow)
     first.start()
     assert held.wait(30)
-    waiting = threading.Thread(target=other)
-    waiting.start()
     with bounded(DEFAULT_BOUNDS):  # the same bounds: not held up by the slow block
         seen["same"] = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-    assert "short" not in seen  # other bounds wait while the slow block runs
+    waiting = threading.Thread(target=other)
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while _applied["waiting"] != 1:  # other bounds wait while the slow block runs
+        assert time.monotonic() < deadline, "the call with other bounds never waited"
+        time.sleep(0.01)
+    assert "short" not in seen
     release.set()
     first.join(30)
     waiting.join(30)
     assert seen == {"same": str(DEFAULT_BOUNDS.max_retries), "short": "0"}
+
+
+def test_a_registry_call_with_other_bounds_is_not_starved_by_a_stream_of_equal_ones():
+    import threading
+
+    from anomaly_ae.registry.connection import DEFAULT_BOUNDS, bounded
+
+    short = dataclasses.replace(DEFAULT_BOUNDS, timeout_s=2.0, max_retries=0)
+    done, entered = threading.Event(), threading.Event()
+
+    def stream():  # overlapping blocks with the default bounds until the other call got in
+        while not done.is_set():
+            with bounded(DEFAULT_BOUNDS):
+                done.wait(0.1)
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    started = time.monotonic()
+    with bounded(short):
+        entered.set()
+    waited = time.monotonic() - started
+    done.set()
+    for thread in threads:
+        thread.join(30)
+    assert entered.is_set() and waited < 5, waited  # it waited for the stream for as long as the stream ran
 
 
 def test_hung_server_fails_within_bounded_time():
@@ -565,6 +595,23 @@ def test_a_saved_model_that_is_not_the_detector_as_it_is_now_is_not_logged(regis
     changed = Detector.load(path).recalibrate(data["X"], target_fpr=0.2)
     with pytest.raises(RegistryError, match="the model saved in m is not the detector as it is now"):
         _register_dir(changed, data["X"], path, "never-registered", mlflow_server)
+
+
+def test_a_model_saved_by_an_earlier_release_is_still_the_detectors_save(tmp_path):
+    """The versions of torch and anomaly_ae that wrote config.json are not part of what the model is."""
+    from anomaly_ae.persistence import FILES, manifest_bytes
+    from anomaly_ae.registry.tracking import _check_saved_from
+
+    detector = Detector(model="pca").fit(make_telemetry(300, seed=1).drop(columns=list(LABEL_COLUMNS)))
+    path = detector.save(tmp_path / "old")
+    config = json.loads((path / "config.json").read_text())
+    config.update(torch_version="2.0.0", anomaly_ae_version="0.1.0")
+    (path / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+    (path / MANIFEST).write_bytes(manifest_bytes({name: (path / name).read_bytes() for name in FILES}))
+    _check_saved_from(Detector.load(path), path)
+    detector.recalibrate(make_telemetry(300, seed=2).drop(columns=list(LABEL_COLUMNS)), target_fpr=0.2)
+    with pytest.raises(RegistryError, match="is not the detector as it is now"):
+        _check_saved_from(detector, path)
 
 
 def test_model_from_an_incompatible_format_version_is_refused(registered, mlflow_server, data, tmp_path, monkeypatch):

@@ -74,15 +74,17 @@ def redacted(text: str) -> str:
 DEFAULT_BOUNDS = HttpBounds()
 _USER_SET = frozenset(k for k in DEFAULT_BOUNDS.environment() if k in os.environ)  # exported by the user: theirs
 _bounds_changed = threading.Condition()
-_applied: dict[str, Any] = {"bounds": None, "blocks": 0, "saved": {}}  # what the open blocks share
+# what the open blocks share, and how many callers wait to apply other bounds
+_applied: dict[str, Any] = {"bounds": None, "blocks": 0, "saved": {}, "waiting": 0}
 _inside = threading.local()
 
 
 @contextlib.contextmanager
 def bounded(bounds: HttpBounds) -> Iterator[None]:
     """Apply `bounds` to the MLflow calls made inside the block. Blocks with equal bounds run at once (a slow
-    download no longer holds up a resolve in another thread); a block with other bounds waits until they end.
-    A block inside another on the same thread runs under the outer one's bounds."""
+    download no longer holds up a resolve in another thread); a block with other bounds waits until they end,
+    and while it waits no new block joins them (it would wait forever behind a stream of them). A block
+    inside another on the same thread runs under the outer one's bounds."""
     if getattr(_inside, "depth", 0):
         _inside.depth += 1
         try:
@@ -90,29 +92,37 @@ def bounded(bounds: HttpBounds) -> Iterator[None]:
         finally:
             _inside.depth -= 1
         return
-    with _bounds_changed:
-        while _applied["blocks"] and _applied["bounds"] != bounds:
-            _bounds_changed.wait()
-        if not _applied["blocks"]:
-            _applied["saved"] = {k: os.environ.get(k) for k in bounds.environment()}
-            os.environ.update({k: v for k, v in bounds.environment().items() if k not in _USER_SET})
-            _applied["bounds"] = bounds
-        _applied["blocks"] += 1
-    _inside.depth = 1
+    entered = False
     try:
+        with _bounds_changed:
+            if _applied["blocks"] and (_applied["bounds"] != bounds or _applied["waiting"]):
+                _applied["waiting"] += 1
+                try:
+                    while _applied["blocks"]:
+                        _bounds_changed.wait()
+                finally:
+                    _applied["waiting"] -= 1
+            if not _applied["blocks"]:
+                _applied["saved"] = {k: os.environ.get(k) for k in bounds.environment()}
+                os.environ.update({k: v for k, v in bounds.environment().items() if k not in _USER_SET})
+                _applied["bounds"] = bounds
+            _applied["blocks"] += 1
+            entered = True
+        _inside.depth = 1
         yield
     finally:
         _inside.depth = 0
-        with _bounds_changed:
-            _applied["blocks"] -= 1
-            if not _applied["blocks"]:
-                for key, value in _applied["saved"].items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-                _applied["bounds"] = None
-                _bounds_changed.notify_all()
+        if entered:
+            with _bounds_changed:
+                _applied["blocks"] -= 1
+                if not _applied["blocks"]:
+                    for key, value in _applied["saved"].items():
+                        if value is None:
+                            os.environ.pop(key, None)
+                        else:
+                            os.environ[key] = value
+                    _applied["bounds"] = None
+                    _bounds_changed.notify_all()
 
 
 EMBEDDED_DB = "mlflow.db"

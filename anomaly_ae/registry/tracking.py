@@ -211,12 +211,20 @@ def _check_loads(model_dir: Path) -> None:
 
 def _check_saved_from(detector: "Detector", model_dir: Path) -> None:
     """Refuse a directory that is not what the detector saves now (saved before a recalibrate or another
-    fit): the version's files would be that model and its tags, metrics and description this one."""
-    from anomaly_ae.persistence import MANIFEST
+    fit): the version's files would be that model and its tags, metrics and description this one. The
+    versions of torch and anomaly_ae that wrote it do not count (a model saved by an earlier release)."""
+    from anomaly_ae.persistence import FILES
+
+    def content(folder: Path) -> dict[str, Any]:
+        files = {name: (folder / name).read_bytes() for name in FILES}
+        config = json.loads(files.pop("config.json"))
+        for key in ("torch_version", "anomaly_ae_version", "format_version"):
+            config.pop(key, None)
+        return {"config": config, **{name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
 
     with tempfile.TemporaryDirectory(prefix="anomaly_ae-check-") as tmp:
-        fresh = json.loads((detector.save(Path(tmp) / "fresh") / MANIFEST).read_bytes())["files"]
-    if json.loads((model_dir / MANIFEST).read_bytes())["files"] != fresh:
+        fresh = content(detector.save(Path(tmp) / "fresh"))
+    if content(model_dir) != fresh:
         raise RegistryError(f"the model saved in {model_dir.name} is not the detector as it is now (it changed after "
                             "that save: recalibrated or fitted again); save it again, or leave model_dir out")
 
