@@ -18,6 +18,7 @@ directory, created by the first run that logs to them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -74,8 +75,8 @@ def redacted(text: str) -> str:
 DEFAULT_BOUNDS = HttpBounds()
 _USER_SET = frozenset(k for k in DEFAULT_BOUNDS.environment() if k in os.environ)  # exported by the user: theirs
 _bounds_changed = threading.Condition()
-# what the open blocks share, and how many callers wait to apply other bounds
-_applied: dict[str, Any] = {"bounds": None, "blocks": 0, "saved": {}, "waiting": 0}
+# what the open blocks share, and the callers waiting their turn, first come first served
+_applied: dict[str, Any] = {"bounds": None, "blocks": 0, "saved": {}, "queue": collections.deque()}
 _inside = threading.local()
 
 
@@ -83,8 +84,8 @@ _inside = threading.local()
 def bounded(bounds: HttpBounds) -> Iterator[None]:
     """Apply `bounds` to the MLflow calls made inside the block. Blocks with equal bounds run at once (a slow
     download no longer holds up a resolve in another thread); a block with other bounds waits until they end,
-    and while it waits no new block joins them (it would wait forever behind a stream of them). A block
-    inside another on the same thread runs under the outer one's bounds."""
+    and callers that wait go in the order they came (none is starved by a stream of others). A block inside
+    another on the same thread runs under the outer one's bounds."""
     if getattr(_inside, "depth", 0):
         _inside.depth += 1
         try:
@@ -92,16 +93,23 @@ def bounded(bounds: HttpBounds) -> Iterator[None]:
         finally:
             _inside.depth -= 1
         return
+
+    def may_enter() -> bool:
+        return not _applied["blocks"] or _applied["bounds"] == bounds
+
     entered = False
     try:
         with _bounds_changed:
-            if _applied["blocks"] and (_applied["bounds"] != bounds or _applied["waiting"]):
-                _applied["waiting"] += 1
+            queue = _applied["queue"]
+            if queue or not may_enter():
+                turn = object()
+                queue.append(turn)
                 try:
-                    while _applied["blocks"]:
+                    while queue[0] is not turn or not may_enter():
                         _bounds_changed.wait()
                 finally:
-                    _applied["waiting"] -= 1
+                    queue.remove(turn)
+                    _bounds_changed.notify_all()  # the next in line may join these bounds too
             if not _applied["blocks"]:
                 _applied["saved"] = {k: os.environ.get(k) for k in bounds.environment()}
                 os.environ.update({k: v for k, v in bounds.environment().items() if k not in _USER_SET})
