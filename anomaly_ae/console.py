@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
 import time
@@ -70,17 +71,25 @@ def clean_exit_on_signals(what: str = "nothing was written"):
 @contextlib.contextmanager
 def kept_if_logging_fails(model: Any, path: Path | None) -> Iterator[None]:
     """Log a trained model (detector or generator) to MLflow within the block; if that fails or is stopped
-    (SIGTERM), the model is not lost: it is saved in ./anomaly-ae-model-TIMESTAMP unless `path` (--out) holds it."""
-    fallback = Path(f"anomaly-ae-model-{time.strftime('%Y%m%d-%H%M%S')}")
+    (SIGTERM), the model is not lost: it is saved in ./anomaly-ae-model-TIMESTAMP-PID unless `path` (--out)
+    holds it. A failure to save it there is told beside the failure to log."""
+    fallback = Path(f"anomaly-ae-model-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     where = f"the trained model is in {path}" if path else f"the trained model is kept in {fallback}"
-    with clean_exit_on_signals(f"the MLflow run is marked FAILED; {where}"):
+    with clean_exit_on_signals(f"an MLflow run it had started is marked FAILED; {where}"):
         try:
             yield
-        except (AnomalyAEError, Stopped) as exc:
+        except (Exception, Stopped) as exc:
             if path is not None:
                 raise
-            model.save(fallback)
-            if isinstance(exc, Stopped):
-                raise
+            try:
+                model.save(fallback)
+            except Exception as failed:
+                if isinstance(exc, Stopped):
+                    console.print(f"[bold red]error:[/] keeping the trained model in {fallback} failed: "
+                                  f"{escape(str(failed))}")
+                    raise exc from None
+                raise AnomalyAEError(f"{exc}. Keeping the trained model in {fallback} failed too: {failed}") from None
+            if not isinstance(exc, AnomalyAEError):
+                raise  # a bug: its traceback, with the model kept
             raise type(exc)(f"{exc}. The trained model is kept in {fallback}: use it from there, or train again "
                             "with --out DIR to keep the model whatever the registry does") from None

@@ -294,6 +294,28 @@ def test_a_trained_generator_is_kept_when_logging_fails(tmp_path, monkeypatch):
     assert Generator.load(kept[0]).model == "cvae"
 
 
+def test_when_keeping_a_model_fails_too_both_failures_are_told(tmp_path, monkeypatch):
+    """The failure to save the model hid the failure to log it."""
+    import anomaly_ae.registry
+    from anomaly_ae.exceptions import RegistryUnavailableError
+
+    def gone(*args, **kwargs):
+        raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1")
+
+    write_table(make_telemetry(400, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(anomaly_ae.registry, "log_training_run", gone)
+    monkeypatch.setattr("time.strftime", lambda *args: "20260101-000000")
+    import os
+
+    (tmp_path / f"anomaly-ae-model-20260101-000000-{os.getpid()}").write_text("in the way")
+    result = runner.invoke(app, ["train", "t.csv", "--model", "pca", "--experiment", "e", "--no-progress",
+                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "cannot reach the MLflow tracking server" in said and \
+        "Keeping the trained model in anomaly-ae-model-20260101-000000" in said and "failed too" in said, said
+
+
 @pytest.mark.parametrize("failure", ["registry", "data", "sigterm"])
 def test_a_trained_model_is_kept_when_logging_fails_or_is_stopped(tmp_path, monkeypatch, failure):
     """Only a registry error kept the model before: a DataError while logging, or a SIGTERM (a job's
@@ -322,7 +344,8 @@ def test_a_trained_model_is_kept_when_logging_fails_or_is_stopped(tmp_path, monk
     said = " ".join(result.output.split())
     assert len(kept) == 1
     if failure == "sigterm":
-        assert f"stopped by SIGTERM; the MLflow run is marked FAILED; the trained model is kept in {kept[0].name}" in said
+        assert f"stopped by SIGTERM; an MLflow run it had started is marked FAILED; the trained model is kept in " \
+            f"{kept[0].name}" in said
     else:
         assert f"The trained model is kept in {kept[0].name}" in said
     from anomaly_ae import Detector
