@@ -80,12 +80,14 @@ def location_spread(values: np.ndarray) -> list[float]:
     """Median and the 90th-percentile distance above it: a robust scale for one score term. Where 90% of the
     values equal the median (discrete data whose rows have k exact duplicates in the reference: distance 0),
     the mean distance from the median instead: a spread of ~0 made every other row's term ~1e12, and every
-    flagged row critical. (None of the 28 ADBench dev sets is such a case.)"""
+    flagged row critical; and 1 where all of them are equal. (None of the 28 ADBench dev sets is such a case.)"""
     median = float(np.median(values))
     spread = float(np.quantile(values, 0.9)) - median
     if spread <= 0:
         spread = float(np.mean(np.abs(values - median)))
-    return [median, max(spread, 1e-12)]
+    # every held-out value the same (all rows duplicated in the reference): the inputs' own unit, as the
+    # terms are errors and distances between standardised rows
+    return [median, spread if spread > 1e-12 else 1.0]
 
 
 class ModelScorer:

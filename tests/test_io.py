@@ -259,6 +259,8 @@ def test_duplicate_column_names_are_refused_in_csv_and_parquet(tmp_path):
             next(iter_table_chunks(tmp_path / name, 1))
     (tmp_path / "dotted.csv").write_text("v1.2,x.1\n1,2\n")  # names with dots are no duplicates
     assert read_table(tmp_path / "dotted.csv").columns.tolist() == ["v1.2", "x.1"]
+    (tmp_path / "blank.csv").write_text(",,z.1\n1,2,3\n")  # nor are blank names, which pandas numbers
+    assert read_table(tmp_path / "blank.csv").columns.tolist() == ["Unnamed: 0", "Unnamed: 1", "z.1"]
 
 
 def test_an_infinity_in_a_csv_reads_without_numpy_warnings(tmp_path):

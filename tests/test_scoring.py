@@ -169,3 +169,12 @@ def test_the_default_three_autoencoders_score_as_one_stack_as_each_alone(hybrid,
         with torch.no_grad():
             bias.copy_(saved)
     np.testing.assert_allclose(scorer.member_scores(x)[0], stacked[0], rtol=RTOL, atol=ATOL)
+
+
+def test_a_score_terms_spread_is_never_the_rounding_floor():
+    """Discrete data: 90% or all of the held-out rows at the median (distance 0 to k duplicates)."""
+    from anomaly_ae.scoring import location_spread
+
+    assert location_spread(np.r_[np.zeros(95), np.ones(5)]) == [0.0, 0.05]
+    assert location_spread(np.zeros(100)) == [0.0, 1.0]
+    assert location_spread(np.arange(11.0)) == [5.0, 4.0]  # the usual case: the 90th percentile above the median

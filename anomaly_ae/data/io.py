@@ -536,11 +536,12 @@ def _csv_header(path: Path, max_line_bytes: int) -> list[str]:
     if not isinstance(first.index, pd.RangeIndex):
         raise DataError(f"could not parse '{path}' as CSV (line 2 has more fields than the header's "
                         f"{len(first.columns)}); {_CONTENT_HINTS['csv']}")
-    if any(re.fullmatch(r".+\.\d+", str(c)) for c in first.columns):  # perhaps pandas' rename of a repeated name
+    names = [str(c) for c in first.columns]
+    if any(re.fullmatch(r".+\.\d+", name) for name in names):  # perhaps pandas' rename of a repeated name
         with _translated_errors(path, "csv"), _open_csv(path, max_line_bytes) as handle:
-            return [str(c) for c in pd.read_csv(handle, header=None, nrows=1, dtype=str, keep_default_na=False)
-                    .iloc[0]]
-    return [str(c) for c in first.columns]
+            written = pd.read_csv(handle, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+        _check_columns(path, [w for w in written if w], None)  # blank names are pandas' "Unnamed: i", each once
+    return names
 
 
 def _csv_data_size(path: Path) -> int:
