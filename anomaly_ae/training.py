@@ -293,7 +293,8 @@ def train(model: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor, config: 
         if checkpoint is not None and epoch % checkpoint.every == 0 and epoch < config.epochs:
             save(epoch, done=False)
     if not math.isfinite(best_loss):  # kept as "best" would be the first epoch's broken or initial weights
-        raise TrainingError(f"training diverged: no epoch ended with a finite validation loss ({history.val_loss[-3:]}); "
+        raise TrainingError(f"training diverged: no epoch ended with a finite validation loss "
+                            f"({history.val_loss[-3:]}); "
                             f"lower learning_rate (now {config.learning_rate}) or check the data for extreme values")
     model.load_state_dict(best_state)
     model.eval()

@@ -275,43 +275,43 @@ def test_drop_cols_are_remembered_so_files_like_the_training_one_score_evaluate_
         "not" in " ".join(result.output.split())
 
 
-def test_a_trained_generator_is_kept_when_logging_fails(tmp_path, monkeypatch):
+def _train_while_logging_fails(tmp_path, monkeypatch, gone, *command: str, logger: str = "log_training_run"):
+    """`anomaly-ae train` (or `command`) with tracking, in tmp_path, while the registry's `logger` calls `gone`."""
     import anomaly_ae.registry
-    from anomaly_ae.augment import Generator
+
+    write_table(make_telemetry(400, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(anomaly_ae.registry, logger, gone)
+    command = command or ("train", "t.csv", "--model", "pca")
+    result = runner.invoke(app, [*command, "--experiment", "e", "--no-progress",
+                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    return result, list(tmp_path.glob("anomaly-ae-model-*")), " ".join(result.output.split())
+
+
+def _unreachable(*args, **kwargs):
     from anomaly_ae.exceptions import RegistryUnavailableError
 
-    def gone(*args, **kwargs):
-        raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1")
+    raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1 while logging "
+                                   "run abc (no answer in time); check that it is running, then retry")
 
-    write_table(make_telemetry(300, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(anomaly_ae.registry, "log_generator_run", gone)
-    result = runner.invoke(app, ["generate", "train", "t.csv", "--model", "cvae", "--epochs", "2", "--no-progress",
-                                 "--experiment", "e", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+
+def test_a_trained_generator_is_kept_when_logging_fails(tmp_path, monkeypatch):
+    from anomaly_ae.augment import Generator
+
+    result, kept, said = _train_while_logging_fails(tmp_path, monkeypatch, _unreachable, "generate", "train", "t.csv",
+                                                    "--model", "cvae", "--epochs", "2", logger="log_generator_run")
     assert result.exit_code == 2, result.output
-    kept = list(tmp_path.glob("anomaly-ae-model-*"))
-    assert len(kept) == 1 and f"The trained model is kept in {kept[0].name}" in " ".join(result.output.split())
+    assert len(kept) == 1 and f"The trained model is kept in {kept[0].name}" in said
     assert Generator.load(kept[0]).model == "cvae"
 
 
 def test_when_keeping_a_model_fails_too_both_failures_are_told(tmp_path, monkeypatch):
     """The failure to save the model hid the failure to log it."""
-    import anomaly_ae.registry
-    from anomaly_ae.exceptions import RegistryUnavailableError
-
-    def gone(*args, **kwargs):
-        raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1")
-
-    write_table(make_telemetry(400, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(anomaly_ae.registry, "log_training_run", gone)
-    monkeypatch.setattr("time.strftime", lambda *args: "20260101-000000")
     import os
 
+    monkeypatch.setattr("time.strftime", lambda *args: "20260101-000000")
     (tmp_path / f"anomaly-ae-model-20260101-000000-{os.getpid()}").write_text("in the way")
-    result = runner.invoke(app, ["train", "t.csv", "--model", "pca", "--experiment", "e", "--no-progress",
-                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
-    said = " ".join(result.output.split())
+    result, _, said = _train_while_logging_fails(tmp_path, monkeypatch, _unreachable)
     assert result.exit_code == 2 and "cannot reach the MLflow tracking server" in said and \
         "Keeping the trained model in anomaly-ae-model-20260101-000000" in said and "failed too" in said, said
 
@@ -323,25 +323,17 @@ def test_a_trained_model_is_kept_when_logging_fails_or_is_stopped(tmp_path, monk
     import os
     import signal
 
-    import anomaly_ae.registry
-    from anomaly_ae.exceptions import DataError, RegistryUnavailableError
+    from anomaly_ae.exceptions import DataError
 
     def gone(*args, **kwargs):
         if failure == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
         if failure == "data":
             raise DataError("unexpected column(s): host_id; drop them or retrain with them")
-        raise RegistryUnavailableError("cannot reach the MLflow tracking server at http://127.0.0.1:1 while logging "
-                                       "run abc (no answer in time); check that it is running, then retry")
+        _unreachable()
 
-    write_table(make_telemetry(400, 0.0, seed=1).drop(columns=["is_anomaly", "anomaly_kind"]), tmp_path / "t.csv")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(anomaly_ae.registry, "log_training_run", gone)
-    result = runner.invoke(app, ["train", "t.csv", "--model", "pca", "--experiment", "e", "--no-progress",
-                                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    result, kept, said = _train_while_logging_fails(tmp_path, monkeypatch, gone)
     assert result.exit_code == (143 if failure == "sigterm" else 2), result.output
-    kept = list(tmp_path.glob("anomaly-ae-model-*"))
-    said = " ".join(result.output.split())
     assert len(kept) == 1
     if failure == "sigterm":
         assert f"stopped by SIGTERM; an MLflow run it had started is marked FAILED; the trained model is kept in " \

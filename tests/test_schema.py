@@ -44,7 +44,8 @@ def test_a_yes_no_column_takes_true_and_false_in_any_case_and_1_and_0():
     # 1 and 0 (a database's or Parquet's integer flag, a JSON number) were unseen categories: every row flagged
     numbers = pd.DataFrame({"a": [0.0] * 5, "flag": pd.array([1, 0, 1, 0, 2], dtype="int8")})
     checked, report = schema.check(numbers)
-    assert checked["flag"].tolist() == ["True", "False", "True", "False", "2"] and report.unseen_categories == {"flag": 1}
+    assert checked["flag"].tolist() == ["True", "False", "True", "False", "2"]
+    assert report.unseen_categories == {"flag": 1}
     columns, report = schema.check_columns({"a": [0.0] * 4, "flag": [1, 0.0, "1", "0"]})
     assert columns["flag"].tolist() == ["True", "False", "True", "False"] and not report.unseen_categories
 

@@ -35,7 +35,8 @@ class PCA(ScoredModule):
             _, s, vt = torch.linalg.svd(centred, full_matrices=False)
             variance = s**2
         ratio = variance.cumsum(0) / variance.sum().clamp_min(1e-12)
-        k = int(torch.searchsorted(ratio, torch.tensor(variance_kept, dtype=ratio.dtype, device=ratio.device)).item()) + 1
+        kept = torch.tensor(variance_kept, dtype=ratio.dtype, device=ratio.device)
+        k = int(torch.searchsorted(ratio, kept).item()) + 1
         # fewer components than the data's rank: with all of them kept every row reconstructs exactly and
         # the score is rounding noise (a few uncorrelated inputs need them all for 90% of the variance; a
         # categorical column's one-hot group takes one from the rank, as its indicators sum to 1)

@@ -245,9 +245,9 @@ def _download(ref: ModelRef, tags: dict[str, str], target: TrackingTarget, dst: 
                                  f"registered (tag {MLMODEL_TAG}): it was modified after registration; refusing it")
         recorded = tags.get(WRAPPER_TAG)
         if recorded is not None and wrapper_digest(local) != recorded:
-            raise ModelLoadError(f"{ref.pinned_uri}: the pyfunc wrapper's files (MLmodel, requirements.txt, conda.yaml, "
-                                 f"...) do not match the SHA-256 recorded when the model was registered (tag "
-                                 f"{WRAPPER_TAG}): they were modified after registration; refusing them")
+            raise ModelLoadError(f"{ref.pinned_uri}: the pyfunc wrapper's files (MLmodel, requirements.txt, "
+                                 f"conda.yaml, ...) do not match the SHA-256 recorded when the model was registered "
+                                 f"(tag {WRAPPER_TAG}): they were modified after registration; refusing them")
     return model_dir
 
 

@@ -31,9 +31,9 @@ from anomaly_ae.version import __version__
 from anomaly_ae.exceptions import RegistryError, RegistryUnavailableError
 from anomaly_ae.registry.connection import TrackingTarget, bounded, client, mlflow_errors, tracking_target
 from anomaly_ae.registry.pyfunc import save_pyfunc_model
-from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MLMODEL_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG, WRAPPER_TAG,
-                                       ModelRef, _labelled, register_run_model, saved_kind, version_tags,
-                                       wrapper_digest)
+from anomaly_ae.registry.store import (KIND_TAG, MANIFEST_TAG, MLMODEL_TAG, MODEL_ARTIFACT_PATH, PACKAGE_TAG,
+                                       WRAPPER_TAG, ModelRef, _labelled, register_run_model, saved_kind,
+                                       version_tags, wrapper_digest)
 
 if TYPE_CHECKING:
     from anomaly_ae.detector import Detector

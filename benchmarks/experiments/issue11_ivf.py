@@ -61,7 +61,8 @@ def main() -> None:
         ivf.cp.seed = 0
         ivf.train(x_train)
         ivf.add(x_train)
-        row = [path.stem, x_train.shape[1], len(x_train), f"{exact_ms:.2f}", f"{roc_auc_score(y_test, exact_scores):.4f}"]
+        exact_auroc = roc_auc_score(y_test, exact_scores)
+        row = [path.stem, x_train.shape[1], len(x_train), f"{exact_ms:.2f}", f"{exact_auroc:.4f}"]
         for probes in PROBES:
             ivf.nprobe = probes
             ms = median_ms(lambda: ivf.search(queries, 5))
