@@ -414,7 +414,9 @@ def _default_session() -> "SparkSession":
     # runs local[*] with its UI off.
     builder = SparkSession.builder.appName("anomaly-ae score")
     if not os.environ.get("SPARK_HOME") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
-        # Python workers must run this interpreter (its packages), not whatever `python3` is on PATH.
+        # Python workers must run this interpreter (its packages), not whatever `python3` is on PATH. Set in
+        # the environment because PySpark reads it from there only (SparkContext.pythonExec; the session
+        # setting spark.pyspark.python left workers on PATH's python3, which could not import this package).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # a local job listens on loopback only
         builder = (builder.master("local[*]").config("spark.ui.enabled", "false")
