@@ -254,3 +254,10 @@ def fuzz_openapi(url: str, max_examples: int = 25, series: dict | None = None) -
                 errors.append(f"{mode.value} {operation.method.upper()} {operation.path}: {type(exc).__name__}: "
                               f"{str(exc)[:1500]}")
     return calls, errors
+
+
+async def documented_request_bodies(client) -> list[dict]:
+    """The request bodies the OpenAPI document gives as examples (what /docs pre-fills)."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    return [example for schema in schemas.values() for example in schema.get("examples", [])
+            if "records" in example or "data" in example]

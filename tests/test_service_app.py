@@ -23,8 +23,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service_support import (ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, assert_error, in_process, metric_value, train_model,
-                             until)
+from service_support import (ADMIN, ADMIN_KEY, SCORE, SCORE_KEY, assert_error, documented_request_bodies,
+                             in_process, metric_value, train_model, until)
 
 from anomaly_ae import Detector
 from anomaly_ae.data.synthetic import LABEL_COLUMNS, make_telemetry
@@ -130,9 +130,7 @@ async def test_the_documented_request_examples_are_the_served_models_and_score(s
     """/docs pre-fills these: they were the default telemetry row whatever the model, a 422 for another one."""
     async with in_process(settings(served)) as (_, client):
         await ready(client)
-        schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
-        bodies = [example for schema in schemas.values() for example in schema.get("examples", [])
-                  if "records" in example or "data" in example]
+        bodies = await documented_request_bodies(client)
         assert len(bodies) == 2
         for body in bodies:
             response = await client.post("/v1/score", json=body, headers=SCORE)

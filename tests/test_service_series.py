@@ -399,10 +399,8 @@ async def test_series_requests_concurrently_with_a_reload(series_model, stream, 
 
 
 # ---------------------------------------------------------------------------- the example client
-async def test_the_example_stream_client_replays_a_stream_as_scored_offline(series_model, stream):
-    """deployment/examples/stream_client.py, three time steps per request, against the app (the client is
-    synchronous: it runs in a thread and its requests go through the in-process ASGI client): every row
-    comes back once, scored and alerted as in the offline pass."""
+def _stream_client():
+    """deployment/examples/stream_client.py as a module (it is an example, not part of the package)."""
     import importlib.util
 
     from service_support import REPO
@@ -410,6 +408,14 @@ async def test_the_example_stream_client_replays_a_stream_as_scored_offline(seri
     spec = importlib.util.spec_from_file_location("stream_client", REPO / "deployment/examples/stream_client.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_example_stream_client_replays_a_stream_as_scored_offline(series_model, stream):
+    """deployment/examples/stream_client.py, three time steps per request, against the app (the client is
+    synchronous: it runs in a thread and its requests go through the in-process ASGI client): every row
+    comes back once, scored and alerted as in the offline pass."""
+    module = _stream_client()
     offline = Detector.load(series_model).score_frame(stream)
     in_time = stream.sort_values(["ts", "host"], kind="stable")
     async with in_process(settings(series_model)) as (_, http):
@@ -438,9 +444,9 @@ async def test_the_example_stream_client_replays_a_stream_as_scored_offline(seri
 async def test_the_documented_request_examples_fit_a_series_model(series_model):
     async with in_process(settings(series_model)) as (_, http):
         await ready(http)
-        schemas = (await http.get("/openapi.json")).json()["components"]["schemas"]
-        bodies = [example for schema in schemas.values() for example in schema.get("examples", [])
-                  if "records" in example or "data" in example]
+        from service_support import documented_request_bodies
+
+        bodies = await documented_request_bodies(http)
         assert len(bodies) == 2
         for body in bodies:
             response = await http.post("/v1/score", json=body, headers=SCORE)
@@ -449,13 +455,7 @@ async def test_the_documented_request_examples_fit_a_series_model(series_model):
 
 def test_the_example_stream_client_reads_categories_as_text_and_nan_as_missing(tmp_path):
     """A category "200" was sent as 200.0 (unseen: every row flagged), and a NaN cell as NaN, which is no JSON."""
-    import importlib.util
-
-    from service_support import REPO
-
-    spec = importlib.util.spec_from_file_location("stream_client", REPO / "deployment/examples/stream_client.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _stream_client()
     (tmp_path / "s.csv").write_text("ts,status,cpu\n2026-01-05T00:00:00Z,200,NaN\n2026-01-05T00:05:00Z,500,1.5\n")
     rows = list(module.read_rows(str(tmp_path / "s.csv"), text_cols=["ts", "status"]))
     assert rows == [{"ts": "2026-01-05T00:00:00Z", "status": "200", "cpu": None},
