@@ -74,7 +74,8 @@ def train(
     series_col: Optional[str] = typer.Option(None, help="Series id column (host, sensor): one model for all series, "
                                                         "windows never cross them."),
     window: Optional[str] = typer.Option(None, help="Steps per window of a series model, or 'auto' (the history's "
-                                                    "dominant period); default 32."),
+                                                    "dominant period); default: the model's (64 for "
+                                                    "knn_multiscale, 32 for the others)."),
     covariates: Optional[str] = typer.Option(None, help="Series models: calendar inputs read from --time-col, "
                                                         "comma-separated: time_of_day, day_of_week (for daily or "
                                                         "weekly patterns)."),
@@ -279,13 +280,10 @@ def _check_tracking(tracking_uri: str | None, register: str | None, kind: str) -
         check_registrable(register, kind, target)
 
 
-def _window(text: str | None) -> int | str:
+def _window(text: str | None) -> int | str | None:
     from anomaly_ae.exceptions import DataError
-    from anomaly_ae.series_detector import DEFAULT_WINDOW
 
-    if text is None:
-        return DEFAULT_WINDOW
-    if text == "auto":
+    if text is None or text == "auto":  # None: the model's own default
         return text
     try:
         return int(text)

@@ -238,7 +238,7 @@ def series_story(out_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     console.print(f"{len(history)} normal steps to learn from, {len(rest)} to score with "
                   f"{len(runs(rest.is_anomaly.to_numpy() == 1))} labelled incidents")
     # Server traffic follows the clock: the time of day is an input (a night pattern by day is then anomalous).
-    cli(["train", "series_history.csv", "--time-col", "ts", "--series-col", "host", "--window", "32",
+    cli(["train", "series_history.csv", "--time-col", "ts", "--series-col", "host",
          "--covariates", "time_of_day", "--out", "series-model", "--no-progress"], out_dir, env)
     cli(["evaluate", "series-model", "series_labelled.csv", "--label-col", "is_anomaly",
          "--out-dir", "series-eval"], out_dir, env)
@@ -250,7 +250,7 @@ def series_story(out_dir: Path, env: dict[str, str]) -> dict[str, Any]:
         out_dir, env)
     cli(["score", "rows-model", "series_incoming.csv", "-o", "rows_scored.csv", "--keep-cols", "ts,host"],
         out_dir, env)
-    names = {"rows": "row-by-row default", "series": "series detector (knn, window 32, time of day)"}
+    names = {"rows": "row-by-row default", "series": "series detector (default knn_multiscale, time of day)"}
     flagged = {name: pd.read_csv(out_dir / f"{name}_scored.csv")["is_anomaly"].to_numpy().astype(bool)
                for name in names}
     # The counterfactual: the same steps scored without the anomalies, by the saved models.

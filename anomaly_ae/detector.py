@@ -24,6 +24,7 @@ from anomaly_ae.estimators import MAX_SEED, Estimator, check_integer, check_numb
 from anomaly_ae.exceptions import DataError, InvalidParameterError
 from anomaly_ae.inference import InferencePath, ScoreResult, model_input
 from anomaly_ae.models import DETECTOR_MODELS, DetectorModel, build_model
+from anomaly_ae.models.multiscale import MultiscaleNeighbors
 from anomaly_ae.models.neighbors import NearestNeighbors, kmeans_prototypes
 from anomaly_ae.progress import epoch_progress
 from anomaly_ae.runtime import resolve_device
@@ -218,16 +219,21 @@ class Detector(Estimator):
         self.input_shape_ = list(x_train.shape[1:])
         return scorer
 
-    def _neighbors(self, x: np.ndarray, k: int, device: torch.device, rng: np.random.Generator) -> NearestNeighbors:
+    def _neighbors(self, x: np.ndarray, k: int, device: torch.device, rng: np.random.Generator
+                   ) -> NearestNeighbors | MultiscaleNeighbors:
         """The neighbour term over model-input rows x: up to `max_reference` of them (sampled, kept
         in order) or their k-means prototypes."""
         if self.neighbor_reference == "prototypes":
             reference = kmeans_prototypes(x, self.n_prototypes, self.random_state)
         else:
             reference = x[np.sort(rng.permutation(len(x))[: self.max_reference])]
-        neighbors = NearestNeighbors(tuple(x.shape[1:]), len(reference), k).to(device)
+        neighbors = self._neighbor_module(tuple(x.shape[1:]), len(reference), k).to(device)
         neighbors.set_reference(torch.from_numpy(reference).to(device))
         return neighbors
+
+    def _neighbor_module(self, input_shape: tuple[int, ...], n_reference: int, k: int
+                         ) -> NearestNeighbors | MultiscaleNeighbors:
+        return NearestNeighbors(input_shape, n_reference, k)
 
     def _epoch_samples(self) -> int | None:
         """Training samples an epoch draws (None: all; `SeriesDetector.epoch_windows`)."""
@@ -346,7 +352,7 @@ class Detector(Estimator):
         return self.scorer_.members
 
     @property
-    def neighbors_(self) -> NearestNeighbors | None:
+    def neighbors_(self) -> NearestNeighbors | MultiscaleNeighbors | None:
         """The nearest-neighbour term's reference rows, if the model has one."""
         return self.scorer_.neighbors
 

@@ -82,6 +82,8 @@ def save_detector(detector: "Detector", path: Path) -> Path:
         "input_shape": detector.input_shape_,
         "n_reference": None if detector.neighbors_ is None else int(detector.neighbors_.reference.shape[0]),
         "term_scales": detector.term_scales_,
+        # knn_multiscale: the window lengths its terms compare (their scales are weights)
+        "neighbor_steps": getattr(detector.neighbors_, "steps", None),
         "training": [h.to_dict() for h in detector.history_],
         "training_metadata": detector.training_metadata_,
         "kind": "detector",
@@ -392,6 +394,8 @@ def _build_detector(cls: type["Detector"], path: Path, contents: dict[str, bytes
         input_shape = config.get("input_shape") or spec["input_shape"]  # older models: from the network spec
         specs["neighbors"] = {"family": "neighbors", "input_shape": input_shape,
                               "n_reference": int(config["n_reference"]), "k": detector._resolved("neighbors")}
+        if config.get("neighbor_steps"):
+            specs["neighbors"].update(family="multiscale_neighbors", steps=[int(s) for s in config["neighbor_steps"]])
     if {k.split(".", 1)[0] for k in state} != set(specs):
         raise ModelLoadError(f"the weights in {path} do not fit the model they declare: they hold "
                              f"{sorted({k.split('.', 1)[0] for k in state})[:5]}, the config {sorted(specs)[:5]}")

@@ -15,6 +15,7 @@ import torch
 
 from anomaly_ae.exceptions import InvalidParameterError
 from anomaly_ae.models.base import ScoredModule
+from anomaly_ae.models.multiscale import MultiscaleNeighbors
 from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.models.stacked import StackedAutoencoders
 
@@ -100,7 +101,7 @@ class ModelScorer:
     """
 
     def __init__(self, members: Sequence[ScoredModule], score_type: str, *, device: torch.device,
-                 n_samples: int, seed: int, neighbors: NearestNeighbors | None = None,
+                 n_samples: int, seed: int, neighbors: NearestNeighbors | MultiscaleNeighbors | None = None,
                  term_scales: dict[str, list[float]] | None = None) -> None:
         self.members = list(members)
         self.score_type = score_type
@@ -142,8 +143,9 @@ class ModelScorer:
         distance, gaps = self.neighbors.distances(torch.from_numpy(x).to(self.device))
         return distance.double().cpu().numpy(), gaps.double().cpu().numpy()
 
-    def add_neighbors(self, neighbors: NearestNeighbors, x_val: np.ndarray) -> None:
-        """Add the neighbour term, scaling both terms on held-out normal rows `x_val`."""
+    def add_neighbors(self, neighbors: NearestNeighbors | MultiscaleNeighbors, x_val: np.ndarray) -> None:
+        """Add the neighbour term, scaling both terms on held-out normal rows `x_val` (a
+        `MultiscaleNeighbors`' own scales are SeriesDetector's to fit)."""
         self.neighbors = neighbors
         if not self.members:
             return

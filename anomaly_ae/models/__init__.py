@@ -21,6 +21,7 @@ from anomaly_ae.models.cvae import ConditionalVAE
 from anomaly_ae.models.ddae import DDAE
 from anomaly_ae.models.gan import GAN
 from anomaly_ae.models.layers import default_hidden_dims, default_latent_dim
+from anomaly_ae.models.multiscale import MultiscaleNeighbors
 from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.models.pca import PCA
 from anomaly_ae.models.sequence import RecurrentAE, TemporalConvAE
@@ -32,6 +33,7 @@ MODEL_FAMILIES: dict[str, type[nn.Module]] = {
     "aae": AdversarialAutoencoder,
     "pca": PCA,
     "neighbors": NearestNeighbors,
+    "multiscale_neighbors": MultiscaleNeighbors,
     "ddae": DDAE,
     "cvae": ConditionalVAE,
     "gan": GAN,
@@ -65,6 +67,10 @@ class DetectorModel:
     n_estimators: int = 1
     neighbors: int = 0
     sequence: bool = False  # series models: the module takes (window, metrics), not flattened windows
+    # series models: the neighbour term compares each window's last (fraction x window) steps, one term per
+    # fraction (`MultiscaleNeighbors`); empty: the whole window only
+    neighbor_steps: tuple[float, ...] = ()
+    window: int | None = None  # series models: steps per window when SeriesDetector(window=None)
 
 
 def _network_spec(family: str, params: Mapping[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -177,4 +183,8 @@ SERIES_MODELS: dict[str, DetectorModel] = {
     "pca": DetectorModel("PCA reconstruction error of flattened windows (a baseline)", _window_pca),
     "knn": DetectorModel("mean distance to the 5 nearest training windows (a baseline)", None,
                          n_estimators=0, neighbors=5),
+    "knn_multiscale": DetectorModel("knn over each window's last quarter, half and whole (64 steps unless window= "
+                                    "says), each distance divided by its 99th percentile on held-out normal history, "
+                                    "averaged (the default)", None, n_estimators=0, neighbors=5,
+                                    neighbor_steps=(0.25, 0.5, 1.0), window=64),
 }

@@ -43,7 +43,7 @@ def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str |
                           tracking_uri: str | None, device: str, progress: bool) -> None:
     """Fetch the spec's metrics over [start, end], train a SeriesDetector, save / log / register it."""
     from anomaly_ae.exceptions import DataError
-    from anomaly_ae.series_detector import DEFAULT_SERIES_MODEL, DEFAULT_WINDOW, SeriesDetector
+    from anomaly_ae.series_detector import DEFAULT_SERIES_MODEL, SeriesDetector
     from anomaly_ae.watch.source import TIME_COLUMN, PrometheusSource, fetch_frame, frame_fingerprint
     from anomaly_ae.watch.spec import load_spec
 
@@ -51,7 +51,7 @@ def train_from_prometheus(spec_path: Path, start: str, end: str, *, model: str |
     spec = loaded.spec
     t0, t1 = _range(spec, start, end)
     opts = spec.model
-    chosen_window = window if window is not None else (opts.window or DEFAULT_WINDOW)
+    chosen_window = window if window is not None else opts.window  # None: the model's default
     detector = SeriesDetector(model=model or opts.model or DEFAULT_SERIES_MODEL, window=chosen_window,
                               time_col=TIME_COLUMN, series_col=spec.series_label, covariates=opts.covariates,
                               max_gap=opts.max_gap,
