@@ -41,7 +41,7 @@ bench-cli: $(STAMP)
 # installed there without their dependencies (TSB-AD pins numpy<2), never into .venv.
 BENCH_VENV := .venv-bench
 TS := benchmarks/timeseries
-TS_METHODS ?= ours:knn@32 ours:pca@32 random window_pca tsbad_pca tsbad_kmeansad tsbad_iforest \
+TS_METHODS ?= ours:knn_multiscale ours:knn@32 ours:pca@32 random window_pca tsbad_pca tsbad_kmeansad tsbad_iforest \
   tsbad_usad tsbad_omnianomaly tsbad_autoencoder tsbad_cnn tsbad_lstmad
 TS_SEEDS ?= 0 1 2
 
