@@ -292,6 +292,9 @@ class Detector(Estimator):
         networks = self._models[self.model].spec is not None
         if networks and self._resolved("n_estimators") < 1:
             raise InvalidParameterError(f"n_estimators must be >= 1, got {self.n_estimators}")
+        if not networks and self.n_estimators not in (None, 0):
+            raise InvalidParameterError(f"model {self.model!r} has no networks for n_estimators={self.n_estimators!r} "
+                                        "to count; leave n_estimators unset (neighbors= sets its k)")
         if self._resolved("neighbors") < (0 if networks else 1):
             raise InvalidParameterError(f"neighbors must be >= {0 if networks else 1} for model {self.model!r}, "
                              f"got {self.neighbors}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import re
 import shutil
@@ -394,8 +395,11 @@ def _build_detector(cls: type["Detector"], path: Path, contents: dict[str, bytes
         input_shape = config.get("input_shape") or spec["input_shape"]  # older models: from the network spec
         specs["neighbors"] = {"family": "neighbors", "input_shape": input_shape,
                               "n_reference": int(config["n_reference"]), "k": detector._resolved("neighbors")}
-        if config.get("neighbor_steps"):
-            specs["neighbors"].update(family="multiscale_neighbors", steps=[int(s) for s in config["neighbor_steps"]])
+        steps = config.get("neighbor_steps")
+        if steps is not None:
+            if not isinstance(steps, list) or not steps or not all(type(s) is int for s in steps):
+                raise ModelLoadError(f"{path} has a malformed model file (neighbor_steps {steps!r}); re-save the model")
+            specs["neighbors"].update(family="multiscale_neighbors", steps=steps)
     if {k.split(".", 1)[0] for k in state} != set(specs):
         raise ModelLoadError(f"the weights in {path} do not fit the model they declare: they hold "
                              f"{sorted({k.split('.', 1)[0] for k in state})[:5]}, the config {sorted(specs)[:5]}")
@@ -435,8 +439,23 @@ def _build_detector(cls: type["Detector"], path: Path, contents: dict[str, bytes
             detector.alert_stats_ = config["series"].get("alert_stats", {})
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"{path} has a malformed series section in config.json ({exc}); re-save the model") from None
+        _check_window_fits(detector, config.get("neighbor_steps"), path)
     detector._set_fitted(scorer, calibration)
     return detector
+
+
+def _check_window_fits(detector: "Detector", neighbor_steps: list[int] | None, path: Path) -> None:
+    """A series model's window must be the one its modules were built for (a window the config declares
+    otherwise would fail at the first score, with a shape error)."""
+    window = int(detector.framing_.window)
+    shape = [int(d) for d in detector.input_shape_]
+    if detector._models[detector.model].sequence:
+        fits = shape[0] == window
+    else:
+        fits = math.prod(shape) % window == 0 and (not neighbor_steps or max(neighbor_steps) == window)
+    if not fits:
+        raise ModelLoadError(f"{path} declares a window of {window} steps that its model's inputs {shape} (neighbour "
+                             f"lengths {neighbor_steps}) were not built for; re-save the model")
 
 
 def _class_for(kind: str, requested: type["Detector"], path: Path) -> type["Detector"]:

@@ -173,7 +173,7 @@ class SeriesDetector(Detector):
         pre = Preprocessor(self.max_categories, flags_as_indicators=True).fit(_take(checked, train_rows), schema)
         x = model_input(pre, schema, checked)
         framing.window = self._resolve_window(x[train_rows])
-        self.window_ = framing.window  # what the neighbour term's lengths are fractions of
+        self._fit_window = framing.window  # what the neighbour term's lengths are fractions of (read in fit only)
         self._warn_if_the_tail_misses_a_cycle(x, layout, train_rows, val_rows)
         in_train = np.zeros(len(layout.position), dtype=bool)
         in_train[train_rows] = True
@@ -284,7 +284,8 @@ class SeriesDetector(Detector):
         fractions = self._models[self.model].neighbor_steps
         if not fractions:
             return super()._neighbor_module(input_shape, n_reference, k)
-        return MultiscaleNeighbors(input_shape, n_reference, k, [max(1, round(f * self.window_)) for f in fractions])
+        return MultiscaleNeighbors(input_shape, n_reference, k,
+                                   [max(1, round(f * self._fit_window)) for f in fractions])
 
     def _alert_stats(self, flags: np.ndarray, layout: SeriesLayout, val_rows: np.ndarray) -> dict[str, Any]:
         """How often the threshold and the alert rule fire on held-out normal history."""

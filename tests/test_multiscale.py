@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from anomaly_ae import SeriesDetector
+from anomaly_ae.exceptions import InvalidParameterError, ModelLoadError
 from anomaly_ae.models.multiscale import MIN_SCALE_PER_VALUE, SCALE_QUANTILE, MultiscaleNeighbors
 from anomaly_ae.models.neighbors import NearestNeighbors
 from anomaly_ae.persistence import load_safetensors
@@ -66,7 +67,7 @@ def test_scales_put_each_lengths_held_out_distances_at_one() -> None:
     nearest_only = MultiscaleNeighbors((48,), 800, 1, [4, 8, 16])
     nearest_only.set_reference(torch.from_numpy(windows[:800].astype(np.float32)))
     nearest_only.fit_scales(windows[:100])
-    np.testing.assert_allclose(nearest_only.scales.numpy(), MIN_SCALE_PER_VALUE * np.sqrt([12, 24, 48]))
+    np.testing.assert_allclose(nearest_only.scales.numpy(), MIN_SCALE_PER_VALUE * np.sqrt([12, 24, 48]), rtol=1e-6)
 
 
 def test_sliding_windows_score_as_flattened_ones(fitted: SeriesDetector) -> None:
@@ -100,3 +101,42 @@ def test_explanations_name_the_metric_and_the_steps_that_moved(fitted: SeriesDet
     assert fitted.explain(test, top_k=1)["feature_1"].iloc[250] == "x1"
     steps = fitted.explain_steps(test)[250]  # (window, metrics): the last step, metric x1
     assert np.unravel_index(steps.argmax(), steps.shape) == (15, 1)
+
+
+def test_a_model_file_whose_window_does_not_fit_its_lengths_is_refused(fitted: SeriesDetector, tmp_path) -> None:
+    """Config edits that would load and then fail at the first score (a shape error) are refused at load."""
+    import json
+
+    from anomaly_ae.persistence import manifest_bytes
+
+    for steps in ([2, 4, 8], [4, 8, 48], [4.0, 8, 16]):
+        path = fitted.save(tmp_path / f"steps-{len(str(steps))}-{steps[-1]}")
+        config = json.loads((path / "config.json").read_text())
+        config["neighbor_steps"] = steps
+        (path / "config.json").write_text(json.dumps(config))
+        contents = {p.name: p.read_bytes() for p in path.iterdir() if p.name != "manifest.json"}
+        (path / "manifest.json").write_bytes(manifest_bytes(contents))
+        with pytest.raises(ModelLoadError, match=r"(neighbour lengths|neighbor_steps) .*re-save the model"):
+            SeriesDetector.load(path)
+
+
+def test_each_lengths_scale_takes_every_tail_row_its_window_fits_in() -> None:
+    """Two series: per series, the tail rows with at least `length` tail steps up to them (the first rows of
+    a series' tail have fewer); a length that would get fewer rows than the calibration rows takes those."""
+    from anomaly_ae.data.windows import SeriesLayout
+    from anomaly_ae.series_detector import _held_out_by_length
+
+    order = [np.arange(0, 10), np.arange(10, 30)]
+    layout = SeriesLayout(source=np.arange(30), segment_start=np.zeros(30, dtype=np.int64), position=np.arange(30),
+                          series=np.array([0] * 10 + [1] * 20, dtype=object), order=order)
+    tail = np.concatenate([np.arange(6, 10), np.arange(22, 30)])  # 4 and 8 tail rows
+    val = np.array([9, 27, 28, 29])
+    short, middle, whole = _held_out_by_length(layout, tail, val, [2, 4, 8])
+    assert short.tolist() == [7, 8, 9, *range(23, 30)]
+    assert middle.tolist() == [9, *range(25, 30)]
+    assert whole.tolist() == val.tolist()  # [29] alone would be fewer
+
+
+def test_a_model_without_networks_refuses_n_estimators() -> None:
+    with pytest.raises(InvalidParameterError, match="has no networks"):
+        SeriesDetector(n_estimators=2).fit(waves(600, 0))

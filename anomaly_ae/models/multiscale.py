@@ -44,7 +44,8 @@ class MultiscaleNeighbors(nn.Module):
         self.n_features = n_inputs // self.steps[-1]
         self.k = k
         self.whole = NearestNeighbors(tuple(input_shape), n_reference, k)
-        self.register_buffer("scales", torch.ones(len(self.steps), dtype=torch.float64))
+        # float32: Apple's "mps" device holds no float64 tensor (the division is done in float64)
+        self.register_buffer("scales", torch.ones(len(self.steps)))
         self._cut: tuple[tuple[int, int, str], list[NearestNeighbors]] | None = None
 
     @property
@@ -85,7 +86,7 @@ class MultiscaleNeighbors(nn.Module):
             distances, _ = _term_distances(term, flat[:, flat.shape[1] - steps * self.n_features:])
             value = float(np.quantile(distances, SCALE_QUANTILE)) if len(distances) else 0.0
             scales.append(max(value, MIN_SCALE_PER_VALUE * np.sqrt(steps * self.n_features)))
-        self.scales.copy_(torch.tensor(scales, dtype=torch.float64))
+        self.scales.copy_(torch.tensor(scales))
 
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`NearestNeighbors.nearest` of flattened windows (N, D) float32: the combined score (N,) and
@@ -122,7 +123,7 @@ class MultiscaleNeighbors(nn.Module):
         """The mean of the scaled distances, and per value of the whole window the share it explains:
         each term's squared gaps to its nearest window, as shares of that term, weighted by the term's
         scaled distance (a term's values are the last of the window's)."""
-        scales = self.scales.cpu().numpy()
+        scales = self.scales.cpu().numpy().astype(np.float64)
         n = len(parts[0][0])
         score = np.zeros(n)
         shares = np.zeros((n, self.steps[-1] * self.n_features))
