@@ -383,6 +383,10 @@ def _build_detector(cls: type["Detector"], path: Path, contents: dict[str, bytes
             params["covariates"] = tuple(params["covariates"])
         detector = cls(**params)
         spec, n_members = config["model_spec"], int(config["n_members"])
+        if detector.model not in detector._models:  # a model family added after this version
+            raise ModelLoadError(f"{path} holds a {detector.model!r} model, which anomaly_ae {__version__} does not "
+                                 f"know (it was saved by anomaly_ae {config.get('anomaly_ae_version', '?')}); load it "
+                                 "with that version or a newer one")
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{path} has a malformed model file ({exc}); re-save the model") from None
     try:

@@ -155,6 +155,13 @@ def test_a_config_that_matches_its_manifest_but_builds_no_model_is_one_error(sav
         Detector.load(saved)
 
 
+def test_a_model_of_a_family_this_version_does_not_know_says_so(saved):
+    """A model saved by a newer version (a family added since) asks for that version, not a re-save."""
+    _rewrite_config(saved, lambda c: c["params"].update(model="hybrid_of_the_future"))
+    with pytest.raises(ModelLoadError, match="holds a 'hybrid_of_the_future' model, which anomaly_ae .* does not know"):
+        Detector.load(saved)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does")
 def test_a_model_made_on_a_gpu_loads_on_the_cpu_and_a_missing_gpu_is_a_parameter_error(saved, telemetry_test):
     """A model trained with device="cuda" could not be loaded by a CPU-only service ("re-save the model"),
