@@ -27,7 +27,9 @@ SCALE_QUANTILE = 0.99
 # ...but by at least this RMS gap per value (inputs are standardised: a share of one standard deviation)
 # times sqrt(values): held-out windows that repeat training ones almost exactly (a noiseless periodic
 # metric) put the quantile near 0, and a term divided by it turned rounding-sized gaps into alarms
-# (NAB's art_daily_no_noise: 27% of its normal rows flagged, 0% by knn alone).
+# (seen on NAB's art_daily_no_noise in a run before the floor; with it, that series still has 22% of its
+# normal rows flagged, against 0% by knn alone: the threshold's few calibration rows, benchmarks/timeseries/
+# README.md, "The default").
 MIN_SCALE_PER_VALUE = 0.01
 
 
