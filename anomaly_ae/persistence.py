@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 import os
 import re
 import shutil
@@ -453,11 +452,9 @@ def _check_window_fits(detector: "Detector", neighbor_steps: list[int] | None, p
     otherwise would fail at the first score, with a shape error)."""
     window = int(detector.framing_.window)
     shape = [int(d) for d in detector.input_shape_]
-    if detector._models[detector.model].sequence:
-        fits = shape[0] == window
-    else:
-        fits = math.prod(shape) % window == 0 and (not neighbor_steps or max(neighbor_steps) == window)
-    if not fits:
+    width = detector.preprocessor_.n_outputs + 2 * len(detector.framing_.covariates)  # a step: sin, cos each
+    expected = [window, width] if detector._models[detector.model].sequence else [window * width]
+    if shape != expected or (neighbor_steps and max(neighbor_steps) != window):
         raise ModelLoadError(f"{path} declares a window of {window} steps that its model's inputs {shape} (neighbour "
                              f"lengths {neighbor_steps}) were not built for; re-save the model")
 

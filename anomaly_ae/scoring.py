@@ -65,8 +65,8 @@ def _in_batches(terms: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor
     for start in range(0, max(len(x), 1), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
         total, contrib = terms(batch)
-        totals.append(total.double().cpu().numpy())
-        contributions.append(contrib.double().cpu().numpy())
+        totals.append(total.cpu().double().numpy())
+        contributions.append(contrib.cpu().double().numpy())
     if len(totals) == 1:  # the common case (and the service's): no copy
         return totals[0], contributions[0]
     return np.concatenate(totals), np.concatenate(contributions)
@@ -141,7 +141,7 @@ class ModelScorer:
             distance, gaps = self.neighbors.nearest(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
             return distance, gaps.astype(np.float64)
         distance, gaps = self.neighbors.distances(torch.from_numpy(x).to(self.device))
-        return distance.double().cpu().numpy(), gaps.double().cpu().numpy()
+        return distance.cpu().double().numpy(), gaps.cpu().double().numpy()
 
     def add_neighbors(self, neighbors: NearestNeighbors | MultiscaleNeighbors, x_val: np.ndarray) -> None:
         """Add the neighbour term, scaling both terms on held-out normal rows `x_val` (a

@@ -58,7 +58,7 @@ def test_scales_put_each_lengths_held_out_distances_at_one() -> None:
     windows = np.lib.stride_tricks.sliding_window_view(x, 16, axis=0).transpose(0, 2, 1).reshape(-1, 48)
     module = MultiscaleNeighbors((48,), 800, 5, [4, 8, 16])
     module.set_reference(torch.from_numpy(windows[:800].astype(np.float32)))
-    module.fit_scales(windows[900:])
+    module.fit_scales([windows[900:]] * 3)
     for term, steps, scale in zip(module.terms(), module.steps, module.scales.tolist()):
         distances, _ = term.nearest(windows[900:, 48 - 3 * steps:].astype(np.float32))
         assert scale == pytest.approx(np.quantile(distances, SCALE_QUANTILE))
@@ -66,7 +66,7 @@ def test_scales_put_each_lengths_held_out_distances_at_one() -> None:
     # standard deviation per value, not ~0 (which turned rounding into alarms)
     nearest_only = MultiscaleNeighbors((48,), 800, 1, [4, 8, 16])
     nearest_only.set_reference(torch.from_numpy(windows[:800].astype(np.float32)))
-    nearest_only.fit_scales(windows[:100])
+    nearest_only.fit_scales([windows[:100]] * 3)
     np.testing.assert_allclose(nearest_only.scales.numpy(), MIN_SCALE_PER_VALUE * np.sqrt([12, 24, 48]), rtol=1e-6)
 
 
@@ -103,20 +103,34 @@ def test_explanations_name_the_metric_and_the_steps_that_moved(fitted: SeriesDet
     assert np.unravel_index(steps.argmax(), steps.shape) == (15, 1)
 
 
-def test_a_model_file_whose_window_does_not_fit_its_lengths_is_refused(fitted: SeriesDetector, tmp_path) -> None:
-    """Config edits that would load and then fail at the first score (a shape error) are refused at load."""
+def _rewrite_config(path, edit) -> None:
+    """Edit config.json and write a manifest that matches it (what someone who can write a model can do)."""
     import json
 
     from anomaly_ae.persistence import manifest_bytes
 
-    for steps in ([2, 4, 8], [4, 8, 48], [4.0, 8, 16]):
-        path = fitted.save(tmp_path / f"steps-{len(str(steps))}-{steps[-1]}")
-        config = json.loads((path / "config.json").read_text())
-        config["neighbor_steps"] = steps
-        (path / "config.json").write_text(json.dumps(config))
-        contents = {p.name: p.read_bytes() for p in path.iterdir() if p.name != "manifest.json"}
-        (path / "manifest.json").write_bytes(manifest_bytes(contents))
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+    contents = {p.name: p.read_bytes() for p in path.iterdir() if p.name != "manifest.json"}
+    (path / "manifest.json").write_bytes(manifest_bytes(contents))
+
+
+def test_a_model_file_whose_window_does_not_fit_its_lengths_is_refused(fitted: SeriesDetector, tmp_path) -> None:
+    """Config edits that would load and then fail at the first score (a shape error) are refused at load."""
+    for i, steps in enumerate(([2, 4, 8], [4, 8, 48], [4.0, 8, 16])):
+        path = fitted.save(tmp_path / f"steps-{i}")
+        _rewrite_config(path, lambda config: config.update(neighbor_steps=steps))
         with pytest.raises(ModelLoadError, match=r"(neighbour lengths|neighbor_steps) .*re-save the model"):
+            SeriesDetector.load(path)
+
+
+@pytest.mark.parametrize("model", ["knn", "knn_multiscale", "pca"])
+def test_a_model_file_whose_window_was_edited_is_refused(model: str, tmp_path) -> None:
+    path = SeriesDetector(model, window=16, random_state=0).fit(waves(600, 0)).save(tmp_path / model)
+    for window in (8, 24):
+        _rewrite_config(path, lambda config: config["series"]["framing"].update(window=window))
+        with pytest.raises(ModelLoadError, match=f"declares a window of {window} steps"):
             SeriesDetector.load(path)
 
 

@@ -76,14 +76,12 @@ class MultiscaleNeighbors(nn.Module):
         return cut[1]
 
     @torch.no_grad()
-    def fit_scales(self, x_val: np.ndarray | Sequence[np.ndarray]) -> None:
-        """Each length's scale: the SCALE_QUANTILE of its distances on held-out normal windows x_val
-        (N, window x features), at least MIN_SCALE_PER_VALUE x sqrt(the term's values). x_val may be
-        one array per length (shortest first): a short length can take held-out windows whose whole
-        window would share steps with the training windows (`SeriesDetector`: more of the tail)."""
-        held_out = [x_val] * len(self.steps) if isinstance(x_val, np.ndarray) else list(x_val)
+    def fit_scales(self, held_out: Sequence[np.ndarray]) -> None:
+        """Each length's scale: the SCALE_QUANTILE of its distances on held-out normal windows (N, window x
+        features), one array per length, shortest first (a short length can take more of the held-out
+        history: `SeriesDetector`), at least MIN_SCALE_PER_VALUE x sqrt(the term's values)."""
         scales = []
-        for term, steps, windows in zip(self.terms(), self.steps, held_out):
+        for term, steps, windows in zip(self.terms(), self.steps, held_out, strict=True):
             flat = np.asarray(windows, dtype=np.float32).reshape(len(windows), -1)
             distances, _ = _term_distances(term, flat[:, flat.shape[1] - steps * self.n_features:])
             value = float(np.quantile(distances, SCALE_QUANTILE)) if len(distances) else 0.0
@@ -103,7 +101,7 @@ class MultiscaleNeighbors(nn.Module):
         parts = []
         for term, steps in zip(self.terms(), self.steps):
             means, gaps = term.distances(flat[:, flat.shape[1] - steps * self.n_features:], chunk)
-            parts.append((means.double().cpu().numpy(), gaps.double().cpu().numpy()))
+            parts.append((means.cpu().double().numpy(), gaps.cpu().double().numpy()))
         score, shares = self._combine(parts)
         return torch.from_numpy(score), torch.from_numpy(shares)
 
@@ -143,4 +141,4 @@ def _term_distances(term: NearestNeighbors, flat: np.ndarray) -> tuple[np.ndarra
     if term.reference.device.type == "cpu":
         return term.nearest(flat)
     means, gaps = term.distances(torch.from_numpy(flat).to(term.reference.device))
-    return means.double().cpu().numpy(), gaps.double().cpu().numpy()
+    return means.cpu().double().numpy(), gaps.cpu().double().numpy()
