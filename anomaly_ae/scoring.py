@@ -137,11 +137,8 @@ class ModelScorer:
 
     def neighbor_distances(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.neighbors is not None
-        if self.neighbors.reference.device.type == "cpu":  # no round trip through torch tensors
-            distance, gaps = self.neighbors.nearest(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
-            return distance, gaps.astype(np.float64)
-        distance, gaps = self.neighbors.distances(torch.from_numpy(x).to(self.device))
-        return distance.cpu().double().numpy(), gaps.cpu().double().numpy()
+        distance, gaps = self.neighbors.numpy_distances(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+        return distance, gaps.astype(np.float64)
 
     def add_neighbors(self, neighbors: NearestNeighbors | MultiscaleNeighbors, x_val: np.ndarray) -> None:
         """Add the neighbour term, scaling both terms on held-out normal rows `x_val` (a

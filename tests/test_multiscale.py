@@ -47,7 +47,7 @@ def test_the_score_is_the_mean_of_each_lengths_knn_distance_over_its_scale(fitte
         plain.set_reference(reference[:, reference.shape[1] - steps * 3:])
         distances, _ = plain.nearest(queries[:, queries.shape[1] - steps * 3:])
         expected = expected + distances / scale
-    score, shares = neighbors.nearest(queries)
+    score, shares = neighbors.numpy_distances(queries)
     np.testing.assert_allclose(score, expected / len(neighbors.steps), rtol=1e-6)
     assert shares.shape == queries.shape and (shares >= 0).all()
     np.testing.assert_allclose(shares.sum(1), score, rtol=1e-6)  # each term's shares sum to its scaled distance
@@ -76,7 +76,7 @@ def test_sliding_windows_score_as_flattened_ones(fitted: SeriesDetector) -> None
     windows = np.arange(16)[None, :] + np.arange(len(x) - 15)[:, None]
     fast = fitted.neighbors_.window_distances(x, windows)
     assert fast is not None
-    flat, flat_shares = fitted.neighbors_.nearest(x[windows].reshape(len(windows), -1))
+    flat, flat_shares = fitted.neighbors_.numpy_distances(x[windows].reshape(len(windows), -1))
     np.testing.assert_allclose(fast[0], flat, rtol=1e-5)
     np.testing.assert_allclose(fast[1], flat_shares, rtol=1e-4, atol=1e-7)
 

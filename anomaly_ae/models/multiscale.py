@@ -83,27 +83,16 @@ class MultiscaleNeighbors(nn.Module):
         scales = []
         for term, steps, windows in zip(self.terms(), self.steps, held_out, strict=True):
             flat = np.asarray(windows, dtype=np.float32).reshape(len(windows), -1)
-            distances, _ = _term_distances(term, flat[:, flat.shape[1] - steps * self.n_features:])
+            distances, _ = term.numpy_distances(flat[:, flat.shape[1] - steps * self.n_features:])
             value = float(np.quantile(distances, SCALE_QUANTILE)) if len(distances) else 0.0
             scales.append(max(value, MIN_SCALE_PER_VALUE * np.sqrt(steps * self.n_features)))
         self.scales.copy_(torch.tensor(scales))
 
-    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`NearestNeighbors.nearest` of flattened windows (N, D) float32: the combined score (N,) and
-        each value's share of it (N, D)."""
-        return self._combine([term.nearest(queries[:, queries.shape[1] - steps * self.n_features:])
+    def numpy_distances(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`NearestNeighbors.numpy_distances` of flattened windows (N, D) float32: the combined score (N,)
+        and each value's share of it (N, D)."""
+        return self._combine([term.numpy_distances(queries[:, queries.shape[1] - steps * self.n_features:])
                               for term, steps in zip(self.terms(), self.steps)])
-
-    @torch.no_grad()
-    def distances(self, x: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-        """`NearestNeighbors.distances` (any device): the combined score and shares as tensors."""
-        flat = x.flatten(1)
-        parts = []
-        for term, steps in zip(self.terms(), self.steps):
-            means, gaps = term.distances(flat[:, flat.shape[1] - steps * self.n_features:], chunk)
-            parts.append((means.cpu().double().numpy(), gaps.cpu().double().numpy()))
-        score, shares = self._combine(parts)
-        return torch.from_numpy(score), torch.from_numpy(shares)
 
     def window_distances(self, x: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """`NearestNeighbors.window_distances` on the CPU (else None): each term over the windows' last
@@ -136,9 +125,3 @@ class MultiscaleNeighbors(nn.Module):
                 gaps, total, out=np.zeros_like(gaps), where=total > 0)
         return score / len(parts), shares / len(parts)
 
-
-def _term_distances(term: NearestNeighbors, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if term.reference.device.type == "cpu":
-        return term.nearest(flat)
-    means, gaps = term.distances(torch.from_numpy(flat).to(term.reference.device))
-    return means.cpu().double().numpy(), gaps.cpu().double().numpy()

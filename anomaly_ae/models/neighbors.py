@@ -56,6 +56,14 @@ class NearestNeighbors(nn.Module):
             gaps.append((part - self.reference[nearest.indices[:, 0]]).pow(2))
         return torch.cat(means), torch.cat(gaps)
 
+    def numpy_distances(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`distances` of flattened float32 queries (N, D) on the reference's device, as numpy: (N,)
+        float64 and (N, D) (`nearest` on the CPU: no round trip through torch tensors)."""
+        if self.reference.device.type == "cpu":
+            return self.nearest(queries)
+        means, gaps = self.distances(torch.from_numpy(queries).to(self.reference.device))
+        return means.cpu().double().numpy(), gaps.cpu().double().numpy()
+
     def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`distances` on the CPU for queries (N, D) float32: (N,) float64 and (N, D) float32.
 
